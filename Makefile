@@ -1,0 +1,55 @@
+# Kiln: two commands matter — `make demo` (run the main job) and `make test`.
+# Every target builds what it needs from nothing: virtualenv, packages,
+# generated protobuf code, the CLIP vocabulary file.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kiln-installed
+SHARE := $(VENV)/share/kiln
+SAMPLES := $(SHARE)/samples/.complete
+SAMPLE_FILES := astronaut.png camera.png chelsea.png coffee.png rocket.jpg motorcycle_left.png
+CLIP_VOCAB := $(SHARE)/bpe_simple_vocab_16e6.txt.gz
+OPEN_CLIP_WHEEL := open_clip_torch==3.3.0
+
+.PHONY: setup demo test lint protos bench clean
+
+setup: $(STAMP) $(CLIP_VOCAB) $(SAMPLES)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip check
+	touch $@
+
+# Data that ships inside wheels whose code we must not install, taken out of
+# the downloaded wheel (scripts/extract_wheel_files.py says why).
+
+$(CLIP_VOCAB): | $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --dest $(VENV)/wheels $(OPEN_CLIP_WHEEL) 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) scripts/extract_wheel_files.py $(VENV)/wheels open_clip_torch $(SHARE) open_clip/bpe_simple_vocab_16e6.txt.gz
+
+$(SAMPLES): | $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --dest $(VENV)/wheels scikit-image==0.26.0 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) scripts/extract_wheel_files.py $(VENV)/wheels scikit_image $(SHARE)/samples $(addprefix skimage/data/,$(SAMPLE_FILES))
+	touch $@
+
+protos: setup
+	$(PY) scripts/gen_protos.py
+
+demo: setup
+	$(PY) -m services.demo
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/buf lint
+
+bench: setup
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,175 @@
+"""Errors as rich gRPC statuses (AIP-193): every error carries an ErrorInfo,
+validation errors carry BadRequest field violations.
+
+Servicer code raises `ServiceError`; the `rpc_errors` decorators turn it (and
+anything unexpected) into a status, so clients never see a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "kiln.dev"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+    reason: str = ""
+
+
+@dataclass
+class ServiceError(Exception):
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    violations: list[FieldViolation] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    def to_status(self) -> status_pb2.Status:
+        details: list[any_pb2.Any] = []
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        details.append(packed)
+        if self.violations:
+            bad = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description, reason=v.reason
+                    )
+                    for v in self.violations
+                ]
+            )
+            packed = any_pb2.Any()
+            packed.Pack(bad)
+            details.append(packed)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """What a tolerant deserializer hands over instead of a message it could not parse."""
+
+    error: str
+    fields: tuple[str, ...]
+
+    def to_error(self) -> ServiceError:
+        if self.fields:
+            return invalid([FieldViolation(f, "not valid UTF-8 text", "INVALID_UTF8") for f in self.fields])
+        return invalid([FieldViolation("", f"the request is not valid protobuf: {self.error}", "MALFORMED")])
+
+
+def parsed(message: Any) -> Any:
+    """The message itself, or INVALID_ARGUMENT when it could not be parsed."""
+    if isinstance(message, MalformedRequest):
+        raise message.to_error()
+    return message
+
+
+def invalid(violations: Iterable[FieldViolation], message: str = "", reason: str = "INVALID_ARGUMENT") -> ServiceError:
+    found = list(violations)
+    text = message or "; ".join(f"{v.field}: {v.description}" for v in found)
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, text, reason, found)
+
+
+def invalid_field(name: str, description: str, reason: str = "INVALID_ARGUMENT") -> ServiceError:
+    return invalid([FieldViolation(name, description, reason)], reason=reason)
+
+
+def not_found(resource: str, what: str = "resource") -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.NOT_FOUND, f"{what} {resource!r} does not exist", "NOT_FOUND", metadata={"resource": resource}
+    )
+
+
+def failed_precondition(message: str, reason: str, violations: Iterable[FieldViolation] = ()) -> ServiceError:
+    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, reason, list(violations))
+
+
+def resource_exhausted(message: str, reason: str, **metadata: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason, metadata=metadata)
+
+
+def already_exists(message: str, reason: str, violations: Iterable[FieldViolation] = ()) -> ServiceError:
+    return ServiceError(grpc.StatusCode.ALREADY_EXISTS, message, reason, list(violations))
+
+
+def _internal(exc: BaseException) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INTERNAL, "internal error; it has been logged", "INTERNAL")
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: ServiceError) -> None:
+    await context.abort_with_status(rpc_status.to_status(err.to_status()))
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def unary_errors(fn: Handler) -> Handler:
+    """For unary-response handlers (unary-unary and stream-unary)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, parsed(request), context)
+        except ServiceError as err:
+            await _abort(context, err)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception as exc:
+            log.exception("unhandled error in %s", fn.__qualname__)
+            await _abort(context, _internal(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def stream_errors(fn: Handler) -> Handler:
+    """For server-streaming handlers written as async generators."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(self, parsed(request), context):
+                yield item
+        except ServiceError as err:
+            await _abort(context, err)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception as exc:
+            log.exception("unhandled error in %s", fn.__qualname__)
+            await _abort(context, _internal(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def status_details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, list[error_details_pb2.BadRequest.FieldViolation]]:
+    """Client side: the ErrorInfo and field violations of a failed call."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    info: error_details_pb2.ErrorInfo | None = None
+    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
+    if status is None:
+        return None, violations
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend(bad.field_violations)
+    return info, violations

@@ -1,0 +1,157 @@
+"""The one object-store port every service uses (any S3: MinIO, SeaweedFS, AWS).
+
+The `minio` client is synchronous; async callers run these methods in a
+worker thread (`asyncio.to_thread`). Keys are resource-shaped
+(`datasets/{d}/images/{i}/original`), never user-controlled strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import pathlib
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+from urllib.parse import urlsplit, urlunsplit
+
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import S3Error
+
+from services.common.settings import ObjectStoreSettings
+
+PART_SIZE = 16 * 1024 * 1024
+_MISSING_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
+
+
+class ObjectNotFound(KeyError):
+    pass
+
+
+class ObjectStore:
+    def __init__(self, settings: ObjectStoreSettings, endpoint: str | None = None) -> None:
+        self.bucket = settings.bucket
+        self._settings = settings
+        # A pool big enough for the server's worker threads and parallel multipart parts.
+        http = urllib3.PoolManager(
+            maxsize=32, retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            timeout=urllib3.Timeout(connect=5, read=120),
+        )
+        self.client = Minio(
+            endpoint=endpoint or settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key.get_secret_value(),
+            secure=settings.secure,
+            region=settings.region,
+            http_client=http,
+        )
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(bucket_name=self.bucket):
+            try:
+                self.client.make_bucket(bucket_name=self.bucket)
+            except S3Error as err:
+                if err.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                    raise
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(
+            bucket_name=self.bucket, object_name=key, data=io.BytesIO(data), length=len(data),
+            content_type=content_type,
+        )
+
+    def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
+        self.client.put_object(
+            bucket_name=self.bucket, object_name=key, data=stream, length=length, content_type=content_type,
+            part_size=PART_SIZE if length < 0 else 0,
+        )
+
+    def put_file(self, key: str, path: pathlib.Path, content_type: str) -> None:
+        self.client.fput_object(bucket_name=self.bucket, object_name=key, file_path=str(path),
+                                content_type=content_type)
+
+    def get_bytes(self, key: str) -> bytes:
+        response = self._get(key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def iter_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
+        response = self._get(key)
+        try:
+            yield from response.stream(chunk_size)
+        finally:
+            response.close()
+            response.release_conn()
+
+    def download_file(self, key: str, path: pathlib.Path) -> None:
+        try:
+            self.client.fget_object(bucket_name=self.bucket, object_name=key, file_path=str(path))
+        except S3Error as err:
+            if err.code in _MISSING_CODES:
+                raise ObjectNotFound(key) from err
+            raise
+
+    def size(self, key: str) -> int:
+        try:
+            stat = self.client.stat_object(bucket_name=self.bucket, object_name=key)
+        except S3Error as err:
+            if err.code in _MISSING_CODES:
+                raise ObjectNotFound(key) from err
+            raise
+        return int(stat.size or 0)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.remove_object(bucket_name=self.bucket, object_name=key)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        pending = [DeleteObject(name=k) for k in keys]
+        for start in range(0, len(pending), 1000):
+            errors = list(self.client.remove_objects(bucket_name=self.bucket, delete_object_list=pending[start:start + 1000]))
+            failed = [e for e in errors if e.code not in _MISSING_CODES]
+            if failed:
+                raise RuntimeError(f"could not delete {len(failed)} objects, first: {failed[0]}")
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return [
+            o.object_name for o in self.client.list_objects(bucket_name=self.bucket, prefix=prefix, recursive=True)
+            if o.object_name
+        ]
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.delete_many(self.list_keys(prefix))
+
+    def presigned_get(self, key: str, ttl: dt.timedelta) -> str:
+        return self._public(self.client.presigned_get_object(bucket_name=self.bucket, object_name=key, expires=ttl))
+
+    def presigned_put(self, key: str, ttl: dt.timedelta) -> str:
+        return self._public(self.client.presigned_put_object(bucket_name=self.bucket, object_name=key, expires=ttl))
+
+    def _public(self, url: str) -> str:
+        # Presigned URLs sign the host, so a public name must be the one the
+        # store was configured to answer on; we only swap the scheme+host
+        # when the operator says clients see the store elsewhere (a proxy
+        # that forwards the Host header).
+        if not self._settings.public_endpoint:
+            return url
+        public = urlsplit(self._settings.public_endpoint)
+        parts = urlsplit(url)
+        return urlunsplit((public.scheme or parts.scheme, public.netloc, parts.path, parts.query, ""))
+
+    def _get(self, key: str):  # type: ignore[no-untyped-def]
+        try:
+            return self.client.get_object(bucket_name=self.bucket, object_name=key)
+        except S3Error as err:
+            if err.code in _MISSING_CODES:
+                raise ObjectNotFound(key) from err
+            raise

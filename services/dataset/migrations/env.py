@@ -1,0 +1,6 @@
+from alembic import context
+
+from services.common.database import run_migrations_online
+from services.dataset.schema import metadata
+
+run_migrations_online(context, metadata)

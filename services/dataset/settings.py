@@ -1,0 +1,30 @@
+"""Dataset-service settings (environment: KILN_DATASET_…, shared ones KILN_…)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import CommonSettings
+
+
+class DatasetSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_", env_nested_delimiter="__", extra="ignore")
+
+    # Default: a SQLite file under data_dir. PostgreSQL: postgresql://user:pass@host/db
+    dataset_database_url: str = ""
+    # The seed's limit: at most 1000 training images per training.
+    max_training_images: int = Field(default=1000, ge=1)
+    max_regularization_images: int = Field(default=1000, ge=0)
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    # Decompression bombs: a small file may declare a huge canvas.
+    max_image_pixels: int = Field(default=64_000_000, ge=1)
+    min_image_side: int = Field(default=64, ge=1)
+    upload_url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # Threads for decode/crop work, off the event loop.
+    image_workers: int = Field(default=2, ge=1)
+    # Use the people/face detector to steer focus crops.
+    crop_use_detector: bool = True
+
+    def database_url(self) -> str:
+        return self.dataset_database_url or f"sqlite:///{self.data_dir / 'dataset.db'}"
