@@ -76,17 +76,11 @@ async def start_server(bindings: Sequence[ServiceBinding], settings: ServerSetti
     return RunningServer(server, health_servicer, port, names)
 
 
-async def serve_until_signalled(running: RunningServer, grace: float,
-                                on_stop: Callable[[], object] | None = None) -> None:
-    """Block until SIGTERM or SIGINT, then shut down gracefully."""
+async def wait_for_termination_signal() -> None:
+    """Block until SIGTERM or SIGINT; the caller then shuts down gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down", extra={"fields": {"grace_s": grace}})
-    await running.stop(grace)
-    if on_stop is not None:
-        result = on_stop()
-        if asyncio.iscoroutine(result):
-            await result
+    log.info("termination signal received")

@@ -66,6 +66,8 @@ uploads = sa.Table(
     sa.Column("tags", sa.JSON, nullable=False),
     sa.Column("repeat", sa.Integer, nullable=False),
     sa.Column("object_key", sa.String(512), nullable=False),
+    # Set once finalized, so a repeated finalize answers with the same image.
+    sa.Column("image_id", sa.String(32)),
     sa.Column("expire_time", Timestamp, nullable=False),
     sa.Column("create_time", Timestamp, nullable=False),
 )

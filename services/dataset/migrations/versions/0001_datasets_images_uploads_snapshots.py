@@ -4,9 +4,8 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-25 12:21:46.415714
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
@@ -91,6 +90,7 @@ def upgrade() -> None:
     sa.Column('tags', sa.JSON(), nullable=False),
     sa.Column('repeat', sa.Integer(), nullable=False),
     sa.Column('object_key', sa.String(length=512), nullable=False),
+    sa.Column('image_id', sa.String(length=32), nullable=True),
     sa.Column('expire_time', sa.DateTime(timezone=True), nullable=False),
     sa.Column('create_time', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], ondelete='CASCADE'),

@@ -1,0 +1,3 @@
+from services.dataset.server import main
+
+main()

@@ -1,0 +1,110 @@
+"""Reads and writes of the dataset service's records, inside caller-owned transactions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from services.common.errors import not_found
+from services.dataset import schema
+from services.dataset.names import dataset_name
+
+ROLE_TRAINING = "training"
+ROLE_REGULARIZATION = "regularization"
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class DatasetCounts:
+    training: int
+    regularization: int
+    total_repeated: int
+
+
+def get_dataset(conn: Connection, tenant: str, dataset_id: str, *, lock: bool = False) -> Row[Any]:
+    query = sa.select(schema.datasets).where(schema.datasets.c.id == dataset_id,
+                                             schema.datasets.c.tenant == tenant)
+    if lock:
+        # PostgreSQL serialises writers of one dataset here; SQLite already did at BEGIN IMMEDIATE.
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise not_found(dataset_name(dataset_id), "dataset")
+    return row
+
+
+def dataset_counts(conn: Connection, dataset_id: str, default_repeat: int) -> DatasetCounts:
+    i = schema.images.c
+    effective = sa.case((i.repeat > 0, i.repeat), else_=default_repeat)
+    rows = conn.execute(
+        sa.select(i.role, sa.func.count(), sa.func.coalesce(sa.func.sum(effective), 0))
+        .where(i.dataset_id == dataset_id)
+        .group_by(i.role)
+    ).all()
+    by_role = {row[0]: (int(row[1]), int(row[2])) for row in rows}
+    training, repeated = by_role.get(ROLE_TRAINING, (0, 0))
+    return DatasetCounts(training, by_role.get(ROLE_REGULARIZATION, (0, 0))[0], repeated)
+
+
+def count_by_role(conn: Connection, dataset_id: str, role: str) -> int:
+    i = schema.images.c
+    return int(conn.execute(
+        sa.select(sa.func.count()).where(i.dataset_id == dataset_id, i.role == role)
+    ).scalar_one())
+
+
+def image_by_sha(conn: Connection, dataset_id: str, sha256: str) -> Row[Any] | None:
+    i = schema.images.c
+    return conn.execute(sa.select(schema.images).where(i.dataset_id == dataset_id, i.sha256 == sha256)).first()
+
+
+def get_image(conn: Connection, tenant: str, dataset_id: str, image_id: str) -> Row[Any]:
+    get_dataset(conn, tenant, dataset_id)
+    i = schema.images.c
+    row = conn.execute(sa.select(schema.images).where(i.dataset_id == dataset_id, i.id == image_id)).first()
+    if row is None:
+        raise not_found(f"datasets/{dataset_id}/images/{image_id}", "image")
+    return row
+
+
+def image_exists(conn: Connection, dataset_id: str, image_id: str) -> bool:
+    i = schema.images.c
+    return conn.execute(sa.select(i.id).where(i.dataset_id == dataset_id, i.id == image_id)).first() is not None
+
+
+def images_of(conn: Connection, dataset_id: str, image_ids: Sequence[str] | None = None) -> list[Row[Any]]:
+    i = schema.images.c
+    query = sa.select(schema.images).where(i.dataset_id == dataset_id)
+    if image_ids is not None:
+        query = query.where(i.id.in_(list(image_ids)))
+    return list(conn.execute(query.order_by(i.create_time, i.id)).all())
+
+
+def update_image(conn: Connection, image_id: str, **values: Any) -> None:
+    conn.execute(schema.images.update().where(schema.images.c.id == image_id).values(update_time=now(), **values))
+
+
+def touch_dataset(conn: Connection, dataset_id: str) -> None:
+    conn.execute(schema.datasets.update().where(schema.datasets.c.id == dataset_id).values(update_time=now()))
+
+
+def retained_keys(conn: Connection, dataset_id: str, keys: Sequence[str]) -> set[str]:
+    """The subset of keys some snapshot still reads."""
+    if not keys:
+        return set()
+    s = schema.snapshot_objects.c
+    return set(conn.execute(
+        sa.select(s.object_key).where(s.dataset_id == dataset_id, s.object_key.in_(list(keys)))
+    ).scalars())
+
+
+def image_object_keys(row: Row[Any]) -> list[str]:
+    return [k for k in (row.original_key, row.thumbnail_key, row.crop_key) if k]

@@ -1,0 +1,91 @@
+"""Run the dataset service: `python -m services.dataset` (settings from KILN_… variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pathlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from kiln.v1 import dataset_pb2, dataset_pb2_grpc
+from services.common.body_detector import BodyDetector
+from services.common.database import create_engine, migrate
+from services.common.logs import configure_logging
+from services.common.malformed import register_tolerant, request_types_of
+from services.common.objectstore import ObjectStore
+from services.common.server import RunningServer, ServiceBinding, start_server, wait_for_termination_signal
+from services.dataset.servicer import DatasetServicer
+from services.dataset.settings import DatasetSettings
+
+MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
+SERVICE_NAME = dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
+SWEEP_INTERVAL_S = 600
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetService:
+    server: RunningServer
+    servicer: DatasetServicer
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+
+def binding(servicer: DatasetServicer) -> ServiceBinding:
+    descriptor = dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"]
+    return ServiceBinding(
+        SERVICE_NAME,
+        lambda server: register_tolerant(server, dataset_pb2_grpc.add_DatasetServiceServicer_to_server, servicer,
+                                         request_types_of(descriptor, dataset_pb2)),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_dataset_service(settings: DatasetSettings, store: ObjectStore) -> AsyncIterator[DatasetService]:
+    """Start the service on settings.server (port 0 picks a free port) and stop it on exit."""
+    engine = create_engine(settings.database_url())
+    await asyncio.to_thread(migrate, engine, MIGRATIONS, "alembic_version_dataset")
+    detector = BodyDetector() if settings.crop_use_detector else None
+    servicer = DatasetServicer(engine, store, settings, detector)
+    server = await start_server([binding(servicer)], settings.server)
+    sweeper = asyncio.create_task(_sweep_forever(servicer))
+    try:
+        yield DatasetService(server, servicer)
+    finally:
+        sweeper.cancel()
+        await server.stop(settings.server.shutdown_grace)
+        servicer.close()
+        engine.dispose()
+
+
+async def _sweep_forever(servicer: DatasetServicer) -> None:
+    while True:
+        try:
+            removed = await servicer.sweep_expired_uploads()
+            if removed:
+                log.info("expired uploads removed", extra={"fields": {"count": removed}})
+        except Exception:
+            log.exception("upload sweep failed")
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+
+
+async def serve(settings: DatasetSettings) -> None:
+    from services.common.storage_runtime import open_store
+
+    handle = await asyncio.to_thread(open_store, settings.s3, settings.data_dir)
+    try:
+        async with running_dataset_service(settings, handle.store) as service:
+            log.info("dataset service ready", extra={"fields": {"address": service.address}})
+            await wait_for_termination_signal()
+    finally:
+        handle.close()
+
+
+def main() -> None:
+    settings = DatasetSettings()
+    configure_logging(settings.log_level, settings.json_logs)
+    asyncio.run(serve(settings))
