@@ -1,0 +1,98 @@
+"""Loading a base model's parts from a diffusers folder, and encoding prompts the way SD does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from .catalog import Family
+
+
+@dataclass
+class BaseModel:
+    family: Family
+    path: Path
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    tokenizers: list[CLIPTokenizer]
+    text_encoders: list[torch.nn.Module]
+    scheduler_config: dict[str, Any]
+
+    @property
+    def noise_scheduler(self) -> DDPMScheduler:
+        # kohya trains every SD model against this DDPM schedule, whatever the folder's sampler.
+        return DDPMScheduler.from_config(
+            self.scheduler_config,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            clip_sample=False,
+        )
+
+    @property
+    def prediction_type(self) -> str:
+        return str(self.scheduler_config.get("prediction_type", "epsilon"))
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def load_base_model(family: Family, path: Path) -> BaseModel:
+    common = {"local_files_only": True}
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **common)
+    tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **common)]
+    encoders: list[torch.nn.Module] = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **common)]
+    if family == "sdxl":
+        tokenizers.append(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", **common))
+        encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **common))
+    scheduler_config = dict(DDPMScheduler.load_config(path, subfolder="scheduler", **common))
+    for module in (unet, vae, *encoders):
+        module.requires_grad_(False)
+        module.eval()
+    return BaseModel(family, path, unet, vae, tokenizers, encoders, scheduler_config)
+
+
+def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+@dataclass
+class PromptEmbeddings:
+    hidden_states: torch.Tensor
+    pooled: torch.Tensor | None = None  # SDXL only
+
+
+def encode_prompts(model: BaseModel, captions: list[str], clip_skip: int = 1) -> PromptEmbeddings:
+    """The conditioning the UNet is trained on; the same as diffusers' pipelines compute."""
+    device = model.unet.device
+    if model.family == "sd15":
+        encoder = model.text_encoders[0]
+        ids = tokenize(model.tokenizers[0], captions).to(device)
+        if clip_skip <= 1:
+            return PromptEmbeddings(encoder(ids)[0])
+        # kohya: hidden state ``clip_skip`` layers from the end, through the final layer norm.
+        output = encoder(ids, output_hidden_states=True)
+        return PromptEmbeddings(encoder.final_layer_norm(output.hidden_states[-clip_skip]))
+    # SDXL: penultimate layer of both encoders side by side; pooled output of the second.
+    states = []
+    pooled = None
+    for tokenizer, encoder in zip(model.tokenizers, model.text_encoders, strict=True):
+        output = encoder(tokenize(tokenizer, captions).to(device), output_hidden_states=True)
+        states.append(output.hidden_states[-2])
+        if isinstance(encoder, CLIPTextModelWithProjection):
+            pooled = output.text_embeds
+    return PromptEmbeddings(torch.cat(states, dim=-1), pooled)

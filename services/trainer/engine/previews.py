@@ -1,0 +1,111 @@
+"""Preview images for a saved epoch, and a contact sheet to look at them side by side.
+
+Prompts are encoded with the same code as training (:func:`.base_model.encode_prompts`) and
+handed to the diffusers pipeline as embeddings, so previews see exactly what training conditioned
+on (and clip skip works with transformers 5, whose CLIPTextModel the pipeline can't clip-skip).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image, ImageDraw
+
+from .base_model import BaseModel, encode_prompts
+from .config import PreviewConfig
+from .samplers import make_scheduler
+
+
+@dataclass(frozen=True)
+class PreviewSettings:
+    prompt: str
+    negative_prompt: str
+    sampler: str
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    seed: int
+    count: int
+    clip_skip: int = 1
+
+    @classmethod
+    def from_config(cls, preview: PreviewConfig, resolution: tuple[int, int], clip_skip: int) -> PreviewSettings:
+        return cls(
+            preview.prompt, preview.negative_prompt, preview.sampler, preview.steps, preview.cfg_scale,
+            preview.width or resolution[0], preview.height or resolution[1], preview.seed, preview.count,
+            clip_skip,
+        )
+
+    def seeds(self) -> list[int]:
+        return [self.seed + index for index in range(self.count)]
+
+
+def _pipeline(model: BaseModel, sampler: str) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    scheduler = make_scheduler(sampler, model.scheduler_config)
+    if model.family == "sd15":
+        pipe = StableDiffusionPipeline(
+            vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0], unet=model.unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    else:
+        pipe = StableDiffusionXLPipeline(
+            vae=model.vae, text_encoder=model.text_encoders[0], text_encoder_2=model.text_encoders[1],
+            tokenizer=model.tokenizers[0], tokenizer_2=model.tokenizers[1], unet=model.unet, scheduler=scheduler,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def render_previews(model: BaseModel, settings: PreviewSettings) -> list[Image.Image]:
+    """``count`` images; image k uses seed ``seed + k`` so epochs can be compared picture by picture."""
+    pipe = _pipeline(model, settings.sampler)
+    positive = encode_prompts(model, [settings.prompt], settings.clip_skip)
+    kwargs: dict = {"prompt_embeds": positive.hidden_states}
+    if model.family == "sdxl":
+        kwargs["pooled_prompt_embeds"] = positive.pooled
+        if settings.negative_prompt:
+            negative = encode_prompts(model, [settings.negative_prompt])
+            kwargs["negative_prompt_embeds"] = negative.hidden_states
+            kwargs["negative_pooled_prompt_embeds"] = negative.pooled
+        # else: the pipeline's own zeros for an empty negative prompt (force_zeros_for_empty_prompt)
+    else:
+        negative = encode_prompts(model, [settings.negative_prompt], settings.clip_skip)
+        kwargs["negative_prompt_embeds"] = negative.hidden_states
+    images = []
+    for seed in settings.seeds():
+        # CPU generator: the same seed gives the same preview on any device.
+        generator = torch.Generator().manual_seed(seed)
+        result = pipe(
+            num_inference_steps=settings.steps, guidance_scale=settings.cfg_scale, width=settings.width,
+            height=settings.height, generator=generator, **kwargs,
+        )
+        images.append(result.images[0])
+    return images
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def contact_sheet(rows: list[tuple[str, list[Image.Image]]], cell: int = 160) -> Image.Image:
+    """One row per label (e.g. per epoch), its images scaled into ``cell``-pixel squares."""
+    columns = max((len(images) for _, images in rows), default=1)
+    label_height = 18
+    sheet = Image.new("RGB", (columns * cell, len(rows) * (cell + label_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (label, images) in enumerate(rows):
+        top = row * (cell + label_height)
+        draw.text((4, top + 2), label, fill="black")
+        for column, image in enumerate(images):
+            scale = cell / max(image.size)
+            size = (max(1, math.floor(image.width * scale)), max(1, math.floor(image.height * scale)))
+            sheet.paste(image.resize(size, Image.Resampling.NEAREST), (column * cell, top + label_height))
+    return sheet

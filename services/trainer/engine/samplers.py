@@ -1,0 +1,91 @@
+"""Preview samplers: A1111/kohya names mapped to diffusers schedulers."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+
+@dataclass(frozen=True)
+class Sampler:
+    scheduler: type[SchedulerMixin]
+    options: dict[str, Any] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()  # importable modules the scheduler needs
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "euler_a": Sampler(EulerAncestralDiscreteScheduler),
+    "euler": Sampler(EulerDiscreteScheduler),
+    "ddim": Sampler(DDIMScheduler),
+    "pndm": Sampler(PNDMScheduler, {"skip_prk_steps": True}),
+    "heun": Sampler(HeunDiscreteScheduler),
+    "lms": Sampler(LMSDiscreteScheduler, requires=("scipy",)),
+    "dpm2": Sampler(KDPM2DiscreteScheduler),
+    "dpm2_a": Sampler(KDPM2AncestralDiscreteScheduler),
+    "dpm++ 2m": Sampler(DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "dpm++ 2m karras": Sampler(
+        DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}
+    ),
+    "dpm++ 2m sde karras": Sampler(
+        DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}
+    ),
+    "dpm++ sde karras": Sampler(DPMSolverSDEScheduler, {"use_karras_sigmas": True}, ("torchsde", "scipy")),
+    "unipc": Sampler(UniPCMultistepScheduler),
+}
+
+# kohya's --sample_sampler spellings and common A1111 labels.
+ALIASES = {
+    "k_euler_a": "euler_a",
+    "euler a": "euler_a",
+    "k_euler": "euler",
+    "k_lms": "lms",
+    "k_dpm_2": "dpm2",
+    "dpm_2": "dpm2",
+    "k_dpm_2_a": "dpm2_a",
+    "dpm_2_a": "dpm2_a",
+    "dpmsolver++": "dpm++ 2m",
+    "dpm++_2m": "dpm++ 2m",
+    "dpm++_2m_karras": "dpm++ 2m karras",
+    "dpm++_sde_karras": "dpm++ sde karras",
+    "dpmpp_2m": "dpm++ 2m",
+    "dpmpp_2m_karras": "dpm++ 2m karras",
+    "dpmpp_sde_karras": "dpm++ sde karras",
+    "uni_pc": "unipc",
+}
+
+
+def sampler_key(name: str) -> str:
+    key = name.strip().lower()
+    return ALIASES.get(key, key)
+
+
+def sampler_problem(name: str) -> str | None:
+    """None when the sampler exists and can run here; otherwise why not."""
+    key = sampler_key(name)
+    if key not in SAMPLERS:
+        return f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}"
+    missing = [module for module in SAMPLERS[key].requires if importlib.util.find_spec(module) is None]
+    if missing:
+        return f"sampler {name!r} needs the Python package(s) {missing}, which are not installed"
+    return None
+
+
+def make_scheduler(name: str, base_config: dict[str, Any]) -> SchedulerMixin:
+    sampler = SAMPLERS[sampler_key(name)]
+    return sampler.scheduler.from_config(base_config, **sampler.options)

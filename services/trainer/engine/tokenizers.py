@@ -1,0 +1,71 @@
+"""The real CLIP tokenizer, built offline from the BPE file that ships in the open_clip wheel.
+
+Nothing is fetched from a hub: the Makefile extracts ``bpe_simple_vocab_16e6.txt.gz`` into the
+virtualenv and this module turns it into a transformers ``CLIPTokenizer`` with all 49,408 tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import sys
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+
+VOCAB_ENV = "KILN_CLIP_VOCAB"
+VOCAB_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
+MODEL_MAX_LENGTH = 77
+# open_clip keeps the first 48,894 merges of the file (49152 - 256 - 2); the rest are unused.
+_MERGE_COUNT = 49152 - 256 - 2
+
+
+class VocabularyMissingError(FileNotFoundError):
+    pass
+
+
+def clip_vocab_path() -> Path:
+    override = os.environ.get(VOCAB_ENV)
+    path = Path(override) if override else Path(sys.prefix) / "share" / "kiln" / VOCAB_FILE_NAME
+    if not path.is_file():
+        raise VocabularyMissingError(
+            f"CLIP BPE vocabulary not found at {path}; run `make setup` or set {VOCAB_ENV}"
+        )
+    return path
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2's reversible byte->printable-character table, which CLIP's vocabulary is written in.
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _vocab_and_merges(path: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    with gzip.open(path) as stream:
+        lines = stream.read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : _MERGE_COUNT + 1]]
+    symbols = list(_bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}, merges  # type: ignore[return-value]
+
+
+def build_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """CLIP tokenizer as SD uses it; SDXL's second tokenizer pads with ``"!"`` instead of EOS."""
+    vocab, merges = _vocab_and_merges(str(clip_vocab_path()))
+    return CLIPTokenizer(
+        vocab=dict(vocab), merges=list(merges), pad_token=pad_token, model_max_length=MODEL_MAX_LENGTH
+    )

@@ -1,0 +1,448 @@
+"""The training run: snapshot + configuration in, one LoRA file and previews per saved epoch out.
+
+The loop is kohya sd-scripts' ``train_network`` for SD1.5 and SDXL, on diffusers models with
+peft adapters: same sample arithmetic, caption handling, noise, loss weighting, gradient
+accumulation (accelerate's semantics) and clipping. All randomness comes from streams seeded by
+the run's seed and saved in each checkpoint, which is what makes a resumed run equal an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from diffusers.optimization import get_scheduler
+
+from .artifacts import ArtifactKeys, ArtifactWriter
+from .base_model import BaseModel, encode_prompts, load_base_model
+from .captions import CaptionPolicy, process_caption
+from .catalog import BaseModelEntry
+from .checkpoint import RandomStreams, latest_checkpoint, load_lora_state, lora_state, save_checkpoint
+from .config import TrainingConfig
+from .errors import InvalidTrainingConfig, TrainingCancelled, Violation
+from .images import LatentCache, PreparedImage, encode_latents, prepare_image
+from .kohya_format import SAVE_DTYPES, kohya_state_dict
+from .lora import NetworkShape, lora_config, text_encoder_targets, trainable_lora_parameters, unet_targets
+from .metadata import build_metadata, serialize_lora
+from .model_store import ModelStore
+from .noise import all_snr, min_snr_weights, offset_noise, pyramid_noise, sample_timesteps
+from .optimizers import build_optimizer
+from .planning import build_sample_plan, resolution_of, warmup_steps
+from .previews import PreviewSettings, png_bytes, render_previews
+from .progress import ProgressCallback, ProgressEvent, ProgressTracker
+from .sample_plan import PlannedImage
+from .snapshot import BlobReader, DatasetSnapshot
+from .validation import ValidationReport, training_device, validate_training
+
+CancelCheck = Callable[[], bool]
+# Configuration fields that may differ between a run and its resumption without changing what
+# is trained (where the output goes, how it is previewed, on what device).
+_RESUME_NEUTRAL_FIELDS = {"preview", "device", "output_name", "save_precision"}
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """What a run will do, known before it starts (seed 3.2's "total steps" and more)."""
+
+    total_steps: int
+    steps_per_epoch: int
+    batches_per_epoch: int
+    epochs: int
+    num_train_images: int
+    num_reg_images: int
+    samples_per_epoch: int
+    buckets: dict[str, int]
+    resolution: tuple[int, int]
+    warmup_steps: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainingResult:
+    estimate: TrainingEstimate
+    seed: int
+    final_step: int
+    saved_epochs: list[int]
+    step_losses: list[float]  # this process's steps only (a resumed run starts after its checkpoint)
+    resumed_from_epoch: int | None
+    lora_keys: dict[int, str]
+
+
+def estimate_training(
+    config: TrainingConfig, snapshot: DatasetSnapshot, store: ModelStore | None = None, probe_hardware: bool = True
+) -> TrainingEstimate:
+    """Validate (raising with every violation) and compute the step count as kohya does."""
+    store = store or ModelStore()
+    report = validate_training(config, snapshot, store, probe_hardware)
+    report.raise_if_invalid()
+    return _estimate(config, snapshot, store.entry(config.base_model), report)
+
+
+def _estimate(
+    config: TrainingConfig, snapshot: DatasetSnapshot, entry: BaseModelEntry | None, report: ValidationReport
+) -> TrainingEstimate:
+    plan = build_sample_plan(config, snapshot, entry)
+    total = plan.total_steps(config.epochs)
+    return TrainingEstimate(
+        total_steps=total,
+        steps_per_epoch=plan.steps_per_epoch,
+        batches_per_epoch=plan.batches_per_epoch,
+        epochs=config.epochs,
+        num_train_images=plan.num_train_images,
+        num_reg_images=plan.num_reg_images,
+        samples_per_epoch=plan.num_samples,
+        buckets={f"{w}x{h}": len(samples) for (w, h), samples in plan.buckets.items()},
+        resolution=resolution_of(config, entry),
+        warmup_steps=warmup_steps(config, total),
+        warnings=list(report.warnings),
+    )
+
+
+def train(
+    config: TrainingConfig,
+    snapshot: DatasetSnapshot,
+    reader: BlobReader,
+    writer: ArtifactWriter,
+    *,
+    store: ModelStore | None = None,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    resume: bool = True,
+) -> TrainingResult:
+    """Train; with ``resume`` a run whose writer holds a checkpoint continues from its last epoch."""
+    return TrainingRun(config, snapshot, reader, writer, store, progress, should_cancel).run(resume)
+
+
+class TrainingRun:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        snapshot: DatasetSnapshot,
+        reader: BlobReader,
+        writer: ArtifactWriter,
+        store: ModelStore | None = None,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> None:
+        self.config = config
+        self.snapshot = snapshot
+        self.reader = reader
+        self.writer = writer
+        self.store = store or ModelStore()
+        self.progress = progress or (lambda event: None)
+        self.should_cancel = should_cancel or (lambda: False)
+
+    # ----- setup -----
+
+    def run(self, resume: bool = True) -> TrainingResult:
+        config = self.config
+        report = validate_training(config, self.snapshot, self.store)
+        report.raise_if_invalid()
+        entry = self.store.entry(config.base_model)
+        assert entry is not None
+        estimate = _estimate(config, self.snapshot, entry, report)
+        self.estimate = estimate
+        self.tracker = ProgressTracker(estimate.total_steps, config.epochs)
+        self._emit(self.tracker.phase_event("loading", 0, 0, f"loading {entry.display_name}"))
+
+        checkpoint = latest_checkpoint(self.writer) if resume else None
+        self.seed = self._resolve_seed(checkpoint)
+        self.device = training_device(config)
+        self.model = load_base_model(entry.family, self.store.resolve(entry.id).path)
+        self._check_model_fits(self.model)
+        self.entry = entry
+        self.plan = build_sample_plan(config, self.snapshot, entry)
+        self._prepare_model()
+        self.streams = RandomStreams.from_seed(self.seed)
+        torch.manual_seed(self.seed)  # peft draws the LoRA initialisation from the global generator
+        self.trained = self._attach_networks()
+        self.optimizer = build_optimizer(config.optimizer, self.param_groups, config.optimizer_args)
+        self.lr_scheduler = get_scheduler(
+            config.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=estimate.warmup_steps,
+            num_training_steps=estimate.total_steps,
+            num_cycles=config.lr_scheduler_num_cycles,
+            power=config.lr_scheduler_power,
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
+        self.noise_scheduler = self.model.noise_scheduler
+        self.snr = all_snr(self.noise_scheduler.alphas_cumprod)
+        self.caption_policy = CaptionPolicy(
+            config.shuffle_caption, config.keep_tokens, config.caption_dropout_rate,
+            config.caption_dropout_every_n_epochs, config.caption_tag_dropout_rate,
+        )
+        self.session_id = uuid.uuid4().hex
+        self.started_at = time.time()
+
+        start_epoch, step = 0, 0
+        resumed_from = None
+        if checkpoint is not None:
+            start_epoch, step = self._restore(checkpoint)
+            resumed_from = start_epoch
+        else:
+            self._write_record()
+
+        self.latent_cache: LatentCache | None = None
+        if config.cache_latents:
+            self._emit(self.tracker.phase_event("caching", step, start_epoch, "caching latents"))
+            self.latent_cache = LatentCache()
+            self.latent_cache.fill(self.reader, self.model.vae, list(self.plan.images), config.flip_aug, self.seed)
+
+        result = TrainingResult(estimate, self.seed, step, [], [], resumed_from, {})
+        self._loop(start_epoch, step, result)
+        self._emit(self.tracker.phase_event("done", result.final_step, config.epochs))
+        return result
+
+    def _resolve_seed(self, checkpoint: tuple[int, dict[str, Any]] | None) -> int:
+        if checkpoint is not None:
+            return int(checkpoint[1]["seed"])
+        if self.config.seed is not None:
+            return self.config.seed
+        return random.SystemRandom().randrange(2**31)
+
+    def _check_model_fits(self, model: BaseModel) -> None:
+        layers = model.text_encoders[0].config.num_hidden_layers
+        if model.family == "sd15" and self.config.clip_skip > layers:
+            raise InvalidTrainingConfig([Violation("clip_skip", f"{self.config.clip_skip} is more than the text "
+                                                                f"encoder's {layers} layers")])
+
+    def _prepare_model(self) -> None:
+        config = self.config
+        model = self.model
+        for module in (model.unet, model.vae, *model.text_encoders):
+            module.to(self.device)
+        if config.attention == "eager":
+            model.unet.set_attn_processor(AttnProcessor())
+            for encoder in model.text_encoders:
+                encoder.set_attn_implementation("eager")
+        else:
+            model.unet.set_attn_processor(AttnProcessor2_0())
+        if config.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()
+
+    def _attach_networks(self) -> dict[str, torch.nn.Module]:
+        config = self.config
+        shape = NetworkShape(config.network_dim, config.network_alpha, config.conv_dim, config.effective_conv_alpha)
+        trained: dict[str, torch.nn.Module] = {}
+        self.param_groups: list[dict[str, Any]] = []
+        self.group_names: list[str] = []
+        te_lrs = [config.text_encoder_lr,
+                  config.text_encoder_lr if config.text_encoder_2_lr is None else config.text_encoder_2_lr]
+        # kohya builds the text-encoder networks before the UNet's; the order fixes the init draws.
+        for index, encoder in enumerate(self.model.text_encoders):
+            if te_lrs[index] > 0:
+                encoder.add_adapter(lora_config(text_encoder_targets(encoder), NetworkShape(shape.dim, shape.alpha)))
+                if config.gradient_checkpointing:
+                    encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                name = "text_encoder" if index == 0 else "text_encoder_2"
+                trained[name] = encoder
+                self._add_group(name, encoder, te_lrs[index])
+        if config.unet_lr > 0:
+            self.model.unet.add_adapter(lora_config(unet_targets(self.model.unet, config.conv_dim is not None), shape))
+            trained["unet"] = self.model.unet
+            self._add_group("unet", self.model.unet, config.unet_lr)
+        for module in trained.values():
+            module.train()
+        return trained
+
+    def _add_group(self, name: str, module: torch.nn.Module, lr: float) -> None:
+        self.param_groups.append({"params": trainable_lora_parameters(module), "lr": lr})
+        self.group_names.append(name)
+
+    def _restore(self, checkpoint: tuple[int, dict[str, Any]]) -> tuple[int, int]:
+        epoch, state = checkpoint
+        saved = json.loads(state["config"])
+        current = json.loads(self.config.model_dump_json())
+        changed = sorted(k for k in current if k not in _RESUME_NEUTRAL_FIELDS and k != "seed"
+                         and current[k] != saved.get(k))
+        if changed:
+            raise InvalidTrainingConfig([Violation(name, "differs from the configuration of the checkpoint being "
+                                                         "resumed") for name in changed])
+        load_lora_state(self.trained, state["lora"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.streams.restore(state["random"])
+        self.tracker.smoothed_loss = state.get("smoothed_loss")
+        return epoch, int(state["step"])
+
+    def _write_record(self) -> None:
+        record = {
+            "config": json.loads(self.config.model_dump_json()),
+            "seed": self.seed,
+            "base_model": {"id": self.entry.id, "family": self.entry.family},
+            "dataset": {"name": self.snapshot.dataset, "created": self.snapshot.created,
+                        "images": [img.id for img in self.snapshot.images]},
+            "estimate": asdict(self.estimate),
+        }
+        self.writer.write(ArtifactKeys.CONFIG, json.dumps(record, indent=2).encode(), "application/json")
+
+    # ----- training -----
+
+    def _loop(self, start_epoch: int, step: int, result: TrainingResult) -> None:
+        config = self.config
+        accumulation = config.gradient_accumulation_steps
+        self.tracker.start(step)
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            batches = self.plan.epoch_batches(self.streams.data)
+            step_losses: list[float] = []
+            for index, batch in enumerate(batches):
+                if index % accumulation == 0 and self.should_cancel():
+                    raise TrainingCancelled(step)
+                with self._autocast():
+                    loss = self._batch_loss(batch, epoch)
+                # accelerate's semantics: every micro-batch is divided by the accumulation count,
+                # the shorter last group of an epoch included.
+                self.scaler.scale(loss / accumulation).backward()
+                step_losses.append(float(loss.detach()))
+                if (index + 1) % accumulation == 0 or index == len(batches) - 1:
+                    self._optimizer_step()
+                    step += 1
+                    mean_loss = sum(step_losses) / len(step_losses)
+                    step_losses = []
+                    result.step_losses.append(mean_loss)
+                    result.final_step = step
+                    lrs = {name: float(lr) for name, lr in zip(self.group_names, self.lr_scheduler.get_last_lr(),
+                                                                strict=True)}
+                    self._emit(self.tracker.step_event(step, epoch, mean_loss, lrs))
+            if epoch % config.save_every_n_epochs == 0 or epoch == config.epochs:
+                result.lora_keys[epoch] = self._save_epoch(epoch, step)
+                result.saved_epochs.append(epoch)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.mixed_precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.config.mixed_precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _optimizer_step(self) -> None:
+        params = [p for group in self.param_groups for p in group["params"]]
+        self.scaler.unscale_(self.optimizer)
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _batch_inputs(
+        self, batch: list[PlannedImage], epoch: int
+    ) -> tuple[torch.Tensor, list[PreparedImage], list[str]]:
+        rng = self.streams.data
+        flips = [self.config.flip_aug and rng.random() < 0.5 for _ in batch]
+        captions = [process_caption(p.image.caption, self.caption_policy, rng, epoch) for p in batch]
+        if self.latent_cache is not None:
+            cached = [self.latent_cache.get(p, flip) for p, flip in zip(batch, flips, strict=True)]
+            latents = torch.stack([c[0] for c in cached]).to(self.device)
+            return latents, [c[1] for c in cached], captions
+        prepared = [prepare_image(self.reader, p, flip) for p, flip in zip(batch, flips, strict=True)]
+        with torch.no_grad():
+            pixels = torch.stack([p.pixels for p in prepared])
+            latents = encode_latents(self.model.vae, pixels, self.streams.noise)
+        return latents, prepared, captions
+
+    def _batch_loss(self, batch: list[PlannedImage], epoch: int) -> torch.Tensor:
+        model, config, generator = self.model, self.config, self.streams.noise
+        latents, prepared, captions = self._batch_inputs(batch, epoch)
+        train_text = any(name.startswith("text_encoder") for name in self.trained)
+        with torch.set_grad_enabled(train_text):
+            prompts = encode_prompts(model, captions, config.clip_skip)
+
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        if config.noise_offset:
+            noise = offset_noise(latents, noise, config.noise_offset, generator)
+        if config.multires_noise_iterations:
+            noise = pyramid_noise(noise, config.multires_noise_iterations, config.multires_noise_discount, generator)
+        timesteps = sample_timesteps(len(batch), self.noise_scheduler.config.num_train_timesteps, generator)
+        timesteps = timesteps.to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+        added: dict[str, torch.Tensor] | None = None
+        if model.family == "sdxl":
+            time_ids = [
+                [*p.original_size, *p.crop_top_left, planned.choice.bucket[1], planned.choice.bucket[0]]
+                for p, planned in zip(prepared, batch, strict=True)
+            ]
+            added = {"text_embeds": prompts.pooled, "time_ids": torch.tensor(time_ids, dtype=latents.dtype,
+                                                                             device=self.device)}
+        prediction = model.unet(noisy, timesteps, prompts.hidden_states, added_cond_kwargs=added).sample
+        if model.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+        weights = [config.prior_loss_weight if p.is_regularization else 1.0 for p in batch]
+        loss = loss * torch.tensor(weights, device=loss.device)
+        if config.min_snr_gamma:
+            snr_weights = min_snr_weights(timesteps, self.snr, config.min_snr_gamma,
+                                          model.prediction_type == "v_prediction")
+            loss = loss * snr_weights.to(loss.device)
+        return loss.mean()
+
+    # ----- output -----
+
+    def _save_epoch(self, epoch: int, step: int) -> str:
+        config = self.config
+        self._emit(self.tracker.phase_event("saving", step, epoch, f"saving epoch {epoch}"))
+        tensors = kohya_state_dict(self.model.family, self.model.unet, self.model.text_encoders,
+                                   SAVE_DTYPES[config.save_precision])
+        metadata = build_metadata(
+            config=config, family=self.model.family, resolution=self.estimate.resolution, plan=self.plan,
+            seed=self.seed, epoch=epoch, step=step, total_steps=self.estimate.total_steps,
+            optimizer=self.optimizer, warmup_steps=self.estimate.warmup_steps, session_id=self.session_id,
+            started_at=self.started_at, base_model_name=self.entry.display_name,
+        )
+        key = ArtifactKeys.lora(epoch)
+        self.writer.write(key, serialize_lora(tensors, metadata))
+        if config.preview.count > 0:
+            self._emit(self.tracker.phase_event("sampling", step, epoch, f"rendering previews of epoch {epoch}"))
+            self._write_previews(epoch)
+        save_checkpoint(self.writer, epoch, {
+            "epoch": epoch,
+            "step": step,
+            "seed": self.seed,
+            "config": config.model_dump_json(),
+            "lora": lora_state(self.trained),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "random": self.streams.state(),
+            "smoothed_loss": self.tracker.smoothed_loss,
+        })
+        return key
+
+    def preview_settings(self) -> PreviewSettings:
+        preview = self.config.preview
+        if not preview.prompt:
+            # No preview prompt: the first training caption shows what the LoRA learned.
+            preview = preview.model_copy(update={"prompt": self.snapshot.training_images[0].caption})
+        return PreviewSettings.from_config(preview, self.estimate.resolution, self.config.clip_skip)
+
+    def _write_previews(self, epoch: int) -> None:
+        settings = self.preview_settings()
+        for module in self.trained.values():
+            module.eval()
+        try:
+            images = render_previews(self.model, settings)
+        finally:
+            for module in self.trained.values():
+                module.train()
+        for index, image in enumerate(images):
+            self.writer.write(ArtifactKeys.preview(epoch, index), png_bytes(image), "image/png")
+        record = {**asdict(settings), "seeds": settings.seeds()}
+        self.writer.write(ArtifactKeys.preview_record(epoch), json.dumps(record, indent=2).encode(),
+                          "application/json")
+
+    def _emit(self, event: ProgressEvent) -> None:
+        self.progress(event)
