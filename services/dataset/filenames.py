@@ -1,30 +1,28 @@
-"""Client file names are labels, never paths: reduce them to a safe base name."""
+"""Client file names are labels, never paths."""
 
 from __future__ import annotations
 
-import pathlib
 import unicodedata
 
 from services.common.errors import invalid_field
 
-MAX_FILENAME_LENGTH = 255
+MAX_FILENAME_BYTES = 255
 
 
 def safe_filename(raw: str, field: str = "metadata.filename") -> str:
-    """The base name without directories or control characters.
+    """The name as given (NFC-normalised), or INVALID_ARGUMENT.
 
-    A name that is not valid text (an undecodable byte reaches protobuf as a
-    replacement character only if the client sent it; protobuf itself refuses
-    non-UTF-8 in string fields) or that has nothing left is refused.
+    A name carrying directories ("../x.png", "a/b.png", "C:\\x.png") is refused
+    rather than silently cut: the client is sending something it should not.
+    (A name that is not UTF-8 never gets here: the deserializer answers it.)
     """
-    if "\ufffd" in raw:
-        raise invalid_field(field, "file name is not valid UTF-8 text")
-    name = unicodedata.normalize("NFC", raw).replace("\\", "/")
-    name = pathlib.PurePosixPath(name).name
-    name = "".join(ch for ch in name if ch.isprintable()).strip()
-    if name in ("", ".", ".."):
+    name = unicodedata.normalize("NFC", raw).strip()
+    if not name:
         raise invalid_field(field, "a file name is required (for example photo.png)")
-    if len(name.encode()) > MAX_FILENAME_LENGTH:
-        stem, dot, suffix = name.rpartition(".")
-        name = (stem[:100] + dot + suffix[:10]) if dot else name[:120]
+    if "/" in name or "\\" in name or name in (".", "..") or (len(name) > 1 and name[1] == ":"):
+        raise invalid_field(field, "give a file name without directories (for example photo.png)", "PATH_IN_FILENAME")
+    if not name.isprintable():
+        raise invalid_field(field, "file names cannot contain control characters", "INVALID_FILENAME")
+    if len(name.encode()) > MAX_FILENAME_BYTES:
+        raise invalid_field(field, f"at most {MAX_FILENAME_BYTES} bytes", "INVALID_FILENAME")
     return name

@@ -1,0 +1,58 @@
+"""Dataset resources: create, get, list, update with a field mask, delete, tenants."""
+
+from __future__ import annotations
+
+import grpc
+
+from kiln.v1 import dataset_pb2 as pb
+from services.common.tenancy import TENANT_HEADER
+from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
+
+
+def test_create_get_update_delete(stub, store):
+    created = stub.CreateDataset(pb.CreateDatasetRequest(dataset=pb.Dataset(
+        display_name=" My character ", family=pb.MODEL_FAMILY_SDXL, default_repeat=8, description="d")))
+    assert created.name.startswith("datasets/") and created.display_name == "My character"
+    assert (created.family, created.default_repeat, created.training_image_count) == (pb.MODEL_FAMILY_SDXL, 8, 0)
+    assert stub.GetDataset(pb.GetDatasetRequest(name=created.name)) == created
+    updated = stub.UpdateDataset(pb.UpdateDatasetRequest(
+        dataset=pb.Dataset(name=created.name, display_name="Renamed", default_repeat=99, family=pb.MODEL_FAMILY_SD15),
+        update_mask={"paths": ["display_name"]}))
+    assert (updated.display_name, updated.default_repeat, updated.family) == ("Renamed", 8, pb.MODEL_FAMILY_SDXL)
+    assert updated.update_time.ToDatetime() >= created.update_time.ToDatetime()
+    code, _, fields = failure(stub.UpdateDataset, pb.UpdateDatasetRequest(
+        dataset=pb.Dataset(name=created.name, family=pb.MODEL_FAMILY_SD15), update_mask={"paths": ["family"]}))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["update_mask"])
+    code, _, fields = failure(stub.UpdateDataset, pb.UpdateDatasetRequest(dataset=pb.Dataset(name=created.name)))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["update_mask"])
+    upload(stub, created.name, image_bytes())
+    stub.DeleteDataset(pb.DeleteDatasetRequest(name=created.name))
+    code, _, _ = failure(stub.GetDataset, pb.GetDatasetRequest(name=created.name))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert store.list_keys(created.name + "/") == []
+
+
+def test_list_pages(stub):
+    made = [new_dataset(stub, name=f"page {i}").name for i in range(5)]
+    seen, token = [], ""
+    while True:
+        page = stub.ListDatasets(pb.ListDatasetsRequest(page_size=2, page_token=token))
+        assert len(page.datasets) <= 2
+        seen += [d.name for d in page.datasets]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen[-5:] == made and len(seen) == len(set(seen))
+
+
+def test_tenants_are_isolated(stub):
+    mine = stub.CreateDataset(pb.CreateDatasetRequest(dataset=pb.Dataset(
+        display_name="tenant a", family=pb.MODEL_FAMILY_SD15)), metadata=[(TENANT_HEADER, "tenant-a")])
+    code, _, _ = failure(stub.GetDataset, pb.GetDatasetRequest(name=mine.name),
+                         metadata=[(TENANT_HEADER, "tenant-b")])
+    assert code == grpc.StatusCode.NOT_FOUND
+    listed = stub.ListDatasets(pb.ListDatasetsRequest(page_size=100), metadata=[(TENANT_HEADER, "tenant-b")])
+    assert mine.name not in [d.name for d in listed.datasets]
+    code, _, fields = failure(stub.GetDataset, pb.GetDatasetRequest(name=mine.name),
+                              metadata=[(TENANT_HEADER, "Bad Tenant!")])
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, [TENANT_HEADER])

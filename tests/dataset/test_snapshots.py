@@ -1,0 +1,65 @@
+"""Snapshots are immutable and content-addressed; later edits never change them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import grpc
+
+from kiln.v1 import dataset_pb2 as pb
+from services.dataset.snapshots import MANIFEST_KIND
+from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
+
+
+def test_snapshot_survives_every_later_edit(stub, store):
+    dataset = new_dataset(stub, default_repeat=4)
+    a = upload(stub, dataset.name, image_bytes(700, 500, seed=1), tags=["trig", "smile"], repeat=2)
+    b = upload(stub, dataset.name, image_bytes(700, 500, seed=2), tags=["trig"])
+    reg = upload(stub, dataset.name, image_bytes(700, 500, seed=3), role=pb.IMAGE_ROLE_REGULARIZATION)
+    list(stub.CropImages(pb.CropImagesRequest(parent=dataset.name, names=[a.name], mode=pb.CROP_MODE_CENTER,
+                                              target_width=512, target_height=512)))
+    snapshot = stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))
+    assert (snapshot.training_image_count, snapshot.regularization_image_count) == (2, 1)
+    assert snapshot.total_repeated_images == 2 + 4
+    body = store.get_bytes(snapshot.manifest_key)
+    assert hashlib.sha256(body).hexdigest() == snapshot.sha256 and snapshot.name.endswith(snapshot.sha256)
+    manifest = json.loads(body)
+    assert manifest["kind"] == MANIFEST_KIND and manifest["family"] == "sd15"
+    entries = {e["id"]: e for e in manifest["images"]}
+    first = entries[a.name.rsplit("/", 1)[1]]
+    assert first["tags"] == ["trig", "smile"] and first["caption"] == "trig, smile" and first["repeat"] == 2
+    assert first["crop"]["target_width"] == 512 and entries[b.name.rsplit("/", 1)[1]]["repeat"] == 4
+    assert entries[reg.name.rsplit("/", 1)[1]]["role"] == "regularization"
+    referenced = [e["object_key"] for e in manifest["images"]] + [first["crop"]["object_key"]]
+    contents = {k: store.get_bytes(k) for k in referenced}
+
+    # Same state, same snapshot.
+    assert stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name)).name == snapshot.name
+    # Now change everything the snapshot describes.
+    stub.BatchEditTags(pb.BatchEditTagsRequest(parent=dataset.name,
+                                               remove=pb.BatchEditTagsRequest.RemoveTag(tag="trig")))
+    list(stub.CropImages(pb.CropImagesRequest(parent=dataset.name, mode=pb.CROP_MODE_CENTER,
+                                              target_width=768, target_height=512)))
+    stub.UpdateDataset(pb.UpdateDatasetRequest(dataset=pb.Dataset(name=dataset.name, default_repeat=9),
+                                               update_mask={"paths": ["default_repeat"]}))
+    stub.BatchDeleteImages(pb.BatchDeleteImagesRequest(parent=dataset.name, names=[a.name, b.name, reg.name]))
+
+    assert store.get_bytes(snapshot.manifest_key) == body
+    assert {k: store.get_bytes(k) for k in referenced} == contents
+    assert stub.GetSnapshot(pb.GetSnapshotRequest(name=snapshot.name)) == snapshot
+    assert [s.name for s in stub.ListSnapshots(pb.ListSnapshotsRequest(parent=dataset.name)).snapshots] == [
+        snapshot.name]
+    # With the images gone the dataset has nothing to snapshot.
+    code, reason, _ = failure(stub.CreateSnapshot, pb.CreateSnapshotRequest(parent=dataset.name))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "EMPTY_DATASET")
+    # Deleting the dataset removes everything, snapshots included.
+    stub.DeleteDataset(pb.DeleteDatasetRequest(name=dataset.name))
+    assert store.list_keys(dataset.name + "/") == []
+    code, _, _ = failure(stub.GetSnapshot, pb.GetSnapshotRequest(name=snapshot.name))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_snapshot_of_an_unknown_dataset(stub):
+    code, _, _ = failure(stub.CreateSnapshot, pb.CreateSnapshotRequest(parent="datasets/nope"))
+    assert code == grpc.StatusCode.NOT_FOUND
