@@ -1,0 +1,3 @@
+from services.tagger.cli import main
+
+raise SystemExit(main())
