@@ -1,4 +1,10 @@
-"""One image's crop, from stored original to stored crop object (no database)."""
+"""One image's crop: choosing the box, and rendering it when someone asks to see it.
+
+A crop is stored as its box and target size; originals never change. Training
+crops the original itself, so the rendered crop exists only for people to look
+at: it is drawn on first request and cached in the object store under a key
+that names the box, so a re-crop never serves a stale picture.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,10 @@ from dataclasses import dataclass
 from PIL import Image
 
 from services.common.objectstore import ObjectStore
-from services.dataset.cropping import Box, Detector, center_box, focus_box, render_crop
+from services.dataset.cropping import DETECTOR_SIDE, Box, Detector, center_box, focus_box, render_crop
 from services.dataset.names import crop_key
 
-# Bump when the rendering changes, so new crops never reuse old objects.
+# Bump when rendering changes, so cached renders are never reused across versions.
 RENDER_VERSION = "1"
 
 
@@ -26,30 +32,41 @@ class CropResult:
     key: str
 
 
-def load_rgb(store: ObjectStore, key: str) -> Image.Image:
-    image = Image.open(io.BytesIO(store.get_bytes(key)))
-    image.load()
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def choose_box(rgb: Image.Image, mode: str, target_width: int, target_height: int,
-               detector: Detector | None) -> Box:
-    if mode == "focus":
-        return focus_box(rgb, target_width, target_height, detector)
-    return center_box(rgb.width, rgb.height, target_width, target_height)
-
-
-def store_crop(store: ObjectStore, dataset_id: str, image_id: str, rgb: Image.Image, box: Box,
-               target_width: int, target_height: int, mode: str) -> CropResult:
-    """Render and upload the crop; the key names what produced it, so writing it twice is harmless."""
+def crop_result(dataset_id: str, image_id: str, box: Box, target_width: int, target_height: int,
+                mode: str) -> CropResult:
     spec = f"v{RENDER_VERSION}:{box.left},{box.top},{box.width},{box.height}:{target_width}x{target_height}"
     key = crop_key(dataset_id, image_id, hashlib.sha256(spec.encode()).hexdigest()[:24])
-    rendered, upscaled = render_crop(rgb, box, target_width, target_height)
-    if not store.exists(key):
-        buffer = io.BytesIO()
-        rendered.save(buffer, format="PNG", compress_level=3)
-        store.put_bytes(key, buffer.getvalue(), "image/png")
+    upscaled = box.width < target_width or box.height < target_height
     return CropResult(box, target_width, target_height, mode, upscaled, key)
+
+
+def analysis_image(data: bytes) -> Image.Image:
+    """A small RGB copy for choosing a box. JPEGs decode straight at reduced scale,
+    which is most of what makes a focus crop cheap."""
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (DETECTOR_SIDE, DETECTOR_SIDE))
+    image = image.convert("RGB")
+    image.thumbnail((DETECTOR_SIDE, DETECTOR_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return image
+
+
+def choose_box(original: bytes, width: int, height: int, mode: str, target_width: int, target_height: int,
+               detector: Detector | None) -> Box:
+    if mode == "focus":
+        return focus_box(analysis_image(original), width, height, target_width, target_height, detector)
+    return center_box(width, height, target_width, target_height)
+
+
+def ensure_rendered(store: ObjectStore, original_key: str, result: CropResult) -> None:
+    """Make sure the crop's PNG at its target size is in the object store (rendered once)."""
+    if store.exists(result.key):
+        return
+    original = Image.open(io.BytesIO(store.get_bytes(original_key))).convert("RGB")
+    picture, _ = render_crop(original, result.box, result.target_width, result.target_height)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=1)
+    data = buffer.getvalue()
+    store.put_bytes(result.key, data, "image/png")
 
 
 def upscale_warning(result: CropResult) -> str:

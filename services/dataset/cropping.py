@@ -121,18 +121,19 @@ def best_window(subject: np.ndarray, width: int, height: int, window_w: int, win
     return Box(start, 0, window_w, window_h) if horizontal else Box(0, start, window_w, window_h)
 
 
-def focus_box(rgb: Image.Image, target_width: int, target_height: int, detector: Detector | None) -> Box:
-    width, height = rgb.size
+def focus_box(small_rgb: Image.Image, width: int, height: int, target_width: int, target_height: int,
+              detector: Detector | None) -> Box:
+    """The focus crop of a width x height image, judged on `small_rgb`: any downscaled
+    copy of it (a few hundred pixels is plenty; the detector sees 320)."""
     window_w, window_h = max_window(width, height, target_width, target_height)
     if window_w == width and window_h == height:
         return Box(0, 0, width, height)
-    factor = min(1.0, DETECTOR_SIDE / max(width, height))
-    small = rgb.resize((max(1, round(width * factor)), max(1, round(height * factor))), Image.Resampling.BILINEAR,
-                       reducing_gap=2.0) if factor < 1 else rgb
-    small_rgb = np.asarray(small)
-    detections = detector.detect(small_rgb) if detector is not None else []
-    subject = subject_map(small_rgb, detections, scale=1.0)
-    return best_window(subject, width, height, window_w, window_h)
+    if max(small_rgb.size) > DETECTOR_SIDE:
+        small_rgb = small_rgb.copy()
+        small_rgb.thumbnail((DETECTOR_SIDE, DETECTOR_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    pixels = np.asarray(small_rgb)
+    detections = detector.detect(pixels) if detector is not None else []
+    return best_window(subject_map(pixels, detections, scale=1.0), width, height, window_w, window_h)
 
 
 def render_crop(rgb: Image.Image, box: Box, target_width: int, target_height: int) -> tuple[Image.Image, bool]:

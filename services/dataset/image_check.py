@@ -42,7 +42,9 @@ class CheckedImage:
     height: int
     # What to store as the image's original.
     stored_bytes: bytes
-    rgb: Image.Image
+    # RGB pixels: full size when the bytes were rewritten, else possibly a reduced
+    # decode no smaller than the thumbnail.
+    preview: Image.Image
     warnings: list[str] = field(default_factory=list)
 
 
@@ -82,11 +84,17 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
         with warnings.catch_warnings():
             # Pillow only warns below twice its own bomb limit; we want a hard stop at ours.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=formats) as probe:
-                width, height = probe.size
-                _check_dimensions(width, height, limits)
-                probe.verify()  # PNG chunk CRCs and structure, before spending time on decode
             image = Image.open(io.BytesIO(data), formats=formats)
+            _check_dimensions(*image.size, limits)
+            if detected == "PNG":
+                image.verify()  # chunk CRCs and structure, before spending time on inflate
+                image = Image.open(io.BytesIO(data), formats=formats)
+            if detected == "JPEG" and not _needs_rewrite(image, data):
+                # The bytes will be kept as they are, so pixels are only needed for the
+                # thumbnail. libjpeg still entropy-decodes every block at reduced scale
+                # (truncated or corrupt data fails exactly as in a full decode); only the
+                # inverse DCT runs smaller, which makes verification ~2x cheaper.
+                image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
             image.load()
     except ServiceError:
         raise
@@ -97,6 +105,11 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
     if getattr(image, "is_animated", False) and detected == "PNG":
         raise _reject("ANIMATED_IMAGE", "animated PNGs are not accepted: upload a single frame")
     return _normalise(image, data, detected)
+
+
+def _needs_rewrite(image: Image.Image, data: bytes) -> bool:
+    """Whether the stored bytes must differ from the upload (anything but plain 8-bit RGB, upright)."""
+    return image.mode != "RGB" or image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None) or _is_deep_png(data)
 
 
 def _check_dimensions(width: int, height: int, limits: ImageLimits) -> None:
@@ -113,23 +126,21 @@ def _check_dimensions(width: int, height: int, limits: ImageLimits) -> None:
 
 def _normalise(image: Image.Image, data: bytes, detected: str) -> CheckedImage:
     notes: list[str] = []
+    content_type = "image/png" if detected == "PNG" else "image/jpeg"
+    if not _needs_rewrite(image, data):
+        # image.size may be a reduced draft; the header's size is the real one.
+        real_width, real_height = Image.open(io.BytesIO(data)).size
+        return CheckedImage(content_type, real_width, real_height, data, image, notes)
     orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-    untouched = image.mode == "RGB" and orientation in (1, None) and not _is_deep_png(data)
     if orientation not in (1, None):
         image = ImageOps.exif_transpose(image)
         notes.append(f"EXIF orientation {orientation} applied")
     rgb = _to_rgb(image, notes)
-    content_type = "image/png" if detected == "PNG" else "image/jpeg"
-    if untouched:
-        stored = data
-    else:
-        buffer = io.BytesIO()
-        rgb.save(buffer, format="PNG", compress_level=6)
-        stored = buffer.getvalue()
-        content_type = "image/png"
-        if detected == "JPEG":
-            notes.append("stored as lossless PNG after normalisation")
-    return CheckedImage(content_type, rgb.width, rgb.height, stored, rgb, notes)
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG", compress_level=6)
+    if detected == "JPEG":
+        notes.append("stored as lossless PNG after normalisation")
+    return CheckedImage("image/png", rgb.width, rgb.height, buffer.getvalue(), rgb, notes)
 
 
 def _is_deep_png(data: bytes) -> bool:
@@ -168,7 +179,8 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
 
 def make_thumbnail(rgb: Image.Image) -> bytes:
     thumb = rgb.copy()
-    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0)
     buffer = io.BytesIO()
-    thumb.save(buffer, format="WEBP", quality=82, method=4)
+    # method 2: half the encode time of the default for a 2% larger file.
+    thumb.save(buffer, format="WEBP", quality=82, method=2)
     return buffer.getvalue()

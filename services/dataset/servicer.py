@@ -54,14 +54,14 @@ from services.dataset.convert import (
 from services.dataset.crop_render import (
     CropResult,
     choose_box,
+    crop_result,
     is_crop_warning,
-    load_rgb,
-    store_crop,
+    ensure_rendered,
     upscale_warning,
 )
 from services.dataset.cropping import Box, Detector
 from services.dataset.filenames import safe_filename
-from services.dataset.image_check import CheckedImage, ImageLimits, check_image, make_thumbnail
+from services.dataset.image_check import CheckedImage, ImageLimits, check_image, make_thumbnail, sniff_format
 from services.dataset.settings import DatasetSettings
 from services.dataset.snapshots import Manifest, build_manifest
 
@@ -295,26 +295,36 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             earlier = self._keys.replay(conn, tenant, method, request_id, fingerprint, pb.Image)
             if earlier is not None:
                 return earlier
-            dataset = records.get_dataset(conn, tenant, dataset_id)
+            records.get_dataset(conn, tenant, dataset_id)
             self._check_room(conn, dataset_id, role)
             self._check_duplicate(conn, dataset_id, sha256)
-            del dataset
             return None
 
         earlier = await self._db(precheck)
         if earlier is not None:
             return earlier
-        checked: CheckedImage = await self._cpu(check_image, data, self._limits)
-        thumbnail = await self._cpu(make_thumbnail, checked.rgb)
         image_id = names.new_id()
         original_key = names.original_key(dataset_id, image_id)
         thumbnail_key = names.thumbnail_key(dataset_id, image_id)
-        written: list[str] = []
+        written = [original_key, thumbnail_key]
+        # Most uploads are stored byte for byte, so the original goes to the object
+        # store while it is being verified; a rejected one is deleted below.
+        sniffed = sniff_format(data)
+        speculative = (asyncio.ensure_future(self._io(self._store.put_bytes, original_key, data,
+                                                      f"image/{sniffed.lower()}"))
+                       if sniffed in ("PNG", "JPEG") else None)
         try:
-            await self._io(self._store.put_bytes, original_key, checked.stored_bytes, checked.content_type)
-            written.append(original_key)
-            await self._io(self._store.put_bytes, thumbnail_key, thumbnail, "image/webp")
-            written.append(thumbnail_key)
+            checked: CheckedImage = await self._cpu(check_image, data, self._limits)
+            thumbnail = await self._cpu(make_thumbnail, checked.preview)
+            puts = [self._io(self._store.put_bytes, thumbnail_key, thumbnail, "image/webp")]
+            if speculative is None or checked.stored_bytes is not data:
+                if speculative is not None:
+                    await speculative
+                puts.append(self._io(self._store.put_bytes, original_key, checked.stored_bytes,
+                                     checked.content_type))
+            else:
+                puts.append(speculative)
+            await asyncio.gather(*puts)
 
             def commit(conn: Connection) -> pb.Image:
                 earlier = self._keys.replay(conn, tenant, method, request_id, fingerprint, pb.Image)
@@ -344,6 +354,9 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             await self._delete_objects_quietly(written)
             return replayed.response
         except BaseException:
+            if speculative is not None:
+                # A PUT still in flight would land after the delete and leave an orphan.
+                await asyncio.gather(asyncio.shield(speculative), return_exceptions=True)
             await self._delete_objects_quietly(written)
             raise
 
@@ -520,7 +533,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                 values["repeat"] = spec.repeat
             if crop is not None:
                 values.update(_crop_values(row, crop))
-                doomed.extend(self._stale_crop(conn, row, crop.key))
+                doomed.extend(self._stale_crop(row, crop.key))
             records.update_image(conn, target.image_id, **values)
             records.touch_dataset(conn, target.dataset_id)
             return self._image_message(conn, tenant, target.dataset_id, target.image_id)
@@ -544,15 +557,12 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             raise invalid_field("image.crop.box", f"the box must lie inside the {row.width}x{row.height} image")
         if crop.mode not in (pb.CROP_MODE_UNSPECIFIED, pb.CROP_MODE_MANUAL):
             raise invalid_field("image.crop.mode", "only MANUAL crops are set by hand; use CropImages for the others")
-        rgb = await self._io(load_rgb, self._store, row.original_key)
-        return await self._cpu(store_crop, self._store, target.dataset_id, target.image_id, rgb, box,
-                               crop.target_width, crop.target_height, "manual")
+        return crop_result(target.dataset_id, target.image_id, box, crop.target_width, crop.target_height, "manual")
 
-    def _stale_crop(self, conn: Connection, row: Row[Any], new_key: str) -> list[str]:
-        old = row.crop_key
-        if not old or old == new_key or records.retained_keys(conn, row.dataset_id, [old]):
-            return []
-        return [old]
+    @staticmethod
+    def _stale_crop(row: Row[Any], new_key: str) -> list[str]:
+        """The cached render of the replaced crop (snapshots never read renders)."""
+        return [row.crop_key] if row.crop_key and row.crop_key != new_key else []
 
     @unary_errors
     async def DeleteImage(self, request: pb.DeleteImageRequest,
@@ -605,6 +615,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         tenant = tenant_of(context)
         row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id))
         key, content_type, width, height = _variant(row, request.variant)
+        await self._render_if_cropped(row, request.variant)
         size = await self._io(self._store.size, key)
         yield pb.ReadImageResponse(metadata=pb.ReadImageMetadata(
             content_type=content_type, size_bytes=size, width=width, height=height))
@@ -622,10 +633,18 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             raise invalid_field("ttl_seconds", "1..604800 seconds (S3 presigned URLs last at most 7 days)")
         row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id))
         key, *_ = _variant(row, request.variant)
+        await self._render_if_cropped(row, request.variant)
         ttl = dt.timedelta(seconds=ttl_seconds)
         response = pb.GetImageUrlResponse(url=await self._io(self._store.presigned_get, key, ttl))
         response.expire_time.FromDatetime(records.now() + ttl)
         return response
+
+    async def _render_if_cropped(self, row: Row[Any], variant: int) -> None:
+        if variant == pb.IMAGE_VARIANT_CROPPED:
+            result = crop_result(row.dataset_id, row.id, Box(row.crop_left, row.crop_top, row.crop_width,
+                                                             row.crop_height),
+                                 row.crop_target_width, row.crop_target_height, row.crop_mode)
+            await self._cpu(ensure_rendered, self._store, row.original_key, result)
 
     # ---- cropping -------------------------------------------------------------------------------------------
 
@@ -678,15 +697,18 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
 
     async def _crop_one(self, tenant: str, dataset_id: str, row: Row[Any], mode: str,
                         target_width: int, target_height: int) -> pb.Image:
-        rgb = await self._io(load_rgb, self._store, row.original_key)
-        box = await self._cpu(choose_box, rgb, mode, target_width, target_height, self._detector)
-        result = await self._cpu(store_crop, self._store, dataset_id, row.id, rgb, box, target_width,
-                                 target_height, mode)
+        if mode == "focus":
+            original = await self._io(self._store.get_bytes, row.original_key)
+            box = await self._cpu(choose_box, original, row.width, row.height, mode, target_width, target_height,
+                                  self._detector)
+        else:
+            box = choose_box(b"", row.width, row.height, mode, target_width, target_height, None)
+        result = crop_result(dataset_id, row.id, box, target_width, target_height, mode)
 
         def commit(conn: Connection) -> tuple[pb.Image, list[str]]:
             records.get_dataset(conn, tenant, dataset_id, lock=True)
             current = records.get_image(conn, tenant, dataset_id, row.id)
-            stale = self._stale_crop(conn, current, result.key)
+            stale = self._stale_crop(current, result.key)
             records.update_image(conn, row.id, **_crop_values(current, result))
             return self._image_message(conn, tenant, dataset_id, row.id), stale
 

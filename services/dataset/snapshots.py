@@ -1,7 +1,7 @@
 """Immutable, content-addressed dataset snapshots: what training reads.
 
-The manifest lists every image with the object keys, crop, caption and
-effective repeat it had at that moment. Its key is the sha256 of its own
+The manifest lists every image with its original's object key, crop box and
+target size, caption and effective repeat at that moment. Its key is the sha256 of its own
 canonical JSON, so the same dataset state always gives the same snapshot,
 and the objects it names are retained by the service until the dataset
 itself is deleted.
@@ -40,11 +40,10 @@ def build_manifest(dataset: Row[Any], images: Sequence[Row[Any]]) -> Manifest:
         crop = None
         keys.append(row.original_key)
         if row.crop_key:
-            keys.append(row.crop_key)
+            # Training crops the original itself: a box, not a rendered picture.
             crop = {
                 "left": row.crop_left, "top": row.crop_top, "width": row.crop_width, "height": row.crop_height,
                 "target_width": row.crop_target_width, "target_height": row.crop_target_height,
-                "object_key": row.crop_key,
             }
         entries.append({
             "id": row.id,

@@ -12,7 +12,7 @@ from services.common.objectstore import ObjectStore
 from services.common.settings import ObjectStoreSettings, ServerSettings
 from services.dataset.server import DatasetService, running_dataset_service
 from services.dataset.settings import DatasetSettings
-from tests.servers import LoopThread
+from services.common.loop_thread import LoopThread
 
 
 def make_settings(data_dir: pathlib.Path, s3: ObjectStoreSettings, **overrides: Any) -> DatasetSettings:

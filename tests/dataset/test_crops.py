@@ -80,6 +80,9 @@ def test_manual_crop(stub, store):
                                                      target_width=768, target_height=512)),
         update_mask={"paths": ["crop"]}))
     assert updated.crop.mode == pb.CROP_MODE_MANUAL and updated.crop.box.left == 100
+    assert store.list_keys(image.name + "/crops/") == []  # rendered only when someone looks
+    meta, picture = read_back(stub, image.name, pb.IMAGE_VARIANT_CROPPED)
+    assert Image.open(io.BytesIO(picture)).size == (768, 512) == (meta.width, meta.height)
     old_keys = set(store.list_keys(image.name + "/crops/"))
     assert len(old_keys) == 1
     # A new crop replaces the old object (no snapshot holds it).
@@ -87,6 +90,8 @@ def test_manual_crop(stub, store):
         image=pb.Image(name=image.name, crop=pb.Crop(box=pb.CropBox(left=0, top=0, width=700, height=700),
                                                      target_width=512, target_height=512)),
         update_mask={"paths": ["crop"]}))
+    assert store.list_keys(image.name + "/crops/") == []  # the old render went with its crop
+    read_back(stub, image.name, pb.IMAGE_VARIANT_CROPPED)
     new_keys = set(store.list_keys(image.name + "/crops/"))
     assert len(new_keys) == 1 and new_keys != old_keys
     code, _, fields = failure(stub.UpdateImage, pb.UpdateImageRequest(

@@ -31,7 +31,9 @@ def test_snapshot_survives_every_later_edit(stub, store):
     assert first["tags"] == ["trig", "smile"] and first["caption"] == "trig, smile" and first["repeat"] == 2
     assert first["crop"]["target_width"] == 512 and entries[b.name.rsplit("/", 1)[1]]["repeat"] == 4
     assert entries[reg.name.rsplit("/", 1)[1]]["role"] == "regularization"
-    referenced = [e["object_key"] for e in manifest["images"]] + [first["crop"]["object_key"]]
+    assert first["crop"] == {"left": 100, "top": 0, "width": 500, "height": 500, "target_width": 512,
+                             "target_height": 512}
+    referenced = [e["object_key"] for e in manifest["images"]]
     contents = {k: store.get_bytes(k) for k in referenced}
 
     # Same state, same snapshot.

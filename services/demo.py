@@ -1,0 +1,158 @@
+"""`make demo`: Kiln's main job on embedded defaults, end to end, printing what it does.
+
+Starts a real S3 server (embedded SeaweedFS) and the dataset service on SQLite,
+then plays a user's session through gRPC: create a dataset, upload sample
+photos, focus-crop them, add a trigger word, set repeats, read the tag
+statistics and freeze a snapshot for training. It leaves a contact sheet of
+the crops to look at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import pathlib
+import sys
+import tempfile
+
+import grpc
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from kiln.v1 import dataset_pb2 as pb
+from kiln.v1 import dataset_pb2_grpc
+from services.common.settings import ServerSettings
+from services.common.storage_runtime import open_store
+from services.dataset.server import running_dataset_service
+from services.dataset.settings import DatasetSettings
+
+CHUNK = 1024 * 1024
+TRIGGER = "kilnsample"
+
+
+def samples_dir() -> pathlib.Path:
+    return pathlib.Path(sys.prefix) / "share" / "kiln" / "samples"
+
+
+def say(text: str) -> None:
+    tqdm.write(text)
+
+
+def upload_file(stub: dataset_pb2_grpc.DatasetServiceStub, parent: str, path: pathlib.Path) -> pb.Image:
+    data = path.read_bytes()
+
+    def messages():  # type: ignore[no-untyped-def]
+        yield pb.UploadImageRequest(metadata=pb.UploadImageMetadata(
+            parent=parent, role=pb.IMAGE_ROLE_TRAINING, filename=path.name, size_bytes=len(data),
+            request_id=f"demo-{path.name}"))
+        for start in range(0, len(data), CHUNK):
+            yield pb.UploadImageRequest(chunk=data[start:start + CHUNK])
+
+    return stub.UploadImage(messages())
+
+
+def read_variant(stub: dataset_pb2_grpc.DatasetServiceStub, name: str, variant: int) -> Image.Image:
+    responses = list(stub.ReadImage(pb.ReadImageRequest(name=name, variant=variant)))
+    return Image.open(io.BytesIO(b"".join(r.chunk for r in responses[1:])))
+
+
+def contact_sheet(images: list[tuple[str, Image.Image]], path: pathlib.Path, cell: int = 256) -> None:
+    sheet = Image.new("RGB", (cell * len(images), cell + 24), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (label, image) in enumerate(images):
+        thumb = image.copy()
+        thumb.thumbnail((cell, cell))
+        sheet.paste(thumb, (index * cell + (cell - thumb.width) // 2, (cell - thumb.height) // 2))
+        draw.text((index * cell + 6, cell + 6), label[:34], fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def scenario(address: str, out_dir: pathlib.Path) -> None:
+    with grpc.insecure_channel(address) as channel:
+        stub = dataset_pb2_grpc.DatasetServiceStub(channel)
+        dataset = stub.CreateDataset(pb.CreateDatasetRequest(dataset=pb.Dataset(
+            display_name="Demo character", family=pb.MODEL_FAMILY_SD15, default_repeat=10)))
+        say(f"created {dataset.name} (SD1.5, default repeat {dataset.default_repeat})")
+
+        files = sorted(p for p in samples_dir().iterdir() if p.suffix in (".png", ".jpg"))
+        images = [upload_file(stub, dataset.name, f) for f in tqdm(files, desc="upload", unit="img")]
+        for image in images:
+            say(f"  {image.filename:22s} {image.width}x{image.height} {image.content_type:10s} "
+                f"sha256 {image.sha256[:12]}…")
+
+        upscaled = 0
+        progress = tqdm(total=len(images), desc="focus crop 512x768", unit="img")
+        for event in stub.CropImages(pb.CropImagesRequest(parent=dataset.name, mode=pb.CROP_MODE_FOCUS,
+                                                          target_width=512, target_height=768)):
+            progress.n = event.done
+            progress.refresh()
+            upscaled = event.upscaled_count
+        progress.close()
+        say(f"cropped {len(images)} images, {upscaled} upscaled (originals kept)")
+
+        for image, tags in zip(images, (["woman", "smile", "spacesuit"], ["man", "camera", "monochrome"],
+                                        ["cat", "whiskers"], ["coffee", "cup"], ["motorcycle"], ["rocket", "night"]),
+                               strict=False):
+            stub.AddImageTags(pb.AddImageTagsRequest(name=image.name, tags=tags))
+        changed = stub.BatchEditTags(pb.BatchEditTagsRequest(
+            parent=dataset.name, add=pb.BatchEditTagsRequest.AddTag(tag=TRIGGER, position=pb.TAG_POSITION_HEAD)))
+        say(f"trigger word {TRIGGER!r} added at the head of {changed.changed_count} captions")
+        stub.UpdateImage(pb.UpdateImageRequest(image=pb.Image(name=images[0].name, repeat=20),
+                                               update_mask={"paths": ["repeat"]}))
+        stats = stub.GetTagStatistics(pb.GetTagStatisticsRequest(parent=dataset.name))
+        say("tag frequency: " + ", ".join(f"{t.tag}×{t.count}" for t in stats.tags[:8]))
+
+        listed = stub.ListImages(pb.ListImagesRequest(parent=dataset.name))
+        for image in listed.images:
+            box = image.crop.box
+            say(f"  {image.filename:22s} crop {box.width}x{box.height}+{box.left}+{box.top} → "
+                f"{image.crop.target_width}x{image.crop.target_height}  repeat {image.effective_repeat:2d}  "
+                f"\"{', '.join(image.tags)}\"")
+        dataset = stub.GetDataset(pb.GetDatasetRequest(name=dataset.name))
+        say(f"{dataset.training_image_count} training images × repeats = {dataset.total_repeated_images} "
+            "samples per epoch")
+
+        snapshot = stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))
+        say(f"snapshot {snapshot.name} ({snapshot.training_image_count} images) at s3://…/{snapshot.manifest_key}")
+
+        sheet = out_dir / "demo-crops.png"
+        contact_sheet([(i.filename, read_variant(stub, i.name, pb.IMAGE_VARIANT_CROPPED))
+                       for i in tqdm(listed.images, desc="contact sheet", unit="img")], sheet)
+        say(f"contact sheet of the crops: {sheet}")
+
+
+async def run(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
+    settings = DatasetSettings(data_dir=data_dir, server=ServerSettings(port=0, shutdown_grace=2.0),
+                               json_logs=False, log_level="WARNING")
+    say(f"starting embedded S3 (SeaweedFS) and the dataset service; data in {data_dir}")
+    handle = await asyncio.to_thread(open_store, settings.s3, settings.data_dir)
+    try:
+        async with running_dataset_service(settings, handle.store) as service:
+            say(f"dataset service listening on {service.address}")
+            await asyncio.to_thread(scenario, service.address, out_dir)
+    finally:
+        await asyncio.to_thread(handle.close)
+    say("services stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=pathlib.Path, default=None,
+                        help="where the object store and database live (default: a fresh temporary folder)")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("var/demo"),
+                        help="where the contact sheet goes")
+    args = parser.parse_args()
+    from services.common.logs import configure_logging
+
+    configure_logging("WARNING", json_logs=False)
+    if args.data_dir is None:
+        with tempfile.TemporaryDirectory(prefix="kiln-demo-") as tmp:
+            asyncio.run(run(pathlib.Path(tmp), args.out))
+    else:
+        asyncio.run(run(args.data_dir, args.out))
+
+
+if __name__ == "__main__":
+    main()
