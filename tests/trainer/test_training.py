@@ -1,0 +1,141 @@
+"""End-to-end behaviour of a run: it learns, it is deterministic, it resumes, it stops when asked."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+from services.trainer.engine.base_model import load_base_model
+from services.trainer.engine.errors import TrainingCancelled
+from services.trainer.engine.evaluation import evaluation_loss
+from services.trainer.engine.previews import render_previews
+
+
+def _tensors(trained, epoch: int = 1) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load(trained.writer.read(f"epochs/{epoch}/lora.safetensors"))
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_training_loss_falls_and_previews_move_away_from_the_base(
+    family, make_dataset, fast_config, run_training, model_store
+) -> None:
+    dataset = make_dataset(family=family, count=4, repeat=4)
+    # Conv layers too: tiny SDXL has attention only at its 4x4 level, too little to fit 8x8 latents.
+    config = fast_config(base_model=f"tiny-{family}", epochs=2, unet_lr=1e-2, text_encoder_lr=5e-3,
+                         network_dim=8, network_alpha=8, conv_dim=8, conv_alpha=8,
+                         preview={"count": 2, "steps": 3})
+    trained = run_training(config, dataset)
+    model = trained.run.model
+    base = load_base_model(family, model.path)
+    for module in (model.unet, *model.text_encoders):
+        module.eval()
+    before = evaluation_loss(base, trained.run.plan, dataset.reader)
+    after = evaluation_loss(model, trained.run.plan, dataset.reader)
+    assert after < 0.85 * before, (before, after)
+
+    settings = trained.run.preview_settings()
+    base_previews = render_previews(base, settings)
+    for index, base_image in enumerate(base_previews):
+        trained_pixels = _pixels(trained.writer.read(f"epochs/2/previews/{index}.png"))
+        assert trained_pixels.shape == (64, 64, 3)
+        assert np.abs(trained_pixels - np.asarray(base_image, dtype=np.float32)).mean() > 2.0
+
+
+def test_same_seed_same_weights_other_seed_other_weights(make_dataset, fast_config, run_training) -> None:
+    dataset = make_dataset(count=3, repeat=2)
+    config = fast_config(shuffle_caption=True, caption_dropout_rate=0.3, flip_aug=True, noise_offset=0.05)
+    first = _tensors(run_training(config, dataset))
+    second = _tensors(run_training(config, dataset))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    other = _tensors(run_training(config.model_copy(update={"seed": 8}), dataset))
+    assert any(not torch.equal(first[key], other[key]) for key in first)
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
+    make_dataset, fast_config, run_training, tmp_path
+) -> None:
+    dataset = make_dataset(count=3, repeat=2)
+    config = fast_config(epochs=3, optimizer="AdamW8bit", lr_scheduler="cosine_with_restarts",
+                         lr_scheduler_num_cycles=2, shuffle_caption=True, flip_aug=True, multires_noise_iterations=3,
+                         preview={"count": 1})
+    uninterrupted = run_training(config, dataset)
+
+    output = tmp_path / "interrupted"
+    with pytest.raises(TrainingCancelled) as stopped:
+        # Stop two steps into epoch 2: epoch 1's checkpoint is the last one saved.
+        run_training(config, dataset, output=output,
+                     should_cancel=lambda: _step_reached(output, 5))
+    assert stopped.value.step == 5
+    resumed = run_training(config, dataset, output=output, resume=True)
+    assert resumed.result.resumed_from_epoch == 1
+    assert resumed.result.step_losses == uninterrupted.result.step_losses[3:]
+    expected, actual = _tensors(uninterrupted, 3), _tensors(resumed, 3)
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    assert _pixels(uninterrupted.writer.read("epochs/3/previews/0.png")).tolist() == \
+        _pixels(resumed.writer.read("epochs/3/previews/0.png")).tolist()
+
+
+_progress_steps: dict[str, int] = {}
+
+
+def _step_reached(output, step: int) -> bool:
+    return _progress_steps.get(str(output), 0) >= step
+
+
+@pytest.fixture(autouse=True)
+def _track_steps(monkeypatch):
+    """Records the last step each run reported, so a cancel check can stop at an exact step."""
+    from services.trainer.engine import trainer as trainer_module
+
+    original = trainer_module.TrainingRun._emit
+
+    def emit(self, event):
+        if event.phase == "training":
+            _progress_steps[str(self.writer.root)] = event.step
+        original(self, event)
+
+    monkeypatch.setattr(trainer_module.TrainingRun, "_emit", emit)
+    yield
+    _progress_steps.clear()
+
+
+def test_cancel_is_honoured_before_the_next_step(make_dataset, fast_config, run_training, tmp_path) -> None:
+    dataset = make_dataset(count=4, repeat=4)
+    config = fast_config(epochs=3, batch_size=1)
+    checks = []
+
+    def cancel_after_third_step() -> bool:
+        checks.append(_progress_steps.get(str(tmp_path / "cancelled"), 0))
+        return checks[-1] >= 3
+
+    with pytest.raises(TrainingCancelled) as stopped:
+        run_training(config, dataset, output=tmp_path / "cancelled", should_cancel=cancel_after_third_step)
+    assert stopped.value.step == 3
+    assert checks == [0, 1, 2, 3]  # asked before every step, stopped at the first "yes"
+    assert not (tmp_path / "cancelled" / "epochs").exists()  # nothing saved mid-epoch
+
+
+def test_progress_reports_phases_losses_rates_and_eta(make_dataset, fast_config, run_training) -> None:
+    dataset = make_dataset(count=2, repeat=2)
+    trained = run_training(fast_config(epochs=2, cache_latents=True, preview={"count": 1}), dataset)
+    phases = [e.phase for e in trained.events]
+    assert phases[0] == "loading" and "caching" in phases and phases[-1] == "done"
+    assert phases.count("saving") == 2 and phases.count("sampling") == 2
+    steps = [e for e in trained.events if e.phase == "training"]
+    assert [e.step for e in steps] == [1, 2, 3, 4]
+    assert all(e.total_steps == 4 and e.loss is not None and e.loss > 0 for e in steps)
+    assert set(steps[0].learning_rates) == {"text_encoder", "unet"}
+    assert steps[-1].steps_per_second > 0 and steps[-1].eta_seconds == 0
+    smoothed = 0.9 * steps[0].smoothed_loss + 0.1 * steps[1].loss
+    assert steps[1].smoothed_loss == pytest.approx(smoothed)
+    assert [e.epoch for e in steps] == [1, 1, 2, 2]
