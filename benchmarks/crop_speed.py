@@ -12,10 +12,10 @@ import os
 import time
 
 import cv2
+from kiln.v1 import dataset_pb2 as pb
 from PIL import Image
 
 from benchmarks.harness import dataset_stub, embedded_store, median_ms, photos
-from kiln.v1 import dataset_pb2 as pb
 from services.common.body_detector import BodyDetector
 from services.dataset.crop_render import choose_box
 from services.dataset.cropping import render_crop
@@ -61,12 +61,10 @@ def through_service(images: list[bytes]) -> dict[str, float]:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             list(pool.map(send, enumerate(images)))
         start = time.perf_counter()
-        last = None
-        for last in stub.CropImages(pb.CropImagesRequest(parent=dataset.name, mode=pb.CROP_MODE_FOCUS,
-                                                         target_width=1024, target_height=1024)):
-            pass
+        events = list(stub.CropImages(pb.CropImagesRequest(parent=dataset.name, mode=pb.CROP_MODE_FOCUS,
+                                                           target_width=1024, target_height=1024)))
         wall = time.perf_counter() - start
-    assert last is not None and last.done == len(images)
+    assert events[-1].done == len(images)
     print(f"  {len(images)} images through CropImages on {os.cpu_count()} cores: {wall:.1f} s wall "
           f"({len(images) / wall:.1f} images/s: download, decode, detect, saliency, record)")
     return {"crop_1000_wall_s": wall}

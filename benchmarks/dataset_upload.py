@@ -10,6 +10,7 @@ import concurrent.futures
 import itertools
 
 from kiln.v1 import dataset_pb2 as pb
+
 from benchmarks.harness import best_of, dataset_stub, embedded_store, photos
 
 CHUNK = 1024 * 1024

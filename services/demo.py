@@ -17,11 +17,11 @@ import sys
 import tempfile
 
 import grpc
+from kiln.v1 import dataset_pb2 as pb
+from kiln.v1 import dataset_pb2_grpc
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from kiln.v1 import dataset_pb2 as pb
-from kiln.v1 import dataset_pb2_grpc
 from services.common.settings import ServerSettings
 from services.common.storage_runtime import open_store
 from services.dataset.server import running_dataset_service
@@ -102,7 +102,7 @@ def scenario(address: str, out_dir: pathlib.Path) -> None:
         stub.UpdateImage(pb.UpdateImageRequest(image=pb.Image(name=images[0].name, repeat=20),
                                                update_mask={"paths": ["repeat"]}))
         stats = stub.GetTagStatistics(pb.GetTagStatisticsRequest(parent=dataset.name))
-        say("tag frequency: " + ", ".join(f"{t.tag}×{t.count}" for t in stats.tags[:8]))
+        say("tag frequency: " + ", ".join(f"{t.tag} x{t.count}" for t in stats.tags[:8]))
 
         listed = stub.ListImages(pb.ListImagesRequest(parent=dataset.name))
         for image in listed.images:
@@ -111,7 +111,7 @@ def scenario(address: str, out_dir: pathlib.Path) -> None:
                 f"{image.crop.target_width}x{image.crop.target_height}  repeat {image.effective_repeat:2d}  "
                 f"\"{', '.join(image.tags)}\"")
         dataset = stub.GetDataset(pb.GetDatasetRequest(name=dataset.name))
-        say(f"{dataset.training_image_count} training images × repeats = {dataset.total_repeated_images} "
+        say(f"{dataset.training_image_count} training images x repeats = {dataset.total_repeated_images} "
             "samples per epoch")
 
         snapshot = stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))

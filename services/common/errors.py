@@ -157,11 +157,14 @@ def stream_errors(fn: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
-def status_details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, list[error_details_pb2.BadRequest.FieldViolation]]:
+Violation = error_details_pb2.BadRequest.FieldViolation
+
+
+def status_details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, list[Violation]]:
     """Client side: the ErrorInfo and field violations of a failed call."""
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
     info: error_details_pb2.ErrorInfo | None = None
-    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
+    violations: list[Violation] = []
     if status is None:
         return None, violations
     for detail in status.details:

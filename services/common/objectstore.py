@@ -117,7 +117,8 @@ class ObjectStore:
     def delete_many(self, keys: Iterable[str]) -> None:
         pending = [DeleteObject(name=k) for k in keys]
         for start in range(0, len(pending), 1000):
-            errors = list(self.client.remove_objects(bucket_name=self.bucket, delete_object_list=pending[start:start + 1000]))
+            batch = pending[start:start + 1000]
+            errors = list(self.client.remove_objects(bucket_name=self.bucket, delete_object_list=batch))
             failed = [e for e in errors if e.code not in _MISSING_CODES]
             if failed:
                 raise RuntimeError(f"could not delete {len(failed)} objects, first: {failed[0]}")

@@ -102,7 +102,6 @@ def subject_map(small_rgb: np.ndarray, detections: list[Detection], scale: float
 
 def best_window(subject: np.ndarray, width: int, height: int, window_w: int, window_h: int) -> Box:
     """Place a window_w x window_h window (image pixels) where it covers most of `subject`."""
-    grid_h, grid_w = subject.shape
     if window_w >= width and window_h >= height:
         return Box(0, 0, width, height)
     horizontal = window_h >= height

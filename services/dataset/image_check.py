@@ -101,7 +101,8 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _reject("TOO_MANY_PIXELS", f"image declares too many pixels ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _reject("CORRUPT_IMAGE", f"the {detected} data could not be decoded ({exc}); it may be truncated") from exc
+        raise _reject("CORRUPT_IMAGE",
+                      f"the {detected} data could not be decoded ({exc}); it may be truncated") from exc
     if getattr(image, "is_animated", False) and detected == "PNG":
         raise _reject("ANIMATED_IMAGE", "animated PNGs are not accepted: upload a single frame")
     return _normalise(image, data, detected)

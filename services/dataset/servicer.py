@@ -55,8 +55,8 @@ from services.dataset.crop_render import (
     CropResult,
     choose_box,
     crop_result,
-    is_crop_warning,
     ensure_rendered,
+    is_crop_warning,
     upscale_warning,
 )
 from services.dataset.cropping import Box, Detector

@@ -1,7 +1,7 @@
 """datasets, images, uploads, snapshots
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-25 12:21:46.415714
 """
 import sqlalchemy as sa
@@ -68,7 +68,8 @@ def upgrade() -> None:
     sa.UniqueConstraint('dataset_id', 'sha256', name='uq_images_dataset_sha256')
     )
     with op.batch_alter_table('images', schema=None) as batch_op:
-        batch_op.create_index('ix_images_dataset_role_created', ['dataset_id', 'role', 'create_time', 'id'], unique=False)
+        batch_op.create_index('ix_images_dataset_role_created', ['dataset_id', 'role', 'create_time', 'id'],
+                              unique=False)
 
     op.create_table('snapshots',
     sa.Column('dataset_id', sa.String(length=32), nullable=False),
