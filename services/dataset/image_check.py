@@ -24,7 +24,6 @@ _OTHER_FORMATS = (
     (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
     (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"), (b"%PDF", "PDF"),
 )
-THUMBNAIL_SIDE = 256
 EXIF_ORIENTATION = 0x0112
 
 
@@ -42,9 +41,6 @@ class CheckedImage:
     height: int
     # What to store as the image's original.
     stored_bytes: bytes
-    # RGB pixels: full size when the bytes were rewritten, else possibly a reduced
-    # decode no smaller than the thumbnail.
-    preview: Image.Image
     warnings: list[str] = field(default_factory=list)
 
 
@@ -90,11 +86,11 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
                 image.verify()  # chunk CRCs and structure, before spending time on inflate
                 image = Image.open(io.BytesIO(data), formats=formats)
             if detected == "JPEG" and not _needs_rewrite(image, data):
-                # The bytes will be kept as they are, so pixels are only needed for the
-                # thumbnail. libjpeg still entropy-decodes every block at reduced scale
-                # (truncated or corrupt data fails exactly as in a full decode); only the
-                # inverse DCT runs smaller, which makes verification ~2x cheaper.
-                image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+                # The bytes will be kept as they are, so no pixels are needed at all.
+                # At 1/8 scale libjpeg still entropy-decodes every block (truncated or
+                # corrupt data fails exactly as in a full decode); only the inverse DCT
+                # is skipped, which makes verification several times cheaper.
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
     except ServiceError:
         raise
@@ -131,7 +127,7 @@ def _normalise(image: Image.Image, data: bytes, detected: str) -> CheckedImage:
     if not _needs_rewrite(image, data):
         # image.size may be a reduced draft; the header's size is the real one.
         real_width, real_height = Image.open(io.BytesIO(data)).size
-        return CheckedImage(content_type, real_width, real_height, data, image, notes)
+        return CheckedImage(content_type, real_width, real_height, data, notes)
     orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     if orientation not in (1, None):
         image = ImageOps.exif_transpose(image)
@@ -141,7 +137,7 @@ def _normalise(image: Image.Image, data: bytes, detected: str) -> CheckedImage:
     rgb.save(buffer, format="PNG", compress_level=6)
     if detected == "JPEG":
         notes.append("stored as lossless PNG after normalisation")
-    return CheckedImage("image/png", rgb.width, rgb.height, buffer.getvalue(), rgb, notes)
+    return CheckedImage("image/png", rgb.width, rgb.height, buffer.getvalue(), notes)
 
 
 def _is_deep_png(data: bytes) -> bool:
@@ -176,12 +172,3 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
     elif mode not in ("L", "1"):
         notes.append(f"{mode} converted to RGB")
     return image.convert("RGB")
-
-
-def make_thumbnail(rgb: Image.Image) -> bytes:
-    thumb = rgb.copy()
-    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    buffer = io.BytesIO()
-    # method 2: half the encode time of the default for a 2% larger file.
-    thumb.save(buffer, format="WEBP", quality=82, method=2)
-    return buffer.getvalue()

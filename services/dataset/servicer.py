@@ -56,12 +56,13 @@ from services.dataset.crop_render import (
     choose_box,
     crop_result,
     ensure_rendered,
+    ensure_thumbnail,
     is_crop_warning,
     upscale_warning,
 )
 from services.dataset.cropping import Box, Detector
 from services.dataset.filenames import safe_filename
-from services.dataset.image_check import CheckedImage, ImageLimits, check_image, make_thumbnail, sniff_format
+from services.dataset.image_check import CheckedImage, ImageLimits, check_image, sniff_format
 from services.dataset.settings import DatasetSettings
 from services.dataset.snapshots import Manifest, build_manifest
 
@@ -300,31 +301,26 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             self._check_duplicate(conn, dataset_id, sha256)
             return None
 
-        earlier = await self._db(precheck)
-        if earlier is not None:
-            return earlier
         image_id = names.new_id()
         original_key = names.original_key(dataset_id, image_id)
         thumbnail_key = names.thumbnail_key(dataset_id, image_id)
-        written = [original_key, thumbnail_key]
+        written = [original_key]
         # Most uploads are stored byte for byte, so the original goes to the object
-        # store while it is being verified; a rejected one is deleted below.
+        # store while the request is checked against the records and the bytes are
+        # verified; anything rejected is deleted below.
         sniffed = sniff_format(data)
         speculative = (asyncio.ensure_future(self._io(self._store.put_bytes, original_key, data,
                                                       f"image/{sniffed.lower()}"))
                        if sniffed in ("PNG", "JPEG") else None)
         try:
+            earlier = await self._db(precheck)
+            if earlier is not None:
+                raise _Replayed(earlier)
             checked: CheckedImage = await self._cpu(check_image, data, self._limits)
-            thumbnail = await self._cpu(make_thumbnail, checked.preview)
-            puts = [self._io(self._store.put_bytes, thumbnail_key, thumbnail, "image/webp")]
-            if speculative is None or checked.stored_bytes is not data:
-                if speculative is not None:
-                    await speculative
-                puts.append(self._io(self._store.put_bytes, original_key, checked.stored_bytes,
-                                     checked.content_type))
-            else:
-                puts.append(speculative)
-            await asyncio.gather(*puts)
+            if speculative is not None:
+                await speculative
+            if checked.stored_bytes is not data:
+                await self._io(self._store.put_bytes, original_key, checked.stored_bytes, checked.content_type)
 
             def commit(conn: Connection) -> pb.Image:
                 earlier = self._keys.replay(conn, tenant, method, request_id, fingerprint, pb.Image)
@@ -351,6 +347,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
 
             return await self._db(commit)
         except _Replayed as replayed:
+            if speculative is not None:
+                await asyncio.gather(asyncio.shield(speculative), return_exceptions=True)
             await self._delete_objects_quietly(written)
             return replayed.response
         except BaseException:
@@ -615,7 +613,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         tenant = tenant_of(context)
         row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id))
         key, content_type, width, height = _variant(row, request.variant)
-        await self._render_if_cropped(row, request.variant)
+        await self._render_derived(row, request.variant)
         size = await self._io(self._store.size, key)
         yield pb.ReadImageResponse(metadata=pb.ReadImageMetadata(
             content_type=content_type, size_bytes=size, width=width, height=height))
@@ -633,14 +631,16 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             raise invalid_field("ttl_seconds", "1..604800 seconds (S3 presigned URLs last at most 7 days)")
         row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id))
         key, *_ = _variant(row, request.variant)
-        await self._render_if_cropped(row, request.variant)
+        await self._render_derived(row, request.variant)
         ttl = dt.timedelta(seconds=ttl_seconds)
         response = pb.GetImageUrlResponse(url=await self._io(self._store.presigned_get, key, ttl))
         response.expire_time.FromDatetime(records.now() + ttl)
         return response
 
-    async def _render_if_cropped(self, row: Row[Any], variant: int) -> None:
-        if variant == pb.IMAGE_VARIANT_CROPPED:
+    async def _render_derived(self, row: Row[Any], variant: int) -> None:
+        if variant == pb.IMAGE_VARIANT_THUMBNAIL:
+            await self._cpu(ensure_thumbnail, self._store, row.original_key, row.thumbnail_key)
+        elif variant == pb.IMAGE_VARIANT_CROPPED:
             result = crop_result(row.dataset_id, row.id, Box(row.crop_left, row.crop_top, row.crop_width,
                                                              row.crop_height),
                                  row.crop_target_width, row.crop_target_height, row.crop_mode)

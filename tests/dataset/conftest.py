@@ -6,13 +6,13 @@ from typing import Any
 
 import grpc
 import pytest
-
 from kiln.v1 import dataset_pb2_grpc
+
+from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
 from services.common.settings import ObjectStoreSettings, ServerSettings
 from services.dataset.server import DatasetService, running_dataset_service
 from services.dataset.settings import DatasetSettings
-from services.common.loop_thread import LoopThread
 
 
 def make_settings(data_dir: pathlib.Path, s3: ObjectStoreSettings, **overrides: Any) -> DatasetSettings:

@@ -1,4 +1,5 @@
 from kiln.v1 import dataset_pb2 as pb
+
 from tests.dataset.helpers import image_bytes, new_dataset, upload
 
 

@@ -8,9 +8,9 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from kiln.v1 import dataset_pb2 as pb
 from PIL import Image
 
-from kiln.v1 import dataset_pb2 as pb
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
 
 
@@ -85,7 +85,7 @@ def test_modes_normalised_to_rgb(stub, dataset, kind):
     else:
         Image.fromarray(rng.integers(0, 256, (80, 96), dtype=np.uint8), "L").save(buffer, format="JPEG")
     image = upload(stub, dataset.name, buffer.getvalue())
-    assert image.content_type == "image/png" and image.warnings or kind in ("bilevel", "grey-jpeg")
+    assert (image.content_type == "image/png" and image.warnings) or kind in ("bilevel", "grey-jpeg")
     stored = Image.open(io.BytesIO(read_back(stub, image.name)[1]))
     assert stored.mode == "RGB" and stored.size == (96, 80)
     pixels = np.asarray(stored)
@@ -136,7 +136,7 @@ def test_thousand_and_first_training_image(stub, store, dataset, service):
     code, reason, _ = failure(upload, stub, dataset.name, data[limit])
     assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "IMAGE_LIMIT_REACHED")
     assert stub.GetDataset(pb.GetDatasetRequest(name=dataset.name)).training_image_count == limit
-    assert len(store.list_keys(dataset.name + "/images/")) == 2 * limit
+    assert len(store.list_keys(dataset.name + "/images/")) == limit
     # Regularization images have their own limit.
     upload(stub, dataset.name, data[limit], role=pb.IMAGE_ROLE_REGULARIZATION)
 
@@ -177,12 +177,15 @@ def test_presigned_url_signature_is_checked(stub, dataset):
     assert err.value.code == 403
 
 
-def test_read_variants_and_urls(stub, dataset):
+def test_read_variants_and_urls(stub, store, dataset):
     data = image_bytes(640, 480)
     image = upload(stub, dataset.name, data)
+    assert store.list_keys(image.name + "/") == [image.name + "/original"]
     meta, thumb = read_back(stub, image.name, pb.IMAGE_VARIANT_THUMBNAIL)
     assert meta.content_type == "image/webp"
-    assert Image.open(io.BytesIO(thumb)).size == (256, 192)
+    assert Image.open(io.BytesIO(thumb)).size == (256, 192) == (meta.width, meta.height)
+    assert store.list_keys(image.name + "/") == [image.name + "/original", image.name + "/thumb.webp"]
+    assert read_back(stub, image.name, pb.IMAGE_VARIANT_THUMBNAIL)[1] == thumb  # served from the cache
     code, reason, _ = failure(read_back, stub, image.name, pb.IMAGE_VARIANT_CROPPED)
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_CROPPED")
     url = stub.GetImageUrl(pb.GetImageUrlRequest(name=image.name, ttl_seconds=60)).url
@@ -207,7 +210,7 @@ def test_list_pagination_and_deletes(stub, store, dataset):
     deleted = stub.BatchDeleteImages(pb.BatchDeleteImagesRequest(parent=dataset.name, names=uploaded[1:4]))
     assert deleted.deleted_count == 3
     assert stub.ListImages(pb.ListImagesRequest(parent=dataset.name)).total_size == 3
-    assert len(store.list_keys(dataset.name + "/images/")) == 3 * 2
+    assert len(store.list_keys(dataset.name + "/images/")) == 3
     # A batch naming a missing image deletes nothing.
     code, _, _ = failure(stub.BatchDeleteImages, pb.BatchDeleteImagesRequest(
         parent=dataset.name, names=[uploaded[4], uploaded[0]]))
