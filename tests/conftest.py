@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from services.common.embedded_s3 import EmbeddedS3
+from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
 from services.common.settings import ObjectStoreSettings
-from services.common.loop_thread import LoopThread
 from tests.servers import PostgresCluster
 
 ACCESS_KEY, SECRET_KEY = "kiln-test", "kiln-test-secret"
