@@ -52,7 +52,7 @@ def test_saved_lora_reloads_exactly_in_diffusers(family, conv_dim, make_dataset,
     trained = run_training(config, dataset)
     lora = trained.writer.read("epochs/1/lora.safetensors")
     keys = safetensors.torch.load(lora).keys()
-    assert any(".lora_down.weight" in k and k.endswith("conv1.lora_down.weight")
+    assert any((".lora_down.weight" in k and k.endswith("conv1.lora_down.weight"))
                or "in_layers_2" in k for k in keys) == (conv_dim is not None)
 
     expected = _outputs(trained.run.model)

@@ -16,7 +16,11 @@ DEFAULT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
 
 @torch.no_grad()
 def evaluation_loss(
-    model: BaseModel, plan: SamplePlan, reader: BlobReader, seed: int = 0, timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
+    model: BaseModel,
+    plan: SamplePlan,
+    reader: BlobReader,
+    seed: int = 0,
+    timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS,
 ) -> float:
     scheduler = model.noise_scheduler
     device = model.unet.device

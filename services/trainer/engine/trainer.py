@@ -108,6 +108,19 @@ def _estimate(
     )
 
 
+def build_lr_scheduler(
+    config: TrainingConfig, optimizer: torch.optim.Optimizer, total_steps: int, warmup: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    return get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
+        num_cycles=config.lr_scheduler_num_cycles,
+        power=config.lr_scheduler_power,
+    )
+
+
 def train(
     config: TrainingConfig,
     snapshot: DatasetSnapshot,
@@ -167,14 +180,7 @@ class TrainingRun:
         torch.manual_seed(self.seed)  # peft draws the LoRA initialisation from the global generator
         self.trained = self._attach_networks()
         self.optimizer = build_optimizer(config.optimizer, self.param_groups, config.optimizer_args)
-        self.lr_scheduler = get_scheduler(
-            config.lr_scheduler,
-            self.optimizer,
-            num_warmup_steps=estimate.warmup_steps,
-            num_training_steps=estimate.total_steps,
-            num_cycles=config.lr_scheduler_num_cycles,
-            power=config.lr_scheduler_power,
-        )
+        self.lr_scheduler = build_lr_scheduler(config, self.optimizer, estimate.total_steps, estimate.warmup_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
         self.noise_scheduler = self.model.noise_scheduler
         self.snr = all_snr(self.noise_scheduler.alphas_cumprod)

@@ -1,0 +1,324 @@
+"""One test per training parameter, each showing the parameter's effect on a real (tiny) run."""
+
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+from services.trainer.engine import trainer as trainer_module
+from services.trainer.engine.base_model import encode_prompts, load_base_model
+from services.trainer.engine.config import parse_config
+from services.trainer.engine.trainer import build_lr_scheduler
+
+
+def _lora(trained, epoch: int = 1) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load(trained.writer.read(f"epochs/{epoch}/lora.safetensors"))
+
+
+@pytest.fixture
+def seen_captions(monkeypatch) -> list[str]:
+    """Every caption the text encoder was given during training."""
+    captions: list[str] = []
+    original = trainer_module.encode_prompts
+
+    def spy(model, batch_captions, clip_skip=1):
+        captions.extend(batch_captions)
+        return original(model, batch_captions, clip_skip)
+
+    monkeypatch.setattr(trainer_module, "encode_prompts", spy)
+    return captions
+
+
+@pytest.fixture
+def prepared_images(monkeypatch) -> list[tuple[tuple[int, ...], bool]]:
+    """(pixel tensor shape, flipped) of every image prepared for a training step."""
+    seen: list[tuple[tuple[int, ...], bool]] = []
+    original = trainer_module.prepare_image
+
+    def spy(reader, planned, flip):
+        prepared = original(reader, planned, flip)
+        seen.append((tuple(prepared.pixels.shape), flip))
+        return prepared
+
+    monkeypatch.setattr(trainer_module, "prepare_image", spy)
+    return seen
+
+
+def test_epochs_and_save_every_n_epochs(make_dataset, fast_config, run_training) -> None:
+    trained = run_training(fast_config(epochs=3, save_every_n_epochs=2), make_dataset(count=2))
+    assert trained.result.saved_epochs == [2, 3]  # every 2nd epoch, and always the last
+    assert trained.writer.read("epochs/1/lora.safetensors") is None
+    assert trained.result.final_step == 3
+
+
+def test_text_encoder_lr_zero_leaves_the_text_encoder_untouched(make_dataset, fast_config, run_training) -> None:
+    trained = run_training(fast_config(text_encoder_lr=0), make_dataset(count=2))
+    keys = _lora(trained).keys()
+    assert keys and not any(k.startswith("lora_te") for k in keys)
+    base = load_base_model("sd15", trained.run.model.path)
+    with torch.no_grad():
+        mine = encode_prompts(trained.run.model, ["mytrigger, square"]).hidden_states
+        original = encode_prompts(base, ["mytrigger, square"]).hidden_states
+    assert torch.equal(mine, original)
+
+
+def test_sdxl_encoder_rates_apply_to_each_encoder(make_dataset, fast_config, run_training) -> None:
+    dataset = make_dataset(family="sdxl", count=2)
+    only_second = run_training(fast_config(base_model="tiny-sdxl", text_encoder_lr=0, text_encoder_2_lr=1e-3), dataset)
+    keys = _lora(only_second).keys()
+    assert any(k.startswith("lora_te2_") for k in keys) and not any(k.startswith("lora_te1_") for k in keys)
+    both_frozen = run_training(fast_config(base_model="tiny-sdxl", text_encoder_lr=0), dataset)
+    assert not any(k.startswith("lora_te") for k in _lora(both_frozen))
+
+
+def test_unet_lr_zero_trains_only_the_text_encoder(make_dataset, fast_config, run_training) -> None:
+    trained = run_training(fast_config(unet_lr=0), make_dataset(count=2))
+    keys = _lora(trained).keys()
+    assert keys and all(k.startswith("lora_te_") for k in keys)
+
+
+def test_separate_learning_rates_reach_their_parameter_groups(make_dataset, fast_config, run_training) -> None:
+    trained = run_training(fast_config(unet_lr=3e-4, text_encoder_lr=2e-5), make_dataset(count=2))
+    step = next(e for e in trained.events if e.phase == "training")
+    assert step.learning_rates == {"text_encoder": pytest.approx(2e-5), "unet": pytest.approx(3e-4)}
+
+
+@pytest.mark.parametrize(
+    ("options", "shape"),
+    [
+        ({"lr_scheduler": "constant"}, "flat"),
+        ({"lr_scheduler": "constant_with_warmup", "lr_warmup_ratio": 0.5}, "ramp_then_flat"),
+        ({"lr_scheduler": "linear"}, "falls_linearly"),
+        ({"lr_scheduler": "cosine"}, "falls"),
+        ({"lr_scheduler": "cosine_with_restarts", "lr_scheduler_num_cycles": 2}, "restarts"),
+        ({"lr_scheduler": "polynomial", "lr_scheduler_power": 2.0}, "falls_convex"),
+    ],
+)
+def test_lr_schedulers(options, shape) -> None:
+    config = parse_config({"unet_lr": 1.0, **options})
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    total = 10
+    warmup = int(config.lr_warmup_ratio * total) if config.lr_warmup_ratio else 0
+    scheduler = build_lr_scheduler(config, optimizer, total, warmup)
+    lrs = []
+    for _ in range(total):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    falling = all(b <= a for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] < 0.5
+    if shape == "flat":
+        assert lrs == [1.0] * total
+    elif shape == "ramp_then_flat":
+        assert lrs[:5] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8]) and lrs[5:] == [1.0] * 5
+    elif shape == "falls_linearly":
+        assert lrs == pytest.approx([1 - i / 10 for i in range(10)])
+    elif shape == "falls":
+        assert falling and lrs[5] == pytest.approx(0.5)
+    elif shape == "restarts":
+        assert lrs[5] == pytest.approx(1.0) and lrs[4] < 0.5  # back to the top at half time
+    elif shape == "falls_convex":
+        assert falling and lrs[5] == pytest.approx(0.25, abs=1e-6)  # (1 - 5/10) ** 2
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "DAdaptAdam",
+                                       "SGDNesterov"])
+def test_every_optimizer_trains(optimizer, make_dataset, fast_config, run_training) -> None:
+    rates = {"Prodigy": 1.0, "DAdaptAdam": 1.0}  # learning-rate-free optimizers scale their own step
+    lr = rates.get(optimizer, 1e-3)
+    trained = run_training(fast_config(optimizer=optimizer, unet_lr=lr, text_encoder_lr=lr), make_dataset(count=2))
+    ups = [t for k, t in _lora(trained).items() if k.endswith("lora_up.weight")]
+    assert any(t.abs().max() > 0 for t in ups)  # up weights start at zero: the optimizer moved them
+    assert type(trained.run.optimizer).__name__.lower().replace("8bit", "") .startswith(
+        {"AdamW8bit": "adamw", "SGDNesterov": "sgd", "DAdaptAdam": "dadaptadam"}.get(optimizer, optimizer.lower()))
+
+
+def test_optimizer_args_are_passed_through(make_dataset, fast_config, run_training) -> None:
+    trained = run_training(fast_config(optimizer="AdamW", optimizer_args={"weight_decay": 0.5, "betas": [0.8, 0.9]}),
+                           make_dataset(count=2))
+    group = trained.run.optimizer.param_groups[0]
+    assert group["weight_decay"] == 0.5 and tuple(group["betas"]) == (0.8, 0.9)
+    sgd = run_training(fast_config(optimizer="SGDNesterov"), make_dataset(count=2))
+    assert sgd.run.optimizer.param_groups[0]["nesterov"] is True
+    assert sgd.run.optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_dim_sets_rank_and_alpha_is_stored_and_applied(make_dataset, fast_config, run_training) -> None:
+    trained = run_training(fast_config(network_dim=6, network_alpha=3, unet_lr=1e-2, save_precision="float"),
+                           make_dataset(count=2))
+    tensors = _lora(trained)
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_q"
+    down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
+    assert down.shape[0] == 6 and up.shape[1] == 6 and tensors[f"{name}.alpha"].item() == 3.0
+
+    pipe = DiffusionPipeline.from_pretrained(trained.run.model.path, local_files_only=True)
+    layer = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_q
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = layer(x)
+        pipe.load_lora_weights(tensors)
+        adapted = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_q(x)
+    # kohya's LoRA: W x + (alpha / dim) * up(down(x))
+    assert torch.allclose(adapted - plain, (x @ down.T @ up.T) * (3 / 6), atol=1e-6)
+
+
+def test_conv_dim_adds_conv_layers_with_their_own_alpha(make_dataset, fast_config, run_training) -> None:
+    dataset = make_dataset(count=2)
+    plain = _lora(run_training(fast_config(), dataset))
+    assert not any("resnets" in k or "samplers" in k for k in plain)
+    locon = _lora(run_training(fast_config(conv_dim=3), dataset))
+    conv = "lora_unet_down_blocks_0_resnets_1_conv2"
+    assert locon[f"{conv}.lora_down.weight"].shape == (3, 32, 3, 3)
+    assert locon[f"{conv}.alpha"].item() == 1.0  # kohya's default conv alpha
+    assert "lora_unet_down_blocks_0_downsamplers_0_conv.lora_down.weight" in locon
+    # kohya also adapts the resnets' 1x1 and linear layers at the network dim once conv is on
+    assert locon["lora_unet_down_blocks_0_resnets_1_time_emb_proj.lora_down.weight"].shape[0] == 4
+
+
+def test_shuffle_and_keep_n_reach_the_text_encoder(make_dataset, fast_config, run_training, seen_captions) -> None:
+    dataset = make_dataset(count=2, repeat=4, captions=["mytrigger, red, round, big, shiny"])
+    run_training(fast_config(shuffle_caption=True, keep_tokens=1, epochs=2), dataset)
+    assert len(seen_captions) == 16
+    assert all(c.startswith("mytrigger, ") for c in seen_captions)
+    assert len(set(seen_captions)) > 4
+
+
+def test_caption_dropout_trains_on_empty_captions(make_dataset, fast_config, run_training, seen_captions) -> None:
+    run_training(fast_config(caption_dropout_rate=1.0), make_dataset(count=2))
+    assert seen_captions == ["", ""]
+
+
+def test_clip_skip_uses_an_earlier_layer(make_dataset, fast_config, run_training, model_store) -> None:
+    model = load_base_model("sd15", model_store.resolve("tiny-sd15").path)
+    with torch.no_grad():
+        last = encode_prompts(model, ["mytrigger"]).hidden_states
+        skipped = encode_prompts(model, ["mytrigger"], clip_skip=2).hidden_states
+    assert last.shape == skipped.shape and not torch.allclose(last, skipped)
+    trained = run_training(fast_config(clip_skip=2), make_dataset(count=2))
+    metadata = _metadata(trained.writer.read("epochs/1/lora.safetensors"))
+    assert metadata["ss_clip_skip"] == "2"
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    import json
+
+    return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+
+
+@pytest.mark.parametrize("option", [{"noise_offset": 0.1}, {"multires_noise_iterations": 4,
+                                                            "multires_noise_discount": 0.5},
+                                    {"min_snr_gamma": 5.0}])
+def test_noise_and_loss_options_change_the_training_signal(option, make_dataset, fast_config, run_training) -> None:
+    dataset = make_dataset(count=2, repeat=2)
+    baseline = run_training(fast_config(), dataset).result.step_losses
+    changed = run_training(fast_config(**option), dataset).result.step_losses
+    assert len(changed) == len(baseline) and changed != baseline
+    if "min_snr_gamma" in option:
+        assert all(c <= b + 1e-6 for c, b in zip(changed, baseline, strict=True))  # weights are <= 1
+
+
+def test_prior_loss_weight_scales_regularization_samples(make_dataset, fast_config, run_training) -> None:
+    dataset = make_dataset(count=1, repeat=2, reg_count=1, reg_repeat=1)
+    ignored = run_training(fast_config(batch_size=1, prior_loss_weight=0.0), dataset)
+    assert ignored.result.estimate.num_reg_images == 1 and ignored.result.final_step == 4  # balanced: 2 + 2
+    assert sorted(ignored.result.step_losses)[:2] == [0.0, 0.0]  # reg steps weigh nothing
+    assert all(loss > 0 for loss in sorted(ignored.result.step_losses)[2:])
+    counted = run_training(fast_config(batch_size=1, prior_loss_weight=1.0), dataset)
+    assert all(loss > 0 for loss in counted.result.step_losses)
+
+
+def test_uncropped_images_train_in_aspect_buckets_and_crops_at_their_size(
+    make_dataset, fast_config, run_training, prepared_images
+) -> None:
+    wide = make_dataset(count=2, sizes=[(64, 64), (128, 48)])
+    config = fast_config(bucket_reso_steps=32, min_bucket_reso=32, max_bucket_reso=128, batch_size=1)
+    trained = run_training(config, wide)
+    assert trained.result.estimate.buckets == {"64x64": 1, "96x32": 1}
+    assert sorted(shape for shape, _ in prepared_images) == [(3, 32, 96), (3, 64, 64)]
+    prepared_images.clear()
+    cropped = make_dataset(count=2, sizes=[(128, 48)], crop_to=(48, 64))
+    run_training(fast_config(batch_size=1), cropped)
+    assert [shape for shape, _ in prepared_images] == [(3, 64, 48), (3, 64, 48)]
+
+
+def test_bucket_no_upscale_keeps_small_images_small(make_dataset, fast_config, model_store) -> None:
+    from services.trainer.engine.trainer import estimate_training
+
+    small = make_dataset(count=1, sizes=[(40, 40)])
+    config = fast_config(bucket_reso_steps=8, min_bucket_reso=16)
+    assert estimate_training(config, small.snapshot, model_store).buckets == {"64x64": 1}
+    no_upscale = config.model_copy(update={"bucket_no_upscale": True})
+    assert estimate_training(no_upscale, small.snapshot, model_store).buckets == {"40x40": 1}
+
+
+def test_resolution_sets_the_training_size(make_dataset, fast_config, run_training, prepared_images) -> None:
+    run_training(fast_config(resolution=32, min_bucket_reso=32, bucket_reso_steps=32), make_dataset(count=2))
+    assert {shape for shape, _ in prepared_images} == {(3, 32, 32)}
+
+
+def test_flip_aug_mirrors_about_half_the_samples(make_dataset, fast_config, run_training, prepared_images) -> None:
+    dataset = make_dataset(count=4, repeat=5)
+    run_training(fast_config(), dataset)
+    assert not any(flip for _, flip in prepared_images)
+    prepared_images.clear()
+    run_training(fast_config(flip_aug=True), dataset)
+    flips = sum(flip for _, flip in prepared_images)
+    assert 4 <= flips <= 16
+
+
+@pytest.fixture
+def vae_encodes(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = AutoencoderKL.encode
+
+    def counting(self, x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(AutoencoderKL, "encode", counting)
+    return calls
+
+
+def test_cache_latents_encodes_each_image_once(make_dataset, fast_config, run_training, vae_encodes) -> None:
+    dataset = make_dataset(count=3, repeat=2)
+    uncached = run_training(fast_config(epochs=2, batch_size=1), dataset)
+    assert len(vae_encodes) == uncached.result.final_step == 12  # once per sample
+    vae_encodes.clear()
+    cached = run_training(fast_config(epochs=2, batch_size=1, cache_latents=True, flip_aug=True), dataset)
+    assert len(vae_encodes) == 3 * 2  # each image and its mirror, before training, never again
+    assert cached.result.final_step == 12
+
+
+def test_bf16_mixed_precision_trains_close_to_fp32(make_dataset, fast_config, run_training) -> None:
+    dataset = make_dataset(count=2)
+    full = _lora(run_training(fast_config(save_precision="float", unet_lr=1e-2), dataset))
+    mixed = _lora(run_training(fast_config(save_precision="float", unet_lr=1e-2, mixed_precision="bf16"), dataset))
+    ups = [k for k in full if k.endswith("lora_up.weight")]
+    assert any(not torch.equal(full[k], mixed[k]) for k in ups)  # bf16 really ran
+    # Same direction of learning: Adam's sign-like first step flips only for the tiniest gradients.
+    a = torch.cat([full[k].flatten() for k in ups])
+    b = torch.cat([mixed[k].flatten() for k in ups])
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9
+
+
+def test_gradient_checkpointing_gives_the_same_weights(make_dataset, fast_config, run_training) -> None:
+    dataset = make_dataset(count=2)
+    plain = run_training(fast_config(save_precision="float"), dataset)
+    checkpointed = run_training(fast_config(save_precision="float", gradient_checkpointing=True), dataset)
+    assert checkpointed.run.model.unet.is_gradient_checkpointing
+    assert checkpointed.run.model.text_encoders[0].is_gradient_checkpointing
+    a, b = _lora(plain), _lora(checkpointed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_attention_backend(make_dataset, fast_config, run_training) -> None:
+    dataset = make_dataset(count=2)
+    sdpa = run_training(fast_config(save_precision="float"), dataset)
+    eager = run_training(fast_config(save_precision="float", attention="eager"), dataset)
+    assert {type(p) for p in sdpa.run.model.unet.attn_processors.values()} == {AttnProcessor2_0}
+    assert {type(p) for p in eager.run.model.unet.attn_processors.values()} == {AttnProcessor}
+    assert eager.run.model.text_encoders[0].config._attn_implementation == "eager"
+    a, b = _lora(sdpa), _lora(eager)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
