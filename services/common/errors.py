@@ -7,6 +7,7 @@ anything unexpected) into a status, so clients never see a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -120,20 +121,26 @@ async def _abort(context: grpc.aio.ServicerContext, err: ServiceError) -> None:
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
+@contextlib.asynccontextmanager
+async def _answering_errors(context: grpc.aio.ServicerContext, handler: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except ServiceError as err:
+        await _abort(context, err)
+    except (grpc.aio.AbortError, grpc.aio.UsageError):
+        raise
+    except Exception as exc:
+        log.exception("unhandled error in %s", handler)
+        await _abort(context, _internal(exc))
+
+
 def unary_errors(fn: Handler) -> Handler:
     """For unary-response handlers (unary-unary and stream-unary)."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
+        async with _answering_errors(context, fn.__qualname__):
             return await fn(self, parsed(request), context)
-        except ServiceError as err:
-            await _abort(context, err)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception as exc:
-            log.exception("unhandled error in %s", fn.__qualname__)
-            await _abort(context, _internal(exc))
 
     return wrapper  # type: ignore[return-value]
 
@@ -143,16 +150,9 @@ def stream_errors(fn: Handler) -> Handler:
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
+        async with _answering_errors(context, fn.__qualname__):
             async for item in fn(self, parsed(request), context):
                 yield item
-        except ServiceError as err:
-            await _abort(context, err)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception as exc:
-            log.exception("unhandled error in %s", fn.__qualname__)
-            await _abort(context, _internal(exc))
 
     return wrapper  # type: ignore[return-value]
 

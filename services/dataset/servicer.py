@@ -38,7 +38,7 @@ from services.common.errors import (
 )
 from services.common.idempotency import IdempotencyKeys, check_request_id, request_fingerprint
 from services.common.objectstore import ObjectNotFound, ObjectStore
-from services.common.pagination import decode_token, encode_token, page_size
+from services.common.pagination import keyset_page, page_size
 from services.common.tenancy import tenant_of
 from services.dataset import captions, names, records, schema
 from services.dataset.convert import (
@@ -176,19 +176,13 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                            context: grpc.aio.ServicerContext) -> pb.ListDatasetsResponse:
         tenant = tenant_of(context)
         size = page_size(request.page_size, 20, 100)
-        after = decode_token(request.page_token, f"datasets:{tenant}")
         d = schema.datasets.c
 
         def read(conn: Connection) -> pb.ListDatasetsResponse:
-            query = sa.select(schema.datasets).where(d.tenant == tenant)
-            if after is not None:
-                query = query.where(sa.tuple_(d.create_time, d.id) > (dt.datetime.fromisoformat(after[0]), after[1]))
-            rows = conn.execute(query.order_by(d.create_time, d.id).limit(size + 1)).all()
-            response = pb.ListDatasetsResponse(datasets=[self._dataset_message(conn, r) for r in rows[:size]])
-            if len(rows) > size:
-                last = rows[size - 1]
-                response.next_page_token = encode_token([_iso(last.create_time), last.id], f"datasets:{tenant}")
-            return response
+            rows, token = keyset_page(conn, sa.select(schema.datasets).where(d.tenant == tenant), d.create_time,
+                                      d.id, request.page_token, size, f"datasets:{tenant}")
+            return pb.ListDatasetsResponse(datasets=[self._dataset_message(conn, r) for r in rows],
+                                           next_page_token=token)
 
         return await self._db(read)
 
@@ -487,23 +481,16 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             raise invalid_field("role", "unknown role")
         size = page_size(request.page_size, 100, 1000)
         query_key = f"images:{tenant}:{dataset_id}:{role}"
-        after = decode_token(request.page_token, query_key)
         i = schema.images.c
 
         def read(conn: Connection) -> pb.ListImagesResponse:
             dataset = records.get_dataset(conn, tenant, dataset_id)
             where = [i.dataset_id == dataset_id, *([i.role == role] if role else [])]
             total = conn.execute(sa.select(sa.func.count()).where(*where)).scalar_one()
-            query = sa.select(schema.images).where(*where)
-            if after is not None:
-                query = query.where(sa.tuple_(i.create_time, i.id) > (dt.datetime.fromisoformat(after[0]), after[1]))
-            rows = conn.execute(query.order_by(i.create_time, i.id).limit(size + 1)).all()
-            response = pb.ListImagesResponse(
-                images=[image_message(r, dataset.default_repeat) for r in rows[:size]], total_size=total)
-            if len(rows) > size:
-                last = rows[size - 1]
-                response.next_page_token = encode_token([_iso(last.create_time), last.id], query_key)
-            return response
+            rows, token = keyset_page(conn, sa.select(schema.images).where(*where), i.create_time, i.id,
+                                      request.page_token, size, query_key)
+            return pb.ListImagesResponse(images=[image_message(r, dataset.default_repeat) for r in rows],
+                                         total_size=total, next_page_token=token)
 
         return await self._db(read)
 
@@ -862,21 +849,13 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         tenant = tenant_of(context)
         size = page_size(request.page_size, 20, 100)
         query_key = f"snapshots:{tenant}:{dataset_id}"
-        after = decode_token(request.page_token, query_key)
         s = schema.snapshots.c
 
         def read(conn: Connection) -> pb.ListSnapshotsResponse:
             records.get_dataset(conn, tenant, dataset_id)
-            query = sa.select(schema.snapshots).where(s.dataset_id == dataset_id)
-            if after is not None:
-                query = query.where(sa.tuple_(s.create_time, s.sha256) > (dt.datetime.fromisoformat(after[0]),
-                                                                          after[1]))
-            rows = conn.execute(query.order_by(s.create_time, s.sha256).limit(size + 1)).all()
-            response = pb.ListSnapshotsResponse(snapshots=[_snapshot_message(r) for r in rows[:size]])
-            if len(rows) > size:
-                last = rows[size - 1]
-                response.next_page_token = encode_token([_iso(last.create_time), last.sha256], query_key)
-            return response
+            rows, token = keyset_page(conn, sa.select(schema.snapshots).where(s.dataset_id == dataset_id),
+                                      s.create_time, s.sha256, request.page_token, size, query_key)
+            return pb.ListSnapshotsResponse(snapshots=[_snapshot_message(r) for r in rows], next_page_token=token)
 
         return await self._db(read)
 
@@ -885,10 +864,6 @@ class _Replayed(Exception):
     def __init__(self, response: pb.Image) -> None:
         super().__init__("replayed")
         self.response = response
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.isoformat()
 
 
 def _dataset_violations(spec: pb.Dataset, creating: bool) -> list[FieldViolation]:
