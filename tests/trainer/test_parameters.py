@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import safetensors.torch
 import torch
@@ -108,7 +110,7 @@ def test_lr_schedulers(options, shape) -> None:
         lrs.append(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
-    falling = all(b <= a for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] < 0.5
+    falling = all(b <= a for a, b in itertools.pairwise(lrs)) and lrs[-1] < 0.5
     if shape == "flat":
         assert lrs == [1.0] * total
     elif shape == "ramp_then_flat":
