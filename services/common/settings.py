@@ -14,7 +14,8 @@ class ObjectStoreSettings(BaseModel):
     endpoint: str = ""
     access_key: str = "kiln"
     secret_key: SecretStr = SecretStr("kiln-secret-key")
-    bucket: str = "kiln"
+    # S3 bucket naming rules, checked at start-up rather than on the first request.
+    bucket: str = Field(default="kiln", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     secure: bool = False
     region: str = "us-east-1"
     # Where the embedded server keeps its data when no endpoint is given.
