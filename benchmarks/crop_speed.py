@@ -12,10 +12,10 @@ import os
 import time
 
 import cv2
-from kiln.v1 import dataset_pb2 as pb
 from PIL import Image
 
 from benchmarks.harness import dataset_stub, embedded_store, median_ms, photos
+from kiln.v1 import dataset_pb2 as pb
 from services.common.body_detector import BodyDetector
 from services.dataset.crop_render import choose_box
 from services.dataset.cropping import render_crop

@@ -9,9 +9,8 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 
-from kiln.v1 import dataset_pb2 as pb
-
 from benchmarks.harness import best_of, dataset_stub, embedded_store, photos
+from kiln.v1 import dataset_pb2 as pb
 
 CHUNK = 1024 * 1024
 COUNT = 36

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
-from kiln.v1 import dataset_pb2_grpc
 from PIL import Image, ImageOps
 
+from kiln.v1 import dataset_pb2_grpc
 from services.common.embedded_s3 import EmbeddedS3
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore

@@ -17,11 +17,11 @@ import sys
 import tempfile
 
 import grpc
-from kiln.v1 import dataset_pb2 as pb
-from kiln.v1 import dataset_pb2_grpc
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from kiln.v1 import dataset_pb2 as pb
+from kiln.v1 import dataset_pb2_grpc
 from services.common.settings import ServerSettings
 from services.common.storage_runtime import open_store
 from services.dataset.server import running_dataset_service

@@ -6,9 +6,9 @@ import datetime as dt
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from kiln.v1 import dataset_pb2 as pb
 from sqlalchemy.engine import Row
 
+from kiln.v1 import dataset_pb2 as pb
 from services.dataset.records import DatasetCounts
 
 FAMILY_TO_DB = {pb.MODEL_FAMILY_SD15: "sd15", pb.MODEL_FAMILY_SDXL: "sdxl"}

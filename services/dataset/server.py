@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from kiln.v1 import dataset_pb2, dataset_pb2_grpc
-
 from services.common.body_detector import BodyDetector
 from services.common.database import create_engine, migrate
 from services.common.logs import configure_logging

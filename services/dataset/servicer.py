@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 import grpc
 import sqlalchemy as sa
 from google.protobuf.message import Message
-from kiln.v1 import dataset_pb2 as pb
-from kiln.v1 import dataset_pb2_grpc
 from sqlalchemy.engine import Connection, Engine, Row
 
+from kiln.v1 import dataset_pb2 as pb
+from kiln.v1 import dataset_pb2_grpc
 from services.common.errors import (
     FieldViolation,
     ServiceError,

@@ -66,7 +66,7 @@ def test_embedded_s3_persists_across_restarts(tmp_path):
             store.get_bytes("a/missing")
         wrong = ObjectStore(ObjectStoreSettings(access_key="k", secret_key="wrong", bucket="bkt"),
                             endpoint=server.endpoint)
-        with pytest.raises(Exception, match="(?i)signature|denied|forbidden"):
+        with pytest.raises(Exception, match=r"(?i)signature|denied|forbidden"):
             wrong.get_bytes("a/b")
     finally:
         server.stop()

@@ -6,8 +6,8 @@ from typing import Any
 
 import grpc
 import pytest
-from kiln.v1 import dataset_pb2_grpc
 
+from kiln.v1 import dataset_pb2_grpc
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
 from services.common.settings import ObjectStoreSettings, ServerSettings

@@ -8,10 +8,10 @@ from collections.abc import Iterator, Sequence
 
 import grpc
 import numpy as np
-from kiln.v1 import dataset_pb2 as pb
-from kiln.v1 import dataset_pb2_grpc
 from PIL import Image
 
+from kiln.v1 import dataset_pb2 as pb
+from kiln.v1 import dataset_pb2_grpc
 from services.common.errors import status_details
 
 CHUNK = 1024 * 1024

@@ -6,8 +6,8 @@ import threading
 
 import grpc
 import pytest
-from kiln.v1 import dataset_pb2 as pb
 
+from kiln.v1 import dataset_pb2 as pb
 from services.common.objectstore import ObjectStore
 from tests.dataset.helpers import (
     failure,

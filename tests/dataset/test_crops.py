@@ -7,9 +7,9 @@ import io
 import grpc
 import numpy as np
 import pytest
-from kiln.v1 import dataset_pb2 as pb
 from PIL import Image
 
+from kiln.v1 import dataset_pb2 as pb
 from services.common.body_detector import BodyDetector
 from services.dataset.cropping import best_window, center_box, max_window, spectral_residual_saliency
 from tests.conftest import samples_dir

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
-
 from services.dataset.server import DatasetService, running_dataset_service
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import image_bytes, new_dataset, upload

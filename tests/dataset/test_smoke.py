@@ -1,5 +1,4 @@
 from kiln.v1 import dataset_pb2 as pb
-
 from tests.dataset.helpers import image_bytes, new_dataset, upload
 
 

@@ -6,8 +6,8 @@ import hashlib
 import json
 
 import grpc
-from kiln.v1 import dataset_pb2 as pb
 
+from kiln.v1 import dataset_pb2 as pb
 from services.dataset.snapshots import MANIFEST_KIND
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
 

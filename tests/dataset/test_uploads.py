@@ -8,9 +8,9 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from kiln.v1 import dataset_pb2 as pb
 from PIL import Image
 
+from kiln.v1 import dataset_pb2 as pb
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
 
 
