@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from services.tagger import body_tags, image_analysis
 from services.tagger.base import AnalysedImage, TaggerInfo, TaggerKind
 from services.tagger.options import TaggingOptions
-from services.tagger.runtime import RuntimeOptions, usable_cpu_count
+from services.tagger.runtime import RuntimeOptions
 from services.tagger.selection import arrange_tags
 from services.tagger.tags import Tag, display_name
 
@@ -71,9 +71,6 @@ class BuiltinTagger:
 
     def batch_size(self, runtime: RuntimeOptions) -> int:
         return runtime.batch_size
-
-    def default_prepare_workers(self) -> int:
-        return usable_cpu_count()  # all the work happens while preparing
 
     def prepare(self, image: AnalysedImage) -> BuiltinPrediction:
         traits = image_analysis.measure(image.image)

@@ -27,7 +27,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.tagger", description=__doc__.split("\n")[0])
-    parser.add_argument("--dir", type=pathlib.Path, help="installed taggers' directory (default: KILN_TAGGER_DIR)")
+    parser.add_argument(
+        "--dir", type=pathlib.Path, help="installed taggers' directory (default: KILN_TAGGER_DIR, else var/taggers)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     install = commands.add_parser("install", help="install a WD14-format tagger from files")
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = TaggerSettings()
-    registry = TaggerRegistry(args.dir or settings.dir, settings.runtime)
+    registry = TaggerRegistry(args.dir or settings.taggers_dir(), settings.tagger_runtime)
     try:
         if args.command == "install":
             info = registry.install(args.name, args.model, args.tags, replace=args.replace)
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_list(registry: TaggerRegistry, settings: TaggerSettings, *, as_json: bool) -> None:
-    preferred = registry.preferred(settings.default)
+    preferred = registry.preferred(settings.tagger_default)
     for info in registry.list():
         if as_json:
             print(json.dumps({**info.__dict__, "kind": str(info.kind), "preferred": info.name == preferred}))
@@ -109,9 +111,9 @@ def _tag(args: argparse.Namespace, registry: TaggerRegistry, settings: TaggerSet
         replace_underscores=not args.keep_underscores,
         undesired_tags=tuple(t for t in args.exclude.split(",") if t.strip()),
     )
-    tagger = registry.load(args.tagger or registry.preferred(settings.default))
+    tagger = registry.load(args.tagger or registry.preferred(settings.tagger_default))
     engine = TaggingEngine(
-        tagger, policy=settings.moderation_policy(), screen=not args.no_screening, runtime=settings.runtime
+        tagger, policy=settings.moderation_policy(), screen=not args.no_screening, runtime=settings.tagger_runtime
     )
     failures = 0
     with tqdm(

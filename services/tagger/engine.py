@@ -28,6 +28,7 @@ class ImageResult:
     ratings: Mapping[str, float] = field(default_factory=dict)  # raw rating scores (WD models)
     verdict: ModerationVerdict | None = None  # None when screening is off or the image failed
     error: str | None = None
+    error_reason: str | None = None  # TaggerError.reason codes, or INTERNAL
 
     @property
     def ok(self) -> bool:
@@ -61,7 +62,7 @@ class TaggingEngine:
         self.runtime = runtime or RuntimeOptions()
         wants_detector = tagger.needs_detections or self.policy is not None
         self._detector = (detector or BodyDetector()) if wants_detector else None
-        self._workers = self.runtime.prepare_workers or tagger.default_prepare_workers()
+        self._workers = self.runtime.resolved_prepare_workers()
 
     def iter_tag(self, images: Iterable[ImageSource], options: TaggingOptions | None = None) -> Iterator[ImageResult]:
         """Results as they complete (not in input order; `index` says which image)."""
@@ -74,7 +75,8 @@ class TaggingEngine:
             workers=self._workers,
         ):
             if isinstance(outcome, Exception):
-                yield ImageResult(index=index, error=self._describe(index, outcome))
+                reason, message = self._describe(index, outcome)
+                yield ImageResult(index=index, error=message, error_reason=reason)
             else:
                 yield ImageResult(index=index, **outcome)
 
@@ -99,8 +101,8 @@ class TaggingEngine:
             finished.append({"tags": tuple(prediction.tags(options)), "ratings": ratings, "verdict": verdict})
         return finished
 
-    def _describe(self, index: int, error: Exception) -> str:
+    def _describe(self, index: int, error: Exception) -> tuple[str, str]:
         if isinstance(error, TaggerError):
-            return str(error)
-        log.exception("tagging image %d failed", index, exc_info=error)
-        return f"internal error while tagging: {type(error).__name__}: {error}"
+            return error.reason, str(error)
+        log.error("tagging image %d failed", index, exc_info=error)
+        return "INTERNAL", f"internal error while tagging: {type(error).__name__}: {error}"

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import io
 import pathlib
+from collections.abc import Callable
 from functools import cached_property
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from services.tagger.errors import ImageDecodeError
+from services.tagger.errors import ImageDecodeError, TaggerError
 
 WHITE = (255, 255, 255)
 # 16-bit and 32-bit integer greyscale: PIL's own conversion clips them at 255 (a white image).
 _WIDE_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
-ImageSource = bytes | pathlib.Path
+# Bytes, a file, or a callable fetching the bytes (run in a worker thread, so fetches overlap too).
+ImageSource = bytes | pathlib.Path | Callable[[], bytes]
 
 
 class DecodedImage:
@@ -42,14 +44,17 @@ class DecodedImage:
 def decode_image(source: ImageSource) -> DecodedImage:
     """Decode fully (a truncated file fails here, not later) or raise ImageDecodeError."""
     try:
-        data = source.read_bytes() if isinstance(source, pathlib.Path) else source
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            # Browsers show photos upright by their EXIF orientation, so users judge tags on the
-            # upright image; the reference skips this step (its inputs are already upright).
+        data = _read(source)
+        # No context manager: closing a PIL image frees its pixels, and BytesIO holds no OS handle.
+        opened = Image.open(io.BytesIO(data))
+        opened.load()
+        # Browsers show photos upright by their EXIF orientation, so users judge tags on the
+        # upright image; the reference skips this step (its inputs are already upright).
+        upright = opened
+        if opened.getexif().get(ExifTags.Base.Orientation, 1) != 1:
             upright = ImageOps.exif_transpose(opened)
-            return _to_decoded(upright, opened.mode)
-    except ImageDecodeError:
+        return _to_decoded(upright, opened.mode)
+    except TaggerError:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError("cannot decode image: not in a format we can read (PNG, JPEG, WebP...)") from None
@@ -59,12 +64,20 @@ def decode_image(source: ImageSource) -> DecodedImage:
         raise ImageDecodeError(f"cannot decode image: {type(error).__name__}: {error}") from None
 
 
+def _read(source: ImageSource) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    if isinstance(source, pathlib.Path):
+        return source.read_bytes()
+    return source()
+
+
 def _to_decoded(image: Image.Image, source_mode: str) -> DecodedImage:
     if image.mode in _WIDE_GREY_MODES:
         image = _wide_grey_to_8bit(image)
     if not image.has_transparency_data:
         # Opaque: compositing on white is the identity, so convert directly (same pixels).
-        return DecodedImage(image.convert("RGB"), None, source_mode)
+        return DecodedImage(image if image.mode == "RGB" else image.convert("RGB"), None, source_mode)
     rgba = image.convert("RGBA")
     canvas = Image.new("RGBA", rgba.size, (*WHITE, 255))
     canvas.alpha_composite(rgba)

@@ -7,11 +7,17 @@ The choices, and why (measured numbers in README.md):
   over the same cores, so the tagger serialises them.
 - Intra-op threads do not spin-wait between ops (`session.intra_op.allow_spinning` = 0).
   Spinning trades CPU for a few microseconds of wake-up latency; here decoding and
-  preprocessing run on the same cores at the same time and need that CPU.
-- Decode and preprocessing run in a small thread pool beside inference (PIL and ONNX Runtime
-  release the GIL), so a batch is prepared while the previous one is inferred.
-- Batches: v3 models take a dynamic batch; batching amortises per-run overhead (a few % on a
-  ViT-B, much more on small models). v2 models have a fixed batch of 1 and run image by image.
+  preprocessing run on the same cores at the same time and need that CPU. Measured on the
+  ViT-B/16@448 stand-in, 2 cores, interleaved runs: 0.59 img/s without spinning, 0.52 with,
+  0.52 with ONNX Runtime's default options.
+- Decode, detection and preprocessing run in a thread pool (one thread per core) beside
+  inference (PIL, OpenCV and ONNX Runtime release the GIL), so a batch is prepared while the
+  previous one is inferred. The pool only runs one batch ahead, so with a costly model its
+  threads mostly wait and take little CPU from inference; with a cheap model (or the built-in
+  tagger, whose work is all preparation) they use every core.
+- Batches of 4: v3 models take a dynamic batch, which amortises per-run overhead on small
+  models; a ViT-B at 448 px is memory-bound and gains nothing from larger batches (8 was
+  slower than 1-4 here). v2 models have a fixed batch of 1 and run image by image.
 """
 
 from __future__ import annotations
@@ -34,15 +40,16 @@ def usable_cpu_count() -> int:
 class RuntimeOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    batch_size: int = Field(8, ge=1, le=256, description="images per inference when the model allows")
+    batch_size: int = Field(4, ge=1, le=256, description="images per inference when the model allows")
     intra_op_threads: int | None = Field(None, ge=1, description="threads per inference; None: all cores")
-    prepare_workers: int | None = Field(
-        None, ge=1, description="decode/preprocess threads; None: chosen by the tagger kind"
-    )
+    prepare_workers: int | None = Field(None, ge=1, description="decode/detect/preprocess threads; None: all cores")
     allow_spinning: bool = Field(False, description="let idle ONNX Runtime threads spin-wait")
 
     def resolved_intra_op_threads(self) -> int:
         return self.intra_op_threads or usable_cpu_count()
+
+    def resolved_prepare_workers(self) -> int:
+        return self.prepare_workers or usable_cpu_count()
 
 
 def session_options(runtime: RuntimeOptions) -> ort.SessionOptions:

@@ -1,33 +1,41 @@
-"""Tagger settings from the environment (`KILN_TAGGER_…`), e.g. `KILN_TAGGER_DIR=/srv/taggers`,
-`KILN_TAGGER_RUNTIME__BATCH_SIZE=4`, `KILN_TAGGER_POLICY_FILE=/etc/kiln/moderation.json`."""
+"""Tagger settings from the environment, beside the ones every service shares (`KILN_…`):
+`KILN_TAGGER_DIR=/srv/taggers`, `KILN_TAGGER_DEFAULT=wd-vit-v3`, `KILN_TAGGER_RUNTIME__BATCH_SIZE=4`,
+`KILN_TAGGER_POLICY='{"rules": [...]}'` or `KILN_TAGGER_POLICY_FILE=/etc/kiln/moderation.json`."""
 
 from __future__ import annotations
 
 import pathlib
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from services.common.settings import CommonSettings
 from services.tagger.errors import TaggerError
 from services.tagger.moderation import ModerationPolicy
 from services.tagger.runtime import RuntimeOptions
 
 
-class TaggerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KILN_TAGGER_", env_nested_delimiter="__", extra="ignore")
+class TaggerSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_", env_nested_delimiter="__", extra="ignore")
 
-    dir: pathlib.Path = Field(pathlib.Path(".kiln/taggers"), description="where installed taggers live")
-    default: str | None = Field(
+    tagger_dir: pathlib.Path | None = Field(None, description="installed taggers; default DATA_DIR/taggers")
+    tagger_default: str | None = Field(
         None, description="tagger used when a request names none; unset: newest installed WD model, else builtin"
     )
-    runtime: RuntimeOptions = RuntimeOptions()
-    policy: ModerationPolicy = ModerationPolicy()
-    policy_file: pathlib.Path | None = Field(None, description="JSON ModerationPolicy; replaces `policy`")
+    tagger_runtime: RuntimeOptions = RuntimeOptions()
+    tagger_policy: ModerationPolicy = ModerationPolicy()
+    tagger_policy_file: pathlib.Path | None = Field(None, description="JSON ModerationPolicy; replaces tagger_policy")
+    # Object keys the service may read: what the dataset service writes, nothing else in the bucket.
+    tagger_object_prefixes: tuple[str, ...] = ("datasets/", "uploads/")
+    tagger_max_images: int = Field(32, ge=1, le=256, description="images per TagImages call")
+
+    def taggers_dir(self) -> pathlib.Path:
+        return self.tagger_dir or self.data_dir / "taggers"
 
     def moderation_policy(self) -> ModerationPolicy:
-        if self.policy_file is None:
-            return self.policy
+        if self.tagger_policy_file is None:
+            return self.tagger_policy
         try:
-            return ModerationPolicy.model_validate_json(self.policy_file.read_bytes())
+            return ModerationPolicy.model_validate_json(self.tagger_policy_file.read_bytes())
         except (OSError, ValidationError) as error:
-            raise TaggerError(f"moderation policy {self.policy_file} is unusable: {error}") from None
+            raise TaggerError(f"moderation policy {self.tagger_policy_file} is unusable: {error}") from None

@@ -16,13 +16,14 @@ from services.tagger.errors import InvalidTaggerFiles
 from services.tagger.images import WHITE
 from services.tagger.labels import LabelTable
 from services.tagger.options import TaggingOptions
-from services.tagger.runtime import RuntimeOptions, open_session, usable_cpu_count
+from services.tagger.runtime import RuntimeOptions, open_session
 from services.tagger.selection import select_wd_tags
 from services.tagger.tags import Tag
 from services.tagger.wd_preprocess import wd_input
 
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
+LOGIT_TOLERANCE = 1e-4
 _INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -77,11 +78,12 @@ def mismatch_error(source: str, outputs: int, rows: int) -> InvalidTaggerFiles:
 
 def to_probabilities(scores: np.ndarray) -> np.ndarray:
     """WD exports end in a sigmoid; some conversions drop it. Rows with any value outside [0, 1]
-    are logits and get the sigmoid; decided per row so batching never changes a result."""
+    are logits and get the sigmoid; decided per row so batching never changes a result. A hair
+    of tolerance keeps float rounding in a probability model from being read as logits."""
     scores = np.asarray(scores, dtype=np.float32)
-    logits = ((scores < 0) | (scores > 1)).any(axis=1)
+    logits = ((scores < -LOGIT_TOLERANCE) | (scores > 1 + LOGIT_TOLERANCE)).any(axis=1)
+    scores = np.clip(scores, 0.0, 1.0, where=~logits[:, None], out=scores.copy())
     if logits.any():
-        scores = scores.copy()
         # tanh form: no overflow warnings for large negative logits
         scores[logits] = 0.5 * (1.0 + np.tanh(0.5 * scores[logits]))
     return scores
@@ -145,11 +147,6 @@ class WdTagger:
 
     def batch_size(self, runtime: RuntimeOptions) -> int:
         return self.signature.fixed_batch or runtime.batch_size
-
-    def default_prepare_workers(self) -> int:
-        # Inference dominates on real models (~1 s/image vs ~20 ms to prepare one) and owns
-        # every core; one preparing thread keeps ahead of it without stealing much CPU.
-        return max(1, usable_cpu_count() // 2)
 
     def prepare(self, image: AnalysedImage) -> np.ndarray:
         return wd_input(image.image.image, self.signature.size)

@@ -11,11 +11,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from services.tagger.engine import TaggingEngine
-from services.tagger.errors import InvalidTaggerFiles
+from services.tagger.errors import ImageUnavailable, InvalidTaggerFiles
 from services.tagger.options import TaggingOptions
 from services.tagger.runtime import RuntimeOptions
 from services.tagger.synthetic import build_linear_wd_model
-from services.tagger.wd_tagger import MODEL_FILE, TAGS_FILE, WdTagger
+from services.tagger.wd_tagger import MODEL_FILE, TAGS_FILE, WdTagger, to_probabilities
 from tests.tagger.helpers import WD_TAGS, solid_png
 
 MakeModel = Callable[..., pathlib.Path]
@@ -101,6 +101,13 @@ def test_logits_get_a_sigmoid_and_probabilities_do_not(make_wd_model: MakeModel)
     assert tag_scores(in_graph) == pytest.approx(expected)  # no second sigmoid
 
 
+def test_rounding_noise_is_not_mistaken_for_logits() -> None:
+    rows = np.array([[0.5, -1e-6, 1 + 1e-6], [0.5, -0.01, 0.2]], np.float32)
+    probabilities = to_probabilities(rows)
+    assert probabilities[0].tolist() == [0.5, 0.0, 1.0]  # clipped, not squashed
+    assert probabilities[1] == pytest.approx([sigmoid(0.5), sigmoid(-0.01), sigmoid(0.2)])
+
+
 def test_csv_rows_must_match_model_outputs(make_wd_model: MakeModel) -> None:
     model_dir = make_wd_model(BIAS)
     lines = (model_dir / TAGS_FILE).read_text().splitlines()
@@ -169,7 +176,18 @@ def test_an_undecodable_image_fails_alone(make_wd_model: MakeModel) -> None:
     results = engine.tag([solid_png(BLUE), b"\x89PNG\r\n\x1a\n broken", solid_png(RED)])
     assert [r.ok for r in results] == [True, False, True]
     assert "cannot decode image" in (results[1].error or "") and results[1].tags == ()
+    assert results[1].error_reason == "IMAGE_UNDECODABLE" and results[0].error_reason is None
     assert "blue sky" in tag_scores(results[0]) and "long hair" in tag_scores(results[2])
+
+
+def test_sources_can_be_fetched_lazily_and_fail_alone(make_wd_model: MakeModel) -> None:
+    def missing() -> bytes:
+        raise ImageUnavailable("no object datasets/x/original")
+
+    engine = engine_for(make_wd_model(BIAS, weights=WEIGHTS))
+    fetched, failed = engine.tag([lambda: solid_png(BLUE), missing])
+    assert "blue sky" in tag_scores(fetched)
+    assert (failed.error_reason, failed.error) == ("IMAGE_NOT_FOUND", "no object datasets/x/original")
 
 
 def test_options_reach_the_tagger(make_wd_model: MakeModel) -> None:
