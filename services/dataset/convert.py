@@ -10,7 +10,12 @@ from sqlalchemy.engine import Row
 
 from kiln.v1 import dataset_pb2 as pb
 from services.dataset.records import DatasetCounts
+from services.dataset.tagger_client import auto_tags_message, verdict_message
 
+TAGGING_STATES = {"pending": pb.TAGGING_STATE_PENDING, "done": pb.TAGGING_STATE_DONE,
+                  "failed": pb.TAGGING_STATE_FAILED, "skipped": pb.TAGGING_STATE_SKIPPED}
+MERGE_TO_DB = {pb.CAPTION_MERGE_IGNORE: "ignore", pb.CAPTION_MERGE_APPEND: "append",
+               pb.CAPTION_MERGE_OVERWRITE: "overwrite"}
 FAMILY_TO_DB = {pb.MODEL_FAMILY_SD15: "sd15", pb.MODEL_FAMILY_SDXL: "sdxl"}
 FAMILY_FROM_DB = {v: k for k, v in FAMILY_TO_DB.items()}
 ROLE_TO_DB = {pb.IMAGE_ROLE_TRAINING: "training", pb.IMAGE_ROLE_REGULARIZATION: "regularization"}
@@ -64,7 +69,14 @@ def image_message(row: Row[Any], default_repeat: int) -> pb.Image:
         warnings=list(row.warnings),
         create_time=timestamp(row.create_time),
         update_time=timestamp(row.update_time),
+        auto_tagging=pb.AutoTagging(
+            state=TAGGING_STATES.get(row.tagging_state, pb.TAGGING_STATE_UNSPECIFIED), tagger=row.tagger or "",
+            tags=auto_tags_message(row.auto_tags), error=row.tagging_error or "", attempts=row.tagging_attempts),
+        caption_edited=bool(row.caption_edited),
     )
+    verdict = verdict_message(row.screening_verdict, row.screening_findings)
+    if verdict is not None:
+        image.screening.CopyFrom(verdict)
     if row.crop_key:
         image.crop.CopyFrom(pb.Crop(
             box=pb.CropBox(left=row.crop_left, top=row.crop_top, width=row.crop_width, height=row.crop_height),

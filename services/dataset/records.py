@@ -41,6 +41,12 @@ def get_dataset(conn: Connection, tenant: str, dataset_id: str, *, lock: bool = 
     return row
 
 
+def get_dataset_by_id(conn: Connection, dataset_id: str, *, lock: bool = False) -> Row[Any] | None:
+    """For background work that acts for no tenant in particular."""
+    query = sa.select(schema.datasets).where(schema.datasets.c.id == dataset_id)
+    return conn.execute(query.with_for_update() if lock else query).first()
+
+
 def dataset_counts(conn: Connection, dataset_id: str, default_repeat: int) -> DatasetCounts:
     i = schema.images.c
     effective = sa.case((i.repeat > 0, i.repeat), else_=default_repeat)

@@ -50,9 +50,26 @@ images = sa.Table(
     sa.Column("crop_key", sa.String(512)),
     sa.Column("create_time", Timestamp, nullable=False),
     sa.Column("update_time", Timestamp, nullable=False),
+    # Background tagging and screening (migration 0002).
+    # pending -> done | failed; `tagging_due` is when a worker may take it next: a claim
+    # pushes it one lease ahead (a crashed worker's claim simply expires), a failure
+    # pushes it by the retry backoff.
+    sa.Column("tagging_state", sa.String(8), nullable=False, server_default="pending"),
+    sa.Column("tagging_due", Timestamp),
+    sa.Column("tagging_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tagging_error", sa.Text),
+    # {"tagger": name, "options": {...}, "merge": "auto"|"ignore"|"append"|"overwrite"}; null: upload defaults
+    sa.Column("tagging_request", sa.JSON),
+    sa.Column("tagger", sa.String(64)),
+    sa.Column("auto_tags", sa.JSON),
+    # The caption was set or edited by a person: background tagging never replaces it.
+    sa.Column("caption_edited", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("screening_verdict", sa.String(8)),
+    sa.Column("screening_findings", sa.JSON),
     # Identical bytes never become a second image of the same dataset.
     sa.UniqueConstraint("dataset_id", "sha256", name="uq_images_dataset_sha256"),
     sa.Index("ix_images_dataset_role_created", "dataset_id", "role", "create_time", "id"),
+    sa.Index("ix_images_tagging_due", "tagging_state", "tagging_due"),
 )
 
 uploads = sa.Table(
@@ -82,6 +99,7 @@ snapshots = sa.Table(
     sa.Column("regularization_image_count", sa.Integer, nullable=False),
     sa.Column("total_repeated_images", sa.BigInteger, nullable=False),
     sa.Column("create_time", Timestamp, nullable=False),
+    sa.Column("blocked_image_count", sa.Integer, nullable=False, server_default="0"),
 )
 
 # Objects a snapshot reads: deleting or re-cropping an image keeps these.

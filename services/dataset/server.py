@@ -16,8 +16,10 @@ from services.common.logs import configure_logging
 from services.common.malformed import register_tolerant, request_types_of
 from services.common.objectstore import ObjectStore
 from services.common.server import RunningServer, ServiceBinding, start_server, wait_for_termination_signal
+from services.dataset.autotag import TaggingSettings, TaggingWorker
 from services.dataset.servicer import DatasetServicer
 from services.dataset.settings import DatasetSettings
+from services.dataset.tagger_client import GrpcTaggingClient
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 SERVICE_NAME = dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
@@ -50,15 +52,24 @@ async def running_dataset_service(settings: DatasetSettings, store: ObjectStore)
     engine = create_engine(settings.database_url())
     await asyncio.to_thread(migrate, engine, MIGRATIONS, "alembic_version_dataset")
     detector = BodyDetector() if settings.crop_use_detector else None
+    client = GrpcTaggingClient(settings.tagger_address) if settings.tagger_address else None
     servicer = DatasetServicer(engine, store, settings, detector)
+    if client is not None:
+        servicer.tagging = TaggingWorker(engine, client, TaggingSettings(
+            batch_size=settings.tagging_batch_size, max_attempts=settings.tagging_max_attempts), servicer.run_db)
     server = await start_server([binding(servicer)], settings.server)
-    sweeper = asyncio.create_task(_sweep_forever(servicer))
+    background = [asyncio.create_task(_sweep_forever(servicer))]
+    if servicer.tagging is not None:
+        background.append(asyncio.create_task(servicer.tagging.run_forever()))
     try:
         yield DatasetService(server, servicer)
     finally:
-        sweeper.cancel()
+        for task in background:
+            task.cancel()
         await server.stop(settings.server.shutdown_grace)
         servicer.close()
+        if client is not None:
+            await client.close()
         engine.dispose()
 
 

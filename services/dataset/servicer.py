@@ -41,10 +41,12 @@ from services.common.objectstore import ObjectNotFound, ObjectStore
 from services.common.pagination import keyset_page, page_size
 from services.common.tenancy import tenant_of
 from services.dataset import captions, names, records, schema
+from services.dataset.autotag import TaggingWorker
 from services.dataset.convert import (
     CROP_MODE_TO_DB,
     CROP_SIZES,
     FAMILY_TO_DB,
+    MERGE_TO_DB,
     ROLE_FROM_DB,
     ROLE_TO_DB,
     dataset_message,
@@ -65,6 +67,7 @@ from services.dataset.filenames import safe_filename
 from services.dataset.image_check import CheckedImage, ImageLimits, check_image, sniff_format
 from services.dataset.settings import DatasetSettings
 from services.dataset.snapshots import Manifest, build_manifest
+from services.dataset.tagger_client import options_to_dict
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,8 +80,9 @@ IMAGE_FIELDS = {"tags", "repeat", "crop"}
 
 class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     def __init__(self, engine: Engine, store: ObjectStore, settings: DatasetSettings,
-                 detector: Detector | None) -> None:
+                 detector: Detector | None, tagging: TaggingWorker | None = None) -> None:
         self._engine = engine
+        self.tagging = tagging
         self._store = store
         self._settings = settings
         self._detector = detector
@@ -92,6 +96,10 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         self._image_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- plumbing -------------------------------------------------------------------------------------------
+
+    async def run_db(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction on the SQL thread pool (for the background workers too)."""
+        return await self._db(work)
 
     async def _db(self, work: Callable[[Connection], T]) -> T:
         def run() -> T:
@@ -329,7 +337,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                     content_type=checked.content_type, sha256=sha256, size_bytes=len(checked.stored_bytes),
                     width=checked.width, height=checked.height, original_key=original_key,
                     thumbnail_key=thumbnail_key, tags=tags, repeat=repeat, warnings=checked.warnings,
-                    create_time=now, update_time=now,
+                    create_time=now, update_time=now, tagging_due=now, caption_edited=bool(tags),
+                    tagging_state="pending" if self.tagging else "skipped",
                 ))
                 if finalize_upload:
                     conn.execute(schema.uploads.update().where(schema.uploads.c.id == finalize_upload)
@@ -339,7 +348,10 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                 self._keys.remember(conn, tenant, method, request_id, fingerprint, image)
                 return image
 
-            return await self._db(commit)
+            image = await self._db(commit)
+            if self.tagging:
+                self.tagging.wake()
+            return image
         except _Replayed as replayed:
             if speculative is not None:
                 await asyncio.gather(asyncio.shield(speculative), return_exceptions=True)
@@ -514,6 +526,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             values: dict[str, Any] = {}
             if tags is not None:
                 values["tags"] = tags
+                values["caption_edited"] = True
             if "repeat" in paths:
                 values["repeat"] = spec.repeat
             if crop is not None:
@@ -731,7 +744,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             tags = edit(list(row.tags))
             captions.check_caption_size(tags, "tags")
             if tags != list(row.tags):
-                records.update_image(conn, row.id, tags=tags)
+                records.update_image(conn, row.id, tags=tags, caption_edited=True)
             return self._image_message(conn, tenant, target.dataset_id, target.image_id)
 
         return await self._idempotent(context, method, request, pb.Image, work)
@@ -753,13 +766,43 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                 tags = edit(list(row.tags))
                 if tags != list(row.tags):
                     captions.check_caption_size(tags, f"image {row.id}")
-                    records.update_image(conn, row.id, tags=tags)
+                    records.update_image(conn, row.id, tags=tags, caption_edited=True)
                     changed += 1
             if changed:
                 records.touch_dataset(conn, dataset_id)
             return pb.BatchEditTagsResponse(changed_count=changed)
 
         return await self._idempotent(context, "BatchEditTags", request, pb.BatchEditTagsResponse, work)
+
+    @unary_errors
+    async def RetagImages(self, request: pb.RetagImagesRequest,
+                          context: grpc.aio.ServicerContext) -> pb.RetagImagesResponse:
+        dataset_id = names.parse_dataset(request.parent, "parent")
+        image_ids = _child_ids(request.names, dataset_id, required=False)
+        merge = MERGE_TO_DB.get(request.merge)  # type: ignore[call-overload]
+        if merge is None:
+            raise invalid_field("merge", "say how new tags meet the caption: IGNORE, APPEND or OVERWRITE")
+        if request.tagger and not request.tagger.startswith("taggers/"):
+            raise invalid_field("tagger", "a tagger name: taggers/{tagger}, or empty for the preferred one")
+        if self.tagging is None:
+            raise failed_precondition("this dataset service has no tagger configured (KILN_TAGGER_ADDRESS)",
+                                      "TAGGING_DISABLED")
+        tagging_request = {"tagger": request.tagger, "options": options_to_dict(request.options), "merge": merge}
+
+        def work(conn: Connection, tenant: str) -> pb.RetagImagesResponse:
+            records.get_dataset(conn, tenant, dataset_id, lock=True)
+            rows = records.images_of(conn, dataset_id, image_ids or None)
+            if image_ids:
+                _require_all(rows, image_ids, dataset_id)
+            if rows:
+                conn.execute(schema.images.update().where(schema.images.c.id.in_([r.id for r in rows])).values(
+                    tagging_state="pending", tagging_due=records.now(), tagging_attempts=0, tagging_error=None,
+                    tagging_request=tagging_request, update_time=records.now()))
+            return pb.RetagImagesResponse(queued_count=len(rows))
+
+        response = await self._idempotent(context, "RetagImages", request, pb.RetagImagesResponse, work)
+        self.tagging.wake()
+        return response
 
     @unary_errors
     async def GetTagStatistics(self, request: pb.GetTagStatisticsRequest,
@@ -790,7 +833,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
 
         def read(conn: Connection) -> Manifest:
             dataset = records.get_dataset(conn, tenant, dataset_id, lock=True)
-            manifest = build_manifest(dataset, records.images_of(conn, dataset_id))
+            manifest = self._manifest(dataset, records.images_of(conn, dataset_id))
             if manifest.training_count == 0:
                 raise failed_precondition("the dataset has no training images to snapshot; upload some first",
                                           "EMPTY_DATASET")
@@ -803,7 +846,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         def work(conn: Connection, tenant_: str) -> pb.Snapshot:
             dataset = records.get_dataset(conn, tenant_, dataset_id, lock=True)
             # Between the read and now, an edit may have changed what the manifest names.
-            if build_manifest(dataset, records.images_of(conn, dataset_id)).sha256 != manifest.sha256:
+            if self._manifest(dataset, records.images_of(conn, dataset_id)).sha256 != manifest.sha256:
                 raise failed_precondition("the dataset changed while the snapshot was being written; retry",
                                           "CONCURRENT_EDIT")
             s = schema.snapshots.c
@@ -815,6 +858,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                     training_image_count=manifest.training_count,
                     regularization_image_count=manifest.regularization_count,
                     total_repeated_images=manifest.total_repeated, create_time=records.now(),
+                    blocked_image_count=manifest.blocked_count,
                 ))
                 conn.execute(schema.snapshot_objects.insert(), [
                     {"dataset_id": dataset_id, "sha256": manifest.sha256, "object_key": k}
@@ -825,6 +869,21 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             return _snapshot_message(row)
 
         return await self._idempotent(context, "CreateSnapshot", request, pb.Snapshot, work)
+
+    def _manifest(self, dataset: Row[Any], images: Sequence[Row[Any]]) -> Manifest:
+        """Blocked images stay out. While screening is on, every image must have been screened:
+        a snapshot must never carry content nobody checked."""
+        if self.tagging is not None:
+            unscreened = [r for r in images if r.tagging_state in ("pending", "failed") and not r.screening_verdict]
+            if unscreened:
+                failed = sum(r.tagging_state == "failed" for r in unscreened)
+                raise failed_precondition(
+                    f"{len(unscreened)} images are not screened yet ({failed} failed); wait for tagging to finish, "
+                    "RetagImages the failed ones or delete them", "SCREENING_INCOMPLETE",
+                    [FieldViolation("parent", f"datasets/{dataset.id}/images/{r.id} is not screened yet")
+                     for r in unscreened[:20]])
+        kept = [r for r in images if r.screening_verdict != "block"]
+        return build_manifest(dataset, kept, blocked_count=len(images) - len(kept))
 
     @unary_errors
     async def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext) -> pb.Snapshot:
@@ -991,4 +1050,5 @@ def _snapshot_message(row: Row[Any]) -> pb.Snapshot:
         name=names.snapshot_name(row.dataset_id, row.sha256), sha256=row.sha256, manifest_key=row.manifest_key,
         training_image_count=row.training_image_count, regularization_image_count=row.regularization_image_count,
         total_repeated_images=row.total_repeated_images, create_time=timestamp(row.create_time),
+        blocked_image_count=row.blocked_image_count,
     )

@@ -25,6 +25,11 @@ class DatasetSettings(CommonSettings):
     image_workers: int = Field(default=2, ge=1)
     # Use the people/face detector to steer focus crops.
     crop_use_detector: bool = True
+    # host:port of the tagger service. Empty: images are not tagged or screened
+    # (their tagging state says SKIPPED) and snapshots don't wait for screening.
+    tagger_address: str = ""
+    tagging_batch_size: int = Field(default=8, ge=1, le=32)
+    tagging_max_attempts: int = Field(default=5, ge=1)
 
     def database_url(self) -> str:
         return self.dataset_database_url or f"sqlite:///{self.data_dir / 'dataset.db'}"

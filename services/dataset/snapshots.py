@@ -31,9 +31,10 @@ class Manifest:
     training_count: int
     regularization_count: int
     total_repeated: int
+    blocked_count: int
 
 
-def build_manifest(dataset: Row[Any], images: Sequence[Row[Any]]) -> Manifest:
+def build_manifest(dataset: Row[Any], images: Sequence[Row[Any]], blocked_count: int = 0) -> Manifest:
     entries = []
     keys: list[str] = []
     for row in images:
@@ -74,4 +75,5 @@ def build_manifest(dataset: Row[Any], images: Sequence[Row[Any]]) -> Manifest:
         training_count=len(training),
         regularization_count=len(entries) - len(training),
         total_repeated=sum(e["repeat"] for e in training),
+        blocked_count=blocked_count,
     )

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from kiln.v1 import tagger_pb2 as _tagger_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -103,6 +104,59 @@ IMAGE_VARIANT_CROPPED: ImageVariant.ValueType  # 2
 IMAGE_VARIANT_THUMBNAIL: ImageVariant.ValueType  # 3
 """A WebP at most 256 px on its long side."""
 Global___ImageVariant: _TypeAlias = ImageVariant  # noqa: Y015
+
+class _TaggingState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaggingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaggingState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TAGGING_STATE_UNSPECIFIED: _TaggingState.ValueType  # 0
+    TAGGING_STATE_PENDING: _TaggingState.ValueType  # 1
+    """Waiting for the tagger (or for a retry after a failure)."""
+    TAGGING_STATE_DONE: _TaggingState.ValueType  # 2
+    TAGGING_STATE_FAILED: _TaggingState.ValueType  # 3
+    """Every attempt failed; `error` says why. RetagImages tries again."""
+    TAGGING_STATE_SKIPPED: _TaggingState.ValueType  # 4
+    """No tagger is configured for this service."""
+
+class TaggingState(_TaggingState, metaclass=_TaggingStateEnumTypeWrapper): ...
+
+TAGGING_STATE_UNSPECIFIED: TaggingState.ValueType  # 0
+TAGGING_STATE_PENDING: TaggingState.ValueType  # 1
+"""Waiting for the tagger (or for a retry after a failure)."""
+TAGGING_STATE_DONE: TaggingState.ValueType  # 2
+TAGGING_STATE_FAILED: TaggingState.ValueType  # 3
+"""Every attempt failed; `error` says why. RetagImages tries again."""
+TAGGING_STATE_SKIPPED: TaggingState.ValueType  # 4
+"""No tagger is configured for this service."""
+Global___TaggingState: _TypeAlias = TaggingState  # noqa: Y015
+
+class _CaptionMerge:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CaptionMergeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CaptionMerge.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAPTION_MERGE_UNSPECIFIED: _CaptionMerge.ValueType  # 0
+    CAPTION_MERGE_IGNORE: _CaptionMerge.ValueType  # 1
+    """Keep the caption; only the suggestions (auto_tagging.tags) change."""
+    CAPTION_MERGE_APPEND: _CaptionMerge.ValueType  # 2
+    """Add the new tags the caption lacks, at its tail."""
+    CAPTION_MERGE_OVERWRITE: _CaptionMerge.ValueType  # 3
+    """Replace the caption by the new tags."""
+
+class CaptionMerge(_CaptionMerge, metaclass=_CaptionMergeEnumTypeWrapper):
+    """How tags from a re-tag meet the caption."""
+
+CAPTION_MERGE_UNSPECIFIED: CaptionMerge.ValueType  # 0
+CAPTION_MERGE_IGNORE: CaptionMerge.ValueType  # 1
+"""Keep the caption; only the suggestions (auto_tagging.tags) change."""
+CAPTION_MERGE_APPEND: CaptionMerge.ValueType  # 2
+"""Add the new tags the caption lacks, at its tail."""
+CAPTION_MERGE_OVERWRITE: CaptionMerge.ValueType  # 3
+"""Replace the caption by the new tags."""
+Global___CaptionMerge: _TypeAlias = CaptionMerge  # noqa: Y015
 
 class _TagPosition:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -263,6 +317,9 @@ class Image(_message.Message):
     WARNINGS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    AUTO_TAGGING_FIELD_NUMBER: _builtins.int
+    SCREENING_FIELD_NUMBER: _builtins.int
+    CAPTION_EDITED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`datasets/{dataset}/images/{image}`. Output only."""
     role: Global___ImageRole.ValueType
@@ -281,6 +338,8 @@ class Image(_message.Message):
     """0 means the dataset's default repeat."""
     effective_repeat: _builtins.int
     """Output only."""
+    caption_edited: _builtins.bool
+    """A person set or edited the caption: background tagging never replaces it. Output only."""
     @_builtins.property
     def crop(self) -> Global___Crop:
         """Unset until the image is cropped."""
@@ -301,6 +360,16 @@ class Image(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def auto_tagging(self) -> Global___AutoTagging:
+        """What the tagger suggested and where that stands. Output only."""
+
+    @_builtins.property
+    def screening(self) -> _tagger_pb2.ModerationVerdict:
+        """The screening verdict; unset until the tagger has screened the image.
+        BLOCK keeps the image out of snapshots. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -319,14 +388,52 @@ class Image(_message.Message):
         warnings: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        auto_tagging: Global___AutoTagging | None = ...,
+        screening: _tagger_pb2.ModerationVerdict | None = ...,
+        caption_edited: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "crop", b"crop", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auto_tagging", b"auto_tagging", "create_time", b"create_time", "crop", b"crop", "screening", b"screening", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "create_time", b"create_time", "crop", b"crop", "effective_repeat", b"effective_repeat", "filename", b"filename", "height", b"height", "name", b"name", "repeat", b"repeat", "role", b"role", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags", "update_time", b"update_time", "warnings", b"warnings", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_tagging", b"auto_tagging", "caption_edited", b"caption_edited", "content_type", b"content_type", "create_time", b"create_time", "crop", b"crop", "effective_repeat", b"effective_repeat", "filename", b"filename", "height", b"height", "name", b"name", "repeat", b"repeat", "role", b"role", "screening", b"screening", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags", "update_time", b"update_time", "warnings", b"warnings", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Image: _TypeAlias = Image  # noqa: Y015
+
+@_typing.final
+class AutoTagging(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    TAGGER_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    state: Global___TaggingState.ValueType
+    tagger: _builtins.str
+    """`taggers/{tagger}` that answered."""
+    error: _builtins.str
+    attempts: _builtins.int
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[_tagger_pb2.Tag]:
+        """The tagger's tags with their scores, whether or not they are in the caption."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___TaggingState.ValueType = ...,
+        tagger: _builtins.str = ...,
+        tags: _abc.Iterable[_tagger_pb2.Tag] | None = ...,
+        error: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "error", b"error", "state", b"state", "tagger", b"tagger", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoTagging: _TypeAlias = AutoTagging  # noqa: Y015
 
 @_typing.final
 class CreateDatasetRequest(_message.Message):
@@ -1200,6 +1307,66 @@ class BatchEditTagsResponse(_message.Message):
 Global___BatchEditTagsResponse: _TypeAlias = BatchEditTagsResponse  # noqa: Y015
 
 @_typing.final
+class RetagImagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    TAGGER_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    MERGE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`datasets/{dataset}`."""
+    tagger: _builtins.str
+    """`taggers/{tagger}`; empty for the tagger service's preferred one."""
+    merge: Global___CaptionMerge.ValueType
+    """Required."""
+    request_id: _builtins.str
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty: every image of the dataset."""
+
+    @_builtins.property
+    def options(self) -> _tagger_pb2.TaggingOptions: ...
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        tagger: _builtins.str = ...,
+        options: _tagger_pb2.TaggingOptions | None = ...,
+        merge: Global___CaptionMerge.ValueType = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merge", b"merge", "names", b"names", "options", b"options", "parent", b"parent", "request_id", b"request_id", "tagger", b"tagger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetagImagesRequest: _TypeAlias = RetagImagesRequest  # noqa: Y015
+
+@_typing.final
+class RetagImagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUED_COUNT_FIELD_NUMBER: _builtins.int
+    queued_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        queued_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queued_count", b"queued_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetagImagesResponse: _TypeAlias = RetagImagesResponse  # noqa: Y015
+
+@_typing.final
 class GetTagStatisticsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1280,6 +1447,7 @@ class Snapshot(_message.Message):
     REGULARIZATION_IMAGE_COUNT_FIELD_NUMBER: _builtins.int
     TOTAL_REPEATED_IMAGES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    BLOCKED_IMAGE_COUNT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`datasets/{dataset}/snapshots/{sha256}`. Output only."""
     sha256: _builtins.str
@@ -1289,6 +1457,8 @@ class Snapshot(_message.Message):
     training_image_count: _builtins.int
     regularization_image_count: _builtins.int
     total_repeated_images: _builtins.int
+    blocked_image_count: _builtins.int
+    """Images left out because screening blocked them."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1301,10 +1471,11 @@ class Snapshot(_message.Message):
         regularization_image_count: _builtins.int = ...,
         total_repeated_images: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        blocked_image_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "manifest_key", b"manifest_key", "name", b"name", "regularization_image_count", b"regularization_image_count", "sha256", b"sha256", "total_repeated_images", b"total_repeated_images", "training_image_count", b"training_image_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_image_count", b"blocked_image_count", "create_time", b"create_time", "manifest_key", b"manifest_key", "name", b"name", "regularization_image_count", b"regularization_image_count", "sha256", b"sha256", "total_repeated_images", b"total_repeated_images", "training_image_count", b"training_image_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -141,6 +141,11 @@ class DatasetServiceStub:
                 request_serializer=kiln_dot_v1_dot_dataset__pb2.GetTagStatisticsRequest.SerializeToString,
                 response_deserializer=kiln_dot_v1_dot_dataset__pb2.GetTagStatisticsResponse.FromString,
                 _registered_method=True)
+        self.RetagImages = channel.unary_unary(
+                '/kiln.v1.DatasetService/RetagImages',
+                request_serializer=kiln_dot_v1_dot_dataset__pb2.RetagImagesRequest.SerializeToString,
+                response_deserializer=kiln_dot_v1_dot_dataset__pb2.RetagImagesResponse.FromString,
+                _registered_method=True)
         self.CreateSnapshot = channel.unary_unary(
                 '/kiln.v1.DatasetService/CreateSnapshot',
                 request_serializer=kiln_dot_v1_dot_dataset__pb2.CreateSnapshotRequest.SerializeToString,
@@ -298,6 +303,14 @@ class DatasetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetagImages(self, request, context):
+        """Queues images for tagging again, with a chosen tagger and options; the
+        images show PENDING until the tagger has answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSnapshot(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -418,6 +431,11 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     servicer.GetTagStatistics,
                     request_deserializer=kiln_dot_v1_dot_dataset__pb2.GetTagStatisticsRequest.FromString,
                     response_serializer=kiln_dot_v1_dot_dataset__pb2.GetTagStatisticsResponse.SerializeToString,
+            ),
+            'RetagImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetagImages,
+                    request_deserializer=kiln_dot_v1_dot_dataset__pb2.RetagImagesRequest.FromString,
+                    response_serializer=kiln_dot_v1_dot_dataset__pb2.RetagImagesResponse.SerializeToString,
             ),
             'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSnapshot,
@@ -982,6 +1000,33 @@ class DatasetService:
             '/kiln.v1.DatasetService/GetTagStatistics',
             kiln_dot_v1_dot_dataset__pb2.GetTagStatisticsRequest.SerializeToString,
             kiln_dot_v1_dot_dataset__pb2.GetTagStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetagImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.v1.DatasetService/RetagImages',
+            kiln_dot_v1_dot_dataset__pb2.RetagImagesRequest.SerializeToString,
+            kiln_dot_v1_dot_dataset__pb2.RetagImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,10 @@ class DatasetServiceStub:
     BatchEditTags: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.BatchEditTagsRequest, _dataset_pb2.BatchEditTagsResponse]
     """Adds, removes or replaces one tag in every (or every selected) image caption."""
     GetTagStatistics: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.GetTagStatisticsRequest, _dataset_pb2.GetTagStatisticsResponse]
+    RetagImages: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.RetagImagesRequest, _dataset_pb2.RetagImagesResponse]
+    """Queues images for tagging again, with a chosen tagger and options; the
+    images show PENDING until the tagger has answered.
+    """
     CreateSnapshot: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.CreateSnapshotRequest, _dataset_pb2.Snapshot]
     GetSnapshot: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.GetSnapshotRequest, _dataset_pb2.Snapshot]
     ListSnapshots: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.ListSnapshotsRequest, _dataset_pb2.ListSnapshotsResponse]
@@ -118,6 +122,10 @@ class DatasetServiceAsyncStub(DatasetServiceStub):
     BatchEditTags: _aio.UnaryUnaryMultiCallable[_dataset_pb2.BatchEditTagsRequest, _dataset_pb2.BatchEditTagsResponse]  # type: ignore[assignment]
     """Adds, removes or replaces one tag in every (or every selected) image caption."""
     GetTagStatistics: _aio.UnaryUnaryMultiCallable[_dataset_pb2.GetTagStatisticsRequest, _dataset_pb2.GetTagStatisticsResponse]  # type: ignore[assignment]
+    RetagImages: _aio.UnaryUnaryMultiCallable[_dataset_pb2.RetagImagesRequest, _dataset_pb2.RetagImagesResponse]  # type: ignore[assignment]
+    """Queues images for tagging again, with a chosen tagger and options; the
+    images show PENDING until the tagger has answered.
+    """
     CreateSnapshot: _aio.UnaryUnaryMultiCallable[_dataset_pb2.CreateSnapshotRequest, _dataset_pb2.Snapshot]  # type: ignore[assignment]
     GetSnapshot: _aio.UnaryUnaryMultiCallable[_dataset_pb2.GetSnapshotRequest, _dataset_pb2.Snapshot]  # type: ignore[assignment]
     ListSnapshots: _aio.UnaryUnaryMultiCallable[_dataset_pb2.ListSnapshotsRequest, _dataset_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
@@ -282,6 +290,16 @@ class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dataset_pb2.GetTagStatisticsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dataset_pb2.GetTagStatisticsResponse, _abc.Awaitable[_dataset_pb2.GetTagStatisticsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RetagImages(
+        self,
+        request: _dataset_pb2.RetagImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dataset_pb2.RetagImagesResponse, _abc.Awaitable[_dataset_pb2.RetagImagesResponse]]:
+        """Queues images for tagging again, with a chosen tagger and options; the
+        images show PENDING until the tagger has answered.
+        """
 
     @_abc_1.abstractmethod
     def CreateSnapshot(

@@ -1,0 +1,203 @@
+"""Background tagging and screening of uploaded images.
+
+Every image starts `pending`. Workers (one loop per dataset-service replica)
+claim due images in batches, send their object keys to the tagger service,
+and write back the tags with their scores and the screening verdict. The
+image row is the queue: a claim moves `tagging_due` one lease ahead, so a
+replica that dies mid-batch simply lets the claim expire; a failure moves it
+by an exponential backoff until the attempts run out. A tagger outage never
+blocks uploads: images wait, then catch up.
+
+Captions: an image nobody has captioned by hand takes the tagger's tags. A
+caption a person set or edited is never replaced by background tagging; an
+explicit re-tag says how to merge (ignore, append, overwrite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, Row
+
+from services.dataset import captions, records, schema
+
+log = logging.getLogger(__name__)
+
+MERGE_AUTO = "auto"  # background default: fill captions nobody edited
+MERGE_IGNORE = "ignore"
+MERGE_APPEND = "append"
+MERGE_OVERWRITE = "overwrite"
+# Uploads are tagged with the tagger service's preferred tagger and its default
+# options, except the rating tag: it describes the picture, not its content.
+UPLOAD_REQUEST: dict[str, Any] = {"tagger": "", "options": {"include_rating": False}, "merge": MERGE_AUTO}
+
+
+@dataclass(frozen=True)
+class AutoTag:
+    name: str
+    score: float
+    category: str  # general | character | rating
+
+
+@dataclass(frozen=True)
+class TagOutcome:
+    """The tagger's answer for one image: tags and a verdict, or why it failed."""
+
+    tags: tuple[AutoTag, ...] = ()
+    verdict: str = ""  # allow | review | block
+    findings: tuple[dict[str, Any], ...] = ()
+    tagger: str = ""
+    error: str = ""
+
+
+class TaggerUnavailable(Exception):
+    """The tagger could not be reached or failed as a whole; the batch is retried later."""
+
+
+class TaggingClient(Protocol):
+    async def tag(self, object_keys: Sequence[str], tagger: str, options: dict[str, Any]) -> list[TagOutcome]: ...
+
+
+@dataclass
+class TaggingSettings:
+    batch_size: int = 8
+    lease: dt.timedelta = dt.timedelta(seconds=120)
+    max_attempts: int = 5
+    first_backoff: dt.timedelta = dt.timedelta(seconds=2)
+    # Even without a wake-up, look for due work this often (retries, expired leases, other replicas).
+    idle_poll: float = 5.0
+
+
+def merge_caption(current: Sequence[str], suggested: Sequence[str], merge: str, edited: bool) -> list[str] | None:
+    """The new caption, or None to leave it as it is."""
+    if merge == MERGE_OVERWRITE or (merge == MERGE_AUTO and not edited):
+        return list(dict.fromkeys(suggested))
+    if merge == MERGE_APPEND:
+        return captions.add_tags(current, suggested, at_head=False)
+    return None
+
+
+def backoff(settings: TaggingSettings, attempts: int) -> dt.timedelta:
+    return settings.first_backoff * (2 ** max(0, attempts - 1))
+
+
+class TaggingWorker:
+    def __init__(self, engine: Engine, client: TaggingClient, settings: TaggingSettings,
+                 run_db: Callable[[Callable[[Connection], Any]], Any]) -> None:
+        self._engine = engine
+        self._client = client
+        self._settings = settings
+        self._run_db = run_db
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+
+    def wake(self) -> None:
+        """New work was committed: look now rather than at the next poll."""
+        self._idle.clear()
+        self._wake.set()
+
+    async def until_idle(self) -> None:
+        """Wait until no image is due (tests and the demo use this instead of sleeping)."""
+        self.wake()
+        await self._idle.wait()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                worked = await self.run_once()
+            except Exception:
+                log.exception("tagging round failed")
+                worked = False
+            if not worked:
+                self._idle.set()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._settings.idle_poll)
+
+    async def run_once(self) -> bool:
+        """Tag one batch of due images; False when there was none."""
+        claim: list[Row[Any]] = await self._run_db(self._claim)
+        if not claim:
+            return False
+        groups: dict[str, list[Row[Any]]] = {}
+        for row in claim:
+            groups.setdefault(_group_key(row.tagging_request or UPLOAD_REQUEST), []).append(row)
+        for rows in groups.values():
+            request = rows[0].tagging_request or UPLOAD_REQUEST
+            try:
+                outcomes = await self._client.tag([r.original_key for r in rows], request.get("tagger", ""),
+                                                  request.get("options") or {})
+            except TaggerUnavailable as exc:
+                await self._run_db(lambda conn, rows=rows, exc=exc: self._fail(conn, rows, str(exc)))
+                continue
+            await self._run_db(lambda conn, rows=rows, outcomes=outcomes: self._record(conn, rows, outcomes))
+        return True
+
+    def _claim(self, conn: Connection) -> list[Row[Any]]:
+        i = schema.images.c
+        now = records.now()
+        query = (sa.select(schema.images)
+                 .where(i.tagging_state == "pending", sa.or_(i.tagging_due.is_(None), i.tagging_due <= now))
+                 .order_by(i.tagging_due, i.create_time).limit(self._settings.batch_size))
+        if conn.dialect.name == "postgresql":
+            # Replicas share the queue: each claims rows the others haven't locked.
+            query = query.with_for_update(skip_locked=True)
+        rows = list(conn.execute(query).all())
+        if rows:
+            conn.execute(schema.images.update().where(i.id.in_([r.id for r in rows]))
+                         .values(tagging_due=now + self._settings.lease))
+        return rows
+
+    def _fail(self, conn: Connection, rows: Sequence[Row[Any]], reason: str) -> None:
+        for row in rows:
+            self._failed_attempt(conn, row, reason)
+
+    def _failed_attempt(self, conn: Connection, row: Row[Any], reason: str) -> None:
+        attempts = row.tagging_attempts + 1
+        values: dict[str, Any] = {"tagging_attempts": attempts, "tagging_error": reason[:2000]}
+        if attempts >= self._settings.max_attempts:
+            values["tagging_state"] = "failed"
+        else:
+            values["tagging_due"] = records.now() + backoff(self._settings, attempts)
+        conn.execute(schema.images.update().where(schema.images.c.id == row.id,
+                                                  schema.images.c.tagging_state == "pending").values(**values))
+
+    def _record(self, conn: Connection, rows: Sequence[Row[Any]], outcomes: Sequence[TagOutcome]) -> None:
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if outcome.error:
+                self._failed_attempt(conn, row, outcome.error)
+                continue
+            records.get_dataset_by_id(conn, row.dataset_id, lock=True)
+            current = conn.execute(sa.select(schema.images).where(schema.images.c.id == row.id)).first()
+            if current is None or current.tagging_state != "pending":
+                continue  # deleted, or re-queued and finished elsewhere
+            if current.tagging_request != row.tagging_request:
+                continue  # a newer re-tag request arrived meanwhile; its own round answers it
+            request = row.tagging_request or UPLOAD_REQUEST
+            # A tag our captions can't hold (a comma inside, say) is kept as a suggestion only.
+            suggested = [t for t in (captions.clean_tag(tag.name) for tag in outcome.tags)
+                         if captions.tag_problem(t) is None]
+            values: dict[str, Any] = {
+                "tagging_state": "done", "tagging_error": None, "tagging_due": None, "tagger": outcome.tagger,
+                "auto_tags": [{"tag": t.name, "score": round(t.score, 4), "category": t.category}
+                              for t in outcome.tags],
+                "screening_verdict": outcome.verdict or None,
+                "screening_findings": list(outcome.findings),
+            }
+            caption = merge_caption(list(current.tags), suggested, request.get("merge", MERGE_AUTO),
+                                    bool(current.caption_edited))
+            if caption is not None:
+                values["tags"] = caption[:captions.MAX_TAGS]
+            records.update_image(conn, row.id, **values)
+
+
+def _group_key(request: dict[str, Any]) -> str:
+    return json.dumps({"t": request.get("tagger", ""), "o": request.get("options") or {}}, sort_keys=True)
