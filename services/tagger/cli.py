@@ -4,6 +4,7 @@ python -m services.tagger install --name wd-vit-v3 --model model.onnx --tags sel
 python -m services.tagger list
 python -m services.tagger remove wd-vit-v3
 python -m services.tagger tag photos/ --write-captions
+python -m services.tagger serve          # the gRPC TaggerService
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     remove = commands.add_parser("remove", help="remove an installed tagger")
     remove.add_argument("name")
 
+    commands.add_parser("serve", help="run the gRPC tagger service (settings from KILN_ variables)")
+
     tag = commands.add_parser("tag", help="tag the images of a folder (or single files)")
     tag.add_argument("paths", nargs="+", type=pathlib.Path)
     tag.add_argument("--tagger", help="tagger name (default: the preferred one, see `list`)")
@@ -66,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from services.tagger.server import main as serve
+
+        serve()
+        return 0
     settings = TaggerSettings()
     registry = TaggerRegistry(args.dir or settings.taggers_dir(), settings.tagger_runtime)
     try:

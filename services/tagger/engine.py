@@ -64,13 +64,18 @@ class TaggingEngine:
         self._detector = (detector or BodyDetector()) if wants_detector else None
         self._workers = self.runtime.resolved_prepare_workers()
 
-    def iter_tag(self, images: Iterable[ImageSource], options: TaggingOptions | None = None) -> Iterator[ImageResult]:
-        """Results as they complete (not in input order; `index` says which image)."""
+    def iter_tag(
+        self, images: Iterable[ImageSource], options: TaggingOptions | None = None, *, screen: bool = True
+    ) -> Iterator[ImageResult]:
+        """Results as they complete (not in input order; `index` says which image). `screen=False`
+        skips the verdict for this call (and the detector, unless the tagger needs it)."""
         options = options or TaggingOptions()
+        policy = self.policy if screen else None
+        detect = self._detector is not None and (self.tagger.needs_detections or policy is not None)
         for index, outcome in overlapped_batches(
             images,
-            self._prepare,
-            lambda batch: self._finish(batch, options),
+            lambda source: self._prepare(source, detect=detect),
+            lambda batch: self._finish(batch, options, policy),
             batch_size=self.tagger.batch_size(self.runtime),
             workers=self._workers,
         ):
@@ -80,24 +85,28 @@ class TaggingEngine:
             else:
                 yield ImageResult(index=index, **outcome)
 
-    def tag(self, images: Sequence[ImageSource], options: TaggingOptions | None = None) -> list[ImageResult]:
+    def tag(
+        self, images: Sequence[ImageSource], options: TaggingOptions | None = None, *, screen: bool = True
+    ) -> list[ImageResult]:
         """Results in input order."""
-        return sorted(self.iter_tag(images, options), key=lambda result: result.index)
+        return sorted(self.iter_tag(images, options, screen=screen), key=lambda result: result.index)
 
-    def _prepare(self, source: ImageSource) -> _Prepared:
+    def _prepare(self, source: ImageSource, *, detect: bool) -> _Prepared:
         image = decode_image(source)
-        detections = tuple(self._detector.detect(image.rgb)) if self._detector else ()
+        detections = tuple(self._detector.detect(image.rgb)) if detect and self._detector else ()
         return _Prepared(self.tagger.prepare(AnalysedImage(image, detections)), detections)
 
-    def _finish(self, batch: list[_Prepared], options: TaggingOptions) -> list[dict[str, Any]]:
+    def _finish(
+        self, batch: list[_Prepared], options: TaggingOptions, policy: ModerationPolicy | None
+    ) -> list[dict[str, Any]]:
         predictions = self.tagger.infer([item.payload for item in batch])
-        watched = self.policy.watched_tags if self.policy else ()
+        watched = policy.watched_tags if policy else ()
         finished = []
         for item, prediction in zip(batch, predictions, strict=True):
             ratings = prediction.ratings()
             verdict = None
-            if self.policy is not None:
-                verdict = self.policy.evaluate(item.detections, ratings, prediction.scores_for(watched))
+            if policy is not None:
+                verdict = policy.evaluate(item.detections, ratings, prediction.scores_for(watched))
             finished.append({"tags": tuple(prediction.tags(options)), "ratings": ratings, "verdict": verdict})
         return finished
 

@@ -118,6 +118,9 @@ def test_wd_rating_and_tags_drive_the_verdict_whatever_the_options(
     }
 
 
-def test_screening_can_be_turned_off(make_wd_model: Callable[..., pathlib.Path]) -> None:
+def test_screening_can_be_turned_off(make_wd_model: Callable[..., pathlib.Path], detector: BodyDetector) -> None:
     engine = TaggingEngine(WdTagger("wd", make_wd_model([0.5] * 12)), screen=False)
     assert engine.tag([solid_png((1, 2, 3))])[0].verdict is None
+    screening = TaggingEngine(WdTagger("wd", make_wd_model([0.5] * 12)), detector=detector)
+    assert screening.tag([solid_png((1, 2, 3))])[0].verdict is not None
+    assert screening.tag([solid_png((1, 2, 3))], screen=False)[0].verdict is None  # per call
