@@ -36,6 +36,12 @@ class BaseModel:
         )
 
     @property
+    def device(self) -> torch.device:
+        # Not ``unet.device``: diffusers answers it by walking every module for offload hooks,
+        # which costs milliseconds per call, on every step.
+        return next(self.unet.parameters()).device
+
+    @property
     def prediction_type(self) -> str:
         return str(self.scheduler_config.get("prediction_type", "epsilon"))
 
@@ -78,7 +84,7 @@ class PromptEmbeddings:
 
 def encode_prompts(model: BaseModel, captions: list[str], clip_skip: int = 1) -> PromptEmbeddings:
     """The conditioning the UNet is trained on; the same as diffusers' pipelines compute."""
-    device = model.unet.device
+    device = model.device
     if model.family == "sd15":
         encoder = model.text_encoders[0]
         ids = tokenize(model.tokenizers[0], captions).to(device)

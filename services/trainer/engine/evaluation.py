@@ -23,7 +23,7 @@ def evaluation_loss(
     timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS,
 ) -> float:
     scheduler = model.noise_scheduler
-    device = model.unet.device
+    device = model.device
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for planned in plan.images:

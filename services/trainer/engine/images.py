@@ -39,7 +39,8 @@ def prepare_image(reader: BlobReader, planned: PlannedImage, flip: bool) -> Prep
 
 
 def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    distribution = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    weight = next(vae.parameters())  # not vae.device: diffusers walks all modules to answer it
+    distribution = vae.encode(pixels.to(weight.device, weight.dtype)).latent_dist
     # Sampled on the CPU generator so the draw doesn't depend on the device.
     noise = torch.randn(distribution.mean.shape, generator=generator, dtype=distribution.mean.dtype)
     latents = distribution.mean + distribution.std * noise.to(distribution.mean.device)
