@@ -98,9 +98,12 @@ class TaggingWorker:
         self._run_db = run_db
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
+        # Counts wake-ups, so a wake-up that lands while a round finds nothing is not lost.
+        self._generation = 0
 
     def wake(self) -> None:
         """New work was committed: look now rather than at the next poll."""
+        self._generation += 1
         self._idle.clear()
         self._wake.set()
 
@@ -111,16 +114,18 @@ class TaggingWorker:
 
     async def run_forever(self) -> None:
         while True:
+            seen = self._generation
             try:
                 worked = await self.run_once()
             except Exception:
                 log.exception("tagging round failed")
                 worked = False
-            if not worked:
-                self._idle.set()
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.idle_poll)
+            if worked or self._generation != seen:
+                continue
+            self._idle.set()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.idle_poll)
 
     async def run_once(self) -> bool:
         """Tag one batch of due images; False when there was none."""

@@ -1,0 +1,149 @@
+"""Uploads are tagged and screened in the background by the real tagger service over gRPC."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from kiln.v1 import dataset_pb2 as pb
+from kiln.v1 import dataset_pb2_grpc
+from kiln.v1 import tagger_pb2 as tpb
+from services.common.settings import ServerSettings
+from services.dataset.server import DatasetService, running_dataset_service
+from services.tagger.moderation import DEFAULT_RULES, ModerationPolicy, ModerationRule, SignalSource
+from services.tagger.server import running_tagger_service
+from services.tagger.settings import TaggerSettings
+from tests.conftest import samples_dir
+from tests.dataset.conftest import make_settings
+from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
+
+# The built-in policy only blocks what these sample photos don't show; for the test a
+# woman's face blocks, so the astronaut photo stands in for forbidden content.
+TEST_POLICY = ModerationPolicy(rules=(*DEFAULT_RULES, ModerationRule(
+    source=SignalSource.DETECTOR, label="FACE_FEMALE", review_at=0.3, block_at=0.5)))
+
+
+@pytest.fixture(scope="module")
+def tagged(aio, store, s3_settings, tmp_path_factory) -> Iterator[tuple[DatasetService, object]]:
+    tagger_settings = TaggerSettings(data_dir=tmp_path_factory.mktemp("tagger"), s3=s3_settings,
+                                     server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False,
+                                     tagger_policy=TEST_POLICY)
+    with aio.context(running_tagger_service(tagger_settings, store)) as tagger:
+        settings = make_settings(tmp_path_factory.mktemp("tagged-dataset"), s3_settings,
+                                 tagger_address=tagger.address)
+        with aio.context(running_dataset_service(settings, store)) as dataset_service:
+            yield dataset_service, tagger
+
+
+@pytest.fixture(scope="module")
+def tstub(tagged) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
+    with grpc.insecure_channel(tagged[0].address) as channel:
+        yield dataset_pb2_grpc.DatasetServiceStub(channel)
+
+
+def settle(aio, service: DatasetService) -> None:
+    aio.run(service.servicer.tagging.until_idle())
+
+
+def sample(name: str) -> bytes:
+    return (samples_dir() / name).read_bytes()
+
+
+def test_uploads_are_tagged_and_screened(aio, tagged, tstub):
+    service, _ = tagged
+    dataset = new_dataset(tstub)
+    woman = upload(tstub, dataset.name, sample("astronaut.png"), filename="astronaut.png")
+    man = upload(tstub, dataset.name, sample("camera.png"), filename="camera.png")
+    assert woman.auto_tagging.state == pb.TAGGING_STATE_PENDING  # the upload did not wait
+    settle(aio, service)
+    woman = tstub.GetImage(pb.GetImageRequest(name=woman.name))
+    man = tstub.GetImage(pb.GetImageRequest(name=man.name))
+    for image in (woman, man):
+        assert image.auto_tagging.state == pb.TAGGING_STATE_DONE and image.auto_tagging.tagger
+        assert all(0 <= t.score <= 1 for t in image.auto_tagging.tags)
+        # Nobody captioned these: the caption is the tagger's tags, without the rating.
+        assert list(image.tags) == [t.name for t in image.auto_tagging.tags]
+        assert not any(t.category == tpb.TAG_CATEGORY_RATING for t in image.auto_tagging.tags)
+        assert not image.caption_edited
+    assert "1girl" in woman.tags
+    assert {"greyscale", "monochrome"} & set(man.tags)
+    assert woman.screening.decision == tpb.MODERATION_DECISION_BLOCK
+    assert any(f.label == "FACE_FEMALE" and f.decision == tpb.MODERATION_DECISION_BLOCK
+               for f in woman.screening.findings)
+    assert man.screening.decision == tpb.MODERATION_DECISION_ALLOW
+
+    snapshot = tstub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))
+    assert (snapshot.training_image_count, snapshot.blocked_image_count) == (1, 1)
+
+
+def test_hand_written_captions_are_never_replaced(aio, tagged, tstub):
+    service, _ = tagged
+    dataset = new_dataset(tstub)
+    image = upload(tstub, dataset.name, sample("chelsea.png"), tags=["mycat", "sitting"])
+    assert image.caption_edited
+    settle(aio, service)
+    image = tstub.GetImage(pb.GetImageRequest(name=image.name))
+    assert image.auto_tagging.state == pb.TAGGING_STATE_DONE
+    assert list(image.tags) == ["mycat", "sitting"]
+
+    def retag(merge, **options):
+        queued = tstub.RetagImages(pb.RetagImagesRequest(parent=dataset.name, merge=merge,
+                                                         options=tpb.TaggingOptions(**options)))
+        assert queued.queued_count == 1
+        settle(aio, service)
+        return tstub.GetImage(pb.GetImageRequest(name=image.name))
+
+    ignored = retag(pb.CAPTION_MERGE_IGNORE, include_rating=True)
+    assert list(ignored.tags) == ["mycat", "sitting"]
+    assert any(t.category == tpb.TAG_CATEGORY_RATING for t in ignored.auto_tagging.tags)
+    appended = retag(pb.CAPTION_MERGE_APPEND, include_rating=False)
+    suggested = [t.name for t in appended.auto_tagging.tags]
+    assert list(appended.tags) == ["mycat", "sitting", *[t for t in suggested if t not in ("mycat", "sitting")]]
+    overwritten = retag(pb.CAPTION_MERGE_OVERWRITE, include_rating=False)
+    assert list(overwritten.tags) == suggested
+    code, _, fields = failure(tstub.RetagImages, pb.RetagImagesRequest(parent=dataset.name))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["merge"])
+
+
+def test_editing_tags_marks_the_caption_as_a_persons(aio, tagged, tstub):
+    service, _ = tagged
+    dataset = new_dataset(tstub)
+    image = upload(tstub, dataset.name, sample("rocket.jpg"))
+    settle(aio, service)
+    tstub.AddImageTags(pb.AddImageTagsRequest(name=image.name, tags=["trigger"], position=pb.TAG_POSITION_HEAD))
+    assert tstub.GetImage(pb.GetImageRequest(name=image.name)).caption_edited
+
+
+def _dead_address() -> str:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_tagger_outage_never_blocks_uploads(aio, store, s3_settings, tmp_path):
+    settings = make_settings(tmp_path, s3_settings, tagger_address=_dead_address(), tagging_max_attempts=1)
+    with aio.context(running_dataset_service(settings, store)) as service, \
+            grpc.insecure_channel(service.address) as channel:
+        stub = dataset_pb2_grpc.DatasetServiceStub(channel)
+        dataset = new_dataset(stub)
+        image = upload(stub, dataset.name, image_bytes(seed=5))
+        settle(aio, service)
+        image = stub.GetImage(pb.GetImageRequest(name=image.name))
+        assert image.auto_tagging.state == pb.TAGGING_STATE_FAILED
+        assert "UNAVAILABLE" in image.auto_tagging.error and image.auto_tagging.attempts == 1
+        code, reason, fields = failure(stub.CreateSnapshot, pb.CreateSnapshotRequest(parent=dataset.name))
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SCREENING_INCOMPLETE")
+        assert fields == ["parent"]
+
+
+def test_without_a_tagger_images_are_marked_skipped(stub):
+    dataset = new_dataset(stub)
+    image = upload(stub, dataset.name, image_bytes(seed=9))
+    assert image.auto_tagging.state == pb.TAGGING_STATE_SKIPPED
+    code, reason, _ = failure(stub.RetagImages, pb.RetagImagesRequest(parent=dataset.name,
+                                                                      merge=pb.CAPTION_MERGE_APPEND))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TAGGING_DISABLED")
