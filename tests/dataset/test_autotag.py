@@ -147,3 +147,26 @@ def test_without_a_tagger_images_are_marked_skipped(stub):
     code, reason, _ = failure(stub.RetagImages, pb.RetagImagesRequest(parent=dataset.name,
                                                                       merge=pb.CAPTION_MERGE_APPEND))
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TAGGING_DISABLED")
+
+
+def test_an_installed_wd_model_takes_over(aio, tagged, tstub, tmp_path):
+    from services.tagger.registry import TaggerRegistry
+    from services.tagger.synthetic import write_linear_wd_model
+
+    service, tagger = tagged
+    # A WD14-format model whose scores are fixed by its biases: `long_hair` and `blue_sky` above 0.35.
+    tags = (("general", 9), ("sensitive", 9), ("questionable", 9), ("explicit", 9),
+            ("long_hair", 0), ("blue_sky", 0), ("guro", 0), ("hatsune_miku", 4))
+    model = write_linear_wd_model(tmp_path / "wd", tags, [3.0, -3, -3, -3, 2.0, 1.0, -4, -4])
+    registry = TaggerRegistry(tagger.servicer._settings.taggers_dir())
+    registry.install("wd-test", model / "model.onnx", model / "selected_tags.csv")
+    try:
+        dataset = new_dataset(tstub)
+        image = upload(tstub, dataset.name, image_bytes(seed=21))
+        settle(aio, service)
+        image = tstub.GetImage(pb.GetImageRequest(name=image.name))
+        assert image.auto_tagging.tagger == "taggers/wd-test"
+        assert list(image.tags) == ["long hair", "blue sky"]
+        assert image.screening.decision == tpb.MODERATION_DECISION_ALLOW
+    finally:
+        registry.remove("wd-test")
