@@ -324,3 +324,11 @@ def test_attention_backend(make_dataset, fast_config, run_training) -> None:
     assert eager.run.model.text_encoders[0].config._attn_implementation == "eager"
     a, b = _lora(sdpa), _lora(eager)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_reported_rates_follow_the_schedule_from_warmup(make_dataset, fast_config, run_training) -> None:
+    trained = run_training(fast_config(lr_scheduler="linear", lr_warmup_steps=2, unet_lr=1e-3, epochs=2,
+                                       batch_size=1), make_dataset(count=3))
+    rates = [e.learning_rates["unet"] for e in trained.events if e.phase == "training"]
+    # 6 steps, 2 of warmup: 0, 1/2, then linear decay from the top over the remaining 4.
+    assert rates == pytest.approx([0.0, 5e-4, 1e-3, 7.5e-4, 5e-4, 2.5e-4])

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from services.trainer.engine.base_model import load_base_model
-from services.trainer.engine.errors import TrainingCancelled
+from services.trainer.engine.errors import InvalidTrainingConfig, TrainingCancelled
 from services.trainer.engine.evaluation import evaluation_loss
 from services.trainer.engine.previews import render_previews
 
@@ -139,3 +139,21 @@ def test_progress_reports_phases_losses_rates_and_eta(make_dataset, fast_config,
     smoothed = 0.9 * steps[0].smoothed_loss + 0.1 * steps[1].loss
     assert steps[1].smoothed_loss == pytest.approx(smoothed)
     assert [e.epoch for e in steps] == [1, 1, 2, 2]
+
+
+def test_a_random_seed_is_drawn_recorded_and_kept_on_resume(make_dataset, fast_config, run_training, tmp_path) -> None:
+    import json
+
+    dataset = make_dataset(count=2)
+    config = fast_config(seed=None, epochs=2)
+    output = tmp_path / "random-seed"
+    first = run_training(config.model_copy(update={"epochs": 1}), dataset, output=output)
+    recorded = json.loads((output / "config.json").read_text())["seed"]
+    assert recorded == first.result.seed
+    data = (output / "epochs/1/lora.safetensors").read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    assert header["__metadata__"]["ss_seed"] == str(recorded)
+    with pytest.raises(InvalidTrainingConfig, match="epochs: differs"):
+        run_training(config, dataset, output=output, resume=True)  # a changed config can't resume
+    again = run_training(config.model_copy(update={"epochs": 1}), dataset, output=output, resume=True)
+    assert again.result.seed == recorded

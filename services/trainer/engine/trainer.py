@@ -313,14 +313,15 @@ class TrainingRun:
                 self.scaler.scale(loss / accumulation).backward()
                 step_losses.append(float(loss.detach()))
                 if (index + 1) % accumulation == 0 or index == len(batches) - 1:
+                    # The rates this step used, not the scheduler's next ones.
+                    lrs = {name: float(group["lr"])
+                           for name, group in zip(self.group_names, self.optimizer.param_groups, strict=True)}
                     self._optimizer_step()
                     step += 1
                     mean_loss = sum(step_losses) / len(step_losses)
                     step_losses = []
                     result.step_losses.append(mean_loss)
                     result.final_step = step
-                    lrs = {name: float(lr) for name, lr in zip(self.group_names, self.lr_scheduler.get_last_lr(),
-                                                                strict=True)}
                     self._emit(self.tracker.step_event(step, epoch, mean_loss, lrs))
             if epoch % config.save_every_n_epochs == 0 or epoch == config.epochs:
                 result.lora_keys[epoch] = self._save_epoch(epoch, step)
