@@ -70,6 +70,12 @@ def pattern_image(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(array.astype(np.uint8))
 
 
+@pytest.fixture
+def make_image() -> Callable[[int, int, int], Image.Image]:
+    """``pattern_image`` for test modules (they don't import conftest: test dirs aren't packages)."""
+    return pattern_image
+
+
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

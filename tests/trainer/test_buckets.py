@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from services.trainer.engine.buckets import BucketRules, fit_to_bucket, make_bucket_resolutions
-from tests.trainer.conftest import pattern_image
 
 
 def test_bucket_list_at_512_is_kohyas() -> None:
@@ -31,9 +30,9 @@ def test_no_upscale_keeps_small_images_small() -> None:
     assert upscaling.resized[0] > 300  # the default scales it up to a full-area bucket
 
 
-def test_fit_to_bucket_centre_crops_the_overhang() -> None:
+def test_fit_to_bucket_centre_crops_the_overhang(make_image) -> None:
     rules = BucketRules((64, 64), 32, 128, 32)
-    image = pattern_image(128, 64, 3)
+    image = make_image(128, 64, 3)
     choice = rules.select(128, 64)
     fitted, (top, left) = fit_to_bucket(image, choice)
     assert fitted.size == choice.bucket

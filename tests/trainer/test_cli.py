@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 from services.trainer.engine.cli import main
-from tests.trainer.conftest import pattern_image
 
 
-def test_cli_trains_a_kohya_folder_and_draws_contact_sheets(tmp_path, model_store, capsys) -> None:
+def test_cli_trains_a_kohya_folder_and_draws_contact_sheets(tmp_path, model_store, capsys, make_image) -> None:
     images = tmp_path / "img" / "2_mytrigger"
     images.mkdir(parents=True)
     for index in range(2):
-        pattern_image(64, 64, index).save(images / f"{index}.png")
+        make_image(64, 64, index).save(images / f"{index}.png")
         (images / f"{index}.txt").write_text(f"mytrigger, colour{index}")
     output = tmp_path / "out"
     code = main(["--models-dir", str(model_store.root), "train", "--folder", str(tmp_path / "img"),
@@ -33,10 +32,10 @@ def test_cli_trains_a_kohya_folder_and_draws_contact_sheets(tmp_path, model_stor
     assert record["config"]["preview"]["prompt"] == "mytrigger, colour0"
 
 
-def test_cli_reports_every_problem_and_trains_nothing(tmp_path, model_store, capsys) -> None:
+def test_cli_reports_every_problem_and_trains_nothing(tmp_path, model_store, capsys, make_image) -> None:
     images = tmp_path / "img" / "1_x"
     images.mkdir(parents=True)
-    pattern_image(64, 64, 0).save(images / "0.png")
+    make_image(64, 64, 0).save(images / "0.png")
     code = main(["--models-dir", str(model_store.root), "train", "--folder", str(tmp_path / "img"),
                  "--output", str(tmp_path / "out"), "--base-model", "tiny-sd15", "--network-dim", "0",
                  "--noise-offset", "-1", "--preview-sampler", "nope"])

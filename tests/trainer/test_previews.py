@@ -63,3 +63,13 @@ def test_contact_sheet_lays_out_rows(tiny_sd15) -> None:
     images = render_previews(tiny_sd15, _settings())
     sheet = contact_sheet([("epoch 1", images), ("epoch 2", images)], cell=64)
     assert sheet.size == (2 * 64, 2 * (64 + 18))
+
+
+def test_sdxl_previews_use_both_encoders_and_the_negative_prompt(model_store) -> None:
+    sdxl = load_base_model("sdxl", model_store.resolve("tiny-sdxl").path)
+    plain, = render_previews(sdxl, _settings(count=1, negative_prompt=""))
+    negative, = render_previews(sdxl, _settings(count=1, negative_prompt="blurry"))
+    other_prompt, = render_previews(sdxl, _settings(count=1, negative_prompt="", prompt="a different prompt"))
+    assert plain.size == (64, 64)
+    assert not np.array_equal(_array(plain), _array(negative))
+    assert not np.array_equal(_array(plain), _array(other_prompt))

@@ -12,7 +12,6 @@ from services.trainer.engine.snapshot import (
     SnapshotError,
     snapshot_from_kohya_folders,
 )
-from tests.trainer.conftest import pattern_image
 
 MANIFEST = {
     "kind": "kiln.dataset.snapshot/v1", "dataset": "datasets/abc", "family": "sd15", "default_repeat": 10,
@@ -58,15 +57,15 @@ def test_local_reader_refuses_keys_outside_its_root(tmp_path) -> None:
         reader.read("../outside")
 
 
-def test_kohya_folder_layout_gives_repeats_captions_and_regularization(tmp_path) -> None:
+def test_kohya_folder_layout_gives_repeats_captions_and_regularization(tmp_path, make_image) -> None:
     train = tmp_path / "img" / "5_mytrigger"
     reg = tmp_path / "reg" / "1_person"
     for folder in (train, reg):
         folder.mkdir(parents=True)
-    pattern_image(64, 48, 0).save(train / "a.png")
+    make_image(64, 48, 0).save(train / "a.png")
     (train / "a.txt").write_text("mytrigger, red\n")
-    pattern_image(32, 32, 1).save(train / "b.jpg")
-    pattern_image(32, 32, 2).save(reg / "r.png")
+    make_image(32, 32, 1).save(train / "b.jpg")
+    make_image(32, 32, 2).save(reg / "r.png")
     (tmp_path / "img" / "not_a_repeat_folder").mkdir()
 
     snapshot, reader = snapshot_from_kohya_folders(tmp_path / "img", tmp_path / "reg", "sdxl")

@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("model_id")
     importer.add_argument("path")
     importer.add_argument("--family", choices=["sd15", "sdxl"], help="needed for ids outside the catalog")
+    importer.add_argument("--config-dir", help="diffusers folder with the configs of a non-standard single file")
 
     commands.add_parser("models", help="list base models and whether their weights are here")
     commands.add_parser("presets", help="list theme presets")
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return _train(args, store)
         if args.command == "import-model":
-            path = store.import_model(args.model_id, args.path, args.family)
+            path = store.import_model(args.model_id, args.path, args.family, args.config_dir)
             print(f"imported {args.model_id} into {path}")
             return 0
         if args.command == "models":

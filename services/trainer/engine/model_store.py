@@ -79,8 +79,14 @@ class ModelStore:
         path = self.root / model_id / RECORD_FILE
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def import_model(self, model_id: str, source: str | Path, family: Family | None = None) -> Path:
-        """Copy a diffusers folder, or convert a single-file checkpoint, into the store."""
+    def import_model(
+        self, model_id: str, source: str | Path, family: Family | None = None, config_dir: str | Path | None = None
+    ) -> Path:
+        """Copy a diffusers folder, or convert a single-file checkpoint, into the store.
+
+        ``config_dir`` (single files only) names a diffusers folder with the checkpoint's configs
+        when it isn't the standard SD1.5 / SDXL 1.0 architecture.
+        """
         entry = base_model_entry(model_id)
         if entry is not None and entry.builtin:
             raise ValueError(f"{model_id!r} is built in and can't be imported over")
@@ -98,7 +104,7 @@ class ModelStore:
             else:
                 from .single_file import convert_single_file
 
-                convert_single_file(source, staging, family)
+                convert_single_file(source, staging, family, Path(config_dir) if config_dir else None)
             record = {
                 "id": model_id,
                 "family": family,

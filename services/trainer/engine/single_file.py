@@ -26,11 +26,13 @@ def config_folder(family: str, target: Path) -> Path:
     return target
 
 
-def convert_single_file(checkpoint: Path, target: Path, family: str) -> None:
+def convert_single_file(checkpoint: Path, target: Path, family: str, config_dir: Path | None = None) -> None:
+    """``config_dir``: a diffusers folder whose configs describe the checkpoint, for architectures
+    other than the standard SD1.5 / SDXL 1.0 ones (default: the shipped configs)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     with tempfile.TemporaryDirectory(prefix="kiln-config-") as scratch:
-        configs = config_folder(family, Path(scratch) / family)
+        configs = config_dir or config_folder(family, Path(scratch) / family)
         pipeline = pipeline_class.from_single_file(str(checkpoint), config=str(configs), local_files_only=True)
         pipeline.save_pretrained(target, safe_serialization=True)
