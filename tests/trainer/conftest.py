@@ -4,7 +4,7 @@ and a fast configuration that trains for real in a fraction of a second per step
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,6 @@ from services.trainer.engine.model_store import ModelStore
 from services.trainer.engine.snapshot import Crop, DatasetSnapshot, LocalDirectoryReader, SnapshotImage
 from services.trainer.engine.trainer import TrainingResult, TrainingRun
 
-# The tiny models gain little from a second thread, and lose a lot when the cores are shared.
-torch.set_num_threads(1)
-
 FAST: dict[str, Any] = {
     "epochs": 1,
     "batch_size": 2,
@@ -36,6 +33,16 @@ FAST: dict[str, Any] = {
     "min_bucket_reso": 64,
     "preview": {"count": 0, "steps": 2, "prompt": "mytrigger, square"},
 }
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # The tiny models gain little from a second thread and lose a lot (2-3x, measured) when the
+    # cores are shared; restored afterwards so other test packages keep their own setting.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

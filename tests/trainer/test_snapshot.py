@@ -33,7 +33,7 @@ def test_manifest_is_read_with_crops_repeats_and_roles() -> None:
     assert snapshot.family == "sd15" and snapshot.default_repeat == 10
     trained, = snapshot.training_images
     assert trained.repeat == 3 and trained.caption == "mytrigger, 1girl, solo"
-    assert trained.source_key == "datasets/abc/images/img1/crops/x.png"
+    assert trained.crop is not None and trained.crop.object_key == "datasets/abc/images/img1/crops/x.png"
     assert trained.source_size == (512, 512)
     regularization, = snapshot.regularization_images
     assert regularization.crop is None and regularization.source_size == (640, 480)

@@ -69,12 +69,12 @@ def test_noise_offset_above_advice_warns_without_failing(make_dataset, fast_conf
 
 def test_more_checks(make_dataset, fast_config, model_store) -> None:
     dataset = make_dataset(count=1, crop_to=(60, 64))
-    config = fast_config(epochs=0, caption_dropout_rate=1.5, conv_alpha=2, lr_scheduler="sometimes",
+    config = fast_config(epochs=0, caption_dropout_rate=1.5, clip_skip=3, conv_alpha=2, lr_scheduler="sometimes",
                          multires_noise_iterations=2, multires_noise_discount=0, unet_lr=0, text_encoder_lr=0,
                          preview={"width": 30})
     fields = {v.field for v in validate_training(config, dataset.snapshot, model_store).violations}
-    assert fields == {"epochs", "caption_dropout_rate", "conv_alpha", "lr_scheduler", "multires_noise_discount",
-                      "unet_lr", "preview.width", "dataset.images[img0].crop"}
+    assert fields == {"epochs", "caption_dropout_rate", "clip_skip", "conv_alpha", "lr_scheduler",
+                      "multires_noise_discount", "unet_lr", "preview.width", "dataset.images[img0].crop"}
 
 
 def test_warmup_longer_than_training_is_refused(make_dataset, fast_config, model_store) -> None:

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 
 from .buckets import fit_to_bucket
 from .sample_plan import PlannedImage
-from .snapshot import BlobReader
+from .snapshot import BlobReader, SnapshotImage
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,21 @@ def decode_rgb(data: bytes) -> Image.Image:
         return image.convert("RGB")
 
 
+def load_source(reader: BlobReader, image: SnapshotImage) -> Image.Image:
+    """The picture to train on: the crop at its target size when there is one, else the original."""
+    crop = image.crop
+    if crop is None:
+        return decode_rgb(reader.read(image.object_key))
+    if crop.object_key:
+        return decode_rgb(reader.read(crop.object_key))
+    # Crop, then resize: the same picture the dataset service shows for the crop.
+    box = (crop.left, crop.top, crop.left + crop.width, crop.top + crop.height)
+    return decode_rgb(reader.read(image.object_key)).crop(box).resize(
+        (crop.target_width, crop.target_height), Image.Resampling.LANCZOS)
+
+
 def prepare_image(reader: BlobReader, planned: PlannedImage, flip: bool) -> PreparedImage:
-    image = decode_rgb(reader.read(planned.image.source_key))
+    image = load_source(reader, planned.image)
     original = (image.height, image.width)
     image, crop_top_left = fit_to_bucket(image, planned.choice)
     if flip:

@@ -60,7 +60,9 @@ class Crop:
     height: int
     target_width: int
     target_height: int
-    object_key: str
+    # A crop already rendered at its target size; empty (the dataset service's
+    # manifests) means: crop the original to the box and resize it.
+    object_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,6 @@ class SnapshotImage:
     sha256: str = ""
     # Name the image is counted under in ss_tag_frequency / ss_dataset_dirs (kohya: its folder).
     group: str = ""
-
-    @property
-    def source_key(self) -> str:
-        """The bytes to train on: the crop when there is one (already at its target size)."""
-        return self.crop.object_key if self.crop else self.object_key
 
     @property
     def source_size(self) -> tuple[int, int]:
@@ -155,7 +152,8 @@ def _parse_image(raw: dict[str, Any]) -> SnapshotImage:
     crop_raw = raw.get("crop")
     crop = None
     if crop_raw:
-        crop = Crop(**{name: crop_raw[name] for name in Crop.__dataclass_fields__})
+        crop = Crop(**{name: crop_raw[name] for name in Crop.__dataclass_fields__
+                       if name in crop_raw or name != "object_key"})
     repeat = raw.get("repeat")
     if repeat is not None and (not isinstance(repeat, int) or repeat < 1):
         raise ValueError(f"repeat must be a positive integer, got {repeat!r}")

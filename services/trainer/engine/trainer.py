@@ -24,7 +24,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.optimization import get_scheduler
 
 from .artifacts import ArtifactKeys, ArtifactWriter
-from .base_model import BaseModel, encode_prompts, load_base_model
+from .base_model import encode_prompts, load_base_model
 from .captions import CaptionPolicy, process_caption
 from .catalog import BaseModelEntry
 from .checkpoint import RandomStreams, latest_checkpoint, load_lora_state, lora_state, save_checkpoint
@@ -172,7 +172,6 @@ class TrainingRun:
         self.seed = self._resolve_seed(checkpoint)
         self.device = training_device(config)
         self.model = load_base_model(entry.family, self.store.resolve(entry.id).path)
-        self._check_model_fits(self.model)
         self.entry = entry
         self.plan = build_sample_plan(config, self.snapshot, entry)
         self._prepare_model()
@@ -216,12 +215,6 @@ class TrainingRun:
         if self.config.seed is not None:
             return self.config.seed
         return random.SystemRandom().randrange(2**31)
-
-    def _check_model_fits(self, model: BaseModel) -> None:
-        layers = model.text_encoders[0].config.num_hidden_layers
-        if model.family == "sd15" and self.config.clip_skip > layers:
-            raise InvalidTrainingConfig([Violation("clip_skip", f"{self.config.clip_skip} is more than the text "
-                                                                f"encoder's {layers} layers")])
 
     def _prepare_model(self) -> None:
         config = self.config

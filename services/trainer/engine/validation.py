@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -79,6 +80,11 @@ def _check_base_model(
                                  f"{entry.family} model; LoRAs don't transfer between families")
     if not store.is_available(entry.id):
         report.add("base_model", missing_weights_message(entry, store.root))
+    elif entry.family == "sd15" and config.clip_skip > 1:
+        encoder_config = store.resolve(entry.id).path / "text_encoder" / "config.json"
+        layers = json.loads(encoder_config.read_text()).get("num_hidden_layers", 12)
+        if config.clip_skip > layers:
+            report.add("clip_skip", f"{config.clip_skip} is more than the text encoder's {layers} layers")
     if not snapshot.training_images:
         report.add("dataset", "the snapshot has no training images")
     return entry
