@@ -47,7 +47,11 @@ def bucket_info(plan: SamplePlan) -> dict[str, Any]:
         str(index): {"resolution": list(reso), "count": len(samples)}
         for index, (reso, samples) in enumerate(plan.buckets.items())
     }
-    return {"buckets": buckets, "mean_img_ar_error": 0.0}
+    errors = [
+        abs(p.choice.bucket[0] / p.choice.bucket[1] - p.image.source_size[0] / p.image.source_size[1])
+        for p in plan.images
+    ]
+    return {"buckets": buckets, "mean_img_ar_error": sum(errors) / len(errors) if errors else 0.0}
 
 
 def optimizer_description(config: TrainingConfig, optimizer: torch.optim.Optimizer) -> str:
