@@ -77,3 +77,30 @@ def test_kohya_folder_layout_gives_repeats_captions_and_regularization(tmp_path,
     regularization, = snapshot.regularization_images
     assert regularization.repeat == 1
     assert reader.read(regularization.object_key)[:4] == b"\x89PNG"
+
+
+def test_crop_boxes_are_cut_from_the_original_and_rendered_crops_are_used_as_they_are(tmp_path, make_image) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from services.trainer.engine.images import load_source
+
+    original = make_image(120, 60, 4)
+    original.save(tmp_path / "original.png")
+    rendered = make_image(32, 32, 5)
+    rendered.save(tmp_path / "rendered.png")
+    box = {"left": 60, "top": 0, "width": 60, "height": 60, "target_width": 32, "target_height": 32}
+    base = {"role": "training", "object_key": "original.png", "width": 120, "height": 60, "caption": "x"}
+    manifest = {**MANIFEST, "images": [{**base, "id": "boxed", "crop": box},
+                                       {**base, "id": "rendered", "crop": {**box, "object_key": "rendered.png"}}]}
+    boxed, prerendered = DatasetSnapshot.from_json(manifest).images
+    reader = LocalDirectoryReader(tmp_path)
+
+    picture = load_source(reader, boxed)
+    expected = Image.open(io.BytesIO(reader.read("original.png"))).convert("RGB").crop((60, 0, 120, 60))
+    expected = expected.resize((32, 32), Image.Resampling.LANCZOS)
+    assert picture.size == boxed.source_size == (32, 32)
+    assert np.array_equal(np.asarray(picture), np.asarray(expected))
+    assert np.array_equal(np.asarray(load_source(reader, prerendered)), np.asarray(rendered))
