@@ -4,8 +4,9 @@ Starts a real S3 server (embedded SeaweedFS), the tagger service (the built-in
 offline tagger) and the dataset service on SQLite, then plays a user's session
 through gRPC: create a dataset, upload sample photos, watch them get tagged and
 screened in the background, focus-crop them, add a trigger word, set repeats,
-read the tag statistics and freeze a snapshot for training. It leaves a
-contact sheet of the crops and captions to look at.
+read the tag statistics, freeze a snapshot, and train a LoRA on it (the
+built-in tiny SD1.5, on the CPU) with four preview images per epoch. It leaves
+contact sheets of the crops and of the previews to look at.
 """
 
 from __future__ import annotations
@@ -19,18 +20,25 @@ import tempfile
 from collections.abc import Callable
 
 import grpc
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 from kiln.v1 import tagger_pb2 as tpb
+from services.common.objectstore import ObjectStore
 from services.common.settings import ServerSettings
 from services.common.storage_runtime import open_store
 from services.dataset.server import running_dataset_service
 from services.dataset.settings import DatasetSettings
 from services.tagger.server import running_tagger_service
 from services.tagger.settings import TaggerSettings
+from services.trainer.engine.config import parse_config
+from services.trainer.engine.object_store_io import ObjectStoreReader, ObjectStoreWriter
+from services.trainer.engine.previews import contact_sheet
+from services.trainer.engine.progress import ProgressEvent
+from services.trainer.engine.snapshot import load_snapshot
+from services.trainer.engine.trainer import train
 
 CHUNK = 1024 * 1024
 TRIGGER = "kilnsample"
@@ -62,23 +70,49 @@ def read_variant(stub: dataset_pb2_grpc.DatasetServiceStub, name: str, variant: 
     return Image.open(io.BytesIO(b"".join(r.chunk for r in responses[1:])))
 
 
-def contact_sheet(images: list[tuple[str, Image.Image]], path: pathlib.Path, cell: int = 256) -> None:
-    sheet = Image.new("RGB", (cell * len(images), cell + 24), "white")
-    draw = ImageDraw.Draw(sheet)
-    for index, (label, image) in enumerate(images):
-        thumb = image.copy()
-        thumb.thumbnail((cell, cell))
-        sheet.paste(thumb, (index * cell + (cell - thumb.width) // 2, (cell - thumb.height) // 2))
-        draw.text((index * cell + 6, cell + 6), label[:34], fill="black")
+def save_sheet(rows: list[tuple[str, list[Image.Image]]], path: pathlib.Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    contact_sheet(rows, cell=256).save(path)
 
 
-def scenario(address: str, out_dir: pathlib.Path, settle: Callable[[], None]) -> None:
+def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathlib.Path) -> None:
+    """What a trainer worker does with a job: a LoRA on the snapshot, previews per epoch."""
+    config = parse_config({
+        "base_model": "tiny-sd15", "epochs": 2, "batch_size": 2, "cache_latents": True,
+        "network_dim": 8, "network_alpha": 4, "unet_lr": 1e-3, "text_encoder_lr": 5e-4, "seed": 42,
+        "preview": {"count": 4, "steps": 10, "prompt": f"{TRIGGER}, 1girl, smile", "sampler": "euler_a",
+                    "width": 256, "height": 256},
+    })
+    reader = ObjectStoreReader(store)
+    prefix = f"trainingJobs/demo-{snapshot.sha256[:12]}"
+    bar = tqdm(desc="training tiny-sd15 LoRA", unit="step")
+
+    def on_progress(event: ProgressEvent) -> None:
+        bar.total = event.total_steps
+        bar.n = event.step
+        if event.smoothed_loss is not None:
+            bar.set_postfix(epoch=f"{event.epoch}/{event.total_epochs}", loss=f"{event.smoothed_loss:.4f}",
+                            phase=event.phase)
+        bar.refresh()
+
+    result = train(config, load_snapshot(reader, snapshot.manifest_key), reader, ObjectStoreWriter(store, prefix),
+                   progress=on_progress)
+    bar.close()
+    rows = [(f"epoch {epoch}", [Image.open(io.BytesIO(store.get_bytes(f"{prefix}/epochs/{epoch}/previews/{k}.png")))
+                                for k in range(4)]) for epoch in result.saved_epochs]
+    for epoch in result.saved_epochs:
+        size = len(store.get_bytes(f"{prefix}/epochs/{epoch}/lora.safetensors"))
+        say(f"  epoch {epoch}: s3://…/{prefix}/epochs/{epoch}/lora.safetensors ({size / 1024:.0f} KiB, kohya format)")
+    sheet = out_dir / "demo-previews.png"
+    save_sheet(rows, sheet)
+    say(f"preview images of each epoch (prompt {config.preview.prompt!r}): {sheet}")
+
+
+def scenario(address: str, store: ObjectStore, out_dir: pathlib.Path, settle: Callable[[], None]) -> None:
     with grpc.insecure_channel(address) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         dataset = stub.CreateDataset(pb.CreateDatasetRequest(dataset=pb.Dataset(
-            display_name="Demo character", family=pb.MODEL_FAMILY_SD15, default_repeat=10)))
+            display_name="Demo character", family=pb.MODEL_FAMILY_SD15, default_repeat=2)))
         say(f"created {dataset.name} (SD1.5, default repeat {dataset.default_repeat})")
 
         files = sorted(p for p in samples_dir().iterdir() if p.suffix in (".png", ".jpg"))
@@ -94,9 +128,9 @@ def scenario(address: str, out_dir: pathlib.Path, settle: Callable[[], None]) ->
             say(f"  {image.filename:22s} [{verdict.lower()}] {tags}")
 
         upscaled = 0
-        progress = tqdm(total=len(images), desc="focus crop 512x768", unit="img")
+        progress = tqdm(total=len(images), desc="focus crop 512x512", unit="img")
         for event in stub.CropImages(pb.CropImagesRequest(parent=dataset.name, mode=pb.CROP_MODE_FOCUS,
-                                                          target_width=512, target_height=768)):
+                                                          target_width=512, target_height=512)):
             progress.n = event.done
             progress.refresh()
             upscaled = event.upscaled_count
@@ -110,7 +144,7 @@ def scenario(address: str, out_dir: pathlib.Path, settle: Callable[[], None]) ->
         changed = stub.BatchEditTags(pb.BatchEditTagsRequest(
             parent=dataset.name, add=pb.BatchEditTagsRequest.AddTag(tag=TRIGGER, position=pb.TAG_POSITION_HEAD)))
         say(f"trigger word {TRIGGER!r} added at the head of {changed.changed_count} captions")
-        stub.UpdateImage(pb.UpdateImageRequest(image=pb.Image(name=images[0].name, repeat=20),
+        stub.UpdateImage(pb.UpdateImageRequest(image=pb.Image(name=images[0].name, repeat=4),
                                                update_mask={"paths": ["repeat"]}))
         stats = stub.GetTagStatistics(pb.GetTagStatisticsRequest(parent=dataset.name))
         say("tag frequency: " + ", ".join(f"{t.tag} x{t.count}" for t in stats.tags[:8]))
@@ -129,9 +163,10 @@ def scenario(address: str, out_dir: pathlib.Path, settle: Callable[[], None]) ->
         say(f"snapshot {snapshot.name} ({snapshot.training_image_count} images) at s3://…/{snapshot.manifest_key}")
 
         sheet = out_dir / "demo-crops.png"
-        contact_sheet([(", ".join(i.tags), read_variant(stub, i.name, pb.IMAGE_VARIANT_CROPPED))
-                       for i in tqdm(listed.images, desc="contact sheet", unit="img")], sheet)
+        save_sheet([("focus crops, 512x512", [read_variant(stub, i.name, pb.IMAGE_VARIANT_CROPPED)
+                                              for i in listed.images])], sheet)
         say(f"contact sheet of the crops: {sheet}")
+        train_on_snapshot(store, snapshot, out_dir)
 
 
 async def run(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
@@ -153,7 +188,7 @@ async def run(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
                 def settle() -> None:
                     asyncio.run_coroutine_threadsafe(worker.until_idle(), loop).result(300)
 
-                await asyncio.to_thread(scenario, service.address, out_dir, settle)
+                await asyncio.to_thread(scenario, service.address, handle.store, out_dir, settle)
     finally:
         await asyncio.to_thread(handle.close)
     say("services stopped")
