@@ -15,6 +15,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
+READ_ONLY_OPTION = "kiln_read_only"
+# Execution options for a transaction that only reads (see create_engine).
+READ_ONLY = {READ_ONLY_OPTION: True}
+
 
 def create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -36,7 +40,9 @@ def create_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Readers don't queue behind writers: WAL gives them a consistent snapshot.
+            read_only = conn.get_execution_options().get(READ_ONLY_OPTION)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql://"):

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common.database import READ_ONLY
 from services.common.errors import (
     FieldViolation,
     ServiceError,
@@ -101,14 +102,17 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         """Run `work` in one transaction on the SQL thread pool (for the background workers too)."""
         return await self._db(work)
 
-    async def _db(self, work: Callable[[Connection], T]) -> T:
+    async def _db(self, work: Callable[[Connection], T], *, read_only: bool = False) -> T:
         def run() -> T:
             # A unique-key race (two retries of one request at once) rolls back; the
             # second attempt then sees the winner's record and answers like a retry.
             for attempt in range(2):
                 try:
-                    with self._engine.begin() as conn:
-                        return work(conn)
+                    with self._engine.connect() as conn:
+                        if read_only:
+                            conn.execution_options(**READ_ONLY)
+                        with conn.begin():
+                            return work(conn)
                 except sa.exc.IntegrityError:
                     if attempt:
                         raise
@@ -177,7 +181,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     async def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.aio.ServicerContext) -> pb.Dataset:
         dataset_id = names.parse_dataset(request.name)
         tenant = tenant_of(context)
-        return await self._db(lambda conn: self._dataset_message(conn, records.get_dataset(conn, tenant, dataset_id)))
+        return await self._db(lambda conn: self._dataset_message(conn, records.get_dataset(conn, tenant, dataset_id)),
+                              read_only=True)
 
     @unary_errors
     async def ListDatasets(self, request: pb.ListDatasetsRequest,
@@ -192,7 +197,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             return pb.ListDatasetsResponse(datasets=[self._dataset_message(conn, r) for r in rows],
                                            next_page_token=token)
 
-        return await self._db(read)
+        return await self._db(read, read_only=True)
 
     @unary_errors
     async def UpdateDataset(self, request: pb.UpdateDatasetRequest, context: grpc.aio.ServicerContext) -> pb.Dataset:
@@ -315,7 +320,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                                                       f"image/{sniffed.lower()}"))
                        if sniffed in ("PNG", "JPEG") else None)
         try:
-            earlier = await self._db(precheck)
+            earlier = await self._db(precheck, read_only=True)
             if earlier is not None:
                 raise _Replayed(earlier)
             checked: CheckedImage = await self._cpu(check_image, data, self._limits)
@@ -477,7 +482,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     async def GetImage(self, request: pb.GetImageRequest, context: grpc.aio.ServicerContext) -> pb.Image:
         image = names.parse_image(request.name)
         tenant = tenant_of(context)
-        return await self._db(lambda conn: self._image_message(conn, tenant, image.dataset_id, image.image_id))
+        return await self._db(lambda conn: self._image_message(conn, tenant, image.dataset_id, image.image_id),
+                              read_only=True)
 
     def _image_message(self, conn: Connection, tenant: str, dataset_id: str, image_id: str) -> pb.Image:
         dataset = records.get_dataset(conn, tenant, dataset_id)
@@ -504,7 +510,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             return pb.ListImagesResponse(images=[image_message(r, dataset.default_repeat) for r in rows],
                                          total_size=total, next_page_token=token)
 
-        return await self._db(read)
+        return await self._db(read, read_only=True)
 
     @unary_errors
     async def UpdateImage(self, request: pb.UpdateImageRequest, context: grpc.aio.ServicerContext) -> pb.Image:
@@ -611,7 +617,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReadImageResponse]:
         target = names.parse_image(request.name)
         tenant = tenant_of(context)
-        row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id))
+        row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
+                             read_only=True)
         key, content_type, width, height = _variant(row, request.variant)
         await self._render_derived(row, request.variant)
         size = await self._io(self._store.size, key)
@@ -629,7 +636,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         ttl_seconds = request.ttl_seconds or 3600
         if not 1 <= ttl_seconds <= 7 * 24 * 3600:
             raise invalid_field("ttl_seconds", "1..604800 seconds (S3 presigned URLs last at most 7 days)")
-        row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id))
+        row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
+                             read_only=True)
         key, *_ = _variant(row, request.variant)
         await self._render_derived(row, request.variant)
         ttl = dt.timedelta(seconds=ttl_seconds)
@@ -821,7 +829,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                 image_count=len(all_tags),
             )
 
-        return await self._db(read)
+        return await self._db(read, read_only=True)
 
     # ---- snapshots ------------------------------------------------------------------------------------------
 
@@ -899,7 +907,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                 raise not_found(request.name, "snapshot")
             return _snapshot_message(row)
 
-        return await self._db(read)
+        return await self._db(read, read_only=True)
 
     @unary_errors
     async def ListSnapshots(self, request: pb.ListSnapshotsRequest,
@@ -916,7 +924,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                                       s.create_time, s.sha256, request.page_token, size, query_key)
             return pb.ListSnapshotsResponse(snapshots=[_snapshot_message(r) for r in rows], next_page_token=token)
 
-        return await self._db(read)
+        return await self._db(read, read_only=True)
 
 
 class _Replayed(Exception):
