@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
+from sqlalchemy.engine import Row
 
 from services.common.objectstore import ObjectStore
 from services.dataset.cropping import DETECTOR_SIDE, Box, Detector, center_box, focus_box, render_crop
@@ -95,3 +97,15 @@ def upscale_warning(result: CropResult) -> str:
 
 def is_crop_warning(text: str) -> bool:
     return text.startswith("crop ")
+
+
+def crop_record_values(row: Row[Any], crop: CropResult) -> dict[str, Any]:
+    notes = [w for w in row.warnings if not is_crop_warning(w)]
+    if crop.upscaled:
+        notes.append(upscale_warning(crop))
+    return {
+        "crop_left": crop.box.left, "crop_top": crop.box.top, "crop_width": crop.box.width,
+        "crop_height": crop.box.height, "crop_target_width": crop.target_width,
+        "crop_target_height": crop.target_height, "crop_mode": crop.mode, "crop_upscaled": crop.upscaled,
+        "crop_key": crop.key, "warnings": notes,
+    }

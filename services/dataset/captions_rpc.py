@@ -1,0 +1,152 @@
+"""Captions: tag edits on one image or many, re-tagging, statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import sqlalchemy as sa
+from google.protobuf.message import Message
+from sqlalchemy.engine import Connection
+
+from kiln.v1 import dataset_pb2 as pb
+from services.common.errors import (
+    failed_precondition,
+    invalid_field,
+    unary_errors,
+)
+from services.common.tenancy import tenant_of
+from services.dataset import captions, names, records, schema
+from services.dataset.convert import (
+    MERGE_TO_DB,
+    ROLE_TO_DB,
+)
+from services.dataset.requests import (
+    child_ids,
+    require_all,
+)
+from services.dataset.service_base import ServicerBase
+from services.dataset.tagger_client import options_to_dict
+
+
+class CaptionRpcs(ServicerBase):
+    @unary_errors
+    async def AddImageTags(self, request: pb.AddImageTagsRequest, context: grpc.aio.ServicerContext) -> pb.Image:
+        target = names.parse_image(request.name)
+        new = captions.validate_tags(request.tags, "tags")
+        if not new:
+            raise invalid_field("tags", "give at least one tag")
+        at_head = request.position == pb.TAG_POSITION_HEAD
+        return await self._edit_tags(context, "AddImageTags", request, target,
+                                     lambda tags: captions.add_tags(tags, new, at_head))
+
+    @unary_errors
+    async def RemoveImageTags(self, request: pb.RemoveImageTagsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.Image:
+        target = names.parse_image(request.name)
+        unwanted = captions.validate_tags(request.tags, "tags", allow_duplicates=True)
+        return await self._edit_tags(context, "RemoveImageTags", request, target,
+                                     lambda tags: captions.remove_tags(tags, unwanted))
+
+    async def _edit_tags(self, context: grpc.aio.ServicerContext, method: str, request: Message,
+                         target: names.ImageName, edit: Callable[[list[str]], list[str]]) -> pb.Image:
+        def work(conn: Connection, tenant: str) -> pb.Image:
+            records.get_dataset(conn, tenant, target.dataset_id, lock=True)
+            row = records.get_image(conn, tenant, target.dataset_id, target.image_id)
+            tags = edit(list(row.tags))
+            captions.check_caption_size(tags, "tags")
+            if tags != list(row.tags):
+                records.update_image(conn, row.id, tags=tags, caption_edited=True)
+            return self._image_message(conn, tenant, target.dataset_id, target.image_id)
+
+        return await self._idempotent(context, method, request, pb.Image, work)
+
+    @unary_errors
+    async def BatchEditTags(self, request: pb.BatchEditTagsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.BatchEditTagsResponse:
+        dataset_id = names.parse_dataset(request.parent, "parent")
+        image_ids = child_ids(request.names, dataset_id, required=False)
+        edit = _batch_edit(request)
+
+        def work(conn: Connection, tenant: str) -> pb.BatchEditTagsResponse:
+            records.get_dataset(conn, tenant, dataset_id, lock=True)
+            rows = records.images_of(conn, dataset_id, image_ids or None)
+            if image_ids:
+                require_all(rows, image_ids, dataset_id)
+            changed = 0
+            for row in rows:
+                tags = edit(list(row.tags))
+                if tags != list(row.tags):
+                    captions.check_caption_size(tags, f"image {row.id}")
+                    records.update_image(conn, row.id, tags=tags, caption_edited=True)
+                    changed += 1
+            if changed:
+                records.touch_dataset(conn, dataset_id)
+            return pb.BatchEditTagsResponse(changed_count=changed)
+
+        return await self._idempotent(context, "BatchEditTags", request, pb.BatchEditTagsResponse, work)
+
+    @unary_errors
+    async def RetagImages(self, request: pb.RetagImagesRequest,
+                          context: grpc.aio.ServicerContext) -> pb.RetagImagesResponse:
+        dataset_id = names.parse_dataset(request.parent, "parent")
+        image_ids = child_ids(request.names, dataset_id, required=False)
+        merge = MERGE_TO_DB.get(request.merge)  # type: ignore[call-overload]
+        if merge is None:
+            raise invalid_field("merge", "say how new tags meet the caption: IGNORE, APPEND or OVERWRITE")
+        if request.tagger and not request.tagger.startswith("taggers/"):
+            raise invalid_field("tagger", "a tagger name: taggers/{tagger}, or empty for the preferred one")
+        if self.tagging is None:
+            raise failed_precondition("this dataset service has no tagger configured (KILN_TAGGER_ADDRESS)",
+                                      "TAGGING_DISABLED")
+        tagging_request = {"tagger": request.tagger, "options": options_to_dict(request.options), "merge": merge}
+
+        def work(conn: Connection, tenant: str) -> pb.RetagImagesResponse:
+            records.get_dataset(conn, tenant, dataset_id, lock=True)
+            rows = records.images_of(conn, dataset_id, image_ids or None)
+            if image_ids:
+                require_all(rows, image_ids, dataset_id)
+            if rows:
+                conn.execute(schema.images.update().where(schema.images.c.id.in_([r.id for r in rows])).values(
+                    tagging_state="pending", tagging_due=records.now(), tagging_attempts=0, tagging_error=None,
+                    tagging_request=tagging_request, update_time=records.now()))
+            return pb.RetagImagesResponse(queued_count=len(rows))
+
+        response = await self._idempotent(context, "RetagImages", request, pb.RetagImagesResponse, work)
+        self.tagging.wake()
+        return response
+
+    @unary_errors
+    async def GetTagStatistics(self, request: pb.GetTagStatisticsRequest,
+                               context: grpc.aio.ServicerContext) -> pb.GetTagStatisticsResponse:
+        dataset_id = names.parse_dataset(request.parent, "parent")
+        tenant = tenant_of(context)
+        role = ROLE_TO_DB.get(request.role) if request.role else None
+
+        def read(conn: Connection) -> pb.GetTagStatisticsResponse:
+            records.get_dataset(conn, tenant, dataset_id)
+            i = schema.images.c
+            query = sa.select(i.tags).where(i.dataset_id == dataset_id, *([i.role == role] if role else []))
+            all_tags = [list(t) for t in conn.execute(query).scalars()]
+            return pb.GetTagStatisticsResponse(
+                tags=[pb.TagCount(tag=t, count=c) for t, c in captions.tag_frequencies(all_tags)],
+                image_count=len(all_tags),
+            )
+
+        return await self._db(read, read_only=True)
+
+
+def _batch_edit(request: pb.BatchEditTagsRequest) -> Callable[[list[str]], list[str]]:
+    kind = request.WhichOneof("edit")
+    if kind == "add":
+        (tag,) = captions.validate_tags([request.add.tag], "add.tag")
+        at_head = request.add.position == pb.TAG_POSITION_HEAD
+        return lambda tags: captions.add_tags(tags, [tag], at_head)
+    if kind == "remove":
+        (tag,) = captions.validate_tags([request.remove.tag], "remove.tag")
+        return lambda tags: captions.remove_tags(tags, [tag])
+    if kind == "replace":
+        (old,) = captions.validate_tags([request.replace.tag], "replace.tag")
+        (new,) = captions.validate_tags([request.replace.replacement], "replace.replacement")
+        return lambda tags: captions.replace_tag(tags, old, new)
+    raise invalid_field("edit", "set one of add, remove or replace")

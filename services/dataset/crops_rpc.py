@@ -1,0 +1,103 @@
+"""Batch crop: boxes for many images, progress streamed as each is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from sqlalchemy.engine import Connection, Row
+
+from kiln.v1 import dataset_pb2 as pb
+from services.common.errors import (
+    invalid_field,
+    stream_errors,
+)
+from services.common.idempotency import check_request_id
+from services.common.tenancy import tenant_of
+from services.dataset import names, records
+from services.dataset.convert import (
+    CROP_MODE_TO_DB,
+)
+from services.dataset.crop_render import (
+    choose_box,
+    crop_record_values,
+    crop_result,
+)
+from services.dataset.requests import (
+    check_target_size,
+    child_ids,
+    require_all,
+)
+from services.dataset.service_base import ServicerBase
+
+
+class CropRpcs(ServicerBase):
+    @stream_errors
+    async def CropImages(self, request: pb.CropImagesRequest,
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CropImagesResponse]:
+        dataset_id = names.parse_dataset(request.parent, "parent")
+        tenant = tenant_of(context)
+        check_request_id(request.request_id)
+        if request.mode not in (pb.CROP_MODE_FOCUS, pb.CROP_MODE_CENTER):
+            raise invalid_field("mode", "FOCUS or CENTER (set a MANUAL box with UpdateImage)")
+        image_ids = child_ids(request.names, dataset_id, required=False)
+        mode = CROP_MODE_TO_DB[request.mode]
+
+        def load(conn: Connection) -> tuple[Row[Any], list[Row[Any]]]:
+            dataset = records.get_dataset(conn, tenant, dataset_id)
+            rows = records.images_of(conn, dataset_id, image_ids or None)
+            if image_ids:
+                require_all(rows, image_ids, dataset_id)
+            return dataset, rows
+
+        dataset, rows = await self._db(load)
+        check_target_size(dataset.family, request.target_width, request.target_height, "")
+        total = len(rows)
+        upscaled = 0
+        done = 0
+        # Bounded fan-out: enough in flight to keep the image pool and the store busy.
+        pending: set[asyncio.Task[pb.Image]] = set()
+        queue = iter(rows)
+        try:
+            while True:
+                while len(pending) < self._settings.image_workers * 2:
+                    row = next(queue, None)
+                    if row is None:
+                        break
+                    pending.add(asyncio.create_task(self._crop_one(tenant, dataset_id, row, mode,
+                                                                   request.target_width, request.target_height)))
+                if not pending:
+                    break
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    image = task.result()
+                    done += 1
+                    upscaled += int(image.crop.upscaled)
+                    yield pb.CropImagesResponse(done=done, total=total, image=image, upscaled_count=upscaled)
+        finally:
+            for task in pending:
+                task.cancel()
+        yield pb.CropImagesResponse(done=done, total=total, upscaled_count=upscaled)
+
+    async def _crop_one(self, tenant: str, dataset_id: str, row: Row[Any], mode: str,
+                        target_width: int, target_height: int) -> pb.Image:
+        if mode == "focus":
+            original = await self._io(self._store.get_bytes, row.original_key)
+            box = await self._cpu(choose_box, original, row.width, row.height, mode, target_width, target_height,
+                                  self._detector)
+        else:
+            box = choose_box(b"", row.width, row.height, mode, target_width, target_height, None)
+        result = crop_result(dataset_id, row.id, box, target_width, target_height, mode)
+
+        def commit(conn: Connection) -> tuple[pb.Image, list[str]]:
+            records.get_dataset(conn, tenant, dataset_id, lock=True)
+            current = records.get_image(conn, tenant, dataset_id, row.id)
+            stale = self._stale_crop(current, result.key)
+            records.update_image(conn, row.id, **crop_record_values(current, result))
+            return self._image_message(conn, tenant, dataset_id, row.id), stale
+
+        image, stale = await self._db(commit)
+        await self._delete_objects_quietly(stale)
+        return image

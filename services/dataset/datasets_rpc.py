@@ -1,0 +1,131 @@
+"""Datasets: create, get, list, update with a field mask, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from kiln.v1 import dataset_pb2 as pb
+from services.common.errors import (
+    FieldViolation,
+    invalid,
+    unary_errors,
+)
+from services.common.pagination import keyset_page, page_size
+from services.common.tenancy import tenant_of
+from services.dataset import names, records, schema
+from services.dataset.convert import (
+    FAMILY_TO_DB,
+)
+from services.dataset.requests import (
+    MAX_REPEAT,
+    mask_paths,
+)
+from services.dataset.service_base import ServicerBase, log
+
+DATASET_FIELDS = {"display_name", "description", "default_repeat"}
+
+
+class DatasetRpcs(ServicerBase):
+    @unary_errors
+    async def CreateDataset(self, request: pb.CreateDatasetRequest, context: grpc.aio.ServicerContext) -> pb.Dataset:
+        spec = request.dataset
+        violations = _dataset_violations(spec, creating=True)
+        if violations:
+            raise invalid(violations)
+
+        def work(conn: Connection, tenant: str) -> pb.Dataset:
+            now = records.now()
+            dataset_id = names.new_id()
+            conn.execute(schema.datasets.insert().values(
+                id=dataset_id, tenant=tenant, display_name=spec.display_name.strip(),
+                description=spec.description, family=FAMILY_TO_DB[spec.family],
+                default_repeat=spec.default_repeat or 1, create_time=now, update_time=now,
+            ))
+            return self._dataset_message(conn, records.get_dataset(conn, tenant, dataset_id))
+
+        return await self._idempotent(context, "CreateDataset", request, pb.Dataset, work)
+
+    @unary_errors
+    async def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.aio.ServicerContext) -> pb.Dataset:
+        dataset_id = names.parse_dataset(request.name)
+        tenant = tenant_of(context)
+        return await self._db(lambda conn: self._dataset_message(conn, records.get_dataset(conn, tenant, dataset_id)),
+                              read_only=True)
+
+    @unary_errors
+    async def ListDatasets(self, request: pb.ListDatasetsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ListDatasetsResponse:
+        tenant = tenant_of(context)
+        size = page_size(request.page_size, 20, 100)
+        d = schema.datasets.c
+
+        def read(conn: Connection) -> pb.ListDatasetsResponse:
+            rows, token = keyset_page(conn, sa.select(schema.datasets).where(d.tenant == tenant), d.create_time,
+                                      d.id, request.page_token, size, f"datasets:{tenant}")
+            return pb.ListDatasetsResponse(datasets=[self._dataset_message(conn, r) for r in rows],
+                                           next_page_token=token)
+
+        return await self._db(read, read_only=True)
+
+    @unary_errors
+    async def UpdateDataset(self, request: pb.UpdateDatasetRequest, context: grpc.aio.ServicerContext) -> pb.Dataset:
+        dataset_id = names.parse_dataset(request.dataset.name, "dataset.name")
+        paths = mask_paths(request.update_mask.paths, DATASET_FIELDS)
+        violations = [v for v in _dataset_violations(request.dataset, creating=False)
+                      if v.field.removeprefix("dataset.") in paths]
+        if violations:
+            raise invalid(violations)
+        spec = request.dataset
+
+        def work(conn: Connection, tenant: str) -> pb.Dataset:
+            records.get_dataset(conn, tenant, dataset_id, lock=True)
+            values: dict[str, Any] = {"update_time": records.now()}
+            if "display_name" in paths:
+                values["display_name"] = spec.display_name.strip()
+            if "description" in paths:
+                values["description"] = spec.description
+            if "default_repeat" in paths:
+                values["default_repeat"] = spec.default_repeat
+            conn.execute(schema.datasets.update().where(schema.datasets.c.id == dataset_id).values(**values))
+            return self._dataset_message(conn, records.get_dataset(conn, tenant, dataset_id))
+
+        return await self._idempotent(context, "UpdateDataset", request, pb.Dataset, work)
+
+    @unary_errors
+    async def DeleteDataset(self, request: pb.DeleteDatasetRequest,
+                            context: grpc.aio.ServicerContext) -> pb.DeleteDatasetResponse:
+        dataset_id = names.parse_dataset(request.name)
+
+        def work(conn: Connection, tenant: str) -> pb.DeleteDatasetResponse:
+            records.get_dataset(conn, tenant, dataset_id, lock=True)
+            # Children first: SQLite only cascades when foreign keys are on, and we don't rely on it.
+            for table in (schema.snapshot_objects, schema.snapshots, schema.uploads, schema.images):
+                conn.execute(table.delete().where(table.c.dataset_id == dataset_id))
+            conn.execute(schema.datasets.delete().where(schema.datasets.c.id == dataset_id))
+            return pb.DeleteDatasetResponse()
+
+        response = await self._idempotent(context, "DeleteDataset", request, pb.DeleteDatasetResponse, work)
+        for prefix in (names.dataset_prefix(dataset_id), names.staging_key(dataset_id, "")):
+            try:
+                await self._io(self._store.delete_prefix, prefix)
+            except Exception:
+                log.exception("could not delete objects under %s", prefix)
+        return response
+
+
+def _dataset_violations(spec: pb.Dataset, creating: bool) -> list[FieldViolation]:
+    violations = []
+    name = spec.display_name.strip()
+    if not name or len(name) > 200 or not name.isprintable():
+        violations.append(FieldViolation("dataset.display_name", "1..200 printable characters"))
+    if len(spec.description) > 5000:
+        violations.append(FieldViolation("dataset.description", "at most 5000 characters"))
+    if creating and spec.family not in FAMILY_TO_DB:
+        violations.append(FieldViolation("dataset.family", "MODEL_FAMILY_SD15 or MODEL_FAMILY_SDXL"))
+    if not (0 if creating else 1) <= spec.default_repeat <= MAX_REPEAT:
+        violations.append(FieldViolation("dataset.default_repeat", f"1..{MAX_REPEAT}"))
+    return violations

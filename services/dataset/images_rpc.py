@@ -1,0 +1,228 @@
+"""Images: get, list, update (tags, repeat, manual crop), delete, read back."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from kiln.v1 import dataset_pb2 as pb
+from services.common.errors import (
+    failed_precondition,
+    invalid_field,
+    stream_errors,
+    unary_errors,
+)
+from services.common.pagination import keyset_page, page_size
+from services.common.tenancy import tenant_of
+from services.dataset import captions, names, records, schema
+from services.dataset.convert import (
+    ROLE_TO_DB,
+    image_message,
+)
+from services.dataset.crop_render import (
+    CropResult,
+    crop_record_values,
+    crop_result,
+    ensure_rendered,
+    ensure_thumbnail,
+)
+from services.dataset.cropping import Box
+from services.dataset.requests import (
+    check_repeat,
+    check_target_size,
+    child_ids,
+    mask_paths,
+    require_all,
+)
+from services.dataset.service_base import ServicerBase
+
+READ_CHUNK = 1024 * 1024
+IMAGE_FIELDS = {"tags", "repeat", "crop"}
+
+
+class ImageRpcs(ServicerBase):
+    @unary_errors
+    async def GetImage(self, request: pb.GetImageRequest, context: grpc.aio.ServicerContext) -> pb.Image:
+        image = names.parse_image(request.name)
+        tenant = tenant_of(context)
+        return await self._db(lambda conn: self._image_message(conn, tenant, image.dataset_id, image.image_id),
+                              read_only=True)
+
+    @unary_errors
+    async def ListImages(self, request: pb.ListImagesRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListImagesResponse:
+        dataset_id = names.parse_dataset(request.parent, "parent")
+        tenant = tenant_of(context)
+        role = ROLE_TO_DB.get(request.role) if request.role else None
+        if request.role and role is None:
+            raise invalid_field("role", "unknown role")
+        size = page_size(request.page_size, 100, 1000)
+        query_key = f"images:{tenant}:{dataset_id}:{role}"
+        i = schema.images.c
+
+        def read(conn: Connection) -> pb.ListImagesResponse:
+            dataset = records.get_dataset(conn, tenant, dataset_id)
+            where = [i.dataset_id == dataset_id, *([i.role == role] if role else [])]
+            total = conn.execute(sa.select(sa.func.count()).where(*where)).scalar_one()
+            rows, token = keyset_page(conn, sa.select(schema.images).where(*where), i.create_time, i.id,
+                                      request.page_token, size, query_key)
+            return pb.ListImagesResponse(images=[image_message(r, dataset.default_repeat) for r in rows],
+                                         total_size=total, next_page_token=token)
+
+        return await self._db(read, read_only=True)
+
+    @unary_errors
+    async def UpdateImage(self, request: pb.UpdateImageRequest, context: grpc.aio.ServicerContext) -> pb.Image:
+        target = names.parse_image(request.image.name, "image.name")
+        paths = mask_paths(request.update_mask.paths, IMAGE_FIELDS)
+        spec = request.image
+        tags = captions.validate_tags(spec.tags, "image.tags") if "tags" in paths else None
+        if "repeat" in paths:
+            check_repeat(spec.repeat, "image.repeat")
+        crop: CropResult | None = None
+        if "crop" in paths:
+            crop = await self._manual_crop(context, target, spec.crop)
+        doomed: list[str] = []
+
+        def work(conn: Connection, tenant: str) -> pb.Image:
+            doomed.clear()
+            records.get_dataset(conn, tenant, target.dataset_id, lock=True)
+            row = records.get_image(conn, tenant, target.dataset_id, target.image_id)
+            values: dict[str, Any] = {}
+            if tags is not None:
+                values["tags"] = tags
+                values["caption_edited"] = True
+            if "repeat" in paths:
+                values["repeat"] = spec.repeat
+            if crop is not None:
+                values.update(crop_record_values(row, crop))
+                doomed.extend(self._stale_crop(row, crop.key))
+            records.update_image(conn, target.image_id, **values)
+            records.touch_dataset(conn, target.dataset_id)
+            return self._image_message(conn, tenant, target.dataset_id, target.image_id)
+
+        image = await self._idempotent(context, "UpdateImage", request, pb.Image, work)
+        await self._delete_objects_quietly(doomed)
+        return image
+
+    async def _manual_crop(self, context: grpc.aio.ServicerContext, target: names.ImageName,
+                           crop: pb.Crop) -> CropResult:
+        tenant = tenant_of(context)
+
+        def load(conn: Connection) -> tuple[Row[Any], Row[Any]]:
+            return (records.get_dataset(conn, tenant, target.dataset_id),
+                    records.get_image(conn, tenant, target.dataset_id, target.image_id))
+
+        dataset, row = await self._db(load)
+        check_target_size(dataset.family, crop.target_width, crop.target_height, "image.crop")
+        box = Box(crop.box.left, crop.box.top, crop.box.width, crop.box.height)
+        if not box.fits(row.width, row.height):
+            raise invalid_field("image.crop.box", f"the box must lie inside the {row.width}x{row.height} image")
+        if crop.mode not in (pb.CROP_MODE_UNSPECIFIED, pb.CROP_MODE_MANUAL):
+            raise invalid_field("image.crop.mode", "only MANUAL crops are set by hand; use CropImages for the others")
+        return crop_result(target.dataset_id, target.image_id, box, crop.target_width, crop.target_height, "manual")
+
+    @unary_errors
+    async def DeleteImage(self, request: pb.DeleteImageRequest,
+                          context: grpc.aio.ServicerContext) -> pb.DeleteImageResponse:
+        target = names.parse_image(request.name)
+        doomed: list[str] = []
+
+        def work(conn: Connection, tenant: str) -> pb.DeleteImageResponse:
+            records.get_dataset(conn, tenant, target.dataset_id, lock=True)
+            row = records.get_image(conn, tenant, target.dataset_id, target.image_id)
+            doomed[:] = self._delete_rows(conn, target.dataset_id, [row])
+            return pb.DeleteImageResponse()
+
+        response = await self._idempotent(context, "DeleteImage", request, pb.DeleteImageResponse, work)
+        await self._delete_objects_quietly(doomed)
+        return response
+
+    def _delete_rows(self, conn: Connection, dataset_id: str, rows: Sequence[Row[Any]]) -> list[str]:
+        """Delete the records; returns the object keys to delete once that has committed
+        (objects a snapshot reads are kept)."""
+        keys = [k for r in rows for k in records.image_object_keys(r)]
+        keep = records.retained_keys(conn, dataset_id, keys)
+        conn.execute(schema.images.delete().where(schema.images.c.id.in_([r.id for r in rows])))
+        records.touch_dataset(conn, dataset_id)
+        return [k for k in keys if k not in keep]
+
+    @unary_errors
+    async def BatchDeleteImages(self, request: pb.BatchDeleteImagesRequest,
+                                context: grpc.aio.ServicerContext) -> pb.BatchDeleteImagesResponse:
+        dataset_id = names.parse_dataset(request.parent, "parent")
+        image_ids = child_ids(request.names, dataset_id, required=True)
+        doomed: list[str] = []
+
+        def work(conn: Connection, tenant: str) -> pb.BatchDeleteImagesResponse:
+            records.get_dataset(conn, tenant, dataset_id, lock=True)
+            rows = records.images_of(conn, dataset_id, image_ids)
+            require_all(rows, image_ids, dataset_id)
+            doomed[:] = self._delete_rows(conn, dataset_id, rows)
+            return pb.BatchDeleteImagesResponse(deleted_count=len(rows))
+
+        response = await self._idempotent(context, "BatchDeleteImages", request, pb.BatchDeleteImagesResponse,
+                                          work)
+        await self._delete_objects_quietly(doomed)
+        return response
+
+    @stream_errors
+    async def ReadImage(self, request: pb.ReadImageRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReadImageResponse]:
+        target = names.parse_image(request.name)
+        tenant = tenant_of(context)
+        row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
+                             read_only=True)
+        key, content_type, width, height = _variant(row, request.variant)
+        await self._render_derived(row, request.variant)
+        size = await self._io(self._store.size, key)
+        yield pb.ReadImageResponse(metadata=pb.ReadImageMetadata(
+            content_type=content_type, size_bytes=size, width=width, height=height))
+        chunks = await self._io(lambda: list(self._store.iter_chunks(key, READ_CHUNK)))
+        for chunk in chunks:
+            yield pb.ReadImageResponse(chunk=chunk)
+
+    @unary_errors
+    async def GetImageUrl(self, request: pb.GetImageUrlRequest,
+                          context: grpc.aio.ServicerContext) -> pb.GetImageUrlResponse:
+        target = names.parse_image(request.name)
+        tenant = tenant_of(context)
+        ttl_seconds = request.ttl_seconds or 3600
+        if not 1 <= ttl_seconds <= 7 * 24 * 3600:
+            raise invalid_field("ttl_seconds", "1..604800 seconds (S3 presigned URLs last at most 7 days)")
+        row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
+                             read_only=True)
+        key, *_ = _variant(row, request.variant)
+        await self._render_derived(row, request.variant)
+        ttl = dt.timedelta(seconds=ttl_seconds)
+        response = pb.GetImageUrlResponse(url=await self._io(self._store.presigned_get, key, ttl))
+        response.expire_time.FromDatetime(records.now() + ttl)
+        return response
+
+    async def _render_derived(self, row: Row[Any], variant: int) -> None:
+        if variant == pb.IMAGE_VARIANT_THUMBNAIL:
+            await self._cpu(ensure_thumbnail, self._store, row.original_key, row.thumbnail_key)
+        elif variant == pb.IMAGE_VARIANT_CROPPED:
+            result = crop_result(row.dataset_id, row.id, Box(row.crop_left, row.crop_top, row.crop_width,
+                                                             row.crop_height),
+                                 row.crop_target_width, row.crop_target_height, row.crop_mode)
+            await self._cpu(ensure_rendered, self._store, row.original_key, result)
+
+
+def _variant(row: Row[Any], variant: int) -> tuple[str, str, int, int]:
+    if variant in (pb.IMAGE_VARIANT_UNSPECIFIED, pb.IMAGE_VARIANT_ORIGINAL):
+        return row.original_key, row.content_type, row.width, row.height
+    if variant == pb.IMAGE_VARIANT_CROPPED:
+        if not row.crop_key:
+            raise failed_precondition("the image has not been cropped yet; run CropImages or set a crop",
+                                      "NOT_CROPPED")
+        return row.crop_key, "image/png", row.crop_target_width, row.crop_target_height
+    if variant == pb.IMAGE_VARIANT_THUMBNAIL:
+        scale = min(1.0, 256 / max(row.width, row.height))
+        return row.thumbnail_key, "image/webp", round(row.width * scale), round(row.height * scale)
+    raise invalid_field("variant", "ORIGINAL, CROPPED or THUMBNAIL")

@@ -1,0 +1,123 @@
+"""What every group of DatasetService handlers shares: the thread pools, one-transaction
+SQL with idempotent request ids, object-store cleanup and message building.
+
+Blocking work never runs on the event loop: SQL in a small pool of its own, decoding and
+cropping in the image pool, object-store calls in the default pool. Every write transaction
+locks its dataset row first, so writers of one dataset are serialised on SQLite and
+PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+import sqlalchemy as sa
+from google.protobuf.message import Message
+from sqlalchemy.engine import Connection, Engine, Row
+
+from kiln.v1 import dataset_pb2 as pb
+from services.common.database import READ_ONLY
+from services.common.idempotency import IdempotencyKeys, check_request_id, request_fingerprint
+from services.common.objectstore import ObjectStore
+from services.common.tenancy import tenant_of
+from services.dataset import records, schema
+from services.dataset.autotag import TaggingWorker
+from services.dataset.convert import (
+    dataset_message,
+    image_message,
+)
+from services.dataset.cropping import Detector
+from services.dataset.image_check import ImageLimits
+from services.dataset.settings import DatasetSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ServicerBase:
+    def __init__(self, engine: Engine, store: ObjectStore, settings: DatasetSettings,
+                 detector: Detector | None, tagging: TaggingWorker | None = None) -> None:
+        self._engine = engine
+        self.tagging = tagging
+        self._store = store
+        self._settings = settings
+        self._detector = detector
+        self._keys = IdempotencyKeys(schema.request_ids)
+        self._db_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dataset-db")
+        self._image_pool = ThreadPoolExecutor(max_workers=settings.image_workers, thread_name_prefix="dataset-img")
+        self._limits = ImageLimits(settings.max_upload_bytes, settings.max_image_pixels, settings.min_image_side)
+
+    def close(self) -> None:
+        self._db_pool.shutdown(wait=False, cancel_futures=True)
+        self._image_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run_db(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction on the SQL thread pool (for the background workers too)."""
+        return await self._db(work)
+
+    async def _db(self, work: Callable[[Connection], T], *, read_only: bool = False) -> T:
+        def run() -> T:
+            # A unique-key race (two retries of one request at once) rolls back; the
+            # second attempt then sees the winner's record and answers like a retry.
+            for attempt in range(2):
+                try:
+                    with self._engine.connect() as conn:
+                        if read_only:
+                            conn.execution_options(**READ_ONLY)
+                        with conn.begin():
+                            return work(conn)
+                except sa.exc.IntegrityError:
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
+
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, run)
+
+    async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._image_pool, fn, *args)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+    async def _idempotent(self, context: grpc.aio.ServicerContext, method: str, request: Message,
+                          response_type: type[Message], work: Callable[[Connection, str], Message],
+                          fingerprint: str | None = None) -> Any:
+        tenant = tenant_of(context)
+        request_id: str = request.request_id  # type: ignore[attr-defined]
+        check_request_id(request_id)
+        digest = fingerprint or request_fingerprint(request)
+
+        def transaction(conn: Connection) -> Message:
+            earlier = self._keys.replay(conn, tenant, method, request_id, digest, response_type)
+            if earlier is not None:
+                return earlier
+            response = work(conn, tenant)
+            self._keys.remember(conn, tenant, method, request_id, digest, response)
+            return response
+
+        return await self._db(transaction)
+
+    async def _delete_objects_quietly(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        try:
+            await asyncio.shield(self._io(self._store.delete_many, list(keys)))
+        except Exception:
+            # Orphans cost storage, not correctness; the sweep removes them later.
+            log.exception("could not delete objects", extra={"fields": {"keys": list(keys)[:5]}})
+
+    def _dataset_message(self, conn: Connection, row: Row[Any]) -> pb.Dataset:
+        return dataset_message(row, records.dataset_counts(conn, row.id, row.default_repeat))
+
+    def _image_message(self, conn: Connection, tenant: str, dataset_id: str, image_id: str) -> pb.Image:
+        dataset = records.get_dataset(conn, tenant, dataset_id)
+        return image_message(records.get_image(conn, tenant, dataset_id, image_id), dataset.default_repeat)
+
+    @staticmethod
+    def _stale_crop(row: Row[Any], new_key: str) -> list[str]:
+        """The cached render of the replaced crop (snapshots never read renders)."""
+        return [row.crop_key] if row.crop_key and row.crop_key != new_key else []
