@@ -9,6 +9,7 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,6 +51,31 @@ class RunningServer:
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
+
+
+ServicerT = TypeVar("ServicerT")
+
+
+@dataclass
+class RunningService(Generic[ServicerT]):
+    """A started server and the servicer behind it (what tests and the demo hold on to)."""
+
+    server: RunningServer
+    servicer: ServicerT
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+
+def tolerant_binding(pb2_module: Any, service: str, add_to_server: Callable[[Any, Any], None],
+                     servicer: Any) -> ServiceBinding:
+    """Bind a generated servicer so that requests it cannot parse get INVALID_ARGUMENT (see malformed.py)."""
+    from services.common.malformed import register_tolerant, request_types_of
+
+    descriptor = pb2_module.DESCRIPTOR.services_by_name[service]
+    return ServiceBinding(descriptor.full_name, lambda server: register_tolerant(
+        server, add_to_server, servicer, request_types_of(descriptor, pb2_module)))
 
 
 async def start_server(bindings: Sequence[ServiceBinding], settings: ServerSettings) -> RunningServer:

@@ -7,43 +7,35 @@ import contextlib
 import logging
 import pathlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from kiln.v1 import dataset_pb2, dataset_pb2_grpc
 from services.common.body_detector import BodyDetector
 from services.common.database import create_engine, migrate
 from services.common.logs import configure_logging
-from services.common.malformed import register_tolerant, request_types_of
 from services.common.objectstore import ObjectStore
-from services.common.server import RunningServer, ServiceBinding, start_server, wait_for_termination_signal
+from services.common.server import (
+    RunningService,
+    ServiceBinding,
+    start_server,
+    tolerant_binding,
+    wait_for_termination_signal,
+)
 from services.dataset.autotag import TaggingSettings, TaggingWorker
 from services.dataset.servicer import DatasetServicer
 from services.dataset.settings import DatasetSettings
 from services.dataset.tagger_client import GrpcTaggingClient
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
-SERVICE_NAME = dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
 SWEEP_INTERVAL_S = 600
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DatasetService:
-    server: RunningServer
-    servicer: DatasetServicer
-
-    @property
-    def address(self) -> str:
-        return self.server.address
+DatasetService = RunningService[DatasetServicer]
 
 
 def binding(servicer: DatasetServicer) -> ServiceBinding:
-    descriptor = dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"]
-    return ServiceBinding(
-        SERVICE_NAME,
-        lambda server: register_tolerant(server, dataset_pb2_grpc.add_DatasetServiceServicer_to_server, servicer,
-                                         request_types_of(descriptor, dataset_pb2)),
-    )
+    return tolerant_binding(dataset_pb2, "DatasetService", dataset_pb2_grpc.add_DatasetServiceServicer_to_server,
+                            servicer)
 
 
 @contextlib.asynccontextmanager

@@ -6,43 +6,30 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from kiln.v1 import tagger_pb2, tagger_pb2_grpc
 from services.common.body_detector import BodyDetector
 from services.common.logs import configure_logging
-from services.common.malformed import register_tolerant, request_types_of
 from services.common.objectstore import ObjectStore
-from services.common.server import RunningServer, ServiceBinding, start_server, wait_for_termination_signal
+from services.common.server import (
+    RunningService,
+    ServiceBinding,
+    start_server,
+    tolerant_binding,
+    wait_for_termination_signal,
+)
 from services.tagger.registry import TaggerRegistry
 from services.tagger.servicer import TaggerServicer
 from services.tagger.settings import TaggerSettings
 
-SERVICE_NAME = tagger_pb2.DESCRIPTOR.services_by_name["TaggerService"].full_name
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TaggerService:
-    server: RunningServer
-    servicer: TaggerServicer
-
-    @property
-    def address(self) -> str:
-        return self.server.address
+TaggerService = RunningService[TaggerServicer]
 
 
 def binding(servicer: TaggerServicer) -> ServiceBinding:
-    descriptor = tagger_pb2.DESCRIPTOR.services_by_name["TaggerService"]
-    return ServiceBinding(
-        SERVICE_NAME,
-        lambda server: register_tolerant(
-            server,
-            tagger_pb2_grpc.add_TaggerServiceServicer_to_server,
-            servicer,
-            request_types_of(descriptor, tagger_pb2),
-        ),
-    )
+    return tolerant_binding(tagger_pb2, "TaggerService", tagger_pb2_grpc.add_TaggerServiceServicer_to_server, servicer)
 
 
 @contextlib.asynccontextmanager
