@@ -134,19 +134,19 @@ class UploadRpcs(ServicerBase):
                 self._check_room(conn, dataset_id, role)
                 self._check_duplicate(conn, dataset_id, sha256)
                 now = records.now()
-                conn.execute(schema.images.insert().values(
+                row = conn.execute(schema.images.insert().returning(*schema.images.c).values(
                     id=image_id, dataset_id=dataset_id, role=role, filename=filename,
                     content_type=checked.content_type, sha256=sha256, size_bytes=len(checked.stored_bytes),
                     width=checked.width, height=checked.height, original_key=original_key,
                     thumbnail_key=thumbnail_key, tags=tags, repeat=repeat, warnings=checked.warnings,
                     create_time=now, update_time=now, tagging_due=now, caption_edited=bool(tags),
                     tagging_state="pending" if self.tagging else "skipped",
-                ))
+                )).one()
                 if finalize_upload:
                     conn.execute(schema.uploads.update().where(schema.uploads.c.id == finalize_upload)
                                  .values(image_id=image_id))
                 records.touch_dataset(conn, dataset_id)
-                image = image_message(records.get_image(conn, tenant, dataset_id, image_id), dataset.default_repeat)
+                image = image_message(row, dataset.default_repeat)
                 self._keys.remember(conn, tenant, method, request_id, fingerprint, image)
                 return image
 
