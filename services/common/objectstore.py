@@ -129,6 +129,14 @@ class ObjectStore:
             if o.object_name
         ]
 
+    def list_with_times(self, prefix: str) -> list[tuple[str, dt.datetime]]:
+        """Keys under prefix with their last-modified times (UTC)."""
+        return [
+            (o.object_name, o.last_modified or dt.datetime.now(dt.UTC))
+            for o in self.client.list_objects(bucket_name=self.bucket, prefix=prefix, recursive=True)
+            if o.object_name
+        ]
+
     def delete_prefix(self, prefix: str) -> None:
         self.delete_many(self.list_keys(prefix))
 

@@ -71,6 +71,9 @@ async def _sweep_forever(servicer: DatasetServicer) -> None:
             removed = await servicer.sweep_expired_uploads()
             if removed:
                 log.info("expired uploads removed", extra={"fields": {"count": removed}})
+            removed = await servicer.sweep_orphans()
+            if removed:
+                log.info("orphaned objects removed", extra={"fields": {"count": removed}})
         except Exception:
             log.exception("upload sweep failed")
         await asyncio.sleep(SWEEP_INTERVAL_S)

@@ -35,6 +35,7 @@ from services.dataset.convert import (
 )
 from services.dataset.filenames import safe_filename
 from services.dataset.image_check import CheckedImage, check_image, sniff_format
+from services.dataset.orphans import cutoff, known_objects, orphans
 from services.dataset.requests import (
     check_repeat,
     role_of,
@@ -272,6 +273,15 @@ class UploadRpcs(ServicerBase):
         if rows:
             await self._db(forget)
         return len(rows)
+
+    async def sweep_orphans(self, min_age: dt.timedelta = dt.timedelta(hours=1)) -> int:
+        """Delete objects under datasets/ that no record or snapshot points at (see orphans.py)."""
+        # Listed before the records are read: an object written after the listing is not judged.
+        listing = await self._io(self._store.list_with_times, "datasets/")
+        datasets, images, retained = await self._db(known_objects, read_only=True)
+        doomed = orphans(listing, datasets, images, retained, cutoff(min_age))
+        await self._delete_objects_quietly(doomed)
+        return len(doomed)
 
 
 class _Replayed(Exception):
