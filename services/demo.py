@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import logging
+import os
 import pathlib
 import sys
 import tempfile
@@ -33,12 +35,6 @@ from services.dataset.server import running_dataset_service
 from services.dataset.settings import DatasetSettings
 from services.tagger.server import running_tagger_service
 from services.tagger.settings import TaggerSettings
-from services.trainer.engine.config import parse_config
-from services.trainer.engine.object_store_io import ObjectStoreReader, ObjectStoreWriter
-from services.trainer.engine.previews import contact_sheet
-from services.trainer.engine.progress import ProgressEvent
-from services.trainer.engine.snapshot import load_snapshot
-from services.trainer.engine.trainer import train
 
 CHUNK = 1024 * 1024
 TRIGGER = "kilnsample"
@@ -71,12 +67,21 @@ def read_variant(stub: dataset_pb2_grpc.DatasetServiceStub, name: str, variant: 
 
 
 def save_sheet(rows: list[tuple[str, list[Image.Image]]], path: pathlib.Path) -> None:
+    from services.trainer.engine.previews import contact_sheet
+
     path.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(rows, cell=256).save(path)
 
 
 def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathlib.Path) -> None:
     """What a trainer worker does with a job: a LoRA on the snapshot, previews per epoch."""
+    # Imported here: the ML stack takes seconds to load and the dataset part doesn't need it.
+    from services.trainer.engine.config import parse_config
+    from services.trainer.engine.object_store_io import ObjectStoreReader, ObjectStoreWriter
+    from services.trainer.engine.progress import ProgressEvent
+    from services.trainer.engine.snapshot import load_snapshot
+    from services.trainer.engine.trainer import train
+
     config = parse_config({
         "base_model": "tiny-sd15", "epochs": 2, "batch_size": 2, "cache_latents": True,
         "network_dim": 8, "network_alpha": 4, "unet_lr": 1e-3, "text_encoder_lr": 5e-4, "seed": 42,
@@ -204,6 +209,9 @@ def main() -> None:
     from services.common.logs import configure_logging
 
     configure_logging("WARNING", json_logs=False)
+    # Import-time notices about optional accelerators this CPU demo doesn't use.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if args.data_dir is None:
         with tempfile.TemporaryDirectory(prefix="kiln-demo-") as tmp:
             asyncio.run(run(pathlib.Path(tmp), args.out))
