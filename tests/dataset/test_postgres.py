@@ -11,6 +11,7 @@ import pytest
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common.settings import ServerSettings
 from services.dataset.server import DatasetService, running_dataset_service
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import image_bytes, new_dataset, upload
@@ -88,3 +89,26 @@ def test_duplicate_bytes_race(pg_stub):
         outcomes = list(pool.map(lambda _: attempt_upload(pg_stub, dataset.name, data), range(4)))
     assert outcomes.count("ok") == 1 and outcomes.count("ALREADY_EXISTS") == 3
 
+
+
+def test_background_tagging_on_postgres(aio, store, s3_settings, postgres, tmp_path_factory):
+    from services.tagger.server import running_tagger_service
+    from services.tagger.settings import TaggerSettings
+    from tests.conftest import samples_dir
+
+    tagger_settings = TaggerSettings(data_dir=tmp_path_factory.mktemp("pg-tagger"), s3=s3_settings,
+                                     server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False)
+    url = postgres.create_database(f"tagging_{uuid.uuid4().hex[:8]}")
+    with aio.context(running_tagger_service(tagger_settings, store)) as tagger:
+        settings = make_settings(tmp_path_factory.mktemp("pg-tagged"), s3_settings, dataset_database_url=url,
+                                 tagger_address=tagger.address, tagging_batch_size=2)
+        with aio.context(running_dataset_service(settings, store)) as service, \
+                grpc.insecure_channel(service.address) as channel:
+            stub = dataset_pb2_grpc.DatasetServiceStub(channel)
+            dataset = new_dataset(stub)
+            names = [upload(stub, dataset.name, (samples_dir() / f).read_bytes(), filename=f).name
+                     for f in ("astronaut.png", "camera.png", "chelsea.png")]
+            aio.run(service.servicer.tagging.until_idle())
+            images = [stub.GetImage(pb.GetImageRequest(name=n)) for n in names]
+            assert all(i.auto_tagging.state == pb.TAGGING_STATE_DONE and i.tags for i in images)
+            assert stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name)).training_image_count == 3
