@@ -15,6 +15,7 @@ from services.common.errors import (
     stream_errors,
 )
 from services.common.idempotency import check_request_id
+from services.common.objectstore import ObjectNotFound
 from services.common.tenancy import tenant_of
 from services.dataset import names, records
 from services.dataset.convert import (
@@ -25,6 +26,7 @@ from services.dataset.crop_render import (
     crop_record_values,
     crop_result,
 )
+from services.dataset.cropping import center_box
 from services.dataset.requests import (
     check_target_size,
     child_ids,
@@ -58,7 +60,7 @@ class CropRpcs(ServicerBase):
         upscaled = 0
         done = 0
         # Bounded fan-out: enough in flight to keep the image pool and the store busy.
-        pending: set[asyncio.Task[pb.Image]] = set()
+        pending: set[asyncio.Task[pb.Image | None]] = set()
         queue = iter(rows)
         try:
             while True:
@@ -74,6 +76,9 @@ class CropRpcs(ServicerBase):
                 for task in finished:
                     image = task.result()
                     done += 1
+                    if image is None:  # deleted while the batch ran
+                        yield pb.CropImagesResponse(done=done, total=total, upscaled_count=upscaled)
+                        continue
                     upscaled += int(image.crop.upscaled)
                     yield pb.CropImagesResponse(done=done, total=total, image=image, upscaled_count=upscaled)
         finally:
@@ -82,17 +87,23 @@ class CropRpcs(ServicerBase):
         yield pb.CropImagesResponse(done=done, total=total, upscaled_count=upscaled)
 
     async def _crop_one(self, tenant: str, dataset_id: str, row: Row[Any], mode: str,
-                        target_width: int, target_height: int) -> pb.Image:
+                        target_width: int, target_height: int) -> pb.Image | None:
+        """The image with its new crop, or None when it was deleted meanwhile."""
         if mode == "focus":
-            original = await self._io(self._store.get_bytes, row.original_key)
+            try:
+                original = await self._io(self._store.get_bytes, row.original_key)
+            except ObjectNotFound:
+                return None
             box = await self._cpu(choose_box, original, row.width, row.height, mode, target_width, target_height,
                                   self._detector)
         else:
-            box = choose_box(b"", row.width, row.height, mode, target_width, target_height, None)
+            box = center_box(row.width, row.height, target_width, target_height)
         result = crop_result(dataset_id, row.id, box, target_width, target_height, mode)
 
-        def commit(conn: Connection) -> tuple[pb.Image, list[str]]:
+        def commit(conn: Connection) -> tuple[pb.Image | None, list[str]]:
             records.get_dataset(conn, tenant, dataset_id, lock=True)
+            if not records.image_exists(conn, dataset_id, row.id):
+                return None, []
             current = records.get_image(conn, tenant, dataset_id, row.id)
             stale = self._stale_crop(current, result.key)
             records.update_image(conn, row.id, **crop_record_values(current, result))

@@ -50,6 +50,8 @@ class ServicerBase:
         self._db_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dataset-db")
         self._image_pool = ThreadPoolExecutor(max_workers=settings.image_workers, thread_name_prefix="dataset-img")
         self._limits = ImageLimits(settings.max_upload_bytes, settings.max_image_pixels, settings.min_image_side)
+        # Clean-ups outlive the requests that started them; held here so they aren't collected mid-way.
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
         self._db_pool.shutdown(wait=False, cancel_futures=True)
@@ -100,6 +102,19 @@ class ServicerBase:
             return response
 
         return await self._db(transaction)
+
+    def _discard_after(self, keys: Sequence[str], in_flight: asyncio.Future[Any] | None) -> asyncio.Task[None]:
+        """Delete `keys` once `in_flight` (a PUT that may still be running) has finished: a PUT
+        landing after the delete would leave an orphan."""
+        async def discard() -> None:
+            if in_flight is not None:
+                await asyncio.gather(in_flight, return_exceptions=True)
+            await self._delete_objects_quietly(keys)
+
+        task = asyncio.create_task(discard())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        return task
 
     async def _delete_objects_quietly(self, keys: Sequence[str]) -> None:
         if not keys:

@@ -156,15 +156,11 @@ class UploadRpcs(ServicerBase):
                 self.tagging.wake()
             return image
         except _Replayed as replayed:
-            if speculative is not None:
-                await asyncio.gather(asyncio.shield(speculative), return_exceptions=True)
-            await self._delete_objects_quietly(written)
+            await asyncio.shield(self._discard_after(written, speculative))
             return replayed.response
         except BaseException:
-            if speculative is not None:
-                # A PUT still in flight would land after the delete and leave an orphan.
-                await asyncio.gather(asyncio.shield(speculative), return_exceptions=True)
-            await self._delete_objects_quietly(written)
+            # Shielded: a client that cancels mid-way must not cancel the clean-up too.
+            await asyncio.shield(self._discard_after(written, speculative))
             raise
 
     def _check_room(self, conn: Connection, dataset_id: str, role: str) -> None:

@@ -113,15 +113,19 @@ def test_stream_aborted_half_way(stub, store, dataset):
         yield messages[0]
         yield messages[1]
         first_chunk_sent.set()
-        release.wait(30)  # never yields the rest: the client cancels first
+        release.wait(60)  # never yields the rest: the client cancels first
 
     call = stub.UploadImage.future(half_then_wait())
-    assert first_chunk_sent.wait(30)
-    call.cancel()
-    release.set()
-    with pytest.raises(grpc.FutureCancelledError):
-        call.result()
-    assert_nothing_left(stub, store, dataset)
+    try:
+        assert first_chunk_sent.wait(30)
+        call.cancel()
+        with pytest.raises(grpc.FutureCancelledError):
+            call.result()
+        assert_nothing_left(stub, store, dataset)
+    finally:
+        # Only now may the request generator end: ending it earlier could half-close the stream
+        # before the cancel lands, which is a complete (truncated) upload, not an aborted one.
+        release.set()
 
 
 def test_chunks_before_metadata(stub, store, dataset):
