@@ -7,15 +7,10 @@ import os
 import pathlib
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from services.common.ports import free_port
 
 
 class PostgresCluster:
@@ -28,7 +23,7 @@ class PostgresCluster:
             raise RuntimeError("PostgreSQL server binaries not found (pg_config --bindir); install postgresql")
         self.bindir = pathlib.Path(bindir)
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="kiln-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self._prefix: list[str] = []
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")

@@ -79,10 +79,6 @@ class BodyDetector:
         self._score_threshold = score_threshold
         self._nms_threshold = nms_threshold
 
-    @property
-    def input_side(self) -> int:
-        return self._side
-
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """Detect on an RGB uint8 array (H, W, 3); boxes come back in its pixel space."""
         height, width = rgb.shape[:2]

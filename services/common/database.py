@@ -50,10 +50,6 @@ def create_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
-
-
 def migrate(engine: Engine, script_location: pathlib.Path, version_table: str) -> None:
     """Bring the schema to the newest revision. Each service keeps its own
     version table so that several services may share one database."""

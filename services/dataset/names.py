@@ -86,10 +86,6 @@ def crop_key(dataset_id: str, image_id: str, spec_digest: str) -> str:
     return f"datasets/{dataset_id}/images/{image_id}/crops/{spec_digest}.png"
 
 
-def image_prefix(dataset_id: str, image_id: str) -> str:
-    return f"datasets/{dataset_id}/images/{image_id}/"
-
-
 def snapshot_key(dataset_id: str, sha256: str) -> str:
     return f"datasets/{dataset_id}/snapshots/{sha256}.json"
 

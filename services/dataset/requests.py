@@ -42,6 +42,11 @@ def role_of(value: int, field: str) -> str:
     return role
 
 
+def optional_role(value: int, field: str) -> str | None:
+    """A role filter: unspecified means both roles."""
+    return role_of(value, field) if value else None
+
+
 def check_repeat(value: int, field: str) -> None:
     if not 0 <= value <= MAX_REPEAT:
         raise invalid_field(field, f"0 (use the dataset default) to {MAX_REPEAT}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 from collections.abc import Iterator
 
 import grpc
@@ -12,6 +10,7 @@ import pytest
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 from kiln.v1 import tagger_pb2 as tpb
+from services.common.ports import free_port
 from services.common.settings import ServerSettings
 from services.dataset.server import DatasetService, running_dataset_service
 from services.tagger.moderation import DEFAULT_RULES, ModerationPolicy, ModerationRule, SignalSource
@@ -118,14 +117,8 @@ def test_editing_tags_marks_the_caption_as_a_persons(aio, tagged, tstub):
     assert tstub.GetImage(pb.GetImageRequest(name=image.name)).caption_edited
 
 
-def _dead_address() -> str:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 def test_a_tagger_outage_never_blocks_uploads(aio, store, s3_settings, tmp_path):
-    settings = make_settings(tmp_path, s3_settings, tagger_address=_dead_address(), tagging_max_attempts=1)
+    settings = make_settings(tmp_path, s3_settings, tagger_address=f"127.0.0.1:{free_port()}", tagging_max_attempts=1)
     with aio.context(running_dataset_service(settings, store)) as service, \
             grpc.insecure_channel(service.address) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)

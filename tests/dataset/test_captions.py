@@ -97,3 +97,11 @@ def test_caption_helpers():
     assert captions.replace_tag(["a", "b", "c"], "b", "x") == ["a", "x", "c"]
     assert captions.replace_tag(["a", "b", "c"], "b", "c") == ["a", "c"]
     assert captions.caption_text(["a", "b c"]) == "a, b c"
+
+
+def test_unknown_role_filter_is_refused(stub):
+    dataset = new_dataset(stub)
+    for call, request in [(stub.GetTagStatistics, pb.GetTagStatisticsRequest(parent=dataset.name, role=7)),
+                          (stub.ListImages, pb.ListImagesRequest(parent=dataset.name, role=7))]:
+        code, _, fields = failure(call, request)
+        assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["role"])

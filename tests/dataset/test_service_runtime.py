@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -15,6 +13,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common.ports import free_port
 
 
 def test_health_and_reflection(service):
@@ -27,14 +26,9 @@ def test_health_and_reflection(service):
         assert {"kiln.v1.DatasetService", "grpc.health.v1.Health"} <= services
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_process_serves_on_embedded_defaults_and_stops_on_sigterm(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     env.update(KILN_DATA_DIR=str(tmp_path), KILN_SERVER__PORT=str(port), KILN_JSON_LOGS="true")
     process = subprocess.Popen([sys.executable, "-m", "services.dataset"], env=env, stderr=subprocess.PIPE, text=True)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +19,7 @@ from kiln.v1 import tagger_pb2_grpc
 from services.common.errors import status_details
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
+from services.common.ports import free_port
 from services.common.settings import ServerSettings
 from services.tagger.registry import TaggerRegistry
 from services.tagger.server import TaggerService, running_tagger_service
@@ -263,14 +262,9 @@ def test_service_without_a_store_accepts_inline_images_only(aio: LoopThread, tmp
         assert "black background" in names(stub.TagImages(inline).results[0])
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_process_serves_and_stops_on_sigterm(tmp_path: pathlib.Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     env.update(KILN_DATA_DIR=str(tmp_path), KILN_SERVER__PORT=str(port), KILN_JSON_LOGS="true")
     process = subprocess.Popen(
