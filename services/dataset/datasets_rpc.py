@@ -19,6 +19,7 @@ from services.common.tenancy import tenant_of
 from services.dataset import names, records, schema
 from services.dataset.convert import (
     FAMILY_TO_DB,
+    dataset_message,
 )
 from services.dataset.requests import (
     MAX_REPEAT,
@@ -66,7 +67,8 @@ class DatasetRpcs(ServicerBase):
         def read(conn: Connection) -> pb.ListDatasetsResponse:
             rows, token = keyset_page(conn, sa.select(schema.datasets).where(d.tenant == tenant), d.create_time,
                                       d.id, request.page_token, size, f"datasets:{tenant}")
-            return pb.ListDatasetsResponse(datasets=[self._dataset_message(conn, r) for r in rows],
+            counts = records.dataset_counts(conn, rows)
+            return pb.ListDatasetsResponse(datasets=[dataset_message(r, counts[r.id]) for r in rows],
                                            next_page_token=token)
 
         return await self._db(read, read_only=True)

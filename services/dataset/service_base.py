@@ -126,7 +126,7 @@ class ServicerBase:
             log.exception("could not delete objects", extra={"fields": {"keys": list(keys)[:5]}})
 
     def _dataset_message(self, conn: Connection, row: Row[Any]) -> pb.Dataset:
-        return dataset_message(row, records.dataset_counts(conn, row.id, row.default_repeat))
+        return dataset_message(row, records.dataset_counts(conn, [row])[row.id])
 
     def _image_message(self, conn: Connection, tenant: str, dataset_id: str, image_id: str) -> pb.Image:
         dataset = records.get_dataset(conn, tenant, dataset_id)

@@ -33,7 +33,10 @@ def test_create_get_update_delete(stub, store):
 
 
 def test_list_pages(stub):
-    made = [new_dataset(stub, name=f"page {i}").name for i in range(5)]
+    made = [new_dataset(stub, name=f"page {i}", default_repeat=3).name for i in range(5)]
+    upload(stub, made[1], image_bytes(seed=40), repeat=5)
+    upload(stub, made[1], image_bytes(seed=41))
+    upload(stub, made[3], image_bytes(seed=42), role=pb.IMAGE_ROLE_REGULARIZATION)
     seen, token = [], ""
     while True:
         page = stub.ListDatasets(pb.ListDatasetsRequest(page_size=2, page_token=token))
@@ -43,6 +46,11 @@ def test_list_pages(stub):
         if not token:
             break
     assert seen[-5:] == made and len(seen) == len(set(seen))
+    # Counts come with every listed dataset.
+    listed = {d.name: d for d in stub.ListDatasets(pb.ListDatasetsRequest(page_size=100)).datasets}
+    counts = [(listed[n].training_image_count, listed[n].regularization_image_count, listed[n].total_repeated_images)
+              for n in made]
+    assert counts == [(0, 0, 0), (2, 0, 8), (0, 0, 0), (0, 1, 0), (0, 0, 0)]
 
 
 def test_tenants_are_isolated(stub):
