@@ -274,8 +274,8 @@ class UploadRpcs(ServicerBase):
         """Delete objects under datasets/ that no record or snapshot points at (see orphans.py)."""
         # Listed before the records are read: an object written after the listing is not judged.
         listing = await self._io(self._store.list_with_times, "datasets/")
-        datasets, images, retained = await self._db(known_objects, read_only=True)
-        doomed = orphans(listing, datasets, images, retained, cutoff(min_age))
+        datasets, images, kept = await self._db(known_objects, read_only=True)
+        doomed = orphans(listing, datasets, images, kept, cutoff(min_age))
         await self._delete_objects_quietly(doomed)
         return len(doomed)
 
