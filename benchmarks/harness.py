@@ -7,7 +7,6 @@ import contextlib
 import io
 import pathlib
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import grpc
 from PIL import Image, ImageOps
 
 from kiln.v1 import dataset_pb2_grpc
+from services.common.bundled_data import samples_dir
 from services.common.embedded_s3 import EmbeddedS3
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
@@ -26,8 +26,6 @@ from services.dataset.settings import DatasetSettings
 TWO_MEGAPIXELS = (1732, 1155)
 
 
-def samples_dir() -> pathlib.Path:
-    return pathlib.Path(sys.prefix) / "share" / "kiln" / "samples"
 
 
 def photos(count: int, size: tuple[int, int] = TWO_MEGAPIXELS, quality: int = 92) -> list[bytes]:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import pathlib
-import sys
 import tempfile
 import time
 import warnings
@@ -28,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from services.common.bundled_data import samples_dir
 from services.tagger.engine import TaggingEngine
 from services.tagger.runtime import RuntimeOptions, usable_cpu_count
 from services.tagger.synthetic import build_linear_wd_model, write_tag_csv
@@ -39,11 +38,6 @@ ABOVE_THRESHOLD = 40  # tags a typical image gets at 0.35
 SAMPLES = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
 Run = Callable[[Sequence[bytes]], None]
-
-
-def samples_dir() -> pathlib.Path:
-    override = os.environ.get("KILN_SAMPLES_DIR")
-    return pathlib.Path(override) if override else pathlib.Path(sys.prefix) / "share" / "kiln" / "samples"
 
 
 def upload_like_images(count: int) -> list[bytes]:

@@ -17,7 +17,6 @@ import io
 import logging
 import os
 import pathlib
-import sys
 import tempfile
 from collections.abc import Callable
 
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 from kiln.v1 import tagger_pb2 as tpb
+from services.common.bundled_data import samples_dir
 from services.common.objectstore import ObjectStore
 from services.common.settings import ServerSettings
 from services.common.storage_runtime import open_store
@@ -40,8 +40,6 @@ CHUNK = 1024 * 1024
 TRIGGER = "kilnsample"
 
 
-def samples_dir() -> pathlib.Path:
-    return pathlib.Path(sys.prefix) / "share" / "kiln" / "samples"
 
 
 def say(text: str) -> None:

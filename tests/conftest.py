@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import sys
 import tempfile
 from collections.abc import Iterator
 
@@ -18,11 +17,6 @@ from tests.servers import PostgresCluster
 ACCESS_KEY, SECRET_KEY = "kiln-test", "kiln-test-secret"
 
 
-def samples_dir() -> pathlib.Path:
-    import os
-
-    override = os.environ.get("KILN_SAMPLES_DIR")
-    return pathlib.Path(override) if override else pathlib.Path(sys.prefix) / "share" / "kiln" / "samples"
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,13 @@ import pytest
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 from kiln.v1 import tagger_pb2 as tpb
+from services.common.bundled_data import samples_dir
 from services.common.ports import free_port
 from services.common.settings import ServerSettings
 from services.dataset.server import DatasetService, running_dataset_service
 from services.tagger.moderation import DEFAULT_RULES, ModerationPolicy, ModerationRule, SignalSource
 from services.tagger.server import running_tagger_service
 from services.tagger.settings import TaggerSettings
-from tests.conftest import samples_dir
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
 

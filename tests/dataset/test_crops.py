@@ -11,8 +11,8 @@ from PIL import Image
 
 from kiln.v1 import dataset_pb2 as pb
 from services.common.body_detector import BodyDetector
+from services.common.bundled_data import samples_dir
 from services.dataset.cropping import best_window, center_box, max_window, spectral_residual_saliency
-from tests.conftest import samples_dir
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
 from tests.dataset.test_uploads import read_back
 

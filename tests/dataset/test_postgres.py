@@ -92,9 +92,9 @@ def test_duplicate_bytes_race(pg_stub):
 
 
 def test_background_tagging_on_postgres(aio, store, s3_settings, postgres, tmp_path_factory):
+    from services.common.bundled_data import samples_dir
     from services.tagger.server import running_tagger_service
     from services.tagger.settings import TaggerSettings
-    from tests.conftest import samples_dir
 
     tagger_settings = TaggerSettings(data_dir=tmp_path_factory.mktemp("pg-tagger"), s3=s3_settings,
                                      server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from services.common.body_detector import BodyDetector
+from services.common.bundled_data import samples_dir
 from services.tagger.synthetic import write_linear_wd_model
-from tests.conftest import samples_dir
 from tests.tagger.helpers import WD_TAGS
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-import sys
 from pathlib import Path
 
 from transformers import CLIPTokenizer
+
+from services.common.bundled_data import share_dir
 
 VOCAB_ENV = "KILN_CLIP_VOCAB"
 VOCAB_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
@@ -27,7 +28,7 @@ class VocabularyMissingError(FileNotFoundError):
 
 def clip_vocab_path() -> Path:
     override = os.environ.get(VOCAB_ENV)
-    path = Path(override) if override else Path(sys.prefix) / "share" / "kiln" / VOCAB_FILE_NAME
+    path = Path(override) if override else share_dir() / VOCAB_FILE_NAME
     if not path.is_file():
         raise VocabularyMissingError(
             f"CLIP BPE vocabulary not found at {path}; run `make setup` or set {VOCAB_ENV}"

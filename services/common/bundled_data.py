@@ -1,0 +1,17 @@
+"""Data `make setup` takes out of wheels into the virtualenv: the CLIP vocabulary and sample photos."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+
+def share_dir() -> pathlib.Path:
+    return pathlib.Path(sys.prefix) / "share" / "kiln"
+
+
+def samples_dir() -> pathlib.Path:
+    """Public-domain photos (scikit-image's samples); KILN_SAMPLES_DIR points elsewhere."""
+    override = os.environ.get("KILN_SAMPLES_DIR")
+    return pathlib.Path(override) if override else share_dir() / "samples"
