@@ -82,6 +82,11 @@ def image_by_sha(conn: Connection, dataset_id: str, sha256: str) -> Row[Any] | N
 
 def get_image(conn: Connection, tenant: str, dataset_id: str, image_id: str) -> Row[Any]:
     get_dataset(conn, tenant, dataset_id)
+    return image_of(conn, dataset_id, image_id)
+
+
+def image_of(conn: Connection, dataset_id: str, image_id: str) -> Row[Any]:
+    """For callers that already checked the dataset belongs to the tenant."""
     i = schema.images.c
     row = conn.execute(sa.select(schema.images).where(i.dataset_id == dataset_id, i.id == image_id)).first()
     if row is None:

@@ -130,7 +130,7 @@ class ServicerBase:
 
     def _image_message(self, conn: Connection, tenant: str, dataset_id: str, image_id: str) -> pb.Image:
         dataset = records.get_dataset(conn, tenant, dataset_id)
-        return image_message(records.get_image(conn, tenant, dataset_id, image_id), dataset.default_repeat)
+        return image_message(records.image_of(conn, dataset_id, image_id), dataset.default_repeat)
 
     @staticmethod
     def _stale_crop(row: Row[Any], new_key: str) -> list[str]:
