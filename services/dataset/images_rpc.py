@@ -25,10 +25,11 @@ from services.dataset.convert import (
 )
 from services.dataset.crop_render import (
     CropResult,
+    crop_png,
     crop_record_values,
     crop_result,
-    ensure_rendered,
-    ensure_thumbnail,
+    ensure_derived,
+    thumbnail_webp,
 )
 from services.dataset.cropping import Box
 from services.dataset.requests import (
@@ -177,8 +178,7 @@ class ImageRpcs(ServicerBase):
         row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
                              read_only=True)
         key, content_type, width, height = _variant(row, request.variant)
-        await self._render_derived(row, request.variant)
-        size = await self._io(self._store.size, key)
+        size = await self._render_derived(row, request.variant) or row.size_bytes
         yield pb.ReadImageResponse(metadata=pb.ReadImageMetadata(
             content_type=content_type, size_bytes=size, width=width, height=height))
         chunks = await self._io(lambda: list(self._store.iter_chunks(key, READ_CHUNK)))
@@ -202,14 +202,18 @@ class ImageRpcs(ServicerBase):
         response.expire_time.FromDatetime(records.now() + ttl)
         return response
 
-    async def _render_derived(self, row: Row[Any], variant: int) -> None:
+    async def _render_derived(self, row: Row[Any], variant: int) -> int | None:
+        """Size of the derived picture the variant names, drawn if missing; None for the original."""
         if variant == pb.IMAGE_VARIANT_THUMBNAIL:
-            await self._cpu(ensure_thumbnail, self._store, row.original_key, row.thumbnail_key)
-        elif variant == pb.IMAGE_VARIANT_CROPPED:
+            return await self._cpu(ensure_derived, self._store, row.original_key, row.thumbnail_key, "image/webp",
+                                   thumbnail_webp)
+        if variant == pb.IMAGE_VARIANT_CROPPED:
             result = crop_result(row.dataset_id, row.id, Box(row.crop_left, row.crop_top, row.crop_width,
                                                              row.crop_height),
                                  row.crop_target_width, row.crop_target_height, row.crop_mode)
-            await self._cpu(ensure_rendered, self._store, row.original_key, result)
+            return await self._cpu(ensure_derived, self._store, row.original_key, result.key, "image/png",
+                                   crop_png(result))
+        return None
 
 
 def _variant(row: Row[Any], variant: int) -> tuple[str, str, int, int]:
