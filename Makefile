@@ -50,7 +50,7 @@ lint: setup
 	$(VENV)/bin/buf lint
 
 bench: setup
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

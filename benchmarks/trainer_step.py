@@ -1,5 +1,6 @@
-"""Training speed: the engine's steps per CPU-second against a bare diffusers + peft loop,
-both measured in this run (the engine's own benchmark, each variant in its own process)."""
+"""Training speed: the engine's steps per CPU-second against a bare diffusers + peft loop on
+tiny-sd15, and cached against uncached latents on tiny-sd15 and on the real SD1.5 architecture,
+all measured in this run (the engine's own benchmark, each variant in its own process)."""
 
 from __future__ import annotations
 
