@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import pathlib
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import grpc
+import psutil
 from PIL import Image, ImageOps
 
 from kiln.v1 import dataset_pb2_grpc
@@ -19,6 +25,7 @@ from services.common.bundled_data import samples_dir
 from services.common.embedded_s3 import EmbeddedS3
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
+from services.common.ports import free_port
 from services.common.settings import ObjectStoreSettings, ServerSettings
 from services.dataset.server import running_dataset_service
 from services.dataset.settings import DatasetSettings
@@ -62,6 +69,7 @@ def embedded_store() -> Iterator[ObjectStore]:
 
 @contextlib.contextmanager
 def dataset_stub(store: ObjectStore, **settings: object) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
+    """The dataset service in this process (for benchmarks that time the service's own work)."""
     loop = LoopThread()
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     config = DatasetSettings(data_dir=data_dir, s3=store._settings, server=ServerSettings(port=0),
@@ -74,14 +82,60 @@ def dataset_stub(store: ObjectStore, **settings: object) -> Iterator[dataset_pb2
         loop.close()
 
 
-def best_of(rounds: int, run: Callable[[], None]) -> float:
-    """Fastest wall time of several rounds: the least disturbed by the rest of the machine."""
-    times = []
+@contextlib.contextmanager
+def dataset_process_stub(store: ObjectStore) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
+    """The dataset service as its own process, as deployed: the benchmark's clients don't share
+    its interpreter (and its GIL) the way an in-process server would."""
+    s3 = store._settings
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env.update(KILN_DATA_DIR=tempfile.mkdtemp(prefix="kiln-bench-"), KILN_SERVER__PORT=str(port),
+               KILN_LOG_LEVEL="WARNING", KILN_S3__ENDPOINT=s3.endpoint, KILN_S3__ACCESS_KEY=s3.access_key,
+               KILN_S3__SECRET_KEY=s3.secret_key.get_secret_value(), KILN_S3__BUCKET=s3.bucket)
+    process = subprocess.Popen([sys.executable, "-m", "services.dataset"], env=env)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=120)
+            yield dataset_pb2_grpc.DatasetServiceStub(channel)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall_s: float  # fastest round: the least disturbed by the rest of the machine
+    cpu_s: float  # mean CPU time per round of this process and every process it started
+
+
+def _cpu_of_tree() -> float:
+    """CPU seconds used so far by this process and its live children (S3 server, services)."""
+    me = psutil.Process()
+    total = 0.0
+    for process in (me, *me.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def timed(rounds: int, run: Callable[[], None]) -> Timing:
+    walls, cpus = [], []
     for _ in range(rounds):
-        start = time.perf_counter()
+        cpu, start = _cpu_of_tree(), time.perf_counter()
         run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(_cpu_of_tree() - cpu)
+    return Timing(min(walls), statistics.fmean(cpus))
+
+
+def best_of(rounds: int, run: Callable[[], None]) -> float:
+    """Fastest wall time of several rounds."""
+    return timed(rounds, run).wall_s
 
 
 def median_ms(samples: list[float]) -> float:

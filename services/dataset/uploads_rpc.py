@@ -117,11 +117,15 @@ class UploadRpcs(ServicerBase):
         speculative = (asyncio.ensure_future(self._io(self._store.put_bytes, original_key, data,
                                                       f"image/{sniffed.lower()}"))
                        if sniffed in ("PNG", "JPEG") else None)
+        # Verification doesn't depend on the records either: it runs beside the precheck and
+        # the PUT. A precheck that fails still answers first, as it did when they ran in turn.
+        verification = asyncio.ensure_future(self._cpu(check_image, data, self._limits))
+        verification.add_done_callback(_retrieve_outcome)
         try:
             earlier = await self._db(precheck, read_only=True)
             if earlier is not None:
                 raise _Replayed(earlier)
-            checked: CheckedImage = await self._cpu(check_image, data, self._limits)
+            checked: CheckedImage = await verification
             if speculative is not None:
                 await speculative
             if checked.stored_bytes is not data:
@@ -278,6 +282,13 @@ class UploadRpcs(ServicerBase):
         doomed = orphans(listing, datasets, images, kept, cutoff(min_age))
         await self._delete_objects_quietly(doomed)
         return len(doomed)
+
+
+def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
+    """Mark a side task's exception as seen: when an earlier check already failed the request,
+    nobody awaits it, and asyncio would log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Replayed(Exception):
