@@ -1,18 +1,48 @@
-"""Importing a single-file (ldm-format) checkpoint offline, as model sites distribute them."""
+"""Importing a single-file (ldm / SGM format) checkpoint offline, as model sites distribute them."""
 
 from __future__ import annotations
 
+import math
 import re
+import socket
+from pathlib import Path
 
+import pytest
 import safetensors.torch
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from services.trainer.engine.kohya_format import sdxl_unet_name_to_ldm
 from services.trainer.engine.model_store import ModelStore
 
 _TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-        "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
+        "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2",
+        "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+
+_OPEN_CLIP = {"embeddings.token_embedding.weight": "token_embedding.weight",
+              "embeddings.position_embedding.weight": "positional_embedding",
+              "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+_OPEN_CLIP_LAYER = (("encoder.layers.", "transformer.resblocks."), ("self_attn.", "attn."), ("layer_norm1", "ln_1"),
+                    ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"))
+
+
+@pytest.fixture
+def connections(monkeypatch) -> list:
+    # Without a network a hub fetch fails, but huggingface_hub reports that as a cache miss which
+    # callers fall back from; recording every attempt (a name lookup comes first) proves there was none.
+    attempts = []
+
+    def refuse(*args):
+        attempts.append(args)
+        raise socket.gaierror("network access during an offline import")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
+
+
+def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + key: value for key, value in state.items()}
 
 
 def _unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
@@ -53,21 +83,69 @@ def _vae_to_ldm(state: dict[str, torch.Tensor], blocks: int) -> dict[str, torch.
     return converted
 
 
-def test_single_file_checkpoint_imports_offline_and_loads_exactly(tmp_path, model_store) -> None:
+def _open_clip_text(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SDXL files keep the second encoder as OpenCLIP's text tower, not in the HF layout."""
+    converted = {
+        # OpenCLIP applies it as ``x @ text_projection``, HF as a Linear: transposed.
+        "text_projection": state["text_projection.weight"].T,
+        # Real files carry the contrastive temperature; loaders must ignore it.
+        "logit_scale": torch.tensor(math.log(100.0)),
+    }
+    for key, value in state.items():
+        name = key.removeprefix("text_model.")
+        if name in _OPEN_CLIP:
+            converted[_OPEN_CLIP[name]] = value
+        elif name.startswith("encoder.layers.") and not re.search(r"\.[qkv]_proj\.", name):
+            for old, new in _OPEN_CLIP_LAYER:
+                name = name.replace(old, new)
+            converted[name] = value
+        elif match := re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)", name):
+            # nn.MultiheadAttention holds q, k and v as one fused projection, in that order.
+            layer, param = match.groups()
+            fused = [state[f"text_model.encoder.layers.{layer}.self_attn.{p}_proj.{param}"] for p in "qkv"]
+            converted[f"transformer.resblocks.{layer}.attn.in_proj_{param}"] = torch.cat(fused)
+    return converted
+
+
+def _import_and_compare(tmp_path: Path, model_store: ModelStore, tiny: str, checkpoint: dict[str, torch.Tensor],
+                        source: DiffusionPipeline, parts: tuple[str, ...]) -> None:
+    file = tmp_path / f"{tiny}-single-file.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in checkpoint.items()}, file)
+
+    store = ModelStore(tmp_path / "store")
+    family = model_store.resolve(tiny).entry.family
+    # Tiny sizes aren't the real architecture's, so the tiny model's own configs describe the file.
+    store.import_model("my-tiny", file, family=family, config_dir=model_store.resolve(tiny).path)
+    imported = type(source).from_pretrained(store.resolve("my-tiny").path, local_files_only=True)
+    for part in parts:
+        expected, actual = getattr(source, part).state_dict(), getattr(imported, part).state_dict()
+        assert expected.keys() == actual.keys(), part
+        assert all(torch.equal(expected[k], actual[k]) for k in expected), part
+
+
+def test_sd15_single_file_imports_offline_and_loads_exactly(tmp_path, model_store, connections) -> None:
     source = StableDiffusionPipeline.from_pretrained(model_store.resolve("tiny-sd15").path, local_files_only=True)
     checkpoint = {
         **_unet_to_ldm(source.unet.state_dict(), source.unet.config),
         **_vae_to_ldm(source.vae.state_dict(), len(source.vae.config.block_out_channels)),
-        **{f"cond_stage_model.transformer.text_model.{k}": v for k, v in source.text_encoder.state_dict().items()},
+        # transformers 5's CLIPTextModel has no ``text_model`` level; ldm files do.
+        **_prefixed("cond_stage_model.transformer.text_model.", source.text_encoder.state_dict()),
     }
-    file = tmp_path / "tiny-sd15-ldm.safetensors"
-    safetensors.torch.save_file({k: v.contiguous() for k, v in checkpoint.items()}, file)
+    _import_and_compare(tmp_path, model_store, "tiny-sd15", checkpoint, source, ("unet", "vae", "text_encoder"))
+    assert connections == []
 
-    store = ModelStore(tmp_path / "store")
-    # Tiny sizes aren't SD1.5's, so the tiny model's own configs describe the file.
-    store.import_model("my-tiny", file, family="sd15", config_dir=model_store.resolve("tiny-sd15").path)
-    imported = StableDiffusionPipeline.from_pretrained(store.resolve("my-tiny").path, local_files_only=True)
-    for part in ("unet", "vae", "text_encoder"):
-        expected, actual = getattr(source, part).state_dict(), getattr(imported, part).state_dict()
-        assert expected.keys() == actual.keys()
-        assert all(torch.equal(expected[k], actual[k]) for k in expected), part
+
+def test_sdxl_single_file_imports_offline_and_loads_exactly(tmp_path, model_store, connections) -> None:
+    source = StableDiffusionXLPipeline.from_pretrained(model_store.resolve("tiny-sdxl").path, local_files_only=True)
+    checkpoint = {
+        **_unet_to_ldm(source.unet.state_dict(), source.unet.config),
+        **_vae_to_ldm(source.vae.state_dict(), len(source.vae.config.block_out_channels)),
+        **_prefixed("conditioner.embedders.0.transformer.text_model.", source.text_encoder.state_dict()),
+        # Real files carry this buffer from older transformers; transformers 5 has none to load it into.
+        "conditioner.embedders.0.transformer.text_model.embeddings.position_ids": torch.arange(77)[None],
+        **_prefixed("conditioner.embedders.1.model.", _open_clip_text(source.text_encoder_2.state_dict())),
+    }
+    assert "model.diffusion_model.label_emb.0.0.weight" in checkpoint
+    parts = ("unet", "vae", "text_encoder", "text_encoder_2")
+    _import_and_compare(tmp_path, model_store, "tiny-sdxl", checkpoint, source, parts)
+    assert connections == []
