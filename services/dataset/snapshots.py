@@ -57,7 +57,9 @@ def build_manifest(dataset: Row[Any], images: Sequence[Row[Any]], blocked_count:
             "crop": crop,
             "tags": list(row.tags),
             "caption": caption_text(row.tags),
-            "repeat": row.repeat or dataset.default_repeat,
+            # Only an image's own repeat: an image without one takes the training job's repeat when
+            # the job sets one, else the dataset's default_repeat below (the engine's order).
+            "repeat": row.repeat or None,
         })
     training = [e for e in entries if e["role"] == ROLE_TRAINING]
     document = {
@@ -74,6 +76,6 @@ def build_manifest(dataset: Row[Any], images: Sequence[Row[Any]], blocked_count:
         object_keys=keys,
         training_count=len(training),
         regularization_count=len(entries) - len(training),
-        total_repeated=sum(e["repeat"] for e in training),
+        total_repeated=sum(e["repeat"] or dataset.default_repeat for e in training),
         blocked_count=blocked_count,
     )

@@ -29,7 +29,9 @@ def test_snapshot_survives_every_later_edit(stub, store):
     entries = {e["id"]: e for e in manifest["images"]}
     first = entries[a.name.rsplit("/", 1)[1]]
     assert first["tags"] == ["trig", "smile"] and first["caption"] == "trig, smile" and first["repeat"] == 2
-    assert first["crop"]["target_width"] == 512 and entries[b.name.rsplit("/", 1)[1]]["repeat"] == 4
+    # b has no repeat of its own: the manifest says so, beside the dataset's default.
+    assert first["crop"]["target_width"] == 512 and entries[b.name.rsplit("/", 1)[1]]["repeat"] is None
+    assert manifest["default_repeat"] == 4
     assert entries[reg.name.rsplit("/", 1)[1]]["role"] == "regularization"
     assert first["crop"] == {"left": 100, "top": 0, "width": 500, "height": 500, "target_width": 512,
                              "target_height": 512}
