@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from services.trainer.engine.cli import main
+from services.trainer.engine.cli import build_parser, config_from_args, main
 
 
 def test_cli_trains_a_kohya_folder_and_draws_contact_sheets(tmp_path, model_store, capsys, make_image) -> None:
@@ -51,3 +51,15 @@ def test_cli_lists_models_and_presets(model_store, capsys) -> None:
     assert "tiny-sd15" in listing and "ready" in listing and "not imported" in listing
     assert main(["presets"]) == 0
     assert "anime-character-sdxl" in capsys.readouterr().out
+
+
+def test_cli_flags_keep_text_as_written_and_parse_the_rest() -> None:
+    args = build_parser().parse_args([
+        "train", "--folder", "x", "--output", "y", "--output-name", "2024", "--preview-prompt", "42",
+        "--network-dim", "16", "--shuffle-caption", "true", "--optimizer-args", '{"weight_decay": 0.1}',
+        "--mixed-precision", "bf16",
+    ])
+    config = config_from_args(args)
+    assert config.output_name == "2024" and config.preview.prompt == "42"
+    assert config.network_dim == 16 and config.shuffle_caption is True
+    assert config.optimizer_args == {"weight_decay": 0.1} and config.mixed_precision == "bf16"

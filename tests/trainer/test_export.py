@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import safetensors.torch
@@ -11,9 +12,12 @@ from accelerate import init_empty_weights
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
 
+from services.trainer.engine.artifacts import LocalDirectoryWriter
 from services.trainer.engine.base_model import BaseModel, encode_prompts
 from services.trainer.engine.kohya_format import sdxl_unet_name_to_ldm
 from services.trainer.engine.lora import unet_targets
+from services.trainer.engine.model_store import ModelStore
+from services.trainer.engine.trainer import TrainingRun
 
 PROMPTS = ["mytrigger, square", "a different prompt entirely"]
 
@@ -87,6 +91,23 @@ def test_key_style_alpha_dtype_and_metadata(make_dataset, fast_config, run_train
     assert json.loads(metadata["ss_tag_frequency"])["training"]["mytrigger"] == 4
     assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert metadata["modelspec.sai_model_spec"] == "1.0.0" and len(metadata["sshs_model_hash"]) == 64
+    assert metadata["modelspec.prediction_type"] == "epsilon" and metadata["ss_v_parameterization"] == "False"
+
+
+def test_a_v_prediction_base_trains_and_says_so(make_dataset, fast_config, model_store, tmp_path) -> None:
+    source = tmp_path / "vpred"
+    shutil.copytree(model_store.resolve("tiny-sd15").path, source)
+    scheduler = source / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(json.dumps({**json.loads(scheduler.read_text()), "prediction_type": "v_prediction"}))
+    store = ModelStore(tmp_path / "store")
+    store.import_model("tiny-vpred", source, family="sd15")
+    dataset = make_dataset(count=1)
+    writer = LocalDirectoryWriter(tmp_path / "out")
+    run = TrainingRun(fast_config(base_model="tiny-vpred"), dataset.snapshot, dataset.reader, writer, store=store)
+    run.run(False)
+    assert run.model.prediction_type == "v_prediction"
+    metadata = _metadata(writer.read("epochs/1/lora.safetensors"))
+    assert metadata["modelspec.prediction_type"] == "v" and metadata["ss_v_parameterization"] == "True"
 
 
 def _metadata(data: bytes) -> dict[str, str]:

@@ -13,6 +13,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from services.trainer.engine import trainer as trainer_module
 from services.trainer.engine.base_model import encode_prompts, load_base_model
 from services.trainer.engine.config import parse_config
+from services.trainer.engine.optimizers import build_optimizer
 from services.trainer.engine.trainer import build_lr_scheduler
 
 
@@ -135,6 +136,19 @@ def test_every_optimizer_trains(optimizer, make_dataset, fast_config, run_traini
     assert any(t.abs().max() > 0 for t in ups)  # up weights start at zero: the optimizer moved them
     assert type(trained.run.optimizer).__name__.lower().replace("8bit", "") .startswith(
         {"AdamW8bit": "adamw", "SGDNesterov": "sgd", "DAdaptAdam": "dadaptadam"}.get(optimizer, optimizer.lower()))
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW", "Lion", "Prodigy", "Adafactor", "DAdaptAdam", "SGDNesterov"])
+def test_every_optimizer_takes_every_schedule(optimizer) -> None:
+    # Polynomial decay reads the optimizer's own default LR, which Adafactor leaves unset.
+    rates = [1.0, 1.0] if optimizer in ("Prodigy", "DAdaptAdam") else [2e-4, 1e-4]
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(4))], "lr": lr} for lr in rates]
+    built = build_optimizer(optimizer, groups, {})
+    assert built.defaults["lr"] == rates[0] and [g["lr"] for g in built.param_groups] == rates
+    scheduler = build_lr_scheduler(parse_config({"lr_scheduler": "polynomial"}), built, 10, 0)
+    built.step()
+    scheduler.step()
+    assert scheduler.get_last_lr()[0] < rates[0]
 
 
 def test_optimizer_args_are_passed_through(make_dataset, fast_config, run_training) -> None:
@@ -303,6 +317,21 @@ def test_bf16_mixed_precision_trains_close_to_fp32(make_dataset, fast_config, ru
     a = torch.cat([full[k].flatten() for k in ups])
     b = torch.cat([mixed[k].flatten() for k in ups])
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9
+
+
+def test_uncached_latents_are_encoded_outside_mixed_precision(make_dataset, fast_config, run_training,
+                                                                monkeypatch) -> None:
+    dtypes = []
+    original = AutoencoderKL.encode
+
+    def recording(self, x, *args, **kwargs):
+        out = original(self, x, *args, **kwargs)
+        dtypes.append(out.latent_dist.mean.dtype)
+        return out
+
+    monkeypatch.setattr(AutoencoderKL, "encode", recording)
+    run_training(fast_config(mixed_precision="bf16"), make_dataset(count=2))
+    assert dtypes and set(dtypes) == {torch.float32}  # as the cached path encodes them
 
 
 def test_gradient_checkpointing_gives_the_same_weights(make_dataset, fast_config, run_training) -> None:

@@ -62,6 +62,20 @@ def test_hardware_checks(make_dataset, fast_config, model_store) -> None:
     assert fields == ["mixed_precision", "optimizer"]  # fp16 needs CUDA; the optimizer can't even step
 
 
+@pytest.mark.parametrize("optimizer", ["Prodigy", "DAdaptAdam"])
+def test_adaptive_optimizers_need_one_learning_rate(optimizer, make_dataset, fast_config, model_store) -> None:
+    dataset = make_dataset(count=1)
+    split = validate_training(fast_config(optimizer=optimizer, unet_lr=1.0, text_encoder_lr=0.5),
+                              dataset.snapshot, model_store)
+    assert [v.field for v in split.violations] == ["optimizer"]
+    assert "[0.5, 1.0]" in split.violations[0].message and "different lr" in split.violations[0].message
+    same = validate_training(fast_config(optimizer=optimizer, unet_lr=1.0, text_encoder_lr=1.0),
+                             dataset.snapshot, model_store)
+    frozen_encoder = validate_training(fast_config(optimizer=optimizer, unet_lr=1.0, text_encoder_lr=0),
+                                       dataset.snapshot, model_store)
+    assert same.violations == [] and frozen_encoder.violations == []
+
+
 def test_noise_offset_above_advice_warns_without_failing(make_dataset, fast_config, model_store) -> None:
     estimate = estimate_training(fast_config(noise_offset=0.3), make_dataset(count=1).snapshot, model_store)
     assert any("noise_offset" in warning for warning in estimate.warnings)

@@ -89,8 +89,9 @@ _SDXL = {
 }
 
 PRESETS: tuple[Preset, ...] = (
+    # Anime SD1.5 checkpoints (NAI lineage) are made and prompted with CLIP skip 2.
     Preset("anime-character-sd15", "Anime character (SD1.5)", "anime_character", "sd15", ("anything-v5",),
-           {**_SD15, "preview": {"sampler": "euler_a", "steps": 25, "cfg_scale": 7.0}}),
+           {**_SD15, "clip_skip": 2, "preview": {"sampler": "euler_a", "steps": 25, "cfg_scale": 7.0}}),
     Preset("anime-character-sdxl", "Anime character (SDXL)", "anime_character", "sdxl",
            ("animagine-xl", "kohaku-xl-delta"),
            {**_SDXL, "preview": {"sampler": "euler_a", "steps": 28, "cfg_scale": 7.0}}),

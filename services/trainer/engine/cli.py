@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from pydantic import BaseModel
 
 from .artifacts import ArtifactKeys, LocalDirectoryWriter
 from .catalog import PRESETS, preset_config
@@ -37,11 +38,26 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parse_value(text: str) -> Any:
+def _is_text_field(model: type[BaseModel], name: str) -> bool:
+    field = model.model_fields.get(name)
+    return field is not None and field.annotation in (str, str | None)
+
+
+def _parse_value(text: str, text_field: bool) -> Any:
+    """A text field takes the flag as written (``--output-name 2024`` is a name, not a number);
+    any other field takes JSON (numbers, booleans, objects), or the text when it isn't JSON."""
+    if text_field:
+        return text
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def _flag_value(key: str, text: str) -> Any:
+    if key.startswith(_PREVIEW_PREFIX):
+        return _parse_value(text, _is_text_field(PreviewConfig, key[len(_PREVIEW_PREFIX):]))
+    return _parse_value(text, _is_text_field(TrainingConfig, key))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     values: dict[str, Any] = {}
-    flags = {key[4:]: _parse_value(value) for key, value in vars(args).items()
+    flags = {key[4:]: _flag_value(key[4:], value) for key, value in vars(args).items()
              if key.startswith("cfg_") and value is not None}
     base_model = flags.get("base_model")
     if args.preset:

@@ -104,6 +104,15 @@ class TrainingConfig(BaseModel):
             return None
         return 1.0 if self.conv_alpha is None else self.conv_alpha
 
+    def trained_learning_rates(self, family: str) -> dict[str, float]:
+        """The parts that train (learning rate above 0) and their rates, in kohya's build order."""
+        text_2 = self.text_encoder_lr if self.text_encoder_2_lr is None else self.text_encoder_2_lr
+        rates = {"text_encoder": self.text_encoder_lr}
+        if family == "sdxl":
+            rates["text_encoder_2"] = text_2
+        rates["unet"] = self.unet_lr
+        return {name: lr for name, lr in rates.items() if lr > 0}
+
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 

@@ -75,6 +75,7 @@ def build_metadata(
     session_id: str,
     started_at: float,
     base_model_name: str,
+    prediction_type: str = "epsilon",
 ) -> dict[str, str]:
     network_args: dict[str, str] = {}
     if config.conv_dim is not None:
@@ -111,6 +112,7 @@ def build_metadata(
         "ss_mixed_precision": config.mixed_precision,
         "ss_full_fp16": False,
         "ss_v2": False,
+        "ss_v_parameterization": prediction_type == "v_prediction",
         "ss_base_model_version": BASE_MODEL_VERSIONS[family],
         "ss_sd_model_name": base_model_name,
         "ss_clip_skip": config.clip_skip if family == "sd15" else None,
@@ -143,7 +145,7 @@ def build_metadata(
         "modelspec.implementation": IMPLEMENTATIONS[family],
         "modelspec.title": f"{config.output_name} epoch {epoch}",
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
-        "modelspec.prediction_type": "epsilon",
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
         "modelspec.date": datetime.fromtimestamp(started_at, UTC).isoformat(timespec="seconds"),
     }
     return {key: _text(value) for key, value in values.items()}

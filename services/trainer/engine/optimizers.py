@@ -79,16 +79,25 @@ def is_known_optimizer(name: str) -> bool:
 
 
 def build_optimizer(name: str, param_groups: list[dict[str, Any]], args: dict[str, Any]) -> torch.optim.Optimizer:
-    return OPTIMIZERS[optimizer_key(name)](param_groups, **dict(args))
+    # The largest group LR also becomes the optimizer's default, as kohya passes ``lr=``: schedules
+    # such as polynomial decay read ``optimizer.defaults["lr"]``, which some libraries leave None.
+    lrs = [group["lr"] for group in param_groups if "lr" in group]
+    defaults = {"lr": max(lrs)} if lrs else {}
+    return OPTIMIZERS[optimizer_key(name)](param_groups, **{**defaults, **dict(args)})
 
 
-def probe_optimizer(name: str, args: dict[str, Any], device: torch.device) -> str | None:
-    """None when the optimizer runs on ``device`` with ``args``; otherwise why it doesn't."""
+def probe_optimizer(
+    name: str, args: dict[str, Any], device: torch.device, learning_rates: list[float] | None = None
+) -> str | None:
+    """None when the optimizer runs on ``device`` with ``args`` and one parameter group per
+    learning rate; otherwise why it doesn't."""
     try:
         # Big enough that 8-bit optimizers really take their quantized path (>= 4096 elements).
-        param = torch.nn.Parameter(torch.zeros(64, 64, device=device))
-        optimizer = build_optimizer(name, [{"params": [param], "lr": 1e-4}], args)
-        param.grad = torch.ones_like(param)
+        params = [torch.nn.Parameter(torch.zeros(64, 64, device=device)) for _ in learning_rates or [1e-4]]
+        groups = [{"params": [param], "lr": lr} for param, lr in zip(params, learning_rates or [1e-4], strict=True)]
+        optimizer = build_optimizer(name, groups, args)
+        for param in params:
+            param.grad = torch.ones_like(param)
         optimizer.step()
     except Exception as error:  # any failure means "can't train with this here"
         return f"{type(error).__name__}: {error}".strip()

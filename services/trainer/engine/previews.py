@@ -81,6 +81,9 @@ def render_previews(model: BaseModel, settings: PreviewSettings) -> list[Image.I
     for seed in settings.seeds():
         # CPU generator: the same seed gives the same preview on any device.
         generator = torch.Generator().manual_seed(seed)
+        if "noise_sampler_seed" in pipe.scheduler.config:
+            # SDE samplers draw their Brownian noise from a seed of their own, not the generator.
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, noise_sampler_seed=seed)
         result = pipe(
             num_inference_steps=settings.steps, guidance_scale=settings.cfg_scale, width=settings.width,
             height=settings.height, generator=generator, **kwargs,

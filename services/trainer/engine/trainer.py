@@ -236,18 +236,17 @@ class TrainingRun:
         trained: dict[str, torch.nn.Module] = {}
         self.param_groups: list[dict[str, Any]] = []
         self.group_names: list[str] = []
-        te_lrs = [config.text_encoder_lr,
-                  config.text_encoder_lr if config.text_encoder_2_lr is None else config.text_encoder_2_lr]
+        rates = config.trained_learning_rates(self.model.family)
         # kohya builds the text-encoder networks before the UNet's; the order fixes the init draws.
         for index, encoder in enumerate(self.model.text_encoders):
-            if te_lrs[index] > 0:
+            name = "text_encoder" if index == 0 else "text_encoder_2"
+            if name in rates:
                 encoder.add_adapter(lora_config(text_encoder_targets(encoder), NetworkShape(shape.dim, shape.alpha)))
                 if config.gradient_checkpointing:
                     encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                name = "text_encoder" if index == 0 else "text_encoder_2"
                 trained[name] = encoder
-                self._add_group(name, encoder, te_lrs[index])
-        if config.unet_lr > 0:
+                self._add_group(name, encoder, rates[name])
+        if "unet" in rates:
             self.model.unet.add_adapter(lora_config(unet_targets(self.model.unet, config.conv_dim is not None), shape))
             trained["unet"] = self.model.unet
             self._add_group("unet", self.model.unet, config.unet_lr)
@@ -331,9 +330,13 @@ class TrainingRun:
         self.scaler.unscale_(self.optimizer)
         if self.config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.lr_scheduler.step()
+        # fp16: a step skipped for overflow lowers the scale; like accelerate, the schedule then
+        # waits, so early overflows don't eat the warmup.
+        if scale is None or self.scaler.get_scale() >= scale:
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def _batch_inputs(
@@ -347,7 +350,9 @@ class TrainingRun:
             latents = torch.stack([c[0] for c in cached]).to(self.device)
             return latents, [c[1] for c in cached], captions
         prepared = [prepare_image(self.reader, p, flip) for p, flip in zip(batch, flips, strict=True)]
-        with torch.no_grad():
+        # Outside mixed precision, as kohya and the cached path encode: the SDXL VAE overflows in
+        # fp16 (its config says force_upcast), and cached and uncached latents must agree.
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             pixels = torch.stack([p.pixels for p in prepared])
             latents = encode_latents(self.model.vae, pixels, self.streams.noise)
         return latents, prepared, captions
@@ -402,6 +407,7 @@ class TrainingRun:
             seed=self.seed, epoch=epoch, step=step, total_steps=self.estimate.total_steps,
             optimizer=self.optimizer, warmup_steps=self.estimate.warmup_steps, session_id=self.session_id,
             started_at=self.started_at, base_model_name=self.entry.display_name,
+            prediction_type=self.model.prediction_type,
         )
         key = ArtifactKeys.lora(epoch)
         self.writer.write(key, serialize_lora(tensors, metadata))

@@ -52,7 +52,7 @@ def validate_training(
     _check_noise(config, report)
     _check_sizes(config, snapshot, resolution_of(config, entry), report)
     _check_preview(config, report)
-    _check_hardware(config, report, probe_hardware)
+    _check_hardware(config, entry.family if entry else snapshot.family, report, probe_hardware)
     if not report.violations:
         _check_schedule(config, snapshot, entry, report)
     return report
@@ -210,7 +210,7 @@ def _check_preview(config: TrainingConfig, report: ValidationReport) -> None:
             report.add(f"preview.{name}", f"must be a positive multiple of 8, got {value}")
 
 
-def _check_hardware(config: TrainingConfig, report: ValidationReport, probe: bool) -> None:
+def _check_hardware(config: TrainingConfig, family: str, report: ValidationReport, probe: bool) -> None:
     try:
         device = training_device(config)
     except RuntimeError as error:
@@ -221,10 +221,19 @@ def _check_hardware(config: TrainingConfig, report: ValidationReport, probe: boo
         return
     if config.mixed_precision == "fp16" and device.type != "cuda":
         report.add("mixed_precision", "fp16 needs a CUDA GPU; use bf16 or no on this machine")
-    if config.mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    # Without emulation: emulated bf16 "works" on older cards at a fraction of the speed.
+    if config.mixed_precision == "bf16" and device.type == "cuda" and not _has_native_bf16(device):
         report.add("mixed_precision", "this GPU has no bf16; use fp16")
     if probe and is_known_optimizer(config.optimizer):
-        problem = probe_optimizer(config.optimizer, config.optimizer_args, device)
+        # With the real groups' rates: Prodigy and DAdaptation refuse groups with different rates.
+        rates = list(config.trained_learning_rates(family).values())
+        problem = probe_optimizer(config.optimizer, config.optimizer_args, device, rates)
         if problem:
             report.add("optimizer", f"{config.optimizer} can't run on {device.type} with "
-                                    f"{config.optimizer_args or 'default arguments'}: {problem}")
+                                    f"{config.optimizer_args or 'default arguments'} and learning rates "
+                                    f"{rates}: {problem}")
+
+
+def _has_native_bf16(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
