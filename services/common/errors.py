@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,6 +21,19 @@ from grpc_status import rpc_status
 
 DOMAIN = "kiln.dev"
 log = logging.getLogger(__name__)
+
+# A status travels in the response trailers, and gRPC clients drop trailers past
+# 8 KiB (soft limit) to 16 KiB (hard limit), leaving the caller a bare
+# RESOURCE_EXHAUSTED instead of our error. With these bounds a status needs at
+# most about 6 KiB: the BadRequest and the message are each carried once in
+# grpc-status-details-bin (base64) and the message again in grpc-message
+# (percent-encoded, up to 3 characters per byte).
+MAX_VIOLATIONS = 20
+MAX_VIOLATION_BYTES = 2048
+MAX_MESSAGE_BYTES = 512
+MAX_FIELD_BYTES = 128
+MAX_DESCRIPTION_BYTES = 256
+MAX_METADATA_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,8 @@ class ServiceError(Exception):
 
     def to_status(self) -> status_pb2.Status:
         details: list[any_pb2.Any] = []
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        metadata = {key: clip(value, MAX_METADATA_BYTES) for key, value in self.metadata.items()}
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=metadata)
         packed = any_pb2.Any()
         packed.Pack(info)
         details.append(packed)
@@ -53,13 +67,42 @@ class ServiceError(Exception):
                     error_details_pb2.BadRequest.FieldViolation(
                         field=v.field, description=v.description, reason=v.reason
                     )
-                    for v in self.violations
+                    for v in shown_violations(self.violations)
                 ]
             )
             packed = any_pb2.Any()
             packed.Pack(bad)
             details.append(packed)
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        message = clip(self.message, MAX_MESSAGE_BYTES)
+        return status_pb2.Status(code=self.code.value[0], message=message, details=details)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, marked with an ellipsis when cut."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[:limit - 3].decode(errors="ignore") + "\u2026"
+
+
+def shown_violations(violations: Sequence[FieldViolation]) -> list[FieldViolation]:
+    """The violations a status can carry: the first ones that fit, then one saying how many were left out.
+
+    Clients fix the first problems and retry; listing every bad element of a
+    thousand-element field would only make the status too big to deliver."""
+    shown: list[FieldViolation] = []
+    size = 0
+    for v in violations[:MAX_VIOLATIONS]:
+        short = FieldViolation(clip(v.field, MAX_FIELD_BYTES), clip(v.description, MAX_DESCRIPTION_BYTES),
+                               clip(v.reason, MAX_FIELD_BYTES))
+        size += len(short.field.encode()) + len(short.description.encode()) + len(short.reason.encode())
+        if size > MAX_VIOLATION_BYTES:
+            break
+        shown.append(short)
+    left_out = len(violations) - len(shown)
+    if left_out:
+        shown.append(FieldViolation("", f"and {left_out} more problems not listed", "MORE_VIOLATIONS"))
+    return shown
 
 
 @dataclass(frozen=True)
@@ -84,7 +127,8 @@ def parsed(message: Any) -> Any:
 
 def invalid(violations: Iterable[FieldViolation], message: str = "", reason: str = "INVALID_ARGUMENT") -> ServiceError:
     found = list(violations)
-    text = message or "; ".join(f"{v.field}: {v.description}" for v in found)
+    text = message or "; ".join(f"{v.field}: {v.description}" if v.field else v.description
+                                for v in shown_violations(found))
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, text, reason, found)
 
 

@@ -40,3 +40,6 @@ class CommonSettings(BaseSettings):
     data_dir: pathlib.Path = pathlib.Path("var")
     s3: ObjectStoreSettings = ObjectStoreSettings()
     server: ServerSettings = ServerSettings()
+    # Signs page tokens. Every replica behind one address needs the same value;
+    # empty: a key derived from s3.secret_key, which those replicas share anyway.
+    page_token_secret: SecretStr = SecretStr("")

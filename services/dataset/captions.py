@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from services.common.errors import FieldViolation, invalid
+from services.common.errors import FieldViolation, invalid, invalid_field
 
 MAX_TAG_LENGTH = 128
 MAX_TAGS = 200
@@ -35,8 +35,12 @@ def tag_problem(tag: str) -> str | None:
     return None
 
 
-def validate_tags(raw_tags: Sequence[str], field: str, allow_duplicates: bool = False) -> list[str]:
-    """Cleaned tags, or INVALID_ARGUMENT naming every bad one."""
+def validate_tags(raw_tags: Sequence[str], field: str, allow_duplicates: bool = False,
+                  what: str = "caption") -> list[str]:
+    """Cleaned tags, or INVALID_ARGUMENT naming every bad one; `what` the list is called in messages."""
+    if len(raw_tags) > MAX_TAGS:
+        # Before looking at any tag: a request may carry millions, and this runs on the event loop.
+        raise invalid_field(field, f"at most {MAX_TAGS} tags per {what}; got {len(raw_tags)}", "TOO_MANY_TAGS")
     violations: list[FieldViolation] = []
     cleaned: list[str] = []
     seen: set[str] = set()
@@ -50,10 +54,8 @@ def validate_tags(raw_tags: Sequence[str], field: str, allow_duplicates: bool = 
             continue
         seen.add(tag)
         cleaned.append(tag)
-    if len(cleaned) > MAX_TAGS:
-        violations.append(FieldViolation(field, f"at most {MAX_TAGS} tags per caption", "TOO_MANY_TAGS"))
     if len(", ".join(cleaned)) > MAX_CAPTION_LENGTH:
-        violations.append(FieldViolation(field, f"caption longer than {MAX_CAPTION_LENGTH} characters",
+        violations.append(FieldViolation(field, f"{what} longer than {MAX_CAPTION_LENGTH} characters",
                                          "CAPTION_TOO_LONG"))
     if violations:
         raise invalid(violations)

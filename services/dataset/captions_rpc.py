@@ -10,8 +10,12 @@ from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
 from kiln.v1 import dataset_pb2 as pb
+from kiln.v1 import tagger_pb2 as tpb
 from services.common.errors import (
+    FieldViolation,
+    ServiceError,
     failed_precondition,
+    invalid,
     invalid_field,
     unary_errors,
 )
@@ -94,8 +98,9 @@ class CaptionRpcs(ServicerBase):
         merge = MERGE_TO_DB.get(request.merge)  # type: ignore[call-overload]
         if merge is None:
             raise invalid_field("merge", "say how new tags meet the caption: IGNORE, APPEND or OVERWRITE")
-        if request.tagger and not request.tagger.startswith("taggers/"):
-            raise invalid_field("tagger", "a tagger name: taggers/{tagger}, or empty for the preferred one")
+        if request.tagger:
+            names.check_tagger(request.tagger)
+        _check_tagging_options(request.options)
         if self.tagging is None:
             raise failed_precondition("this dataset service has no tagger configured (KILN_TAGGER_ADDRESS)",
                                       "TAGGING_DISABLED")
@@ -134,6 +139,24 @@ class CaptionRpcs(ServicerBase):
             )
 
         return await self._db(read, read_only=True)
+
+
+def _check_tagging_options(options: tpb.TaggingOptions) -> None:
+    """The options are copied into every image queued, so they are held to what a caption may hold;
+    anything the tagger service would refuse fails here rather than on every image later."""
+    violations = [
+        FieldViolation(f"options.{name}", "between 0 and 1; leave it unset for the tagger's default", "OUT_OF_RANGE")
+        for name in ("general_threshold", "character_threshold")
+        if options.HasField(name) and not 0.0 <= getattr(options, name) <= 1.0  # NaN fails this too
+    ]
+    if options.max_tags < 0:
+        violations.append(FieldViolation("options.max_tags", "must not be negative (0: no limit)", "OUT_OF_RANGE"))
+    try:
+        captions.validate_tags(options.undesired_tags, "options.undesired_tags", allow_duplicates=True, what="list")
+    except ServiceError as err:
+        violations.extend(err.violations)
+    if violations:
+        raise invalid(violations)
 
 
 def _batch_edit(request: pb.BatchEditTagsRequest) -> Callable[[list[str]], list[str]]:

@@ -22,12 +22,14 @@ from services.dataset.convert import (
     dataset_message,
 )
 from services.dataset.requests import (
-    MAX_REPEAT,
+    MAX_DEFAULT_REPEAT,
     mask_paths,
+    text_problem,
 )
 from services.dataset.service_base import ServicerBase, log
 
 DATASET_FIELDS = {"display_name", "description", "default_repeat"}
+MAX_DESCRIPTION_LENGTH = 5000
 
 
 class DatasetRpcs(ServicerBase):
@@ -124,10 +126,12 @@ def _dataset_violations(spec: pb.Dataset, creating: bool) -> list[FieldViolation
     name = spec.display_name.strip()
     if not name or len(name) > 200 or not name.isprintable():
         violations.append(FieldViolation("dataset.display_name", "1..200 printable characters"))
-    if len(spec.description) > 5000:
-        violations.append(FieldViolation("dataset.description", "at most 5000 characters"))
+    problem = text_problem(spec.description, MAX_DESCRIPTION_LENGTH)
+    if problem:
+        violations.append(FieldViolation("dataset.description", problem))
     if creating and spec.family not in FAMILY_TO_DB:
         violations.append(FieldViolation("dataset.family", "MODEL_FAMILY_SD15 or MODEL_FAMILY_SDXL"))
-    if not (0 if creating else 1) <= spec.default_repeat <= MAX_REPEAT:
-        violations.append(FieldViolation("dataset.default_repeat", f"1..{MAX_REPEAT}"))
+    # 0 on create takes the default of 1.
+    if not (0 if creating else 1) <= spec.default_repeat <= MAX_DEFAULT_REPEAT:
+        violations.append(FieldViolation("dataset.default_repeat", f"1..{MAX_DEFAULT_REPEAT}"))
     return violations

@@ -13,6 +13,9 @@ _DATASET = re.compile(rf"^datasets/({_ID})$")
 _IMAGE = re.compile(rf"^datasets/({_ID})/images/({_ID})$")
 _UPLOAD = re.compile(rf"^datasets/({_ID})/uploads/({_ID})$")
 _SNAPSHOT = re.compile(rf"^datasets/({_ID})/snapshots/([0-9a-f]{{64}})$")
+# The tagger service's names (services/tagger/registry.py NAME_PATTERN), checked
+# here too so a request never stores a name the tagger could not have.
+_TAGGER = re.compile(r"^taggers/([a-z0-9][a-z0-9._-]{0,62})$")
 
 
 def new_id() -> str:
@@ -54,6 +57,10 @@ def parse_upload(value: str, field: str = "name") -> tuple[str, str]:
 def parse_snapshot(value: str, field: str = "name") -> tuple[str, str]:
     m = _match(_SNAPSHOT, value, field, "datasets/{dataset}/snapshots/{sha256}")
     return m.group(1), m.group(2)
+
+
+def check_tagger(value: str, field: str = "tagger") -> None:
+    _match(_TAGGER, value, field, "taggers/{tagger}")
 
 
 def dataset_name(dataset_id: str) -> str:

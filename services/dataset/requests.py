@@ -22,12 +22,17 @@ from services.dataset.convert import (
 )
 
 MAX_REPEAT = 1000
+# The documented contract of Dataset.default_repeat.
+MAX_DEFAULT_REPEAT = 100
 MAX_BATCH = 1000
+MAX_MASK_PATHS = 100
 
 
 def mask_paths(paths: Sequence[str], allowed: set[str]) -> set[str]:
     if not paths:
         raise invalid_field("update_mask", f"list the fields to change: {', '.join(sorted(allowed))}")
+    if len(paths) > MAX_MASK_PATHS:
+        raise invalid_field("update_mask", f"at most {MAX_MASK_PATHS} paths; updatable: {', '.join(sorted(allowed))}")
     unknown = [p for p in paths if p not in allowed]
     if unknown:
         raise invalid([FieldViolation("update_mask", f"{p!r} cannot be updated; updatable: "
@@ -45,6 +50,18 @@ def role_of(value: int, field: str) -> str:
 def optional_role(value: int, field: str) -> str | None:
     """A role filter: unspecified means both roles."""
     return role_of(value, field) if value else None
+
+
+def text_problem(value: str, max_chars: int) -> str | None:
+    """Why free text (line breaks allowed) cannot be stored, or None.
+
+    PostgreSQL text cannot hold NUL while SQLite can: refusing it here keeps
+    both databases answering the same, with INVALID_ARGUMENT rather than INTERNAL."""
+    if len(value) > max_chars:
+        return f"at most {max_chars} characters"
+    if "\x00" in value:
+        return "contains a NUL character"
+    return None
 
 
 def check_repeat(value: int, field: str) -> None:
