@@ -44,11 +44,13 @@ async def running_dataset_service(settings: DatasetSettings, store: ObjectStore)
     engine = create_engine(settings.database_url())
     await asyncio.to_thread(migrate, engine, MIGRATIONS, "alembic_version_dataset")
     detector = BodyDetector() if settings.crop_use_detector else None
-    client = GrpcTaggingClient(settings.tagger_address) if settings.tagger_address else None
+    tagging = tagging_settings(settings)
+    # The client gives up when the worker does, so a call never outlives the claim on its images.
+    client = (GrpcTaggingClient(settings.tagger_address, timeout=tagging.call_timeout.total_seconds())
+              if settings.tagger_address else None)
     servicer = DatasetServicer(engine, store, settings, detector)
     if client is not None:
-        servicer.tagging = TaggingWorker(engine, client, TaggingSettings(
-            batch_size=settings.tagging_batch_size, max_attempts=settings.tagging_max_attempts), servicer.run_db)
+        servicer.tagging = TaggingWorker(engine, client, tagging, servicer.run_db)
     server = await start_server([binding(servicer)], settings.server)
     background = [asyncio.create_task(_sweep_forever(servicer))]
     if servicer.tagging is not None:
@@ -63,6 +65,10 @@ async def running_dataset_service(settings: DatasetSettings, store: ObjectStore)
         if client is not None:
             await client.close()
         engine.dispose()
+
+
+def tagging_settings(settings: DatasetSettings) -> TaggingSettings:
+    return TaggingSettings(batch_size=settings.tagging_batch_size, max_attempts=settings.tagging_max_attempts)
 
 
 async def _sweep_forever(servicer: DatasetServicer) -> None:
