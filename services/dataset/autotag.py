@@ -5,8 +5,9 @@ claim due images in batches, send their object keys to the tagger service,
 and write back the tags with their scores and the screening verdict. The
 image row is the queue: a claim moves `tagging_due` one lease ahead, so a
 replica that dies mid-batch simply lets the claim expire; a failure moves it
-by an exponential backoff until the attempts run out. A tagger outage never
-blocks uploads: images wait, then catch up.
+by an exponential backoff until the attempts run out; so does an answer the
+database won't take, for that image alone. A tagger outage never blocks uploads:
+images wait, then catch up.
 
 Captions: an image nobody has captioned by hand takes the tagger's tags. A
 caption a person set or edited is never replaced by background tagging; an
@@ -66,14 +67,31 @@ class TaggingClient(Protocol):
     async def tag(self, object_keys: Sequence[str], tagger: str, options: dict[str, Any]) -> list[TagOutcome]: ...
 
 
-@dataclass
+# Time a round may still need after the tagger answered: writing the results back, which can
+# queue behind other writers (SQLite waits up to its 30 s busy timeout).
+RECORD_MARGIN = dt.timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
 class TaggingSettings:
     batch_size: int = 8
-    lease: dt.timedelta = dt.timedelta(seconds=120)
+    # The longest a round waits for the tagger; past it the call counts as a failed attempt.
+    call_timeout: dt.timedelta = dt.timedelta(seconds=300)
     max_attempts: int = 5
     first_backoff: dt.timedelta = dt.timedelta(seconds=2)
     # Even without a wake-up, look for due work this often (retries, expired leases, other replicas).
     idle_poll: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.call_timeout <= dt.timedelta(0):
+            raise ValueError(f"the tagging call timeout must be positive, not {self.call_timeout}")
+
+    @property
+    def lease(self) -> dt.timedelta:
+        """How long a claim keeps other replicas off its images. Derived, never set: it must
+        outlast the whole round (the tagger call, then the write-back), or a second replica
+        tags the same images while the first is still waiting for its answer."""
+        return self.call_timeout + RECORD_MARGIN
 
 
 def merge_caption(current: Sequence[str], suggested: Sequence[str], merge: str, edited: bool) -> list[str] | None:
@@ -135,16 +153,45 @@ class TaggingWorker:
         groups: dict[str, list[Row[Any]]] = {}
         for row in claim:
             groups.setdefault(_group_key(row.tagging_request or UPLOAD_REQUEST), []).append(row)
-        for rows in groups.values():
-            request = rows[0].tagging_request or UPLOAD_REQUEST
-            try:
-                outcomes = await self._client.tag([r.original_key for r in rows], request.get("tagger", ""),
-                                                  request.get("options") or {})
-            except TaggerUnavailable as exc:
-                await self._run_db(lambda conn, rows=rows, exc=exc: self._fail(conn, rows, str(exc)))
-                continue
-            await self._run_db(lambda conn, rows=rows, outcomes=outcomes: self._record(conn, rows, outcomes))
+        # Side by side, not in turn: the lease covers one call timeout, however many groups the claim holds.
+        results = await asyncio.gather(*(self._tag_group(rows) for rows in groups.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return True
+
+    async def _tag_group(self, rows: Sequence[Row[Any]]) -> None:
+        """Ask the tagger about images that share a tagger and options, and write back what it said."""
+        request = rows[0].tagging_request or UPLOAD_REQUEST
+        timeout = self._settings.call_timeout.total_seconds()
+        try:
+            outcomes = await asyncio.wait_for(self._client.tag([r.original_key for r in rows],
+                                                               request.get("tagger", ""),
+                                                               request.get("options") or {}), timeout)
+        except TaggerUnavailable as exc:
+            reason = str(exc)
+        except TimeoutError:
+            reason = f"the tagger did not answer within {timeout:g} seconds"
+        else:
+            if len(outcomes) == len(rows):
+                reason = await self._try_record(rows, outcomes)
+                if not reason:
+                    return
+            else:
+                reason = f"the tagger answered for {len(outcomes)} images instead of {len(rows)}"
+        await self._run_db(lambda conn: self._fail(conn, rows, reason))
+
+    async def _try_record(self, rows: Sequence[Row[Any]], outcomes: Sequence[TagOutcome]) -> str:
+        """Write back the answers; why that failed as a whole, or "" when it didn't."""
+        try:
+            await self._run_db(lambda conn: self._record(conn, rows, outcomes))
+        except Exception as exc:
+            # Counted as a failed attempt like any other, so retries back off and end; left
+            # alone, the images would be claimed again at every lease, their attempts never counted.
+            log.warning("could not record a batch's tags", exc_info=True,
+                        extra={"fields": {"images": [r.id for r in rows]}})
+            return f"could not record the tagger's answer: {_first_line(exc)}"
+        return ""
 
     def _claim(self, conn: Connection) -> list[Row[Any]]:
         i = schema.images.c
@@ -176,32 +223,72 @@ class TaggingWorker:
                                                   schema.images.c.tagging_state == "pending").values(**values))
 
     def _record(self, conn: Connection, rows: Sequence[Row[Any]], outcomes: Sequence[TagOutcome]) -> None:
-        for row, outcome in zip(rows, outcomes, strict=True):
-            if outcome.error:
-                self._failed_attempt(conn, row, outcome.error)
+        # Every dataset is locked up front, in id order: two replicas recording batches that span
+        # the same datasets then queue one behind the other instead of deadlocking.
+        for dataset_id in sorted({row.dataset_id for row in rows}):
+            records.get_dataset_by_id(conn, dataset_id, lock=True)
+        for row, outcome in sorted(zip(rows, outcomes, strict=True), key=lambda pair: pair[0].id):
+            problem = outcome.error or _outcome_problem(outcome)
+            if problem:
+                self._failed_attempt(conn, row, problem)
                 continue
-            records.get_dataset_by_id(conn, row.dataset_id, lock=True)
-            current = conn.execute(sa.select(schema.images).where(schema.images.c.id == row.id)).first()
-            if current is None or current.tagging_state != "pending":
-                continue  # deleted, or re-queued and finished elsewhere
-            if current.tagging_request != row.tagging_request:
-                continue  # a newer re-tag request arrived meanwhile; its own round answers it
-            request = row.tagging_request or UPLOAD_REQUEST
-            # A tag our captions can't hold (a comma inside, say) is kept as a suggestion only.
-            suggested = [t for t in (captions.clean_tag(tag.name) for tag in outcome.tags)
-                         if captions.tag_problem(t) is None]
-            values: dict[str, Any] = {
-                "tagging_state": "done", "tagging_error": None, "tagging_due": None, "tagger": outcome.tagger,
-                "auto_tags": [{"tag": t.name, "score": round(t.score, 4), "category": t.category}
-                              for t in outcome.tags],
-                "screening_verdict": outcome.verdict or None,
-                "screening_findings": list(outcome.findings),
-            }
-            caption = merge_caption(list(current.tags), suggested, request.get("merge", MERGE_AUTO),
-                                    bool(current.caption_edited))
-            if caption is not None:
-                values["tags"] = caption[:captions.MAX_TAGS]
-            records.update_image(conn, row.id, **values)
+            try:
+                # One image's answer that the database refuses must not take its batch-mates down with it.
+                with conn.begin_nested():
+                    self._record_one(conn, row, outcome)
+            except Exception as exc:
+                log.warning("could not record an image's tags", exc_info=True,
+                            extra={"fields": {"image": row.id, "dataset": row.dataset_id}})
+                self._failed_attempt(conn, row, f"could not record the tagger's answer: {_first_line(exc)}")
+
+    def _record_one(self, conn: Connection, row: Row[Any], outcome: TagOutcome) -> None:
+        current = conn.execute(sa.select(schema.images).where(schema.images.c.id == row.id)).first()
+        if current is None or current.tagging_state != "pending":
+            return  # deleted, or re-queued and finished elsewhere
+        if current.tagging_request != row.tagging_request:
+            return  # a newer re-tag request arrived meanwhile; its own round answers it
+        request = row.tagging_request or UPLOAD_REQUEST
+        # A tag our captions can't hold (a comma inside, say) is kept as a suggestion only.
+        suggested = [t for t in (captions.clean_tag(tag.name) for tag in outcome.tags)
+                     if captions.tag_problem(t) is None]
+        values: dict[str, Any] = {
+            "tagging_state": "done", "tagging_error": None, "tagging_due": None, "tagger": outcome.tagger,
+            "auto_tags": [{"tag": t.name, "score": round(t.score, 4), "category": t.category}
+                          for t in outcome.tags],
+            "screening_verdict": outcome.verdict or None,
+            "screening_findings": list(outcome.findings),
+        }
+        caption = merge_caption(list(current.tags), suggested, request.get("merge", MERGE_AUTO),
+                                bool(current.caption_edited))
+        if caption is not None:
+            values["tags"] = fit_caption(caption)
+        records.update_image(conn, row.id, **values)
+
+
+def fit_caption(tags: Sequence[str]) -> list[str]:
+    """The longest head of `tags` that a caption may hold, by the limits a person's edit is held to
+    (captions.validate_tags). The head, because tags come best first, and an appended caption
+    starts with the person's own tags, which already fit."""
+    kept: list[str] = []
+    length = 0
+    for tag in tags[:captions.MAX_TAGS]:
+        length += len(tag) + (len(", ") if kept else 0)
+        if length > captions.MAX_CAPTION_LENGTH:
+            break
+        kept.append(tag)
+    return kept
+
+
+def _outcome_problem(outcome: TagOutcome) -> str:
+    if len(outcome.tagger) > schema.TAGGER_NAME_LENGTH:
+        return (f"the tagger's name is {len(outcome.tagger)} characters long; "
+                f"at most {schema.TAGGER_NAME_LENGTH} can be recorded")
+    return ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}"
 
 
 def _group_key(request: dict[str, Any]) -> str:

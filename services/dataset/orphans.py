@@ -4,7 +4,8 @@ Writes put bytes first and records second, and deletes remove records first and
 bytes second, so a crash between the two steps leaves bytes behind, never a
 record without its bytes. This sweep finds those leftovers: objects under
 `datasets/` whose dataset, image or snapshot has no record, that no snapshot retains,
-and that are older than an upload could still be in flight.
+and that are older than an upload could still be in flight. Staging objects under
+`uploads/` are staging_sweep.py's.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ from services.common.idempotency import idempotency_table
 
 metadata = sa.MetaData()
 Timestamp = sa.DateTime(timezone=True)
+# A tagger's resource name: `taggers/` and an id of up to 63 characters (services/tagger/registry.py),
+# with room to spare for longer ids (migration 0003 widened it from 64).
+TAGGER_NAME_LENGTH = 128
 
 datasets = sa.Table(
     "datasets",
@@ -60,7 +63,7 @@ images = sa.Table(
     sa.Column("tagging_error", sa.Text),
     # {"tagger": name, "options": {...}, "merge": "auto"|"ignore"|"append"|"overwrite"}; null: upload defaults
     sa.Column("tagging_request", sa.JSON),
-    sa.Column("tagger", sa.String(64)),
+    sa.Column("tagger", sa.String(TAGGER_NAME_LENGTH)),
     sa.Column("auto_tags", sa.JSON),
     # The caption was set or edited by a person: background tagging never replaces it.
     sa.Column("caption_edited", sa.Boolean, nullable=False, server_default=sa.false()),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from kiln.v1 import dataset_pb2, dataset_pb2_grpc
 from services.common.body_detector import BodyDetector
@@ -23,6 +24,7 @@ from services.common.server import (
 from services.dataset.autotag import TaggingSettings, TaggingWorker
 from services.dataset.servicer import DatasetServicer
 from services.dataset.settings import DatasetSettings
+from services.dataset.staging_sweep import sweep_abandoned_staging
 from services.dataset.tagger_client import GrpcTaggingClient
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
@@ -44,13 +46,15 @@ async def running_dataset_service(settings: DatasetSettings, store: ObjectStore)
     engine = create_engine(settings.database_url())
     await asyncio.to_thread(migrate, engine, MIGRATIONS, "alembic_version_dataset")
     detector = BodyDetector() if settings.crop_use_detector else None
-    client = GrpcTaggingClient(settings.tagger_address) if settings.tagger_address else None
+    tagging = tagging_settings(settings)
+    # The client gives up when the worker does, so a call never outlives the claim on its images.
+    client = (GrpcTaggingClient(settings.tagger_address, timeout=tagging.call_timeout.total_seconds())
+              if settings.tagger_address else None)
     servicer = DatasetServicer(engine, store, settings, detector)
     if client is not None:
-        servicer.tagging = TaggingWorker(engine, client, TaggingSettings(
-            batch_size=settings.tagging_batch_size, max_attempts=settings.tagging_max_attempts), servicer.run_db)
+        servicer.tagging = TaggingWorker(engine, client, tagging, servicer.run_db)
     server = await start_server([binding(servicer)], settings.server)
-    background = [asyncio.create_task(_sweep_forever(servicer))]
+    background = [asyncio.create_task(_sweep_forever(servicer, store, staging_min_age(settings)))]
     if servicer.tagging is not None:
         background.append(asyncio.create_task(servicer.tagging.run_forever()))
     try:
@@ -65,18 +69,36 @@ async def running_dataset_service(settings: DatasetSettings, store: ObjectStore)
         engine.dispose()
 
 
-async def _sweep_forever(servicer: DatasetServicer) -> None:
+def tagging_settings(settings: DatasetSettings) -> TaggingSettings:
+    return TaggingSettings(batch_size=settings.tagging_batch_size, max_attempts=settings.tagging_max_attempts)
+
+
+def staging_min_age(settings: DatasetSettings) -> dt.timedelta:
+    """Until its upload URL has expired, a client may still PUT a staging object (again)."""
+    return dt.timedelta(seconds=settings.upload_url_ttl_seconds)
+
+
+async def _sweep_forever(servicer: DatasetServicer, store: ObjectStore, staging_age: dt.timedelta) -> None:
     while True:
-        try:
-            removed = await servicer.sweep_expired_uploads()
-            if removed:
-                log.info("expired uploads removed", extra={"fields": {"count": removed}})
-            removed = await servicer.sweep_orphans()
-            if removed:
-                log.info("orphaned objects removed", extra={"fields": {"count": removed}})
-        except Exception:
-            log.exception("upload sweep failed")
+        await sweep_once(servicer, store, staging_age)
         await asyncio.sleep(SWEEP_INTERVAL_S)
+
+
+async def sweep_once(servicer: DatasetServicer, store: ObjectStore, staging_age: dt.timedelta) -> None:
+    """One round of the periodic clean-up. Each step runs even when an earlier one failed."""
+    steps: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+        ("expired uploads", servicer.sweep_expired_uploads),
+        ("orphaned objects", servicer.sweep_orphans),
+        ("abandoned staging objects", lambda: sweep_abandoned_staging(store, servicer.run_db, staging_age)),
+    ]
+    for what, step in steps:
+        try:
+            removed = await step()
+        except Exception:
+            log.exception("sweep failed", extra={"fields": {"what": what}})
+            continue
+        if removed:
+            log.info(f"{what} removed", extra={"fields": {"count": removed}})
 
 
 async def serve(settings: DatasetSettings) -> None:

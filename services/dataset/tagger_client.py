@@ -10,7 +10,7 @@ from google.protobuf import json_format
 
 from kiln.v1 import tagger_pb2 as tpb
 from kiln.v1 import tagger_pb2_grpc
-from services.dataset.autotag import AutoTag, TaggerUnavailable, TagOutcome
+from services.dataset.autotag import AutoTag, TaggerUnavailable, TaggingSettings, TagOutcome
 
 MAX_IMAGES_PER_CALL = 32
 CATEGORY_NAMES = {
@@ -30,7 +30,9 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 
 
 class GrpcTaggingClient:
-    def __init__(self, address: str, timeout: float = 300.0) -> None:
+    # The worker stops waiting after its call timeout (and its claims last longer than that); a
+    # client that waited longer would only tag images the worker has given up on.
+    def __init__(self, address: str, timeout: float = TaggingSettings.call_timeout.total_seconds()) -> None:
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = tagger_pb2_grpc.TaggerServiceStub(self._channel)
         self._timeout = timeout

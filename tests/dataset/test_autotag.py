@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
 
 from kiln.v1 import dataset_pb2 as pb
-from kiln.v1 import dataset_pb2_grpc
+from kiln.v1 import dataset_pb2_grpc, tagger_pb2_grpc
 from kiln.v1 import tagger_pb2 as tpb
 from services.common.bundled_data import samples_dir
 from services.common.ports import free_port
+from services.common.server import RunningServer, ServiceBinding, start_server
 from services.common.settings import ServerSettings
 from services.dataset.server import DatasetService, running_dataset_service
 from services.tagger.moderation import DEFAULT_RULES, ModerationPolicy, ModerationRule, SignalSource
 from services.tagger.server import running_tagger_service
 from services.tagger.settings import TaggerSettings
 from tests.dataset.conftest import make_settings
-from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
+from tests.dataset.helpers import failure, image_bytes, new_dataset, upload, upload_messages
 
 # The built-in policy only blocks what these sample photos don't show; for the test a
 # woman's face blocks, so the astronaut photo stands in for forbidden content.
@@ -26,16 +29,75 @@ TEST_POLICY = ModerationPolicy(rules=(*DEFAULT_RULES, ModerationRule(
     source=SignalSource.DETECTOR, label="FACE_FEMALE", review_at=0.3, block_at=0.5)))
 
 
+class TaggerGate(tagger_pb2_grpc.TaggerServiceServicer):
+    """Stands between the dataset service and the tagger service: passes TagImages on,
+    except while held, when every call waits. Lives on the test loop."""
+
+    def __init__(self, tagger_address: str) -> None:
+        self._channel = grpc.aio.insecure_channel(tagger_address)
+        self._tagger = tagger_pb2_grpc.TaggerServiceStub(self._channel)
+        self._open = asyncio.Event()
+        self._open.set()
+        self.server: RunningServer | None = None
+
+    async def TagImages(self, request: tpb.TagImagesRequest, context: grpc.aio.ServicerContext
+                        ) -> tpb.TagImagesResponse:
+        await self._open.wait()
+        return await self._tagger.TagImages(request, timeout=context.time_remaining())
+
+    async def hold(self) -> None:
+        self._open.clear()
+
+    async def release(self) -> None:
+        self._open.set()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        self.server = await start_server([ServiceBinding("kiln.v1.TaggerService", lambda server: (
+            tagger_pb2_grpc.add_TaggerServiceServicer_to_server(self, server)))], ServerSettings(port=0))
+        try:
+            yield self.server.address
+        finally:
+            await self.release()
+            await self.server.stop(1.0)
+            await self._channel.close()
+
+
 @pytest.fixture(scope="module")
-def tagged(aio, store, s3_settings, tmp_path_factory) -> Iterator[tuple[DatasetService, object]]:
+def tagger(aio, store, s3_settings, tmp_path_factory):
     tagger_settings = TaggerSettings(data_dir=tmp_path_factory.mktemp("tagger"), s3=s3_settings,
                                      server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False,
                                      tagger_policy=TEST_POLICY)
-    with aio.context(running_tagger_service(tagger_settings, store)) as tagger:
-        settings = make_settings(tmp_path_factory.mktemp("tagged-dataset"), s3_settings,
-                                 tagger_address=tagger.address)
-        with aio.context(running_dataset_service(settings, store)) as dataset_service:
-            yield dataset_service, tagger
+    with aio.context(running_tagger_service(tagger_settings, store)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gate(aio, tagger) -> Iterator[TaggerGate]:
+    async def make() -> TaggerGate:
+        return TaggerGate(tagger.address)  # its channel and event belong to the test loop
+
+    gate = aio.run(make())
+    with aio.context(gate.serving()):
+        yield gate
+
+
+@pytest.fixture(scope="module")
+def tagged(aio, store, s3_settings, tmp_path_factory, tagger, gate) -> Iterator[tuple[DatasetService, object]]:
+    assert gate.server is not None
+    settings = make_settings(tmp_path_factory.mktemp("tagged-dataset"), s3_settings,
+                             tagger_address=gate.server.address)
+    with aio.context(running_dataset_service(settings, store)) as dataset_service:
+        yield dataset_service, tagger
+
+
+@contextlib.contextmanager
+def tagger_held(aio, gate: TaggerGate) -> Iterator[None]:
+    aio.run(gate.hold())
+    try:
+        yield
+    finally:
+        aio.run(gate.release())
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +114,19 @@ def sample(name: str) -> bytes:
     return (samples_dir() / name).read_bytes()
 
 
-def test_uploads_are_tagged_and_screened(aio, tagged, tstub):
+def test_uploads_are_tagged_and_screened(aio, tagged, tstub, gate):
     service, _ = tagged
     dataset = new_dataset(tstub)
-    woman = upload(tstub, dataset.name, sample("astronaut.png"), filename="astronaut.png")
-    man = upload(tstub, dataset.name, sample("camera.png"), filename="camera.png")
-    assert woman.auto_tagging.state == pb.TAGGING_STATE_PENDING  # the upload did not wait
+    with tagger_held(aio, gate):
+        # No image can be tagged while the tagger is held: an upload that waited for tagging
+        # would run into its deadline here, and a fresh read shows the images still waiting.
+        woman = tstub.UploadImage(upload_messages(dataset.name, sample("astronaut.png"), filename="astronaut.png"),
+                                  timeout=30)
+        man = tstub.UploadImage(upload_messages(dataset.name, sample("camera.png"), filename="camera.png"),
+                                timeout=30)
+        for image in (woman, man):
+            assert tstub.GetImage(pb.GetImageRequest(name=image.name)).auto_tagging.state == \
+                pb.TAGGING_STATE_PENDING
     settle(aio, service)
     woman = tstub.GetImage(pb.GetImageRequest(name=woman.name))
     man = tstub.GetImage(pb.GetImageRequest(name=man.name))

@@ -1,0 +1,70 @@
+"""Staging objects PUT through a presigned URL after their upload record is gone are swept."""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.request
+
+import grpc
+
+from kiln.v1 import dataset_pb2 as pb
+from kiln.v1 import dataset_pb2_grpc
+from services.common.objectstore import ObjectStore
+from services.dataset import names
+from services.dataset.server import running_dataset_service, staging_min_age, sweep_once
+from services.dataset.staging_sweep import abandoned
+from tests.dataset.conftest import make_settings
+from tests.dataset.helpers import image_bytes, new_dataset
+
+
+def put(url: str, data: bytes) -> None:
+    urllib.request.urlopen(urllib.request.Request(url, data=data, method="PUT")).close()
+
+
+def staging_key(upload: pb.ImageUpload) -> str:
+    return names.staging_key(*names.parse_upload(upload.name))
+
+
+def create_upload(stub: dataset_pb2_grpc.DatasetServiceStub, dataset: pb.Dataset, data: bytes) -> pb.ImageUpload:
+    return stub.CreateImageUpload(pb.CreateImageUploadRequest(parent=dataset.name, role=pb.IMAGE_ROLE_TRAINING,
+                                                              filename="photo.png", size_bytes=len(data)))
+
+
+def test_staging_objects_without_a_record_are_swept(aio, s3_settings, tmp_path):
+    # A bucket of its own: the sweep judges every object under uploads/ in its bucket.
+    settings = make_settings(tmp_path, s3_settings.model_copy(update={"bucket": "kiln-staging-sweep"}))
+    store = ObjectStore(settings.s3)
+    store.ensure_bucket()
+    with aio.context(running_dataset_service(settings, store)) as service, \
+            grpc.insecure_channel(service.address) as channel:
+        stub = dataset_pb2_grpc.DatasetServiceStub(channel)
+        doomed, kept = new_dataset(stub), new_dataset(stub)
+        leaked_bytes, live_bytes = image_bytes(seed=31), image_bytes(seed=32)
+        leaked = create_upload(stub, doomed, leaked_bytes)
+        stub.DeleteDataset(pb.DeleteDatasetRequest(name=doomed.name))
+        put(leaked.upload_url, leaked_bytes)  # the URL outlives the dataset and its upload record
+        live = create_upload(stub, kept, live_bytes)
+        put(live.upload_url, live_bytes)
+        assert set(store.list_keys("uploads/")) == {staging_key(leaked), staging_key(live)}
+
+        # Until its URL expires a client may PUT the object again: a young one is not judged yet.
+        aio.run(sweep_once(service.servicer, store, staging_min_age(settings)))
+        assert set(store.list_keys("uploads/")) == {staging_key(leaked), staging_key(live)}
+
+        aio.run(sweep_once(service.servicer, store, dt.timedelta(0)))
+        assert store.list_keys("uploads/") == [staging_key(live)]
+        image = stub.FinalizeImageUpload(pb.FinalizeImageUploadRequest(name=live.name))
+        assert image.size_bytes == len(live_bytes)
+
+
+def test_the_sweep_waits_out_the_upload_url_lifetime(tmp_path, s3_settings):
+    settings = make_settings(tmp_path, s3_settings, upload_url_ttl_seconds=5400)
+    assert staging_min_age(settings) == dt.timedelta(seconds=5400)
+
+
+def test_only_old_objects_without_a_record_are_abandoned():
+    cutoff = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    old, young = cutoff - dt.timedelta(seconds=1), cutoff + dt.timedelta(seconds=1)
+    listing = [("uploads/d/recorded", old), ("uploads/d/gone", old), ("uploads/d/fresh", young),
+               ("uploads/d/at-cutoff", cutoff)]
+    assert abandoned(listing, {"uploads/d/recorded"}, cutoff) == ["uploads/d/gone", "uploads/d/at-cutoff"]
