@@ -4,6 +4,12 @@ The record is written in the same transaction as the change it guards, so a
 retry either sees the whole first answer or none of it. The same request_id
 with another body is refused: the client has a bug, and replaying the first
 answer would hide it.
+
+A retry may arrive while its first attempt is still running. On SQLite the
+write transactions are serialised from their start (BEGIN IMMEDIATE); on
+PostgreSQL each lookup first takes a transaction-scoped advisory lock on the
+request id, so the retry waits for the first attempt to commit and then
+replays its answer instead of redoing (or tripping over) its work.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class IdempotencyKeys:
         """The stored answer to this request, or None when it is new."""
         if not request_id:
             return None
+        self._serialise(conn, tenant, method, request_id)
         row = conn.execute(
             sa.select(self.table.c.body_sha256, self.table.c.response).where(
                 self.table.c.tenant == tenant, self.table.c.method == method,
@@ -77,6 +84,14 @@ class IdempotencyKeys:
                 [FieldViolation("request_id", "already used with a different request body")],
             )
         return response_type.FromString(row.response)
+
+    def _serialise(self, conn: Connection, tenant: str, method: str, request_id: str) -> None:
+        if conn.dialect.name != "postgresql":
+            return
+        # 64 bits of a hash: two ids that collide only wait for each other, which is harmless.
+        name = "\0".join((self.table.name, tenant, method, request_id)).encode()
+        key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
 
     def remember(self, conn: Connection, tenant: str, method: str, request_id: str, fingerprint: str,
                  response: Message) -> None:

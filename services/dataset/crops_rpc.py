@@ -14,7 +14,7 @@ from services.common.errors import (
     invalid_field,
     stream_errors,
 )
-from services.common.idempotency import check_request_id
+from services.common.idempotency import check_request_id, request_fingerprint
 from services.common.objectstore import ObjectNotFound
 from services.common.tenancy import tenant_of
 from services.dataset import names, records
@@ -34,6 +34,8 @@ from services.dataset.requests import (
 )
 from services.dataset.service_base import ServicerBase
 
+METHOD = "CropImages"
+
 
 class CropRpcs(ServicerBase):
     @stream_errors
@@ -47,14 +49,22 @@ class CropRpcs(ServicerBase):
         image_ids = child_ids(request.names, dataset_id, required=False)
         mode = CROP_MODE_TO_DB[request.mode]
 
-        def load(conn: Connection) -> tuple[Row[Any], list[Row[Any]]]:
+        def load(conn: Connection) -> tuple[Row[Any], list[Row[Any]]] | pb.CropImagesResponse:
+            earlier = self._earlier_answer(conn, tenant, METHOD, request, pb.CropImagesResponse)
+            if earlier is not None:
+                return earlier
             dataset = records.get_dataset(conn, tenant, dataset_id)
             rows = records.images_of(conn, dataset_id, image_ids or None)
             if image_ids:
                 require_all(rows, image_ids, dataset_id)
             return dataset, rows
 
-        dataset, rows = await self._db(load)
+        loaded = await self._db(load, read_only=True)
+        if isinstance(loaded, pb.CropImagesResponse):
+            # A retry of a finished batch: its summary, with no image cropped again.
+            yield loaded
+            return
+        dataset, rows = loaded
         check_target_size(dataset.family, request.target_width, request.target_height, "")
         total = len(rows)
         upscaled = 0
@@ -84,7 +94,25 @@ class CropRpcs(ServicerBase):
         finally:
             for task in pending:
                 task.cancel()
-        yield pb.CropImagesResponse(done=done, total=total, upscaled_count=upscaled)
+        summary = pb.CropImagesResponse(done=done, total=total, upscaled_count=upscaled)
+        yield await self._remember_batch(tenant, request, summary)
+
+    async def _remember_batch(self, tenant: str, request: pb.CropImagesRequest,
+                              summary: pb.CropImagesResponse) -> pb.CropImagesResponse:
+        """Record a finished batch under its request_id. Each image was committed on its own as it was
+        cropped, so only a batch that ran to the end is remembered: a retry of one that was cut short
+        crops again (the same request gives the same boxes)."""
+        def record(conn: Connection) -> pb.CropImagesResponse:
+            # A concurrent retry may have finished first: its summary stands.
+            earlier = self._earlier_answer(conn, tenant, METHOD, request, pb.CropImagesResponse)
+            if earlier is not None:
+                return earlier
+            self._keys.remember(conn, tenant, METHOD, request.request_id, request_fingerprint(request), summary)
+            return summary
+
+        if not request.request_id:
+            return summary
+        return await self._db(record)
 
     async def _crop_one(self, tenant: str, dataset_id: str, row: Row[Any], mode: str,
                         target_width: int, target_height: int) -> pb.Image | None:
@@ -100,15 +128,16 @@ class CropRpcs(ServicerBase):
             box = center_box(row.width, row.height, target_width, target_height)
         result = crop_result(dataset_id, row.id, box, target_width, target_height, mode)
 
-        def commit(conn: Connection) -> tuple[pb.Image | None, list[str]]:
+        stale: list[str] = []
+
+        def commit(conn: Connection) -> pb.Image | None:
+            stale.clear()
             records.get_dataset(conn, tenant, dataset_id, lock=True)
             if not records.image_exists(conn, dataset_id, row.id):
-                return None, []
+                return None
             current = records.get_image(conn, tenant, dataset_id, row.id)
-            stale = self._stale_crop(current, result.key)
+            stale.extend(self._stale_crop(current, result.key))
             records.update_image(conn, row.id, **crop_record_values(current, result))
-            return self._image_message(conn, tenant, dataset_id, row.id), stale
+            return self._image_message(conn, tenant, dataset_id, row.id)
 
-        image, stale = await self._db(commit)
-        await self._delete_objects_quietly(stale)
-        return image
+        return await self._commit(commit, replaced=stale)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -12,11 +13,14 @@ from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import dataset_pb2 as pb
 from services.common.errors import (
+    ServiceError,
     failed_precondition,
     invalid_field,
     stream_errors,
     unary_errors,
 )
+from services.common.idempotency import check_request_id
+from services.common.objectstore import ObjectNotFound
 from services.common.pagination import keyset_page, page_size
 from services.common.tenancy import tenant_of
 from services.dataset import captions, names, records, schema
@@ -83,9 +87,13 @@ class ImageRpcs(ServicerBase):
         tags = captions.validate_tags(spec.tags, "image.tags") if "tags" in paths else None
         if "repeat" in paths:
             check_repeat(spec.repeat, "image.repeat")
+        check_request_id(request.request_id)
         crop: CropResult | None = None
         if "crop" in paths:
-            crop = await self._manual_crop(context, target, spec.crop)
+            checked = await self._manual_crop(context, request, target)
+            if isinstance(checked, pb.Image):
+                return checked
+            crop = checked
         doomed: list[str] = []
 
         def work(conn: Connection, tenant: str) -> pb.Image:
@@ -105,19 +113,26 @@ class ImageRpcs(ServicerBase):
             records.touch_dataset(conn, target.dataset_id)
             return self._image_message(conn, tenant, target.dataset_id, target.image_id)
 
-        image = await self._idempotent(context, "UpdateImage", request, pb.Image, work)
-        await self._delete_objects_quietly(doomed)
-        return image
+        return await self._idempotent(context, "UpdateImage", request, pb.Image, work, replaced=doomed)
 
-    async def _manual_crop(self, context: grpc.aio.ServicerContext, target: names.ImageName,
-                           crop: pb.Crop) -> CropResult:
+    async def _manual_crop(self, context: grpc.aio.ServicerContext, request: pb.UpdateImageRequest,
+                           target: names.ImageName) -> CropResult | pb.Image:
+        """The crop to record, or the answer a retry of this request gets."""
         tenant = tenant_of(context)
+        crop = request.image.crop
 
-        def load(conn: Connection) -> tuple[Row[Any], Row[Any]]:
+        def load(conn: Connection) -> tuple[Row[Any], Row[Any]] | pb.Image:
+            # Before the box is checked against the image: it may have been deleted since the first attempt.
+            earlier = self._earlier_answer(conn, tenant, "UpdateImage", request, pb.Image)
+            if earlier is not None:
+                return earlier
             return (records.get_dataset(conn, tenant, target.dataset_id),
                     records.get_image(conn, tenant, target.dataset_id, target.image_id))
 
-        dataset, row = await self._db(load)
+        loaded = await self._db(load, read_only=True)
+        if isinstance(loaded, pb.Image):
+            return loaded
+        dataset, row = loaded
         check_target_size(dataset.family, crop.target_width, crop.target_height, "image.crop")
         box = Box(crop.box.left, crop.box.top, crop.box.width, crop.box.height)
         if not box.fits(row.width, row.height):
@@ -138,9 +153,7 @@ class ImageRpcs(ServicerBase):
             doomed[:] = self._delete_rows(conn, target.dataset_id, [row])
             return pb.DeleteImageResponse()
 
-        response = await self._idempotent(context, "DeleteImage", request, pb.DeleteImageResponse, work)
-        await self._delete_objects_quietly(doomed)
-        return response
+        return await self._idempotent(context, "DeleteImage", request, pb.DeleteImageResponse, work, replaced=doomed)
 
     def _delete_rows(self, conn: Connection, dataset_id: str, rows: Sequence[Row[Any]]) -> list[str]:
         """Delete the records; returns the object keys to delete once that has committed
@@ -165,10 +178,8 @@ class ImageRpcs(ServicerBase):
             doomed[:] = self._delete_rows(conn, dataset_id, rows)
             return pb.BatchDeleteImagesResponse(deleted_count=len(rows))
 
-        response = await self._idempotent(context, "BatchDeleteImages", request, pb.BatchDeleteImagesResponse,
-                                          work)
-        await self._delete_objects_quietly(doomed)
-        return response
+        return await self._idempotent(context, "BatchDeleteImages", request, pb.BatchDeleteImagesResponse, work,
+                                      replaced=doomed)
 
     @stream_errors
     async def ReadImage(self, request: pb.ReadImageRequest,
@@ -178,10 +189,12 @@ class ImageRpcs(ServicerBase):
         row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
                              read_only=True)
         key, content_type, width, height = _variant(row, request.variant)
-        size = await self._render_derived(row, request.variant) or row.size_bytes
+        with _gone_as_not_found(request.name):
+            size = await self._render_derived(row, request.variant) or row.size_bytes
+            # Read before the metadata goes out, so a missing object fails the call cleanly.
+            chunks = await self._io(lambda: list(self._store.iter_chunks(key, READ_CHUNK)))
         yield pb.ReadImageResponse(metadata=pb.ReadImageMetadata(
             content_type=content_type, size_bytes=size, width=width, height=height))
-        chunks = await self._io(lambda: list(self._store.iter_chunks(key, READ_CHUNK)))
         for chunk in chunks:
             yield pb.ReadImageResponse(chunk=chunk)
 
@@ -196,7 +209,8 @@ class ImageRpcs(ServicerBase):
         row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
                              read_only=True)
         key, *_ = _variant(row, request.variant)
-        await self._render_derived(row, request.variant)
+        with _gone_as_not_found(request.name):
+            await self._render_derived(row, request.variant)
         ttl = dt.timedelta(seconds=ttl_seconds)
         response = pb.GetImageUrlResponse(url=await self._io(self._store.presigned_get, key, ttl))
         response.expire_time.FromDatetime(records.now() + ttl)
@@ -214,6 +228,17 @@ class ImageRpcs(ServicerBase):
             return await self._cpu(ensure_derived, self._store, row.original_key, result.key, "image/png",
                                    crop_png(result))
         return None
+
+
+@contextlib.contextmanager
+def _gone_as_not_found(name: str) -> Iterator[None]:
+    """The record was there but its bytes are not: the normal outcome of a read racing DeleteImage,
+    which removes the record first and the objects after it."""
+    try:
+        yield
+    except ObjectNotFound:
+        raise ServiceError(grpc.StatusCode.NOT_FOUND, f"image {name!r} does not exist (it was deleted while "
+                           "being read)", "NOT_FOUND", metadata={"resource": name}) from None
 
 
 def _variant(row: Row[Any], variant: int) -> tuple[str, str, int, int]:

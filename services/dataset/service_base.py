@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from kiln.v1 import dataset_pb2 as pb
 from services.common.database import READ_ONLY
-from services.common.idempotency import IdempotencyKeys, check_request_id, request_fingerprint
+from services.common.idempotency import IdempotencyKeys, ResponseT, check_request_id, request_fingerprint
 from services.common.objectstore import ObjectStore
 from services.common.tenancy import tenant_of
 from services.dataset import records, schema
@@ -87,7 +87,9 @@ class ServicerBase:
 
     async def _idempotent(self, context: grpc.aio.ServicerContext, method: str, request: Message,
                           response_type: type[Message], work: Callable[[Connection, str], Message],
-                          fingerprint: str | None = None) -> Any:
+                          fingerprint: str | None = None, replaced: Sequence[str] = ()) -> Any:
+        """Run `work` once per request_id. `replaced` (filled in by `work`) names the objects the
+        records it changes no longer point at: they are deleted once it has committed."""
         tenant = tenant_of(context)
         request_id: str = request.request_id  # type: ignore[attr-defined]
         check_request_id(request_id)
@@ -101,17 +103,56 @@ class ServicerBase:
             self._keys.remember(conn, tenant, method, request_id, digest, response)
             return response
 
-        return await self._db(transaction)
+        return await self._commit(transaction, replaced=replaced)
 
-    def _discard_after(self, keys: Sequence[str], in_flight: asyncio.Future[Any] | None) -> asyncio.Task[None]:
-        """Delete `keys` once `in_flight` (a PUT that may still be running) has finished: a PUT
+    def _earlier_answer(self, conn: Connection, tenant: str, method: str, request: Message,
+                        response_type: type[ResponseT]) -> ResponseT | None:
+        """The answer this request_id already got, for a write that checks or builds things before its
+        transaction: looked up first, so a retry replays even where those checks would now fail."""
+        request_id: str = request.request_id  # type: ignore[attr-defined]
+        return self._keys.replay(conn, tenant, method, request_id, request_fingerprint(request), response_type)
+
+    async def _commit(self, work: Callable[[Connection], T], *, written: Sequence[str] = (),
+                      replaced: Sequence[str] = ()) -> T:
+        """Run `work`, the transaction that decides the fate of objects: `written` were stored for the
+        records it adds and are deleted unless it commits; `replaced` (filled in by `work`) are deleted
+        once it has committed.
+
+        A cancelled caller (the client went away, its deadline passed) can't stop a transaction
+        already running in its thread, so that decision follows the transaction's outcome, not the
+        caller's: deleting `written` on cancellation would leave a record without its bytes."""
+        commit = asyncio.ensure_future(self._db(work))
+        settled = self._in_background(self._settle(commit, written, replaced))
+        try:
+            result = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            raise  # `settled` finishes the job without the caller
+        except BaseException:
+            await asyncio.shield(settled)
+            raise
+        # The caller hears back once the objects are gone, as it would without the cancellation guard.
+        await asyncio.shield(settled)
+        return result
+
+    async def _settle(self, commit: asyncio.Future[Any], written: Sequence[str], replaced: Sequence[str]) -> None:
+        try:
+            await commit
+        except BaseException:
+            await self._delete_objects_quietly(written)
+        else:
+            await self._delete_objects_quietly(replaced)
+
+    def _discard_after(self, keys: Sequence[str], in_flight: Sequence[asyncio.Future[Any]]) -> asyncio.Task[None]:
+        """Delete `keys` once `in_flight` (PUTs that may still be running) have finished: a PUT
         landing after the delete would leave an orphan."""
         async def discard() -> None:
-            if in_flight is not None:
-                await asyncio.gather(in_flight, return_exceptions=True)
+            await asyncio.gather(*in_flight, return_exceptions=True)
             await self._delete_objects_quietly(keys)
 
-        task = asyncio.create_task(discard())
+        return self._in_background(discard())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
         return task

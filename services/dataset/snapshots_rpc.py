@@ -16,6 +16,7 @@ from services.common.errors import (
     not_found,
     unary_errors,
 )
+from services.common.idempotency import check_request_id
 from services.common.pagination import keyset_page, page_size
 from services.common.tenancy import tenant_of
 from services.dataset import names, records, schema
@@ -31,9 +32,15 @@ class SnapshotRpcs(ServicerBase):
     async def CreateSnapshot(self, request: pb.CreateSnapshotRequest,
                              context: grpc.aio.ServicerContext) -> pb.Snapshot:
         dataset_id = names.parse_dataset(request.parent, "parent")
+        check_request_id(request.request_id)
         tenant = tenant_of(context)
 
-        def read(conn: Connection) -> Manifest:
+        def read(conn: Connection) -> Manifest | pb.Snapshot:
+            # A retry answers from the record before the manifest is built, checked or written:
+            # the dataset may have changed (or emptied) since the first attempt.
+            earlier = self._earlier_answer(conn, tenant, "CreateSnapshot", request, pb.Snapshot)
+            if earlier is not None:
+                return earlier
             dataset = records.get_dataset(conn, tenant, dataset_id, lock=True)
             manifest = self._manifest(dataset, records.images_of(conn, dataset_id))
             if manifest.training_count == 0:
@@ -42,6 +49,8 @@ class SnapshotRpcs(ServicerBase):
             return manifest
 
         manifest = await self._db(read)
+        if isinstance(manifest, pb.Snapshot):
+            return manifest
         key = names.snapshot_key(dataset_id, manifest.sha256)
         await self._io(self._store.put_bytes, key, manifest.body, "application/json")
 
@@ -76,14 +85,7 @@ class SnapshotRpcs(ServicerBase):
         """Blocked images stay out. While screening is on, every image must have been screened:
         a snapshot must never carry content nobody checked."""
         if self.tagging is not None:
-            unscreened = [r for r in images if r.tagging_state in ("pending", "failed") and not r.screening_verdict]
-            if unscreened:
-                failed = sum(r.tagging_state == "failed" for r in unscreened)
-                raise failed_precondition(
-                    f"{len(unscreened)} images are not screened yet ({failed} failed); wait for tagging to finish, "
-                    "RetagImages the failed ones or delete them", "SCREENING_INCOMPLETE",
-                    [FieldViolation("parent", f"datasets/{dataset.id}/images/{r.id} is not screened yet")
-                     for r in unscreened[:20]])
+            _check_screened(dataset, images)
         kept = [r for r in images if r.screening_verdict != "block"]
         return build_manifest(dataset, kept, blocked_count=len(images) - len(kept))
 
@@ -119,6 +121,26 @@ class SnapshotRpcs(ServicerBase):
             return pb.ListSnapshotsResponse(snapshots=[_snapshot_message(r) for r in rows], next_page_token=token)
 
         return await self._db(read, read_only=True)
+
+
+# `skipped`: uploaded while no tagger was configured. Nothing screens those in the background
+# (only `pending` images are queued), so they count as unscreened until someone re-tags them.
+_UNSCREENED_STATES = ("pending", "failed", "skipped")
+
+
+def _check_screened(dataset: Row[Any], images: Sequence[Row[Any]]) -> None:
+    unscreened = [r for r in images if r.tagging_state in _UNSCREENED_STATES and not r.screening_verdict]
+    if not unscreened:
+        return
+    failed = sum(r.tagging_state == "failed" for r in unscreened)
+    skipped = sum(r.tagging_state == "skipped" for r in unscreened)
+    raise failed_precondition(
+        f"{len(unscreened)} images are not screened yet ({failed} failed, {skipped} uploaded before a tagger was "
+        "configured); wait for tagging to finish, RetagImages the failed and the never screened ones (merge "
+        "IGNORE keeps their captions) or delete them", "SCREENING_INCOMPLETE",
+        [FieldViolation("parent", f"datasets/{dataset.id}/images/{r.id} is not screened yet"
+                        + (" (uploaded before a tagger was configured)" if r.tagging_state == "skipped" else ""))
+         for r in unscreened[:20]])
 
 
 def _snapshot_message(row: Row[Any]) -> pb.Snapshot:

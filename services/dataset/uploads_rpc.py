@@ -4,14 +4,15 @@ verify, store once, record with the limits and dedup checked under the dataset's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import sqlalchemy as sa
-from google.protobuf.message import Message
 from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import dataset_pb2 as pb
@@ -26,13 +27,10 @@ from services.common.errors import (
     unary_errors,
 )
 from services.common.idempotency import check_request_id, request_fingerprint
-from services.common.objectstore import ObjectNotFound
+from services.common.objectstore import ObjectNotFound, ObjectStore
 from services.common.tenancy import tenant_of
 from services.dataset import captions, names, records, schema
-from services.dataset.convert import (
-    ROLE_FROM_DB,
-    image_message,
-)
+from services.dataset.convert import image_message
 from services.dataset.filenames import safe_filename
 from services.dataset.image_check import CheckedImage, check_image, sniff_format
 from services.dataset.orphans import cutoff, known_objects, orphans
@@ -41,6 +39,30 @@ from services.dataset.requests import (
     role_of,
 )
 from services.dataset.service_base import ServicerBase
+
+READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Ingest:
+    """An upload on its way to becoming an image: what it asks for, and how to recognise a retry of it."""
+
+    tenant: str
+    method: str
+    request_id: str
+    fingerprint: str
+    dataset_id: str
+    role: str
+    filename: str
+    tags: list[str]
+    repeat: int
+    sha256: str
+    finalize_upload: str | None = None
+    image_id: str = field(default_factory=names.new_id)
+
+    @property
+    def original_key(self) -> str:
+        return names.original_key(self.dataset_id, self.image_id)
 
 
 class UploadRpcs(ServicerBase):
@@ -57,7 +79,12 @@ class UploadRpcs(ServicerBase):
         if meta.size_bytes and meta.size_bytes != len(data):
             raise invalid_field("metadata.size_bytes", f"declared {meta.size_bytes} bytes but {len(data)} arrived",
                                 "SIZE_MISMATCH")
-        return await self._ingest(context, "UploadImage", meta, dataset_id, role, filename, tags, meta.repeat, data)
+        sha256 = await self._cpu(_sha256_hex, data)
+        # The same request_id with other bytes is another request, though its metadata match.
+        fingerprint = hashlib.sha256(request_fingerprint(meta).encode() + sha256.encode()).hexdigest()
+        return await self._ingest(_Ingest(
+            tenant=tenant_of(context), method="UploadImage", request_id=meta.request_id, fingerprint=fingerprint,
+            dataset_id=dataset_id, role=role, filename=filename, tags=tags, repeat=meta.repeat, sha256=sha256), data)
 
     async def _read_upload(self, request_iterator: AsyncIterator[pb.UploadImageRequest]
                            ) -> tuple[pb.UploadImageMetadata, bytes]:
@@ -87,85 +114,85 @@ class UploadRpcs(ServicerBase):
             parts.append(message.chunk)
         if meta is None:
             raise invalid_field("metadata", "the upload stream was empty", "METADATA_FIRST")
-        return meta, b"".join(parts)
+        # Copying tens of MiB would hold the event loop for milliseconds: the image pool does it.
+        return meta, parts[0] if len(parts) == 1 else await self._cpu(b"".join, parts)
 
-    async def _ingest(self, context: grpc.aio.ServicerContext, method: str, meta: Message, dataset_id: str,
-                      role: str, filename: str, tags: list[str], repeat: int, data: bytes,
-                      finalize_upload: str | None = None) -> pb.Image:
-        tenant = tenant_of(context)
-        request_id: str = meta.request_id  # type: ignore[attr-defined]
-        sha256 = hashlib.sha256(data).hexdigest()
-        fingerprint = hashlib.sha256(request_fingerprint(meta).encode() + sha256.encode()).hexdigest()
+    async def _ingest(self, job: _Ingest, data: bytes) -> pb.Image:
+        try:
+            checked = await self._store_verified(job, data)
+            image = await self._commit(lambda conn: self._record_image(conn, job, checked),
+                                       written=[job.original_key])
+        except _Replayed as replayed:
+            return replayed.response
+        if self.tagging:
+            self.tagging.wake()
+        return image
 
-        def precheck(conn: Connection) -> pb.Image | None:
-            earlier = self._keys.replay(conn, tenant, method, request_id, fingerprint, pb.Image)
-            if earlier is not None:
-                return earlier
-            records.get_dataset(conn, tenant, dataset_id)
-            self._check_room(conn, dataset_id, role)
-            self._check_duplicate(conn, dataset_id, sha256)
-            return None
-
-        image_id = names.new_id()
-        original_key = names.original_key(dataset_id, image_id)
-        thumbnail_key = names.thumbnail_key(dataset_id, image_id)
-        written = [original_key]
+    async def _store_verified(self, job: _Ingest, data: bytes) -> CheckedImage:
+        """Check the request against the records, verify the bytes and store the original. What was
+        stored is deleted again when a check fails, an earlier answer is replayed or the caller goes away."""
+        puts: list[asyncio.Future[None]] = []
         # Most uploads are stored byte for byte, so the original goes to the object
         # store while the request is checked against the records and the bytes are
         # verified; anything rejected is deleted below.
         sniffed = sniff_format(data)
-        speculative = (asyncio.ensure_future(self._io(self._store.put_bytes, original_key, data,
-                                                      f"image/{sniffed.lower()}"))
-                       if sniffed in ("PNG", "JPEG") else None)
+        if sniffed in ("PNG", "JPEG"):
+            puts.append(asyncio.ensure_future(self._io(self._store.put_bytes, job.original_key, data,
+                                                       f"image/{sniffed.lower()}")))
         # Verification doesn't depend on the records either: it runs beside the precheck and
         # the PUT. A precheck that fails still answers first, as it did when they ran in turn.
         verification = asyncio.ensure_future(self._cpu(check_image, data, self._limits))
         verification.add_done_callback(_retrieve_outcome)
         try:
-            earlier = await self._db(precheck, read_only=True)
-            if earlier is not None:
-                raise _Replayed(earlier)
+            await self._db(lambda conn: self._check_new(conn, job, lock=False), read_only=True)
             checked: CheckedImage = await verification
-            if speculative is not None:
-                await speculative
+            if puts:
+                await puts[0]
             if checked.stored_bytes is not data:
-                await self._io(self._store.put_bytes, original_key, checked.stored_bytes, checked.content_type)
-
-            def commit(conn: Connection) -> pb.Image:
-                earlier = self._keys.replay(conn, tenant, method, request_id, fingerprint, pb.Image)
-                if earlier is not None:
-                    raise _Replayed(earlier)
-                dataset = records.get_dataset(conn, tenant, dataset_id, lock=True)
-                self._check_room(conn, dataset_id, role)
-                self._check_duplicate(conn, dataset_id, sha256)
-                now = records.now()
-                row = conn.execute(schema.images.insert().returning(*schema.images.c).values(
-                    id=image_id, dataset_id=dataset_id, role=role, filename=filename,
-                    content_type=checked.content_type, sha256=sha256, size_bytes=len(checked.stored_bytes),
-                    width=checked.width, height=checked.height, original_key=original_key,
-                    thumbnail_key=thumbnail_key, tags=tags, repeat=repeat, warnings=checked.warnings,
-                    create_time=now, update_time=now, tagging_due=now, caption_edited=bool(tags),
-                    tagging_state="pending" if self.tagging else "skipped",
-                )).one()
-                if finalize_upload:
-                    conn.execute(schema.uploads.update().where(schema.uploads.c.id == finalize_upload)
-                                 .values(image_id=image_id))
-                records.touch_dataset(conn, dataset_id)
-                image = image_message(row, dataset.default_repeat)
-                self._keys.remember(conn, tenant, method, request_id, fingerprint, image)
-                return image
-
-            image = await self._db(commit)
-            if self.tagging:
-                self.tagging.wake()
-            return image
-        except _Replayed as replayed:
-            await asyncio.shield(self._discard_after(written, speculative))
-            return replayed.response
+                puts.append(asyncio.ensure_future(self._io(self._store.put_bytes, job.original_key,
+                                                           checked.stored_bytes, checked.content_type)))
+                await puts[-1]
+            return checked
         except BaseException:
             # Shielded: a client that cancels mid-way must not cancel the clean-up too.
-            await asyncio.shield(self._discard_after(written, speculative))
+            await asyncio.shield(self._discard_after([job.original_key], puts))
             raise
+
+    def _check_new(self, conn: Connection, job: _Ingest, *, lock: bool) -> Row[Any]:
+        """The dataset, once the upload is known to be new and to fit; raises _Replayed with the
+        answer when an earlier request already made this image."""
+        earlier = self._keys.replay(conn, job.tenant, job.method, job.request_id, job.fingerprint, pb.Image)
+        if earlier is not None:
+            raise _Replayed(earlier)
+        dataset = records.get_dataset(conn, job.tenant, job.dataset_id, lock=lock)
+        if job.finalize_upload is not None:
+            # Another finalize of the same upload may have got here first: its image is the answer.
+            upload = self._upload_row(conn, job.dataset_id, job.finalize_upload, lock=lock)
+            finished = self._finalized(conn, job.tenant, upload)
+            if finished is not None:
+                raise _Replayed(finished)
+        self._check_room(conn, job.dataset_id, job.role)
+        self._check_duplicate(conn, job.dataset_id, job.sha256)
+        return dataset
+
+    def _record_image(self, conn: Connection, job: _Ingest, checked: CheckedImage) -> pb.Image:
+        dataset = self._check_new(conn, job, lock=True)
+        now = records.now()
+        row = conn.execute(schema.images.insert().returning(*schema.images.c).values(
+            id=job.image_id, dataset_id=job.dataset_id, role=job.role, filename=job.filename,
+            content_type=checked.content_type, sha256=job.sha256, size_bytes=len(checked.stored_bytes),
+            width=checked.width, height=checked.height, original_key=job.original_key,
+            thumbnail_key=names.thumbnail_key(job.dataset_id, job.image_id), tags=job.tags, repeat=job.repeat,
+            warnings=checked.warnings, create_time=now, update_time=now, tagging_due=now,
+            caption_edited=bool(job.tags), tagging_state="pending" if self.tagging else "skipped",
+        )).one()
+        if job.finalize_upload:
+            conn.execute(schema.uploads.update().where(schema.uploads.c.id == job.finalize_upload)
+                         .values(image_id=job.image_id))
+        records.touch_dataset(conn, job.dataset_id)
+        image = image_message(row, dataset.default_repeat)
+        self._keys.remember(conn, job.tenant, job.method, job.request_id, job.fingerprint, image)
+        return image
 
     def _check_room(self, conn: Connection, dataset_id: str, role: str) -> None:
         limit = (self._settings.max_training_images if role == records.ROLE_TRAINING
@@ -219,44 +246,63 @@ class UploadRpcs(ServicerBase):
     async def FinalizeImageUpload(self, request: pb.FinalizeImageUploadRequest,
                                   context: grpc.aio.ServicerContext) -> pb.Image:
         dataset_id, upload_id = names.parse_upload(request.name)
+        check_request_id(request.request_id)
         tenant = tenant_of(context)
+        # The request names the upload; what was PUT there is not part of it.
+        fingerprint = request_fingerprint(request)
 
-        def load(conn: Connection) -> tuple[Row[Any], pb.Image | None]:
+        def load(conn: Connection) -> Row[Any] | pb.Image:
+            earlier = self._earlier_answer(conn, tenant, "FinalizeImageUpload", request, pb.Image)
+            if earlier is not None:
+                return earlier
             records.get_dataset(conn, tenant, dataset_id)
-            u = schema.uploads.c
-            row = conn.execute(sa.select(schema.uploads).where(u.id == upload_id, u.dataset_id == dataset_id)).first()
-            if row is None:
-                raise not_found(request.name, "upload")
-            image = None
-            if row.image_id and records.image_exists(conn, dataset_id, row.image_id):
-                image = self._image_message(conn, tenant, dataset_id, row.image_id)
-            return row, image
+            row = self._upload_row(conn, dataset_id, upload_id)
+            return self._finalized(conn, tenant, row) or row
 
-        upload, finished = await self._db(load)
-        if finished is not None:
-            return finished
-        if upload.image_id:
-            raise failed_precondition("this upload was finalized and its image has since been deleted",
-                                      "UPLOAD_CONSUMED")
+        upload = await self._db(load, read_only=True)
+        if isinstance(upload, pb.Image):
+            return upload
         expire = upload.expire_time if upload.expire_time.tzinfo else upload.expire_time.replace(tzinfo=dt.UTC)
         if expire < records.now():
             raise failed_precondition("the upload URL has expired; create a new upload", "UPLOAD_EXPIRED")
-        try:
-            size = await self._io(self._store.size, upload.object_key)
-        except ObjectNotFound:
-            raise failed_precondition("no bytes have been PUT to the upload URL yet", "UPLOAD_MISSING") from None
-        if size != upload.size_bytes:
-            await self._delete_objects_quietly([upload.object_key])
-            raise invalid_field("size_bytes", f"declared {upload.size_bytes} bytes but {size} were uploaded; "
-                                              "create a new upload", "SIZE_MISMATCH")
-        data = await self._io(self._store.get_bytes, upload.object_key)
-        meta = pb.UploadImageMetadata(parent=names.dataset_name(dataset_id), filename=upload.filename,
-                                      tags=list(upload.tags), repeat=upload.repeat, request_id=request.request_id)
-        meta.role = ROLE_FROM_DB[upload.role]
-        image = await self._ingest(context, "FinalizeImageUpload", meta, dataset_id, upload.role, upload.filename,
-                                   list(upload.tags), upload.repeat, data, finalize_upload=upload_id)
+        data = await self._staged_bytes(upload)
+        image = await self._ingest(_Ingest(
+            tenant=tenant, method="FinalizeImageUpload", request_id=request.request_id, fingerprint=fingerprint,
+            dataset_id=dataset_id, role=upload.role, filename=upload.filename, tags=list(upload.tags),
+            repeat=upload.repeat, sha256=await self._cpu(_sha256_hex, data), finalize_upload=upload_id), data)
         await self._delete_objects_quietly([upload.object_key])
         return image
+
+    def _upload_row(self, conn: Connection, dataset_id: str, upload_id: str, *, lock: bool = False) -> Row[Any]:
+        u = schema.uploads.c
+        query = sa.select(schema.uploads).where(u.id == upload_id, u.dataset_id == dataset_id)
+        row = conn.execute(query.with_for_update() if lock else query).first()
+        if row is None:
+            raise not_found(names.upload_name(dataset_id, upload_id), "upload")
+        return row
+
+    def _finalized(self, conn: Connection, tenant: str, upload: Row[Any]) -> pb.Image | None:
+        """The image the upload became, or None while it waits to be finalized."""
+        if not upload.image_id:
+            return None
+        if not records.image_exists(conn, upload.dataset_id, upload.image_id):
+            raise failed_precondition("this upload was finalized and its image has since been deleted",
+                                      "UPLOAD_CONSUMED")
+        return self._image_message(conn, tenant, upload.dataset_id, upload.image_id)
+
+    async def _staged_bytes(self, upload: Row[Any]) -> bytes:
+        """What was PUT to the upload URL, which must be the declared size. The URL stays writable
+        until it expires, so the read stops past that size rather than trust an earlier look."""
+        try:
+            data = await self._io(_read_at_most, self._store, upload.object_key, upload.size_bytes)
+        except ObjectNotFound:
+            raise failed_precondition("no bytes have been PUT to the upload URL yet", "UPLOAD_MISSING") from None
+        if len(data) != upload.size_bytes:
+            await self._delete_objects_quietly([upload.object_key])
+            found = f"more than {upload.size_bytes}" if len(data) > upload.size_bytes else str(len(data))
+            raise invalid_field("size_bytes", f"declared {upload.size_bytes} bytes but {found} were uploaded; "
+                                              "create a new upload", "SIZE_MISMATCH")
+        return data
 
     async def sweep_expired_uploads(self) -> int:
         """Remove staging objects and records of uploads that expired unfinished."""
@@ -282,6 +328,23 @@ class UploadRpcs(ServicerBase):
         doomed = orphans(listing, datasets, images, kept, cutoff(min_age))
         await self._delete_objects_quietly(doomed)
         return len(doomed)
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_at_most(store: ObjectStore, key: str, limit: int) -> bytes:
+    """The object's bytes, cut off once more than `limit` have arrived."""
+    parts: list[bytes] = []
+    received = 0
+    with contextlib.closing(store.iter_chunks(key, READ_CHUNK)) as chunks:
+        for chunk in chunks:
+            parts.append(chunk)
+            received += len(chunk)
+            if received > limit:
+                break
+    return b"".join(parts)
 
 
 def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
