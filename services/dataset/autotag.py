@@ -131,6 +131,9 @@ class TaggingWorker:
         await self._idle.wait()
 
     async def run_forever(self) -> None:
+        adopted = await self._run_db(_adopt_skipped)
+        if adopted:
+            log.info("queued images uploaded while no tagger was configured", extra={"fields": {"count": adopted}})
         while True:
             seen = self._generation
             try:
@@ -263,6 +266,14 @@ class TaggingWorker:
         if caption is not None:
             values["tags"] = fit_caption(caption)
         records.update_image(conn, row.id, **values)
+
+
+def _adopt_skipped(conn: Connection) -> int:
+    """Images uploaded while no tagger was configured join the queue as if just uploaded: once
+    screening is on, nothing should reach a snapshot unscreened."""
+    i = schema.images.c
+    return conn.execute(schema.images.update().where(i.tagging_state == "skipped")
+                        .values(tagging_state="pending", tagging_due=records.now(), tagging_attempts=0)).rowcount
 
 
 def fit_caption(tags: Sequence[str]) -> list[str]:

@@ -1,7 +1,10 @@
 """Images uploaded while no tagger was configured were never screened: once screening is on,
-they keep snapshots waiting like any other unscreened image until someone re-tags them."""
+the worker queues them as soon as a tagger is configured, and until they are screened they keep
+snapshots waiting like any other unscreened image."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -9,9 +12,10 @@ import pytest
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 from services.common.bundled_data import samples_dir
-from services.common.errors import status_details
+from services.common.errors import ServiceError
 from services.common.settings import ServerSettings
 from services.dataset.server import running_dataset_service
+from services.dataset.snapshots_rpc import _check_screened
 from services.tagger.server import running_tagger_service
 from services.tagger.settings import TaggerSettings
 from tests.dataset.conftest import make_settings
@@ -34,16 +38,20 @@ def test_images_uploaded_before_screening_keep_snapshots_waiting(aio, store, s3_
                                                 store)) as service, \
             grpc.insecure_channel(service.address) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as refused:
-            stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))
-        info, violations = status_details(refused.value)
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert info is not None and info.reason == "SCREENING_INCOMPLETE"
-        assert "RetagImages" in (refused.value.details() or "")
-        assert [v.field for v in violations] == ["parent"] and image.name in violations[0].description
-        # The way out the refusal names: re-tag them, keeping the captions.
-        stub.RetagImages(pb.RetagImagesRequest(parent=dataset.name, merge=pb.CAPTION_MERGE_IGNORE))
+        # The worker takes them on by itself, as if they had just been uploaded: screened and
+        # tagged, the caption someone wrote kept.
         aio.run(service.servicer.tagging.until_idle())
         screened = stub.GetImage(pb.GetImageRequest(name=image.name))
         assert screened.auto_tagging.state == pb.TAGGING_STATE_DONE and list(screened.tags) == ["mine"]
+        assert screened.HasField("screening")
         assert stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name)).training_image_count == 1
+
+
+def test_a_snapshot_names_images_still_unscreened() -> None:
+    row = SimpleNamespace(id="img1", tagging_state="skipped", screening_verdict=None)
+    done = SimpleNamespace(id="img2", tagging_state="done", screening_verdict="safe")
+    with pytest.raises(ServiceError) as refused:
+        _check_screened(SimpleNamespace(id="ds1"), [row, done])
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "RetagImages" in refused.value.message
+    assert [v.description for v in refused.value.violations] == [
+        "datasets/ds1/images/img1 is not screened yet (uploaded before a tagger was configured)"]
