@@ -118,8 +118,10 @@ class BareService:
         """Until every transaction the servicer started has ended, and whatever waited on one
         (object clean-ups) has run. Stops the servicer's SQL pool: call it last."""
         await asyncio.to_thread(self.servicer._db_pool.shutdown, True)
-        while self.servicer._cleanups:
-            await next(iter(self.servicer._cleanups))
+        # Only unfinished ones: a finished task leaves the set in a callback that runs after an
+        # await on it returns, so waiting on the set itself could spin without yielding.
+        while pending := [task for task in self.servicer._cleanups if not task.done()]:
+            await asyncio.wait(pending)
 
 
 @contextlib.asynccontextmanager
