@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from PIL import Image
 
 from services.trainer.engine import trainer as trainer_module
 from services.trainer.engine.base_model import encode_prompts, load_base_model
@@ -317,6 +320,21 @@ def test_bf16_mixed_precision_trains_close_to_fp32(make_dataset, fast_config, ru
     a = torch.cat([full[k].flatten() for k in ups])
     b = torch.cat([mixed[k].flatten() for k in ups])
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_mixed_precision_keeps_frozen_weights_in_half_and_lora_in_fp32(family, make_dataset, fast_config,
+                                                                        run_training) -> None:
+    base = "tiny-sd15" if family == "sd15" else "tiny-sdxl"
+    trained = run_training(fast_config(base_model=base, mixed_precision="bf16", conv_dim=2,
+                                       preview={"count": 1}), make_dataset(family=family, count=2))
+    model = trained.run.model
+    frozen = [p for m in (model.unet, *model.text_encoders) for n, p in m.named_parameters() if "lora_" not in n]
+    lora = [p for group in trained.run.param_groups for p in group["params"]]
+    assert {p.dtype for p in frozen} == {torch.bfloat16} and {p.dtype for p in lora} == {torch.float32}
+    assert {p.dtype for p in model.vae.parameters()} == {torch.float32}
+    preview = Image.open(io.BytesIO(trained.writer.read("epochs/1/previews/0.png")))
+    assert np.asarray(preview).std() > 0  # rendered from the half-precision UNet, decoded in fp32
 
 
 def test_uncached_latents_are_encoded_outside_mixed_precision(make_dataset, fast_config, run_training,

@@ -84,12 +84,31 @@ def render_previews(model: BaseModel, settings: PreviewSettings) -> list[Image.I
         if "noise_sampler_seed" in pipe.scheduler.config:
             # SDE samplers draw their Brownian noise from a seed of their own, not the generator.
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, noise_sampler_seed=seed)
-        result = pipe(
+        latents = pipe(
             num_inference_steps=settings.steps, guidance_scale=settings.cfg_scale, width=settings.width,
-            height=settings.height, generator=generator, **kwargs,
-        )
-        images.append(result.images[0])
+            height=settings.height, generator=generator, output_type="latent", **kwargs,
+        ).images
+        images.append(_decode(pipe, latents))
     return images
+
+
+def _decode(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline, latents: torch.Tensor) -> Image.Image:
+    """Latents to a picture with the VAE in its own precision (fp32), whatever the UNet's: under
+    mixed precision the UNet and text encoders hold fp16/bf16 weights, and the SDXL VAE overflows
+    in fp16 (its config says force_upcast)."""
+    vae = pipe.vae
+    weight = next(vae.parameters())
+    latents = latents.to(weight.device, weight.dtype)
+    config = vae.config
+    if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents)
+        std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents)
+        latents = latents * std / config.scaling_factor + mean
+    else:
+        latents = latents / config.scaling_factor
+    with torch.autocast(weight.device.type, enabled=False):
+        image = vae.decode(latents).sample
+    return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -203,6 +203,7 @@ class TrainingRun:
             self._emit(self.tracker.phase_event("caching", step, start_epoch, "caching latents"))
             self.latent_cache = LatentCache()
             self.latent_cache.fill(self.reader, self.model.vae, list(self.plan.images), config.flip_aug, self.seed)
+            self._park_vae()
 
         result = TrainingResult(estimate, self.seed, step, [], [], resumed_from, {})
         self._loop(start_epoch, step, result)
@@ -221,6 +222,13 @@ class TrainingRun:
         model = self.model
         for module in (model.unet, model.vae, *model.text_encoders):
             module.to(self.device)
+        if config.mixed_precision != "no":
+            # The frozen base weights in the training precision, as kohya keeps them: half the
+            # memory (an SDXL UNet is 10 GB in fp32), and autocast has nothing left to cast. The
+            # VAE stays fp32 (encoding and decoding run outside autocast); the LoRA weights are
+            # made fp32 once attached (_attach_networks).
+            for module in (model.unet, *model.text_encoders):
+                module.to(self._weight_dtype())
         if config.attention == "eager":
             model.unet.set_attn_processor(AttnProcessor())
             for encoder in model.text_encoders:
@@ -255,7 +263,13 @@ class TrainingRun:
         return trained
 
     def _add_group(self, name: str, module: torch.nn.Module, lr: float) -> None:
-        self.param_groups.append({"params": trainable_lora_parameters(module), "lr": lr})
+        params = trainable_lora_parameters(module)
+        with torch.no_grad():
+            for param in params:
+                # peft creates adapters in their base layer's dtype; the optimizer and the GradScaler
+                # want fp32 master weights (a half-precision update would round small steps away).
+                param.data = param.data.float()
+        self.param_groups.append({"params": params, "lr": lr})
         self.group_names.append(name)
 
     def _restore(self, checkpoint: tuple[int, dict[str, Any]]) -> tuple[int, int]:
@@ -319,11 +333,13 @@ class TrainingRun:
                 result.lora_keys[epoch] = self._save_epoch(epoch, step)
                 result.saved_epochs.append(epoch)
 
+    def _weight_dtype(self) -> torch.dtype:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.mixed_precision, torch.float32)
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.config.mixed_precision == "no":
             return contextlib.nullcontext()
-        dtype = torch.float16 if self.config.mixed_precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=self._weight_dtype())
 
     def _optimizer_step(self) -> None:
         params = [p for group in self.param_groups for p in group["params"]]
@@ -435,15 +451,25 @@ class TrainingRun:
             preview = preview.model_copy(update={"prompt": self.snapshot.training_images[0].caption})
         return PreviewSettings.from_config(preview, self.estimate.resolution, self.config.clip_skip)
 
+    def _park_vae(self) -> None:
+        """With every latent cached, training never touches the VAE: on a GPU it waits in host
+        memory (kohya does the same) and comes back only to decode previews."""
+        if self.device.type == "cuda":
+            self.model.vae.to("cpu")
+            torch.cuda.empty_cache()
+
     def _write_previews(self, epoch: int) -> None:
         settings = self.preview_settings()
         for module in self.trained.values():
             module.eval()
+        self.model.vae.to(self.device)
         try:
             images = render_previews(self.model, settings)
         finally:
             for module in self.trained.values():
                 module.train()
+            if self.latent_cache is not None:
+                self._park_vae()
         for index, image in enumerate(images):
             self.writer.write(ArtifactKeys.preview(epoch, index), png_bytes(image), "image/png")
         record = {**asdict(settings), "seeds": settings.seeds()}
