@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,17 @@ from services.dataset.settings import DatasetSettings
 def make_settings(data_dir: pathlib.Path, s3: ObjectStoreSettings, **overrides: Any) -> DatasetSettings:
     return DatasetSettings(data_dir=data_dir, s3=s3, server=ServerSettings(port=0, shutdown_grace=1.0),
                            json_logs=False, **overrides)
+
+
+@contextlib.contextmanager
+def service_on_own_bucket(aio: LoopThread, s3_settings: ObjectStoreSettings, data_dir: pathlib.Path,
+                          bucket: str) -> Iterator[tuple[DatasetService, ObjectStore, DatasetSettings]]:
+    """A dataset service alone in its bucket: for sweeps, which judge every object they list."""
+    settings = make_settings(data_dir, s3_settings.model_copy(update={"bucket": bucket}))
+    store = ObjectStore(settings.s3)
+    store.ensure_bucket()
+    with aio.context(running_dataset_service(settings, store)) as running:
+        yield running, store, settings
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,12 @@ import grpc
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
-from services.common.objectstore import ObjectStore
-from services.dataset.server import running_dataset_service
-from tests.dataset.conftest import make_settings
+from tests.dataset.conftest import service_on_own_bucket
 from tests.dataset.helpers import image_bytes, new_dataset, upload
 
 
 def test_sweep_removes_only_unreferenced_objects(aio, s3_settings, tmp_path):
-    # A bucket of its own: the sweep judges every object under datasets/ in its bucket.
-    settings = make_settings(tmp_path, s3_settings.model_copy(update={"bucket": "kiln-orphans"}))
-    store = ObjectStore(settings.s3)
-    store.ensure_bucket()
-    with aio.context(running_dataset_service(settings, store)) as service, \
+    with service_on_own_bucket(aio, s3_settings, tmp_path, "kiln-orphans") as (service, store, _), \
             grpc.insecure_channel(service.address) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         dataset = new_dataset(stub)

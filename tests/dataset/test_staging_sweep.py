@@ -9,11 +9,10 @@ import grpc
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
-from services.common.objectstore import ObjectStore
 from services.dataset import names
-from services.dataset.server import running_dataset_service, staging_min_age, sweep_once
+from services.dataset.server import staging_min_age, sweep_once
 from services.dataset.staging_sweep import abandoned
-from tests.dataset.conftest import make_settings
+from tests.dataset.conftest import make_settings, service_on_own_bucket
 from tests.dataset.helpers import image_bytes, new_dataset
 
 
@@ -31,11 +30,7 @@ def create_upload(stub: dataset_pb2_grpc.DatasetServiceStub, dataset: pb.Dataset
 
 
 def test_staging_objects_without_a_record_are_swept(aio, s3_settings, tmp_path):
-    # A bucket of its own: the sweep judges every object under uploads/ in its bucket.
-    settings = make_settings(tmp_path, s3_settings.model_copy(update={"bucket": "kiln-staging-sweep"}))
-    store = ObjectStore(settings.s3)
-    store.ensure_bucket()
-    with aio.context(running_dataset_service(settings, store)) as service, \
+    with service_on_own_bucket(aio, s3_settings, tmp_path, "kiln-staging-sweep") as (service, store, settings), \
             grpc.insecure_channel(service.address) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         doomed, kept = new_dataset(stub), new_dataset(stub)
