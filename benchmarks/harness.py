@@ -133,10 +133,5 @@ def timed(rounds: int, run: Callable[[], None]) -> Timing:
     return Timing(min(walls), statistics.fmean(cpus))
 
 
-def best_of(rounds: int, run: Callable[[], None]) -> float:
-    """Fastest wall time of several rounds."""
-    return timed(rounds, run).wall_s
-
-
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +23,6 @@ from services.common.server import (
 from services.dataset.autotag import TaggingSettings, TaggingWorker
 from services.dataset.servicer import DatasetServicer
 from services.dataset.settings import DatasetSettings
-from services.dataset.staging_sweep import sweep_abandoned_staging
 from services.dataset.tagger_client import GrpcTaggingClient
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
@@ -54,7 +52,7 @@ async def running_dataset_service(settings: DatasetSettings, store: ObjectStore)
     if client is not None:
         servicer.tagging = TaggingWorker(engine, client, tagging, servicer.run_db)
     server = await start_server([binding(servicer)], settings.server)
-    background = [asyncio.create_task(_sweep_forever(servicer, store, staging_min_age(settings)))]
+    background = [asyncio.create_task(_sweep_forever(servicer))]
     if servicer.tagging is not None:
         background.append(asyncio.create_task(servicer.tagging.run_forever()))
     try:
@@ -73,23 +71,18 @@ def tagging_settings(settings: DatasetSettings) -> TaggingSettings:
     return TaggingSettings(batch_size=settings.tagging_batch_size, max_attempts=settings.tagging_max_attempts)
 
 
-def staging_min_age(settings: DatasetSettings) -> dt.timedelta:
-    """Until its upload URL has expired, a client may still PUT a staging object (again)."""
-    return dt.timedelta(seconds=settings.upload_url_ttl_seconds)
-
-
-async def _sweep_forever(servicer: DatasetServicer, store: ObjectStore, staging_age: dt.timedelta) -> None:
+async def _sweep_forever(servicer: DatasetServicer) -> None:
     while True:
-        await sweep_once(servicer, store, staging_age)
+        await sweep_once(servicer)
         await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
-async def sweep_once(servicer: DatasetServicer, store: ObjectStore, staging_age: dt.timedelta) -> None:
+async def sweep_once(servicer: DatasetServicer) -> None:
     """One round of the periodic clean-up. Each step runs even when an earlier one failed."""
     steps: list[tuple[str, Callable[[], Awaitable[int]]]] = [
         ("expired uploads", servicer.sweep_expired_uploads),
         ("orphaned objects", servicer.sweep_orphans),
-        ("abandoned staging objects", lambda: sweep_abandoned_staging(store, servicer.run_db, staging_age)),
+        ("abandoned staging objects", servicer.sweep_abandoned_staging),
     ]
     for what, step in steps:
         try:

@@ -123,8 +123,8 @@ class SnapshotRpcs(ServicerBase):
         return await self._db(read, read_only=True)
 
 
-# `skipped`: uploaded while no tagger was configured. Nothing screens those in the background
-# (only `pending` images are queued), so they count as unscreened until someone re-tags them.
+# `skipped`: uploaded while no tagger was configured. The tagging worker queues them when it
+# starts; until they are screened they hold snapshots back like any other unscreened image.
 _UNSCREENED_STATES = ("pending", "failed", "skipped")
 
 
@@ -140,7 +140,7 @@ def _check_screened(dataset: Row[Any], images: Sequence[Row[Any]]) -> None:
         "IGNORE keeps their captions) or delete them", "SCREENING_INCOMPLETE",
         [FieldViolation("parent", f"datasets/{dataset.id}/images/{r.id} is not screened yet"
                         + (" (uploaded before a tagger was configured)" if r.tagging_state == "skipped" else ""))
-         for r in unscreened[:20]])
+         for r in unscreened])  # the status carries the first ones and a count of the rest
 
 
 def _snapshot_message(row: Row[Any]) -> pb.Snapshot:

@@ -39,6 +39,7 @@ from services.dataset.requests import (
     role_of,
 )
 from services.dataset.service_base import ServicerBase
+from services.dataset.staging_sweep import STAGING_PREFIX, abandoned, recorded_staging_keys
 
 READ_CHUNK = 1024 * 1024
 
@@ -69,7 +70,9 @@ class UploadRpcs(ServicerBase):
     @unary_errors
     async def UploadImage(self, request_iterator: AsyncIterator[pb.UploadImageRequest],
                           context: grpc.aio.ServicerContext) -> pb.Image:
-        meta, data = await self._read_upload(request_iterator)
+        meta, parts = await self._read_upload(request_iterator)
+        # One trip to the image pool: copying and hashing tens of MiB would hold the event loop.
+        data, sha256 = await self._cpu(_joined_and_hashed, parts)
         dataset_id = names.parse_dataset(meta.parent, "metadata.parent")
         role = role_of(meta.role, "metadata.role")
         filename = safe_filename(meta.filename, "metadata.filename")
@@ -79,7 +82,6 @@ class UploadRpcs(ServicerBase):
         if meta.size_bytes and meta.size_bytes != len(data):
             raise invalid_field("metadata.size_bytes", f"declared {meta.size_bytes} bytes but {len(data)} arrived",
                                 "SIZE_MISMATCH")
-        sha256 = await self._cpu(_sha256_hex, data)
         # The same request_id with other bytes is another request, though its metadata match.
         fingerprint = hashlib.sha256(request_fingerprint(meta).encode() + sha256.encode()).hexdigest()
         return await self._ingest(_Ingest(
@@ -87,7 +89,7 @@ class UploadRpcs(ServicerBase):
             dataset_id=dataset_id, role=role, filename=filename, tags=tags, repeat=meta.repeat, sha256=sha256), data)
 
     async def _read_upload(self, request_iterator: AsyncIterator[pb.UploadImageRequest]
-                           ) -> tuple[pb.UploadImageMetadata, bytes]:
+                           ) -> tuple[pb.UploadImageMetadata, list[bytes]]:
         limit = self._settings.max_upload_bytes
         meta: pb.UploadImageMetadata | None = None
         parts: list[bytes] = []
@@ -114,8 +116,7 @@ class UploadRpcs(ServicerBase):
             parts.append(message.chunk)
         if meta is None:
             raise invalid_field("metadata", "the upload stream was empty", "METADATA_FIRST")
-        # Copying tens of MiB would hold the event loop for milliseconds: the image pool does it.
-        return meta, parts[0] if len(parts) == 1 else await self._cpu(b"".join, parts)
+        return meta, parts
 
     async def _ingest(self, job: _Ingest, data: bytes) -> pb.Image:
         try:
@@ -329,9 +330,27 @@ class UploadRpcs(ServicerBase):
         await self._delete_objects_quietly(doomed)
         return len(doomed)
 
+    async def sweep_abandoned_staging(self, min_age: dt.timedelta | None = None) -> int:
+        """Delete staging objects no upload record names (see staging_sweep.py), once older than an
+        upload URL lives (default), when no URL can write them any more."""
+        if min_age is None:
+            min_age = dt.timedelta(seconds=self._settings.upload_url_ttl_seconds)
+        # Listed before the records are read. An object exists only after its URL was handed out,
+        # which is after its record was committed, so a record missing now is gone for good.
+        listing = await self._io(self._store.list_with_times, STAGING_PREFIX)
+        recorded = await self._db(recorded_staging_keys, read_only=True)
+        doomed = abandoned(listing, recorded, cutoff(min_age))
+        await self._delete_objects_quietly(doomed)
+        return len(doomed)
+
 
 def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _joined_and_hashed(parts: list[bytes]) -> tuple[bytes, str]:
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    return data, _sha256_hex(data)
 
 
 def _read_at_most(store: ObjectStore, key: str, limit: int) -> bytes:

@@ -10,9 +10,9 @@ import grpc
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 from services.dataset import names
-from services.dataset.server import staging_min_age, sweep_once
+from services.dataset.server import sweep_once
 from services.dataset.staging_sweep import abandoned
-from tests.dataset.conftest import make_settings, service_on_own_bucket
+from tests.dataset.conftest import service_on_own_bucket
 from tests.dataset.helpers import image_bytes, new_dataset
 
 
@@ -30,7 +30,7 @@ def create_upload(stub: dataset_pb2_grpc.DatasetServiceStub, dataset: pb.Dataset
 
 
 def test_staging_objects_without_a_record_are_swept(aio, s3_settings, tmp_path):
-    with service_on_own_bucket(aio, s3_settings, tmp_path, "kiln-staging-sweep") as (service, store, settings), \
+    with service_on_own_bucket(aio, s3_settings, tmp_path, "kiln-staging-sweep") as (service, store, _), \
             grpc.insecure_channel(service.address) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         doomed, kept = new_dataset(stub), new_dataset(stub)
@@ -43,18 +43,13 @@ def test_staging_objects_without_a_record_are_swept(aio, s3_settings, tmp_path):
         assert set(store.list_keys("uploads/")) == {staging_key(leaked), staging_key(live)}
 
         # Until its URL expires a client may PUT the object again: a young one is not judged yet.
-        aio.run(sweep_once(service.servicer, store, staging_min_age(settings)))
+        aio.run(sweep_once(service.servicer))
         assert set(store.list_keys("uploads/")) == {staging_key(leaked), staging_key(live)}
 
-        aio.run(sweep_once(service.servicer, store, dt.timedelta(0)))
+        assert aio.run(service.servicer.sweep_abandoned_staging(min_age=dt.timedelta(0))) == 1
         assert store.list_keys("uploads/") == [staging_key(live)]
         image = stub.FinalizeImageUpload(pb.FinalizeImageUploadRequest(name=live.name))
         assert image.size_bytes == len(live_bytes)
-
-
-def test_the_sweep_waits_out_the_upload_url_lifetime(tmp_path, s3_settings):
-    settings = make_settings(tmp_path, s3_settings, upload_url_ttl_seconds=5400)
-    assert staging_min_age(settings) == dt.timedelta(seconds=5400)
 
 
 def test_only_old_objects_without_a_record_are_abandoned():
