@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import pathlib
+import secrets
 import signal
 import statistics
 import subprocess
@@ -19,18 +20,23 @@ from dataclasses import dataclass
 import grpc
 import psutil
 from PIL import Image, ImageOps
+from pydantic import SecretStr
 
 from kiln.v1 import dataset_pb2_grpc
 from services.common.bundled_data import samples_dir
 from services.common.embedded_s3 import EmbeddedS3
+from services.common.internal_client import internal_channel
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
 from services.common.ports import free_port
-from services.common.settings import ObjectStoreSettings, ServerSettings
+from services.common.settings import InternalAuthSettings, ObjectStoreSettings, ServerSettings
 from services.dataset.server import running_dataset_service
 from services.dataset.settings import DatasetSettings
 
 TWO_MEGAPIXELS = (1732, 1155)
+# The benchmark is the services' only client, as the gateway would be.
+BENCH_TOKEN = secrets.token_urlsafe(32)
+BENCH_AUTH = InternalAuthSettings(token=SecretStr(BENCH_TOKEN))
 
 
 
@@ -73,10 +79,10 @@ def dataset_stub(store: ObjectStore, **settings: object) -> Iterator[dataset_pb2
     loop = LoopThread()
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     config = DatasetSettings(data_dir=data_dir, s3=store._settings, server=ServerSettings(port=0),
-                             json_logs=False, log_level="WARNING", **settings)  # type: ignore[arg-type]
+                             internal_auth=BENCH_AUTH, json_logs=False, log_level="WARNING", **settings)  # type: ignore[arg-type]
     try:
         with loop.context(running_dataset_service(config, store)) as service, \
-                grpc.insecure_channel(service.address) as channel:
+                internal_channel(service.address, BENCH_AUTH) as channel:
             yield dataset_pb2_grpc.DatasetServiceStub(channel)
     finally:
         loop.close()
@@ -91,10 +97,11 @@ def dataset_process_stub(store: ObjectStore) -> Iterator[dataset_pb2_grpc.Datase
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     env.update(KILN_DATA_DIR=tempfile.mkdtemp(prefix="kiln-bench-"), KILN_SERVER__PORT=str(port),
                KILN_LOG_LEVEL="WARNING", KILN_S3__ENDPOINT=s3.endpoint, KILN_S3__ACCESS_KEY=s3.access_key,
-               KILN_S3__SECRET_KEY=s3.secret_key.get_secret_value(), KILN_S3__BUCKET=s3.bucket)
+               KILN_S3__SECRET_KEY=s3.secret_key.get_secret_value(), KILN_S3__BUCKET=s3.bucket,
+               KILN_INTERNAL_AUTH__TOKEN=BENCH_TOKEN)
     process = subprocess.Popen([sys.executable, "-m", "services.dataset"], env=env)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with internal_channel(f"127.0.0.1:{port}", BENCH_AUTH) as channel:
             grpc.channel_ready_future(channel).result(timeout=120)
             yield dataset_pb2_grpc.DatasetServiceStub(channel)
     finally:

@@ -17,19 +17,22 @@ import io
 import logging
 import os
 import pathlib
+import secrets
 import tempfile
 from collections.abc import Callable
 
 import grpc
 from PIL import Image
+from pydantic import SecretStr
 from tqdm import tqdm
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 from kiln.v1 import tagger_pb2 as tpb
 from services.common.bundled_data import samples_dir
+from services.common.internal_client import internal_channel
 from services.common.objectstore import ObjectStore
-from services.common.settings import ServerSettings
+from services.common.settings import InternalAuthSettings, ServerSettings
 from services.common.storage_runtime import open_store
 from services.dataset.server import running_dataset_service
 from services.dataset.settings import DatasetSettings
@@ -38,8 +41,6 @@ from services.tagger.settings import TaggerSettings
 
 CHUNK = 1024 * 1024
 TRIGGER = "kilnsample"
-
-
 
 
 def say(text: str) -> None:
@@ -111,8 +112,8 @@ def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathli
     say(f"preview images of each epoch (prompt {config.preview.prompt!r}): {sheet}")
 
 
-def scenario(address: str, store: ObjectStore, out_dir: pathlib.Path, settle: Callable[[], None]) -> None:
-    with grpc.insecure_channel(address) as channel:
+def scenario(channel: grpc.Channel, store: ObjectStore, out_dir: pathlib.Path, settle: Callable[[], None]) -> None:
+    with channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         dataset = stub.CreateDataset(pb.CreateDatasetRequest(dataset=pb.Dataset(
             display_name="Demo character", family=pb.MODEL_FAMILY_SD15, default_repeat=2)))
@@ -174,14 +175,18 @@ def scenario(address: str, store: ObjectStore, out_dir: pathlib.Path, settle: Ca
 
 async def run(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
     server = ServerSettings(port=0, shutdown_grace=2.0)
+    # The services trust each other through one credential, as in production; the demo makes
+    # a fresh one and is their only client, as the gateway would be.
+    auth = InternalAuthSettings(token=SecretStr(secrets.token_urlsafe(32)))
     say(f"starting embedded S3 (SeaweedFS), the tagger and the dataset service; data in {data_dir}")
     handle = await asyncio.to_thread(open_store, DatasetSettings().s3, data_dir)
-    tagger_settings = TaggerSettings(data_dir=data_dir, server=server, json_logs=False, log_level="WARNING")
+    tagger_settings = TaggerSettings(data_dir=data_dir, server=server, json_logs=False, log_level="WARNING",
+                                     internal_auth=auth)
     try:
         async with running_tagger_service(tagger_settings, handle.store) as tagger:
             say(f"tagger service listening on {tagger.address} (built-in offline tagger)")
             settings = DatasetSettings(data_dir=data_dir, server=server, json_logs=False, log_level="WARNING",
-                                       tagger_address=tagger.address)
+                                       tagger_address=tagger.address, internal_auth=auth)
             async with running_dataset_service(settings, handle.store) as service:
                 say(f"dataset service listening on {service.address}")
                 loop = asyncio.get_running_loop()
@@ -191,7 +196,8 @@ async def run(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
                 def settle() -> None:
                     asyncio.run_coroutine_threadsafe(worker.until_idle(), loop).result(300)
 
-                await asyncio.to_thread(scenario, service.address, handle.store, out_dir, settle)
+                await asyncio.to_thread(scenario, internal_channel(service.address, auth), handle.store, out_dir,
+                                        settle)
     finally:
         await asyncio.to_thread(handle.close)
     say("services stopped")

@@ -15,17 +15,21 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
+from services.common import call_context
+
 READ_ONLY_OPTION = "kiln_read_only"
 # Execution options for a transaction that only reads (see create_engine).
 READ_ONLY = {READ_ONLY_OPTION: True}
 
 
-def create_engine(url: str) -> Engine:
+def create_engine(url: str, *, timeout: float = 15.0, connect_timeout: float = 5.0, pool_size: int = 10) -> Engine:
+    """An engine whose every transaction is held to what is left of the caller's deadline, at most
+    `timeout` seconds (call_context), and whose connections give up after `connect_timeout`."""
     if url.startswith("sqlite"):
         database = sa.engine.make_url(url).database
         if database and database != ":memory:":
             pathlib.Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -35,11 +39,13 @@ def create_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={_milliseconds(timeout)}")
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn):  # type: ignore[no-untyped-def]
+            # A writer queues for the lock at most as long as its caller still waits.
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={_milliseconds(call_context.remaining(timeout))}")
             # Readers don't queue behind writers: WAL gives them a consistent snapshot.
             read_only = conn.get_execution_options().get(READ_ONLY_OPTION)
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
@@ -47,7 +53,27 @@ def create_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    ceiling = _milliseconds(timeout)
+    # The server enforces the ceiling on every statement, and drops a session that sits idle
+    # inside a transaction (a client that died holding locks); a tighter caller deadline is set
+    # per transaction below, which costs a round trip only when there is one.
+    options = f"-c statement_timeout={ceiling} -c idle_in_transaction_session_timeout={2 * ceiling}"
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
+                              pool_timeout=timeout,
+                              connect_args={"connect_timeout": max(1, round(connect_timeout)), "options": options})
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_pg_begin(conn):  # type: ignore[no-untyped-def]
+        left = _milliseconds(call_context.remaining(timeout))
+        if left < ceiling:
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {left}")
+
+    return engine
+
+
+def _milliseconds(seconds: float) -> int:
+    # 0 means "no limit" to both databases: a spent deadline still gets the shortest real one.
+    return max(1, round(seconds * 1000))
 
 
 def migrate(engine: Engine, script_location: pathlib.Path, version_table: str) -> None:

@@ -53,6 +53,8 @@ class EmbeddedS3:
     secret_key: str
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
+    # Chosen at the first start and kept, so a restarted server answers where clients look.
+    ports: dict[str, int] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -60,7 +62,9 @@ class EmbeddedS3:
 
     def start(self, timeout: float = 60.0) -> EmbeddedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+        if self.ports is None:
+            self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+        ports = self.ports
         self.port = ports["s3.port"]
         args = [
             weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

@@ -12,7 +12,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -43,6 +43,10 @@ class FieldViolation:
     reason: str = ""
 
 
+class ConfigurationError(Exception):
+    """Settings that can't work, said at start-up with how to fix them (not on the first call)."""
+
+
 @dataclass
 class ServiceError(Exception):
     code: grpc.StatusCode
@@ -50,6 +54,8 @@ class ServiceError(Exception):
     reason: str
     violations: list[FieldViolation] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    # Seconds after which a retry may succeed (a RetryInfo detail); None: no advice.
+    retry_delay: float | None = None
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -72,6 +78,12 @@ class ServiceError(Exception):
             )
             packed = any_pb2.Any()
             packed.Pack(bad)
+            details.append(packed)
+        if self.retry_delay is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromMilliseconds(round(self.retry_delay * 1000))
+            packed = any_pb2.Any()
+            packed.Pack(retry)
             details.append(packed)
         message = clip(self.message, MAX_MESSAGE_BYTES)
         return status_pb2.Status(code=self.code.value[0], message=message, details=details)
@@ -154,12 +166,37 @@ def already_exists(message: str, reason: str, violations: Iterable[FieldViolatio
     return ServiceError(grpc.StatusCode.ALREADY_EXISTS, message, reason, list(violations))
 
 
-def _internal(exc: BaseException) -> ServiceError:
+def unauthenticated(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, message, "UNAUTHENTICATED")
+
+
+def unavailable(dependency: str, message: str, retry_delay: float = 1.0) -> ServiceError:
+    """A dependency is down, refuses connections or did not answer in time: safe to retry later."""
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, message, "DEPENDENCY_UNAVAILABLE",
+                        metadata={"dependency": dependency}, retry_delay=retry_delay)
+
+
+def deadline_exceeded(dependency: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the call's deadline passed while waiting for the {dependency}", "DEADLINE_EXCEEDED",
+                        metadata={"dependency": dependency})
+
+
+def _unexpected(exc: BaseException, handler: str) -> ServiceError:
+    from services.common.outages import outage_error
+
+    outage = outage_error(exc)
+    if outage is not None:
+        log.warning("dependency unavailable in %s: %s", handler, exc, extra={"fields": outage.metadata})
+        return outage
+    log.exception("unhandled error in %s", handler)
     return ServiceError(grpc.StatusCode.INTERNAL, "internal error; it has been logged", "INTERNAL")
 
 
-async def _abort(context: grpc.aio.ServicerContext, err: ServiceError) -> None:
+async def abort_with(context: grpc.aio.ServicerContext, err: ServiceError) -> NoReturn:
+    """End the call with `err` as its status (raises, as grpc.aio's abort does)."""
     await context.abort_with_status(rpc_status.to_status(err.to_status()))
+    raise AssertionError("abort_with_status returned")
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -170,12 +207,11 @@ async def _answering_errors(context: grpc.aio.ServicerContext, handler: str) -> 
     try:
         yield
     except ServiceError as err:
-        await _abort(context, err)
+        await abort_with(context, err)
     except (grpc.aio.AbortError, grpc.aio.UsageError):
         raise
     except Exception as exc:
-        log.exception("unhandled error in %s", handler)
-        await _abort(context, _internal(exc))
+        await abort_with(context, _unexpected(exc, handler))
 
 
 def unary_errors(fn: Handler) -> Handler:
@@ -202,6 +238,17 @@ def stream_errors(fn: Handler) -> Handler:
 
 
 Violation = error_details_pb2.BadRequest.FieldViolation
+
+
+def retry_delay_of(err: grpc.RpcError) -> float | None:
+    """Client side: the RetryInfo advice of a failed call, in seconds."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            return float(retry.retry_delay.ToMilliseconds()) / 1000
+    return None
 
 
 def status_details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, list[Violation]]:

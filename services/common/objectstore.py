@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Iterable, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
@@ -17,6 +18,7 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
+from services.common import call_context
 from services.common.settings import ObjectStoreSettings
 
 _MISSING_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
@@ -26,14 +28,31 @@ class ObjectNotFound(KeyError):
     pass
 
 
+class _DeadlinePool(urllib3.PoolManager):
+    """Gives every request what is left of the caller's deadline, at most the configured ceiling:
+    minio takes one timeout for all calls, and a hung store would otherwise hold a thread that
+    long after its caller gave up."""
+
+    def __init__(self, connect: float, ceiling: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._connect = connect
+        self._ceiling = ceiling
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:
+        if "timeout" not in kw:
+            left = max(0.001, call_context.remaining(self._ceiling))
+            kw["timeout"] = urllib3.Timeout(connect=min(self._connect, left), read=left)
+        return super().urlopen(method, url, redirect=redirect, **kw)
+
+
 class ObjectStore:
     def __init__(self, settings: ObjectStoreSettings, endpoint: str | None = None) -> None:
         self.bucket = settings.bucket
         self._settings = settings
         # A pool big enough for the server's worker threads and parallel multipart parts.
-        http = urllib3.PoolManager(
-            maxsize=32, retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-            timeout=urllib3.Timeout(connect=5, read=120),
+        http = _DeadlinePool(
+            settings.connect_timeout_seconds, settings.call_timeout_seconds,
+            maxsize=32, retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )
         self.client = Minio(
             endpoint=endpoint or settings.endpoint,
@@ -43,6 +62,10 @@ class ObjectStore:
             region=settings.region,
             http_client=http,
         )
+
+    def check_reachable(self) -> None:
+        """Raises unless the store answers for the bucket (the readiness probe)."""
+        self.client.bucket_exists(bucket_name=self.bucket)
 
     def ensure_bucket(self) -> None:
         if not self.client.bucket_exists(bucket_name=self.bucket):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,14 +23,68 @@ class ObjectStoreSettings(BaseModel):
     embedded_dir: pathlib.Path = pathlib.Path("var/s3")
     # Public base URL for presigned links when clients reach the store by another name.
     public_endpoint: str = ""
+    # The longest one call to the store may take (a caller's shorter deadline wins), and the
+    # longest a connection attempt may take.
+    call_timeout_seconds: float = Field(default=60.0, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+class TlsSettings(BaseModel):
+    """TLS for a server or its clients (PEM files). With `client_ca_file` on a server, callers
+    must present a certificate it signed: mutual TLS, the production form of internal trust."""
+
+    cert_file: pathlib.Path | None = None
+    key_file: pathlib.Path | None = None
+    client_ca_file: pathlib.Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
 
 
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 0
-    # Seconds in-flight calls get to finish on SIGTERM.
-    shutdown_grace: float = 10.0
-    max_workers: int = Field(default=8, ge=1)
+    # Seconds in-flight calls get to finish on SIGTERM; the process exits within it.
+    shutdown_grace: float = Field(default=10.0, gt=0)
+    # Calls served at once; past it callers get RESOURCE_EXHAUSTED. None: no limit.
+    max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+    tls: TlsSettings = TlsSettings()
+    # How often readiness probes the service's dependencies (health turns NOT_SERVING while
+    # one is unreachable), and how long one probe may take.
+    readiness_interval_seconds: float = Field(default=2.0, gt=0)
+    readiness_timeout_seconds: float = Field(default=2.0, gt=0)
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics over HTTP (`/metrics`). Port 0 picks a free one (logged at start)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans, exported over OTLP/gRPC when an endpoint is set; off otherwise."""
+
+    otlp_endpoint: str = ""
+    otlp_insecure: bool = True
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
+class InternalAuthSettings(BaseModel):
+    """How internal services (dataset, tagger, trainer) know a call comes from inside Kiln.
+
+    `token`: every call carries `authorization: Bearer <token>`, compared in constant time.
+    `mtls`: the transport proves it (server.tls with a client CA); the token, when set, is
+    checked as well."""
+
+    mode: Literal["token", "mtls"] = "token"
+    token: SecretStr = SecretStr("")
+    # Client side of mTLS: the certificate this service presents to the ones it calls, and the
+    # CA that signed theirs.
+    client_tls: TlsSettings = TlsSettings()
+    server_ca_file: pathlib.Path | None = None
 
 
 class CommonSettings(BaseSettings):
@@ -40,6 +95,14 @@ class CommonSettings(BaseSettings):
     data_dir: pathlib.Path = pathlib.Path("var")
     s3: ObjectStoreSettings = ObjectStoreSettings()
     server: ServerSettings = ServerSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
+    internal_auth: InternalAuthSettings = InternalAuthSettings()
+    # The longest one transaction may take (a caller's shorter deadline wins), and the longest
+    # a connection attempt to the database may take.
+    database_timeout_seconds: float = Field(default=15.0, gt=0)
+    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    database_pool_size: int = Field(default=8, ge=1)
     # Signs page tokens. Every replica behind one address needs the same value;
     # empty: a key derived from s3.secret_key, which those replicas share anyway.
     page_token_secret: SecretStr = SecretStr("")

@@ -17,17 +17,19 @@ explicit re-tag says how to merge (ignore, append, overwrite).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, Row
+from opentelemetry import trace
+from sqlalchemy.engine import Connection, Row
 
+from services.common.transactions import Transactions
+from services.common.work_queue import LeasedQueue, QueueLoop, QueueTable, RetryPolicy, first_line
 from services.dataset import captions, records, schema
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,11 @@ class TaggingSettings:
         return self.call_timeout + RECORD_MARGIN
 
 
+_images = schema.images.c
+TAGGING_QUEUE = QueueTable(schema.images, _images.id, _images.tagging_state, _images.tagging_due,
+                           _images.tagging_attempts, _images.tagging_error, _images.tagging_claimed_at)
+
+
 def merge_caption(current: Sequence[str], suggested: Sequence[str], merge: str, edited: bool) -> list[str] | None:
     """The new caption, or None to leave it as it is."""
     if merge == MERGE_OVERWRITE or (merge == MERGE_AUTO and not edited):
@@ -103,61 +110,47 @@ def merge_caption(current: Sequence[str], suggested: Sequence[str], merge: str, 
     return None
 
 
-def backoff(settings: TaggingSettings, attempts: int) -> dt.timedelta:
-    return settings.first_backoff * (2 ** max(0, attempts - 1))
-
-
 class TaggingWorker:
-    def __init__(self, engine: Engine, client: TaggingClient, settings: TaggingSettings,
-                 run_db: Callable[[Callable[[Connection], Any]], Any]) -> None:
-        self._engine = engine
+    """Tags due images through the tagger service, a batch a round (see the module docstring)."""
+
+    def __init__(self, transactions: Transactions, client: TaggingClient, settings: TaggingSettings,
+                 tracer: trace.Tracer | None = None) -> None:
+        self._tx = transactions
         self._client = client
         self._settings = settings
-        self._run_db = run_db
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        # Counts wake-ups, so a wake-up that lands while a round finds nothing is not lost.
-        self._generation = 0
+        self._tracer = tracer or trace.NoOpTracer()
+        self.queue = LeasedQueue("tagging", TAGGING_QUEUE, settings.lease,
+                                 RetryPolicy(settings.max_attempts, settings.first_backoff))
+        self._loop = QueueLoop(self.run_once, settings.idle_poll, "tagging")
 
     def wake(self) -> None:
         """New work was committed: look now rather than at the next poll."""
-        self._generation += 1
-        self._idle.clear()
-        self._wake.set()
+        self._loop.wake()
 
     async def until_idle(self) -> None:
         """Wait until no image is due (tests and the demo use this instead of sleeping)."""
-        self.wake()
-        await self._idle.wait()
+        await self._loop.until_idle()
 
     async def run_forever(self) -> None:
-        adopted = await self._run_db(_adopt_skipped)
+        adopted = await self._tx.run(self._adopt_skipped)
         if adopted:
             log.info("queued images uploaded while no tagger was configured", extra={"fields": {"count": adopted}})
-        while True:
-            seen = self._generation
-            try:
-                worked = await self.run_once()
-            except Exception:
-                log.exception("tagging round failed")
-                worked = False
-            if worked or self._generation != seen:
-                continue
-            self._idle.set()
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.idle_poll)
+        await self._loop.run_forever()
 
     async def run_once(self) -> bool:
         """Tag one batch of due images; False when there was none."""
-        claim: list[Row[Any]] = await self._run_db(self._claim)
+        claim: list[Row[Any]] = await self._tx.run(
+            lambda conn: self.queue.claim(conn, self._settings.batch_size,
+                                          order_by=(schema.images.c.tagging_due, schema.images.c.create_time)))
         if not claim:
             return False
         groups: dict[str, list[Row[Any]]] = {}
         for row in claim:
             groups.setdefault(_group_key(row.tagging_request or UPLOAD_REQUEST), []).append(row)
-        # Side by side, not in turn: the lease covers one call timeout, however many groups the claim holds.
-        results = await asyncio.gather(*(self._tag_group(rows) for rows in groups.values()), return_exceptions=True)
+        with self._tracer.start_as_current_span("tagging round", attributes={"images": len(claim)}):
+            # Side by side, not in turn: the lease covers one call timeout, however many groups the claim holds.
+            results = await asyncio.gather(*(self._tag_group(rows) for rows in groups.values()),
+                                           return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -182,98 +175,61 @@ class TaggingWorker:
                     return
             else:
                 reason = f"the tagger answered for {len(outcomes)} images instead of {len(rows)}"
-        await self._run_db(lambda conn: self._fail(conn, rows, reason))
+        await self._tx.run(lambda conn: self.queue.fail(conn, rows, reason))
 
     async def _try_record(self, rows: Sequence[Row[Any]], outcomes: Sequence[TagOutcome]) -> str:
         """Write back the answers; why that failed as a whole, or "" when it didn't."""
         try:
-            await self._run_db(lambda conn: self._record(conn, rows, outcomes))
+            await self._tx.run(lambda conn: self._record(conn, rows, outcomes))
         except Exception as exc:
             # Counted as a failed attempt like any other, so retries back off and end; left
             # alone, the images would be claimed again at every lease, their attempts never counted.
             log.warning("could not record a batch's tags", exc_info=True,
                         extra={"fields": {"images": [r.id for r in rows]}})
-            return f"could not record the tagger's answer: {_first_line(exc)}"
+            return f"could not record the tagger's answer: {first_line(exc)}"
         return ""
-
-    def _claim(self, conn: Connection) -> list[Row[Any]]:
-        i = schema.images.c
-        now = records.now()
-        query = (sa.select(schema.images)
-                 .where(i.tagging_state == "pending", sa.or_(i.tagging_due.is_(None), i.tagging_due <= now))
-                 .order_by(i.tagging_due, i.create_time).limit(self._settings.batch_size))
-        if conn.dialect.name == "postgresql":
-            # Replicas share the queue: each claims rows the others haven't locked.
-            query = query.with_for_update(skip_locked=True)
-        rows = list(conn.execute(query).all())
-        if rows:
-            conn.execute(schema.images.update().where(i.id.in_([r.id for r in rows]))
-                         .values(tagging_due=now + self._settings.lease))
-        return rows
-
-    def _fail(self, conn: Connection, rows: Sequence[Row[Any]], reason: str) -> None:
-        for row in rows:
-            self._failed_attempt(conn, row, reason)
-
-    def _failed_attempt(self, conn: Connection, row: Row[Any], reason: str) -> None:
-        attempts = row.tagging_attempts + 1
-        values: dict[str, Any] = {"tagging_attempts": attempts, "tagging_error": reason[:2000]}
-        if attempts >= self._settings.max_attempts:
-            values["tagging_state"] = "failed"
-        else:
-            values["tagging_due"] = records.now() + backoff(self._settings, attempts)
-        conn.execute(schema.images.update().where(schema.images.c.id == row.id,
-                                                  schema.images.c.tagging_state == "pending").values(**values))
 
     def _record(self, conn: Connection, rows: Sequence[Row[Any]], outcomes: Sequence[TagOutcome]) -> None:
         # Every dataset is locked up front, in id order: two replicas recording batches that span
         # the same datasets then queue one behind the other instead of deadlocking.
         for dataset_id in sorted({row.dataset_id for row in rows}):
             records.get_dataset_by_id(conn, dataset_id, lock=True)
-        for row, outcome in sorted(zip(rows, outcomes, strict=True), key=lambda pair: pair[0].id):
-            problem = outcome.error or _outcome_problem(outcome)
-            if problem:
-                self._failed_attempt(conn, row, problem)
-                continue
-            try:
-                # One image's answer that the database refuses must not take its batch-mates down with it.
-                with conn.begin_nested():
-                    self._record_one(conn, row, outcome)
-            except Exception as exc:
-                log.warning("could not record an image's tags", exc_info=True,
-                            extra={"fields": {"image": row.id, "dataset": row.dataset_id}})
-                self._failed_attempt(conn, row, f"could not record the tagger's answer: {_first_line(exc)}")
+        answers = {row.id: outcome for row, outcome in zip(rows, outcomes, strict=True)}
+        self.queue.record_each(conn, rows, lambda conn_, row: self._record_one(conn_, row, answers[row.id]),
+                               what="the tagger's answer")
 
-    def _record_one(self, conn: Connection, row: Row[Any], outcome: TagOutcome) -> None:
+    def _record_one(self, conn: Connection, row: Row[Any], outcome: TagOutcome) -> str:
+        problem = outcome.error or _outcome_problem(outcome)
+        if problem:
+            return problem
         current = conn.execute(sa.select(schema.images).where(schema.images.c.id == row.id)).first()
         if current is None or current.tagging_state != "pending":
-            return  # deleted, or re-queued and finished elsewhere
+            return ""  # deleted, or re-queued and finished elsewhere
         if current.tagging_request != row.tagging_request:
-            return  # a newer re-tag request arrived meanwhile; its own round answers it
+            return ""  # a newer re-tag request arrived meanwhile; its own round answers it
         request = row.tagging_request or UPLOAD_REQUEST
         # A tag our captions can't hold (a comma inside, say) is kept as a suggestion only.
         suggested = [t for t in (captions.clean_tag(tag.name) for tag in outcome.tags)
                      if captions.tag_problem(t) is None]
-        values: dict[str, Any] = {
-            "tagging_state": "done", "tagging_error": None, "tagging_due": None, "tagger": outcome.tagger,
+        values: dict[str, Any] = {column.name: value for column, value in self.queue.finished().items()}
+        values.update({
+            "tagging_state": "done", "tagger": outcome.tagger,
             "auto_tags": [{"tag": t.name, "score": round(t.score, 4), "category": t.category}
                           for t in outcome.tags],
             "screening_verdict": outcome.verdict or None,
             "screening_findings": list(outcome.findings),
-        }
+        })
         caption = merge_caption(list(current.tags), suggested, request.get("merge", MERGE_AUTO),
                                 bool(current.caption_edited))
         if caption is not None:
             values["tags"] = fit_caption(caption)
         records.update_image(conn, row.id, **values)
+        return ""
 
-
-def _adopt_skipped(conn: Connection) -> int:
-    """Images uploaded while no tagger was configured join the queue as if just uploaded: once
-    screening is on, nothing should reach a snapshot unscreened."""
-    i = schema.images.c
-    return conn.execute(schema.images.update().where(i.tagging_state == "skipped")
-                        .values(tagging_state="pending", tagging_due=records.now(), tagging_attempts=0)).rowcount
+    def _adopt_skipped(self, conn: Connection) -> int:
+        """Images uploaded while no tagger was configured join the queue as if just uploaded: once
+        screening is on, nothing should reach a snapshot unscreened."""
+        return self.queue.requeue(conn, schema.images.c.tagging_state == "skipped")
 
 
 def fit_caption(tags: Sequence[str]) -> list[str]:
@@ -295,11 +251,6 @@ def _outcome_problem(outcome: TagOutcome) -> str:
         return (f"the tagger's name is {len(outcome.tagger)} characters long; "
                 f"at most {schema.TAGGER_NAME_LENGTH} can be recorded")
     return ""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}"
 
 
 def _group_key(request: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import tagger_pb2 as tpb
+from services.common.call_context import current_tenant
 from services.common.errors import (
     FieldViolation,
     ServiceError,
@@ -19,7 +20,6 @@ from services.common.errors import (
     invalid_field,
     unary_errors,
 )
-from services.common.tenancy import tenant_of
 from services.dataset import captions, names, records, schema
 from services.dataset.convert import (
     MERGE_TO_DB,
@@ -63,7 +63,7 @@ class CaptionRpcs(ServicerBase):
                 records.update_image(conn, row.id, tags=tags, caption_edited=True)
             return self._image_message(conn, tenant, target.dataset_id, target.image_id)
 
-        return await self._idempotent(context, method, request, pb.Image, work)
+        return await self._tx.idempotent(method, request, pb.Image, work)
 
     @unary_errors
     async def BatchEditTags(self, request: pb.BatchEditTagsRequest,
@@ -88,7 +88,7 @@ class CaptionRpcs(ServicerBase):
                 records.touch_dataset(conn, dataset_id)
             return pb.BatchEditTagsResponse(changed_count=changed)
 
-        return await self._idempotent(context, "BatchEditTags", request, pb.BatchEditTagsResponse, work)
+        return await self._tx.idempotent("BatchEditTags", request, pb.BatchEditTagsResponse, work)
 
     @unary_errors
     async def RetagImages(self, request: pb.RetagImagesRequest,
@@ -117,7 +117,7 @@ class CaptionRpcs(ServicerBase):
                     tagging_request=tagging_request, update_time=records.now()))
             return pb.RetagImagesResponse(queued_count=len(rows))
 
-        response = await self._idempotent(context, "RetagImages", request, pb.RetagImagesResponse, work)
+        response = await self._tx.idempotent("RetagImages", request, pb.RetagImagesResponse, work)
         self.tagging.wake()
         return response
 
@@ -125,7 +125,7 @@ class CaptionRpcs(ServicerBase):
     async def GetTagStatistics(self, request: pb.GetTagStatisticsRequest,
                                context: grpc.aio.ServicerContext) -> pb.GetTagStatisticsResponse:
         dataset_id = names.parse_dataset(request.parent, "parent")
-        tenant = tenant_of(context)
+        tenant = current_tenant()
         role = optional_role(request.role, "role")
 
         def read(conn: Connection) -> pb.GetTagStatisticsResponse:
@@ -138,7 +138,7 @@ class CaptionRpcs(ServicerBase):
                 image_count=len(all_tags),
             )
 
-        return await self._db(read, read_only=True)
+        return await self._tx.run(read, read_only=True)
 
 
 def _check_tagging_options(options: tpb.TaggingOptions) -> None:

@@ -10,13 +10,13 @@ import grpc
 from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common.call_context import current_tenant
 from services.common.errors import (
     invalid_field,
     stream_errors,
 )
 from services.common.idempotency import check_request_id, request_fingerprint
 from services.common.objectstore import ObjectNotFound
-from services.common.tenancy import tenant_of
 from services.dataset import names, records
 from services.dataset.convert import (
     CROP_MODE_TO_DB,
@@ -42,7 +42,7 @@ class CropRpcs(ServicerBase):
     async def CropImages(self, request: pb.CropImagesRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CropImagesResponse]:
         dataset_id = names.parse_dataset(request.parent, "parent")
-        tenant = tenant_of(context)
+        tenant = current_tenant()
         check_request_id(request.request_id)
         if request.mode not in (pb.CROP_MODE_FOCUS, pb.CROP_MODE_CENTER):
             raise invalid_field("mode", "FOCUS or CENTER (set a MANUAL box with UpdateImage)")
@@ -50,7 +50,7 @@ class CropRpcs(ServicerBase):
         mode = CROP_MODE_TO_DB[request.mode]
 
         def load(conn: Connection) -> tuple[Row[Any], list[Row[Any]]] | pb.CropImagesResponse:
-            earlier = self._earlier_answer(conn, tenant, METHOD, request, pb.CropImagesResponse)
+            earlier = self._tx.replay(conn, tenant, METHOD, request, pb.CropImagesResponse)
             if earlier is not None:
                 return earlier
             dataset = records.get_dataset(conn, tenant, dataset_id)
@@ -59,7 +59,7 @@ class CropRpcs(ServicerBase):
                 require_all(rows, image_ids, dataset_id)
             return dataset, rows
 
-        loaded = await self._db(load, read_only=True)
+        loaded = await self._tx.run(load, read_only=True)
         if isinstance(loaded, pb.CropImagesResponse):
             # A retry of a finished batch: its summary, with no image cropped again.
             yield loaded
@@ -104,22 +104,22 @@ class CropRpcs(ServicerBase):
         crops again (the same request gives the same boxes)."""
         def record(conn: Connection) -> pb.CropImagesResponse:
             # A concurrent retry may have finished first: its summary stands.
-            earlier = self._earlier_answer(conn, tenant, METHOD, request, pb.CropImagesResponse)
+            earlier = self._tx.replay(conn, tenant, METHOD, request, pb.CropImagesResponse)
             if earlier is not None:
                 return earlier
-            self._keys.remember(conn, tenant, METHOD, request.request_id, request_fingerprint(request), summary)
+            self._tx.keys.remember(conn, tenant, METHOD, request.request_id, request_fingerprint(request), summary)
             return summary
 
         if not request.request_id:
             return summary
-        return await self._db(record)
+        return await self._tx.run(record)
 
     async def _crop_one(self, tenant: str, dataset_id: str, row: Row[Any], mode: str,
                         target_width: int, target_height: int) -> pb.Image | None:
         """The image with its new crop, or None when it was deleted meanwhile."""
         if mode == "focus":
             try:
-                original = await self._io(self._store.get_bytes, row.original_key)
+                original = await self._tx.objects.run(self._store.get_bytes, row.original_key)
             except ObjectNotFound:
                 return None
             box = await self._cpu(choose_box, original, row.width, row.height, mode, target_width, target_height,
@@ -140,4 +140,4 @@ class CropRpcs(ServicerBase):
             records.update_image(conn, row.id, **crop_record_values(current, result))
             return self._image_message(conn, tenant, dataset_id, row.id)
 
-        return await self._commit(commit, replaced=stale)
+        return await self._tx.commit(commit, replaced=stale)

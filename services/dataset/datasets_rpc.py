@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
@@ -9,13 +10,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common.call_context import current_tenant
 from services.common.errors import (
     FieldViolation,
     invalid,
     unary_errors,
 )
-from services.common.pagination import keyset_page, page_size
-from services.common.tenancy import tenant_of
+from services.common.pagination import page_size
 from services.dataset import names, records, schema
 from services.dataset.convert import (
     FAMILY_TO_DB,
@@ -26,7 +27,9 @@ from services.dataset.requests import (
     mask_paths,
     text_problem,
 )
-from services.dataset.service_base import ServicerBase, log
+from services.dataset.service_base import ServicerBase
+
+log = logging.getLogger(__name__)
 
 DATASET_FIELDS = {"display_name", "description", "default_repeat"}
 MAX_DESCRIPTION_LENGTH = 5000
@@ -50,30 +53,31 @@ class DatasetRpcs(ServicerBase):
             ))
             return self._dataset_message(conn, records.get_dataset(conn, tenant, dataset_id))
 
-        return await self._idempotent(context, "CreateDataset", request, pb.Dataset, work)
+        return await self._tx.idempotent("CreateDataset", request, pb.Dataset, work)
 
     @unary_errors
     async def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.aio.ServicerContext) -> pb.Dataset:
         dataset_id = names.parse_dataset(request.name)
-        tenant = tenant_of(context)
-        return await self._db(lambda conn: self._dataset_message(conn, records.get_dataset(conn, tenant, dataset_id)),
-                              read_only=True)
+        tenant = current_tenant()
+        return await self._tx.run(
+            lambda conn: self._dataset_message(conn, records.get_dataset(conn, tenant, dataset_id)), read_only=True)
 
     @unary_errors
     async def ListDatasets(self, request: pb.ListDatasetsRequest,
                            context: grpc.aio.ServicerContext) -> pb.ListDatasetsResponse:
-        tenant = tenant_of(context)
+        tenant = current_tenant()
         size = page_size(request.page_size, 20, 100)
         d = schema.datasets.c
 
         def read(conn: Connection) -> pb.ListDatasetsResponse:
-            rows, token = keyset_page(conn, sa.select(schema.datasets).where(d.tenant == tenant), d.create_time,
-                                      d.id, request.page_token, size, f"datasets:{tenant}")
+            rows, token = self._page_tokens.keyset_page(
+                conn, sa.select(schema.datasets).where(d.tenant == tenant), d.create_time, d.id, request.page_token,
+                size, f"datasets:{tenant}")
             counts = records.dataset_counts(conn, rows)
             return pb.ListDatasetsResponse(datasets=[dataset_message(r, counts[r.id]) for r in rows],
                                            next_page_token=token)
 
-        return await self._db(read, read_only=True)
+        return await self._tx.run(read, read_only=True)
 
     @unary_errors
     async def UpdateDataset(self, request: pb.UpdateDatasetRequest, context: grpc.aio.ServicerContext) -> pb.Dataset:
@@ -97,7 +101,7 @@ class DatasetRpcs(ServicerBase):
             conn.execute(schema.datasets.update().where(schema.datasets.c.id == dataset_id).values(**values))
             return self._dataset_message(conn, records.get_dataset(conn, tenant, dataset_id))
 
-        return await self._idempotent(context, "UpdateDataset", request, pb.Dataset, work)
+        return await self._tx.idempotent("UpdateDataset", request, pb.Dataset, work)
 
     @unary_errors
     async def DeleteDataset(self, request: pb.DeleteDatasetRequest,
@@ -112,10 +116,10 @@ class DatasetRpcs(ServicerBase):
             conn.execute(schema.datasets.delete().where(schema.datasets.c.id == dataset_id))
             return pb.DeleteDatasetResponse()
 
-        response = await self._idempotent(context, "DeleteDataset", request, pb.DeleteDatasetResponse, work)
+        response = await self._tx.idempotent("DeleteDataset", request, pb.DeleteDatasetResponse, work)
         for prefix in (names.dataset_prefix(dataset_id), names.staging_key(dataset_id, "")):
             try:
-                await self._io(self._store.delete_prefix, prefix)
+                await self._tx.objects.run(self._store.delete_prefix, prefix)
             except Exception:
                 log.exception("could not delete objects under %s", prefix)
         return response

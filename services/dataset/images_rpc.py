@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common.call_context import current_tenant
 from services.common.errors import (
     ServiceError,
     failed_precondition,
@@ -21,8 +22,7 @@ from services.common.errors import (
 )
 from services.common.idempotency import check_request_id
 from services.common.objectstore import ObjectNotFound
-from services.common.pagination import keyset_page, page_size
-from services.common.tenancy import tenant_of
+from services.common.pagination import page_size
 from services.dataset import captions, names, records, schema
 from services.dataset.convert import (
     image_message,
@@ -54,15 +54,15 @@ class ImageRpcs(ServicerBase):
     @unary_errors
     async def GetImage(self, request: pb.GetImageRequest, context: grpc.aio.ServicerContext) -> pb.Image:
         image = names.parse_image(request.name)
-        tenant = tenant_of(context)
-        return await self._db(lambda conn: self._image_message(conn, tenant, image.dataset_id, image.image_id),
+        tenant = current_tenant()
+        return await self._tx.run(lambda conn: self._image_message(conn, tenant, image.dataset_id, image.image_id),
                               read_only=True)
 
     @unary_errors
     async def ListImages(self, request: pb.ListImagesRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListImagesResponse:
         dataset_id = names.parse_dataset(request.parent, "parent")
-        tenant = tenant_of(context)
+        tenant = current_tenant()
         role = optional_role(request.role, "role")
         size = page_size(request.page_size, 100, 1000)
         query_key = f"images:{tenant}:{dataset_id}:{role}"
@@ -72,12 +72,12 @@ class ImageRpcs(ServicerBase):
             dataset = records.get_dataset(conn, tenant, dataset_id)
             where = [i.dataset_id == dataset_id, *([i.role == role] if role else [])]
             total = conn.execute(sa.select(sa.func.count()).where(*where)).scalar_one()
-            rows, token = keyset_page(conn, sa.select(schema.images).where(*where), i.create_time, i.id,
-                                      request.page_token, size, query_key)
+            rows, token = self._page_tokens.keyset_page(conn, sa.select(schema.images).where(*where),
+                                                        i.create_time, i.id, request.page_token, size, query_key)
             return pb.ListImagesResponse(images=[image_message(r, dataset.default_repeat) for r in rows],
                                          total_size=total, next_page_token=token)
 
-        return await self._db(read, read_only=True)
+        return await self._tx.run(read, read_only=True)
 
     @unary_errors
     async def UpdateImage(self, request: pb.UpdateImageRequest, context: grpc.aio.ServicerContext) -> pb.Image:
@@ -113,23 +113,23 @@ class ImageRpcs(ServicerBase):
             records.touch_dataset(conn, target.dataset_id)
             return self._image_message(conn, tenant, target.dataset_id, target.image_id)
 
-        return await self._idempotent(context, "UpdateImage", request, pb.Image, work, replaced=doomed)
+        return await self._tx.idempotent("UpdateImage", request, pb.Image, work, replaced=doomed)
 
     async def _manual_crop(self, context: grpc.aio.ServicerContext, request: pb.UpdateImageRequest,
                            target: names.ImageName) -> CropResult | pb.Image:
         """The crop to record, or the answer a retry of this request gets."""
-        tenant = tenant_of(context)
+        tenant = current_tenant()
         crop = request.image.crop
 
         def load(conn: Connection) -> tuple[Row[Any], Row[Any]] | pb.Image:
             # Before the box is checked against the image: it may have been deleted since the first attempt.
-            earlier = self._earlier_answer(conn, tenant, "UpdateImage", request, pb.Image)
+            earlier = self._tx.replay(conn, tenant, "UpdateImage", request, pb.Image)
             if earlier is not None:
                 return earlier
             return (records.get_dataset(conn, tenant, target.dataset_id),
                     records.get_image(conn, tenant, target.dataset_id, target.image_id))
 
-        loaded = await self._db(load, read_only=True)
+        loaded = await self._tx.run(load, read_only=True)
         if isinstance(loaded, pb.Image):
             return loaded
         dataset, row = loaded
@@ -153,7 +153,7 @@ class ImageRpcs(ServicerBase):
             doomed[:] = self._delete_rows(conn, target.dataset_id, [row])
             return pb.DeleteImageResponse()
 
-        return await self._idempotent(context, "DeleteImage", request, pb.DeleteImageResponse, work, replaced=doomed)
+        return await self._tx.idempotent("DeleteImage", request, pb.DeleteImageResponse, work, replaced=doomed)
 
     def _delete_rows(self, conn: Connection, dataset_id: str, rows: Sequence[Row[Any]]) -> list[str]:
         """Delete the records; returns the object keys to delete once that has committed
@@ -178,21 +178,21 @@ class ImageRpcs(ServicerBase):
             doomed[:] = self._delete_rows(conn, dataset_id, rows)
             return pb.BatchDeleteImagesResponse(deleted_count=len(rows))
 
-        return await self._idempotent(context, "BatchDeleteImages", request, pb.BatchDeleteImagesResponse, work,
+        return await self._tx.idempotent("BatchDeleteImages", request, pb.BatchDeleteImagesResponse, work,
                                       replaced=doomed)
 
     @stream_errors
     async def ReadImage(self, request: pb.ReadImageRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReadImageResponse]:
         target = names.parse_image(request.name)
-        tenant = tenant_of(context)
-        row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
+        tenant = current_tenant()
+        row = await self._tx.run(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
                              read_only=True)
         key, content_type, width, height = _variant(row, request.variant)
         with _gone_as_not_found(request.name):
             size = await self._render_derived(row, request.variant) or row.size_bytes
             # Read before the metadata goes out, so a missing object fails the call cleanly.
-            chunks = await self._io(lambda: list(self._store.iter_chunks(key, READ_CHUNK)))
+            chunks = await self._tx.objects.run(lambda: list(self._store.iter_chunks(key, READ_CHUNK)))
         yield pb.ReadImageResponse(metadata=pb.ReadImageMetadata(
             content_type=content_type, size_bytes=size, width=width, height=height))
         for chunk in chunks:
@@ -202,17 +202,17 @@ class ImageRpcs(ServicerBase):
     async def GetImageUrl(self, request: pb.GetImageUrlRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetImageUrlResponse:
         target = names.parse_image(request.name)
-        tenant = tenant_of(context)
+        tenant = current_tenant()
         ttl_seconds = request.ttl_seconds or 3600
         if not 1 <= ttl_seconds <= 7 * 24 * 3600:
             raise invalid_field("ttl_seconds", "1..604800 seconds (S3 presigned URLs last at most 7 days)")
-        row = await self._db(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
+        row = await self._tx.run(lambda conn: records.get_image(conn, tenant, target.dataset_id, target.image_id),
                              read_only=True)
         key, *_ = _variant(row, request.variant)
         with _gone_as_not_found(request.name):
             await self._render_derived(row, request.variant)
         ttl = dt.timedelta(seconds=ttl_seconds)
-        response = pb.GetImageUrlResponse(url=await self._io(self._store.presigned_get, key, ttl))
+        response = pb.GetImageUrlResponse(url=await self._tx.objects.run(self._store.presigned_get, key, ttl))
         response.expire_time.FromDatetime(records.now() + ttl)
         return response
 

@@ -61,6 +61,8 @@ images = sa.Table(
     sa.Column("tagging_due", Timestamp),
     sa.Column("tagging_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("tagging_error", sa.Text),
+    # When the current lease was taken (migration 0004): how long a claim has been held.
+    sa.Column("tagging_claimed_at", Timestamp),
     # {"tagger": name, "options": {...}, "merge": "auto"|"ignore"|"append"|"overwrite"}; null: upload defaults
     sa.Column("tagging_request", sa.JSON),
     sa.Column("tagger", sa.String(TAGGER_NAME_LENGTH)),

@@ -30,6 +30,14 @@ class DatasetSettings(CommonSettings):
     tagger_address: str = ""
     tagging_batch_size: int = Field(default=8, ge=1, le=32)
     tagging_max_attempts: int = Field(default=5, ge=1)
+    # The sweeps run at start-up, taking what a crash left, and then this often. An object no
+    # record points at is taken once older than `orphan_min_age_seconds`: younger ones may
+    # belong to a write still in flight (the longest a write may take is the database's and the
+    # object store's ceilings together, well under the default).
+    sweep_interval_seconds: float = Field(default=600, gt=0)
+    orphan_min_age_seconds: float = Field(default=900, ge=0)
+    # How often the work queue's depth and lease age are sampled for the metrics.
+    metrics_interval_seconds: float = Field(default=15, gt=0)
 
     def database_url(self) -> str:
         return self.dataset_database_url or f"sqlite:///{self.data_dir / 'dataset.db'}"

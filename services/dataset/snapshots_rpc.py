@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common.call_context import current_tenant
 from services.common.errors import (
     FieldViolation,
     failed_precondition,
@@ -17,8 +18,7 @@ from services.common.errors import (
     unary_errors,
 )
 from services.common.idempotency import check_request_id
-from services.common.pagination import keyset_page, page_size
-from services.common.tenancy import tenant_of
+from services.common.pagination import page_size
 from services.dataset import names, records, schema
 from services.dataset.convert import (
     timestamp,
@@ -33,12 +33,12 @@ class SnapshotRpcs(ServicerBase):
                              context: grpc.aio.ServicerContext) -> pb.Snapshot:
         dataset_id = names.parse_dataset(request.parent, "parent")
         check_request_id(request.request_id)
-        tenant = tenant_of(context)
+        tenant = current_tenant()
 
         def read(conn: Connection) -> Manifest | pb.Snapshot:
             # A retry answers from the record before the manifest is built, checked or written:
             # the dataset may have changed (or emptied) since the first attempt.
-            earlier = self._earlier_answer(conn, tenant, "CreateSnapshot", request, pb.Snapshot)
+            earlier = self._tx.replay(conn, tenant, "CreateSnapshot", request, pb.Snapshot)
             if earlier is not None:
                 return earlier
             dataset = records.get_dataset(conn, tenant, dataset_id, lock=True)
@@ -48,11 +48,11 @@ class SnapshotRpcs(ServicerBase):
                                           "EMPTY_DATASET")
             return manifest
 
-        manifest = await self._db(read)
+        manifest = await self._tx.run(read)
         if isinstance(manifest, pb.Snapshot):
             return manifest
         key = names.snapshot_key(dataset_id, manifest.sha256)
-        await self._io(self._store.put_bytes, key, manifest.body, "application/json")
+        await self._tx.objects.run(self._store.put_bytes, key, manifest.body, "application/json")
 
         def work(conn: Connection, tenant_: str) -> pb.Snapshot:
             dataset = records.get_dataset(conn, tenant_, dataset_id, lock=True)
@@ -79,7 +79,7 @@ class SnapshotRpcs(ServicerBase):
                                                                      s.sha256 == manifest.sha256)).one()
             return _snapshot_message(row)
 
-        return await self._idempotent(context, "CreateSnapshot", request, pb.Snapshot, work)
+        return await self._tx.idempotent("CreateSnapshot", request, pb.Snapshot, work)
 
     def _manifest(self, dataset: Row[Any], images: Sequence[Row[Any]]) -> Manifest:
         """Blocked images stay out. While screening is on, every image must have been screened:
@@ -92,7 +92,7 @@ class SnapshotRpcs(ServicerBase):
     @unary_errors
     async def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext) -> pb.Snapshot:
         dataset_id, sha256 = names.parse_snapshot(request.name)
-        tenant = tenant_of(context)
+        tenant = current_tenant()
 
         def read(conn: Connection) -> pb.Snapshot:
             records.get_dataset(conn, tenant, dataset_id)
@@ -103,24 +103,25 @@ class SnapshotRpcs(ServicerBase):
                 raise not_found(request.name, "snapshot")
             return _snapshot_message(row)
 
-        return await self._db(read, read_only=True)
+        return await self._tx.run(read, read_only=True)
 
     @unary_errors
     async def ListSnapshots(self, request: pb.ListSnapshotsRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListSnapshotsResponse:
         dataset_id = names.parse_dataset(request.parent, "parent")
-        tenant = tenant_of(context)
+        tenant = current_tenant()
         size = page_size(request.page_size, 20, 100)
         query_key = f"snapshots:{tenant}:{dataset_id}"
         s = schema.snapshots.c
 
         def read(conn: Connection) -> pb.ListSnapshotsResponse:
             records.get_dataset(conn, tenant, dataset_id)
-            rows, token = keyset_page(conn, sa.select(schema.snapshots).where(s.dataset_id == dataset_id),
-                                      s.create_time, s.sha256, request.page_token, size, query_key)
+            rows, token = self._page_tokens.keyset_page(
+                conn, sa.select(schema.snapshots).where(s.dataset_id == dataset_id), s.create_time, s.sha256,
+                request.page_token, size, query_key)
             return pb.ListSnapshotsResponse(snapshots=[_snapshot_message(r) for r in rows], next_page_token=token)
 
-        return await self._db(read, read_only=True)
+        return await self._tx.run(read, read_only=True)
 
 
 # `skipped`: uploaded while no tagger was configured. The tagging worker queues them when it

@@ -32,8 +32,9 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 class GrpcTaggingClient:
     # The worker stops waiting after its call timeout (and its claims last longer than that); a
     # client that waited longer would only tag images the worker has given up on.
-    def __init__(self, address: str, timeout: float = TaggingSettings.call_timeout.total_seconds()) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
+    def __init__(self, channel: grpc.aio.Channel,
+                 timeout: float = TaggingSettings.call_timeout.total_seconds()) -> None:
+        self._channel = channel
         self._stub = tagger_pb2_grpc.TaggerServiceStub(self._channel)
         self._timeout = timeout
 

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common.call_context import current_tenant
 from services.common.errors import (
     FieldViolation,
     already_exists,
@@ -28,7 +29,6 @@ from services.common.errors import (
 )
 from services.common.idempotency import check_request_id, request_fingerprint
 from services.common.objectstore import ObjectNotFound, ObjectStore
-from services.common.tenancy import tenant_of
 from services.dataset import captions, names, records, schema
 from services.dataset.convert import image_message
 from services.dataset.filenames import safe_filename
@@ -85,7 +85,7 @@ class UploadRpcs(ServicerBase):
         # The same request_id with other bytes is another request, though its metadata match.
         fingerprint = hashlib.sha256(request_fingerprint(meta).encode() + sha256.encode()).hexdigest()
         return await self._ingest(_Ingest(
-            tenant=tenant_of(context), method="UploadImage", request_id=meta.request_id, fingerprint=fingerprint,
+            tenant=current_tenant(), method="UploadImage", request_id=meta.request_id, fingerprint=fingerprint,
             dataset_id=dataset_id, role=role, filename=filename, tags=tags, repeat=meta.repeat, sha256=sha256), data)
 
     async def _read_upload(self, request_iterator: AsyncIterator[pb.UploadImageRequest]
@@ -121,7 +121,7 @@ class UploadRpcs(ServicerBase):
     async def _ingest(self, job: _Ingest, data: bytes) -> pb.Image:
         try:
             checked = await self._store_verified(job, data)
-            image = await self._commit(lambda conn: self._record_image(conn, job, checked),
+            image = await self._tx.commit(lambda conn: self._record_image(conn, job, checked),
                                        written=[job.original_key])
         except _Replayed as replayed:
             return replayed.response
@@ -138,31 +138,31 @@ class UploadRpcs(ServicerBase):
         # verified; anything rejected is deleted below.
         sniffed = sniff_format(data)
         if sniffed in ("PNG", "JPEG"):
-            puts.append(asyncio.ensure_future(self._io(self._store.put_bytes, job.original_key, data,
+            puts.append(asyncio.ensure_future(self._tx.objects.run(self._store.put_bytes, job.original_key, data,
                                                        f"image/{sniffed.lower()}")))
         # Verification doesn't depend on the records either: it runs beside the precheck and
         # the PUT. A precheck that fails still answers first, as it did when they ran in turn.
         verification = asyncio.ensure_future(self._cpu(check_image, data, self._limits))
         verification.add_done_callback(_retrieve_outcome)
         try:
-            await self._db(lambda conn: self._check_new(conn, job, lock=False), read_only=True)
+            await self._tx.run(lambda conn: self._check_new(conn, job, lock=False), read_only=True)
             checked: CheckedImage = await verification
             if puts:
                 await puts[0]
             if checked.stored_bytes is not data:
-                puts.append(asyncio.ensure_future(self._io(self._store.put_bytes, job.original_key,
+                puts.append(asyncio.ensure_future(self._tx.objects.run(self._store.put_bytes, job.original_key,
                                                            checked.stored_bytes, checked.content_type)))
                 await puts[-1]
             return checked
         except BaseException:
             # Shielded: a client that cancels mid-way must not cancel the clean-up too.
-            await asyncio.shield(self._discard_after([job.original_key], puts))
+            await asyncio.shield(self._tx.discard_after([job.original_key], puts))
             raise
 
     def _check_new(self, conn: Connection, job: _Ingest, *, lock: bool) -> Row[Any]:
         """The dataset, once the upload is known to be new and to fit; raises _Replayed with the
         answer when an earlier request already made this image."""
-        earlier = self._keys.replay(conn, job.tenant, job.method, job.request_id, job.fingerprint, pb.Image)
+        earlier = self._tx.keys.replay(conn, job.tenant, job.method, job.request_id, job.fingerprint, pb.Image)
         if earlier is not None:
             raise _Replayed(earlier)
         dataset = records.get_dataset(conn, job.tenant, job.dataset_id, lock=lock)
@@ -192,7 +192,7 @@ class UploadRpcs(ServicerBase):
                          .values(image_id=job.image_id))
         records.touch_dataset(conn, job.dataset_id)
         image = image_message(row, dataset.default_repeat)
-        self._keys.remember(conn, job.tenant, job.method, job.request_id, job.fingerprint, image)
+        self._tx.keys.remember(conn, job.tenant, job.method, job.request_id, job.fingerprint, image)
         return image
 
     def _check_room(self, conn: Connection, dataset_id: str, role: str) -> None:
@@ -241,26 +241,26 @@ class UploadRpcs(ServicerBase):
             upload.expire_time.FromDatetime(expire)
             return upload
 
-        return await self._idempotent(context, "CreateImageUpload", request, pb.ImageUpload, work)
+        return await self._tx.idempotent("CreateImageUpload", request, pb.ImageUpload, work)
 
     @unary_errors
     async def FinalizeImageUpload(self, request: pb.FinalizeImageUploadRequest,
                                   context: grpc.aio.ServicerContext) -> pb.Image:
         dataset_id, upload_id = names.parse_upload(request.name)
         check_request_id(request.request_id)
-        tenant = tenant_of(context)
+        tenant = current_tenant()
         # The request names the upload; what was PUT there is not part of it.
         fingerprint = request_fingerprint(request)
 
         def load(conn: Connection) -> Row[Any] | pb.Image:
-            earlier = self._earlier_answer(conn, tenant, "FinalizeImageUpload", request, pb.Image)
+            earlier = self._tx.replay(conn, tenant, "FinalizeImageUpload", request, pb.Image)
             if earlier is not None:
                 return earlier
             records.get_dataset(conn, tenant, dataset_id)
             row = self._upload_row(conn, dataset_id, upload_id)
             return self._finalized(conn, tenant, row) or row
 
-        upload = await self._db(load, read_only=True)
+        upload = await self._tx.run(load, read_only=True)
         if isinstance(upload, pb.Image):
             return upload
         expire = upload.expire_time if upload.expire_time.tzinfo else upload.expire_time.replace(tzinfo=dt.UTC)
@@ -271,7 +271,7 @@ class UploadRpcs(ServicerBase):
             tenant=tenant, method="FinalizeImageUpload", request_id=request.request_id, fingerprint=fingerprint,
             dataset_id=dataset_id, role=upload.role, filename=upload.filename, tags=list(upload.tags),
             repeat=upload.repeat, sha256=await self._cpu(_sha256_hex, data), finalize_upload=upload_id), data)
-        await self._delete_objects_quietly([upload.object_key])
+        await self._tx.delete_quietly([upload.object_key])
         return image
 
     def _upload_row(self, conn: Connection, dataset_id: str, upload_id: str, *, lock: bool = False) -> Row[Any]:
@@ -295,11 +295,11 @@ class UploadRpcs(ServicerBase):
         """What was PUT to the upload URL, which must be the declared size. The URL stays writable
         until it expires, so the read stops past that size rather than trust an earlier look."""
         try:
-            data = await self._io(_read_at_most, self._store, upload.object_key, upload.size_bytes)
+            data = await self._tx.objects.run(_read_at_most, self._store, upload.object_key, upload.size_bytes)
         except ObjectNotFound:
             raise failed_precondition("no bytes have been PUT to the upload URL yet", "UPLOAD_MISSING") from None
         if len(data) != upload.size_bytes:
-            await self._delete_objects_quietly([upload.object_key])
+            await self._tx.delete_quietly([upload.object_key])
             found = f"more than {upload.size_bytes}" if len(data) > upload.size_bytes else str(len(data))
             raise invalid_field("size_bytes", f"declared {upload.size_bytes} bytes but {found} were uploaded; "
                                               "create a new upload", "SIZE_MISMATCH")
@@ -311,23 +311,23 @@ class UploadRpcs(ServicerBase):
             u = schema.uploads.c
             return list(conn.execute(sa.select(schema.uploads).where(u.expire_time < records.now())).all())
 
-        rows = await self._db(expired)
-        await self._delete_objects_quietly([r.object_key for r in rows])
+        rows = await self._tx.run(expired)
+        await self._tx.delete_quietly([r.object_key for r in rows])
 
         def forget(conn: Connection) -> None:
             conn.execute(schema.uploads.delete().where(schema.uploads.c.id.in_([r.id for r in rows])))
 
         if rows:
-            await self._db(forget)
+            await self._tx.run(forget)
         return len(rows)
 
     async def sweep_orphans(self, min_age: dt.timedelta = dt.timedelta(hours=1)) -> int:
         """Delete objects under datasets/ that no record or snapshot points at (see orphans.py)."""
         # Listed before the records are read: an object written after the listing is not judged.
-        listing = await self._io(self._store.list_with_times, "datasets/")
-        datasets, images, kept = await self._db(known_objects, read_only=True)
+        listing = await self._tx.objects.run(self._store.list_with_times, "datasets/")
+        datasets, images, kept = await self._tx.run(known_objects, read_only=True)
         doomed = orphans(listing, datasets, images, kept, cutoff(min_age))
-        await self._delete_objects_quietly(doomed)
+        await self._tx.delete_quietly(doomed)
         return len(doomed)
 
     async def sweep_abandoned_staging(self, min_age: dt.timedelta | None = None) -> int:
@@ -337,10 +337,10 @@ class UploadRpcs(ServicerBase):
             min_age = dt.timedelta(seconds=self._settings.upload_url_ttl_seconds)
         # Listed before the records are read. An object exists only after its URL was handed out,
         # which is after its record was committed, so a record missing now is gone for good.
-        listing = await self._io(self._store.list_with_times, STAGING_PREFIX)
-        recorded = await self._db(recorded_staging_keys, read_only=True)
+        listing = await self._tx.objects.run(self._store.list_with_times, STAGING_PREFIX)
+        recorded = await self._tx.run(recorded_staging_keys, read_only=True)
         doomed = abandoned(listing, recorded, cutoff(min_age))
-        await self._delete_objects_quietly(doomed)
+        await self._tx.delete_quietly(doomed)
         return len(doomed)
 
 

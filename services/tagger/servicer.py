@@ -9,6 +9,7 @@ pipeline's workers, overlapped with inference.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -19,10 +20,10 @@ import grpc
 from kiln.v1 import tagger_pb2 as pb
 from kiln.v1 import tagger_pb2_grpc
 from services.common.body_detector import BodyDetector
+from services.common.call_context import current_tenant
 from services.common.errors import FieldViolation, failed_precondition, invalid, invalid_field, not_found, unary_errors
 from services.common.objectstore import ObjectNotFound, ObjectStore
-from services.common.pagination import decode_token, encode_token, page_size
-from services.common.tenancy import tenant_of
+from services.common.pagination import PageTokens, page_size
 from services.tagger import convert
 from services.tagger.engine import TaggingEngine
 from services.tagger.engine_cache import EngineCache
@@ -43,8 +44,10 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
         settings: TaggerSettings,
         detector: BodyDetector,
         policy: ModerationPolicy,
+        page_tokens: PageTokens,
     ) -> None:
         self._registry = registry
+        self._page_tokens = page_tokens
         self._store = store
         self._settings = settings
         self._engines = EngineCache(registry, detector, policy, settings.tagger_runtime)
@@ -83,7 +86,7 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
         self, request: pb.ListTaggersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTaggersResponse:
         size = page_size(request.page_size, 50, 100)
-        after = decode_token(request.page_token, LIST_QUERY)
+        after = self._page_tokens.decode(request.page_token, LIST_QUERY)
 
         def read() -> pb.ListTaggersResponse:
             preferred = self.preferred_tagger()
@@ -96,7 +99,7 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
             more = position + size < len(listed)
             return pb.ListTaggersResponse(
                 taggers=[convert.tagger_message(t, preferred) for t in page],
-                next_page_token=encode_token([page[-1].name], LIST_QUERY) if more and page else "",
+                next_page_token=self._page_tokens.encode([page[-1].name], LIST_QUERY) if more and page else "",
             )
 
         return await asyncio.to_thread(read)
@@ -118,7 +121,7 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
 
     @unary_errors
     async def TagImages(self, request: pb.TagImagesRequest, context: grpc.aio.ServicerContext) -> pb.TagImagesResponse:
-        tenant = tenant_of(context)
+        tenant = current_tenant()
         self._check_images(request)
         options = convert.options_from(request.options)
         named = convert.parse_resource_name(request.tagger, "tagger") if request.tagger else None
@@ -145,7 +148,9 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
                 tagger=convert.resource_name(tagger), results=[convert.result_message(r) for r in results]
             )
 
-        return await asyncio.get_running_loop().run_in_executor(self._tagging_pool, tag)
+        # The call's context goes along, so the object-store reads it starts keep its deadline.
+        return await asyncio.get_running_loop().run_in_executor(self._tagging_pool, contextvars.copy_context().run,
+                                                                tag)
 
     def _check_images(self, request: pb.TagImagesRequest) -> None:
         limit = self._settings.tagger_max_images

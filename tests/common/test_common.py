@@ -11,17 +11,18 @@ from services.common.errors import MalformedRequest, ServiceError
 from services.common.idempotency import request_fingerprint
 from services.common.malformed import tolerant
 from services.common.objectstore import ObjectNotFound, ObjectStore
-from services.common.pagination import decode_token, encode_token, page_size
+from services.common.pagination import PageTokens, page_size
 from services.common.settings import ObjectStoreSettings
 
 
 def test_page_tokens_round_trip_and_refuse_tampering():
-    token = encode_token(["2026-11-25T12:00:00", "abc"], "images:t:d:None")
-    assert decode_token(token, "images:t:d:None") == ["2026-11-25T12:00:00", "abc"]
-    assert decode_token("", "anything") is None
+    tokens = PageTokens("secret")
+    token = tokens.encode(["2026-11-25T12:00:00", "abc"], "images:t:d:None")
+    assert tokens.decode(token, "images:t:d:None") == ["2026-11-25T12:00:00", "abc"]
+    assert tokens.decode("", "anything") is None
     for bad, query in [(token, "images:t:d:training"), (token[:-3], "images:t:d:None"), ("%%%", "q")]:
         with pytest.raises(ServiceError) as err:
-            decode_token(bad, query)
+            tokens.decode(bad, query)
         assert err.value.violations[0].field == "page_token"
     assert page_size(0, 20, 100) == 20 and page_size(500, 20, 100) == 100
     with pytest.raises(ServiceError):

@@ -3,7 +3,6 @@ a lock held from a connection of the test's own, and ways to know who is waiting
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import pathlib
 import sqlite3
@@ -18,9 +17,11 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from services.common.database import READ_ONLY_OPTION, create_engine, migrate
+from services.common.call_context import acting_for
+from services.common.database import READ_ONLY_OPTION
+from services.common.internal_auth import DEFAULT_TENANT
 from services.common.objectstore import ObjectStore
-from services.dataset.server import MIGRATIONS
+from services.dataset.server import DatasetComponents, build_dataset
 from services.dataset.servicer import DatasetServicer
 from services.dataset.settings import DatasetSettings
 
@@ -79,6 +80,9 @@ class FakeContext:
     def invocation_metadata(self) -> tuple[()]:
         return ()
 
+    def time_remaining(self) -> None:
+        return None
+
     async def abort_with_status(self, status: grpc.Status) -> None:
         raise Aborted(status)
 
@@ -111,27 +115,29 @@ def write_began(engine: Engine) -> threading.Event:
 
 @dataclass
 class BareService:
-    servicer: DatasetServicer
-    engine: Engine
+    components: DatasetComponents
+
+    @property
+    def servicer(self) -> DatasetServicer:
+        return self.components.servicer
+
+    @property
+    def engine(self) -> Engine:
+        return self.components.transactions.engine
 
     async def settle(self) -> None:
         """Until every transaction the servicer started has ended, and whatever waited on one
-        (object clean-ups) has run. Stops the servicer's SQL pool: call it last."""
-        await asyncio.to_thread(self.servicer._db_pool.shutdown, True)
-        # Only unfinished ones: a finished task leaves the set in a callback that runs after an
-        # await on it returns, so waiting on the set itself could spin without yielding.
-        while pending := [task for task in self.servicer._cleanups if not task.done()]:
-            await asyncio.wait(pending)
+        (object clean-ups) has run."""
+        await self.components.transactions.settled()
 
 
 @contextlib.asynccontextmanager
 async def bare_service(settings: DatasetSettings, store: ObjectStore) -> AsyncIterator[BareService]:
-    """The servicer without a server or background work: only the test's calls touch the database."""
-    engine = create_engine(settings.database_url())
-    await asyncio.to_thread(migrate, engine, MIGRATIONS, "alembic_version_dataset")
-    servicer = DatasetServicer(engine, store, settings, None)
+    """The servicer without a server or background work: only the test's calls touch the database.
+    Its handlers are called directly, as the default tenant."""
+    components = await build_dataset(settings.model_copy(update={"crop_use_detector": False}), store)
     try:
-        yield BareService(servicer, engine)
+        with acting_for(DEFAULT_TENANT):
+            yield BareService(components)
     finally:
-        servicer.close()
-        engine.dispose()
+        await components.close()

@@ -5,20 +5,22 @@ import pathlib
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import pytest
 
 from kiln.v1 import dataset_pb2_grpc
+from services.common.internal_client import internal_channel
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
 from services.common.settings import ObjectStoreSettings, ServerSettings
 from services.dataset.server import DatasetService, running_dataset_service
 from services.dataset.settings import DatasetSettings
+from tests.servers import TEST_AUTH
 
 
 def make_settings(data_dir: pathlib.Path, s3: ObjectStoreSettings, **overrides: Any) -> DatasetSettings:
-    return DatasetSettings(data_dir=data_dir, s3=s3, server=ServerSettings(port=0, shutdown_grace=1.0),
-                           json_logs=False, **overrides)
+    values: dict[str, Any] = {"server": ServerSettings(port=0, shutdown_grace=1.0), "json_logs": False,
+                              "internal_auth": TEST_AUTH, **overrides}
+    return DatasetSettings(data_dir=data_dir, s3=s3, **values)
 
 
 @contextlib.contextmanager
@@ -42,5 +44,5 @@ def service(aio: LoopThread, store: ObjectStore, s3_settings: ObjectStoreSetting
 
 @pytest.fixture(scope="module")
 def stub(service: DatasetService) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
-    with grpc.insecure_channel(service.address) as channel:
+    with internal_channel(service.address, TEST_AUTH) as channel:
         yield dataset_pb2_grpc.DatasetServiceStub(channel)

@@ -13,8 +13,10 @@ from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc, tagger_pb2_grpc
 from kiln.v1 import tagger_pb2 as tpb
 from services.common.bundled_data import samples_dir
+from services.common.hosting import RunningServer, run_service
+from services.common.internal_client import internal_aio_channel, internal_channel
 from services.common.ports import free_port
-from services.common.server import RunningServer, ServiceBinding, start_server
+from services.common.server import ServiceBinding
 from services.common.settings import ServerSettings
 from services.dataset.server import DatasetService, running_dataset_service
 from services.tagger.moderation import DEFAULT_RULES, ModerationPolicy, ModerationRule, SignalSource
@@ -22,6 +24,7 @@ from services.tagger.server import running_tagger_service
 from services.tagger.settings import TaggerSettings
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload, upload_messages
+from tests.servers import TEST_AUTH
 
 # The built-in policy only blocks what these sample photos don't show; for the test a
 # woman's face blocks, so the astronaut photo stands in for forbidden content.
@@ -34,7 +37,7 @@ class TaggerGate(tagger_pb2_grpc.TaggerServiceServicer):
     except while held, when every call waits. Lives on the test loop."""
 
     def __init__(self, tagger_address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(tagger_address)
+        self._channel = internal_aio_channel(tagger_address, TEST_AUTH)
         self._tagger = tagger_pb2_grpc.TaggerServiceStub(self._channel)
         self._open = asyncio.Event()
         self._open.set()
@@ -53,13 +56,14 @@ class TaggerGate(tagger_pb2_grpc.TaggerServiceServicer):
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:
-        self.server = await start_server([ServiceBinding("kiln.v1.TaggerService", lambda server: (
-            tagger_pb2_grpc.add_TaggerServiceServicer_to_server(self, server)))], ServerSettings(port=0))
+        binding = ServiceBinding("kiln.v1.TaggerService",
+                                 lambda server: tagger_pb2_grpc.add_TaggerServiceServicer_to_server(self, server))
         try:
-            yield self.server.address
+            async with run_service([binding], settings=ServerSettings(port=0, shutdown_grace=1.0)) as server:
+                self.server = server
+                yield server.address
+                await self.release()
         finally:
-            await self.release()
-            await self.server.stop(1.0)
             await self._channel.close()
 
 
@@ -67,6 +71,7 @@ class TaggerGate(tagger_pb2_grpc.TaggerServiceServicer):
 def tagger(aio, store, s3_settings, tmp_path_factory):
     tagger_settings = TaggerSettings(data_dir=tmp_path_factory.mktemp("tagger"), s3=s3_settings,
                                      server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False,
+                                     internal_auth=TEST_AUTH,
                                      tagger_policy=TEST_POLICY)
     with aio.context(running_tagger_service(tagger_settings, store)) as running:
         yield running
@@ -102,7 +107,7 @@ def tagger_held(aio, gate: TaggerGate) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def tstub(tagged) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
-    with grpc.insecure_channel(tagged[0].address) as channel:
+    with internal_channel(tagged[0].address, TEST_AUTH) as channel:
         yield dataset_pb2_grpc.DatasetServiceStub(channel)
 
 
@@ -189,7 +194,7 @@ def test_editing_tags_marks_the_caption_as_a_persons(aio, tagged, tstub):
 def test_a_tagger_outage_never_blocks_uploads(aio, store, s3_settings, tmp_path):
     settings = make_settings(tmp_path, s3_settings, tagger_address=f"127.0.0.1:{free_port()}", tagging_max_attempts=1)
     with aio.context(running_dataset_service(settings, store)) as service, \
-            grpc.insecure_channel(service.address) as channel:
+            internal_channel(service.address, TEST_AUTH) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         dataset = new_dataset(stub)
         image = upload(stub, dataset.name, image_bytes(seed=5))
@@ -220,7 +225,7 @@ def test_an_installed_wd_model_takes_over(aio, tagged, tstub, tmp_path):
     tags = (("general", 9), ("sensitive", 9), ("questionable", 9), ("explicit", 9),
             ("long_hair", 0), ("blue_sky", 0), ("guro", 0), ("hatsune_miku", 4))
     model = write_linear_wd_model(tmp_path / "wd", tags, [3.0, -3, -3, -3, 2.0, 1.0, -4, -4])
-    registry = TaggerRegistry(tagger.servicer._settings.taggers_dir())
+    registry = TaggerRegistry(tagger.components.settings.taggers_dir())
     registry.install("wd-test", model / "model.onnx", model / "selected_tags.csv")
     try:
         dataset = new_dataset(tstub)

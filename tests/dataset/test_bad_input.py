@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common.internal_client import internal_channel
 from services.common.objectstore import ObjectStore
 from tests.dataset.helpers import (
     failure,
@@ -17,6 +18,7 @@ from tests.dataset.helpers import (
     upload,
     upload_messages,
 )
+from tests.servers import TEST_AUTH
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -73,7 +75,7 @@ def test_corrupted_png_checksum(stub, store, dataset):
 
 
 def test_over_the_size_limit_stops_reading(stub, store, dataset, service):
-    limit = service.servicer._settings.max_upload_bytes
+    limit = service.components.settings.max_upload_bytes
     sent = []
 
     def endless():
@@ -91,7 +93,7 @@ def test_over_the_size_limit_stops_reading(stub, store, dataset, service):
 
 
 def test_declared_size_over_limit(stub, dataset, service):
-    limit = service.servicer._settings.max_upload_bytes
+    limit = service.components.settings.max_upload_bytes
     code, reason, fields = failure(upload, stub, dataset.name, image_bytes(), size_bytes=limit + 1)
     assert (code, reason, fields) == (INVALID, "FILE_TOO_LARGE", ["metadata.size_bytes"])
 
@@ -158,7 +160,7 @@ def test_filename_not_utf8(stub, store, dataset, service):
         parent=dataset.name, filename="ab.png", role=pb.IMAGE_ROLE_TRAINING)).SerializeToString()
     broken = meta.replace(b"ab.png", b"a\xff.png")
     chunk = pb.UploadImageRequest(chunk=image_bytes()).SerializeToString()
-    with grpc.insecure_channel(service.address) as channel:
+    with internal_channel(service.address, TEST_AUTH) as channel:
         raw_upload = channel.stream_unary("/kiln.v1.DatasetService/UploadImage",
                                           request_serializer=lambda b: b, response_deserializer=pb.Image.FromString)
         code, reason, fields = failure(raw_upload, iter([broken, chunk]))

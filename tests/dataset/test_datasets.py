@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from kiln.v1 import dataset_pb2 as pb
-from services.common.tenancy import TENANT_HEADER
+from services.common.internal_auth import TENANT_HEADER
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
 
 

@@ -22,13 +22,15 @@ from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 from kiln.v1 import tagger_pb2 as tpb
 from services.common.errors import MAX_VIOLATIONS, status_details
-from services.common.pagination import _filter_digest
+from services.common.internal_client import internal_channel
+from services.common.pagination import filter_digest
 from services.dataset import names
 from services.dataset.captions import MAX_TAGS
 from services.dataset.requests import MAX_BATCH
 from services.dataset.server import running_dataset_service
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
+from tests.servers import TEST_AUTH
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -38,7 +40,7 @@ def pg_stub(aio, store, s3_settings, postgres, tmp_path_factory) -> Iterator[dat
     url = postgres.create_database(f"bounds_{uuid.uuid4().hex[:8]}")
     settings = make_settings(tmp_path_factory.mktemp("pg-bounds"), s3_settings, dataset_database_url=url)
     with aio.context(running_dataset_service(settings, store)) as running, \
-            grpc.insecure_channel(running.address) as channel:
+            internal_channel(running.address, TEST_AUTH) as channel:
         yield dataset_pb2_grpc.DatasetServiceStub(channel)
 
 
@@ -228,7 +230,7 @@ def test_default_repeat_is_one_to_a_hundred(stub):
 
 
 def forged(key: object, query: str) -> str:
-    payload = json.dumps({"k": key, "f": _filter_digest(query)}).encode()
+    payload = json.dumps({"k": key, "f": filter_digest(query)}).encode()
     return base64.urlsafe_b64encode(payload).decode().rstrip("=")
 
 

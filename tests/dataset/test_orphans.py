@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-
-import grpc
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
-from tests.dataset.conftest import service_on_own_bucket
+from services.common.internal_client import internal_channel
+from services.common.objectstore import ObjectStore
+from services.dataset.server import running_dataset_service
+from tests.dataset.conftest import make_settings, service_on_own_bucket
 from tests.dataset.helpers import image_bytes, new_dataset, upload
+from tests.servers import TEST_AUTH
 
 
 def test_sweep_removes_only_unreferenced_objects(aio, s3_settings, tmp_path):
     with service_on_own_bucket(aio, s3_settings, tmp_path, "kiln-orphans") as (service, store, _), \
-            grpc.insecure_channel(service.address) as channel:
+            internal_channel(service.address, TEST_AUTH) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         dataset = new_dataset(stub)
         kept = upload(stub, dataset.name, image_bytes(seed=1))
@@ -34,3 +37,15 @@ def test_sweep_removes_only_unreferenced_objects(aio, s3_settings, tmp_path):
         assert before - after == set(ghosts)
         assert f"{kept.name}/original" in after and f"{gone.name}/original" in after
         assert snapshot.manifest_key in after
+
+
+def test_a_service_starting_up_sweeps_what_an_earlier_crash_left(aio, s3_settings, tmp_path):
+    bucket = "kiln-startup-sweep"
+    store = ObjectStore(s3_settings.model_copy(update={"bucket": bucket}))
+    store.ensure_bucket()
+    leftover = "datasets/crashed0001/images/img0001/original"  # its record was never committed
+    store.put_bytes(leftover, b"bytes of an upload whose process was killed", "image/png")
+    settings = make_settings(tmp_path, s3_settings.model_copy(update={"bucket": bucket}), orphan_min_age_seconds=0)
+    with aio.context(running_dataset_service(settings, store)) as service:
+        aio.run(asyncio.wait_for(service.components.swept.wait(), 60))
+        assert store.list_keys("datasets/") == []

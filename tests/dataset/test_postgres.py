@@ -11,10 +11,12 @@ import pytest
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common.internal_client import internal_channel
 from services.common.settings import ServerSettings
 from services.dataset.server import DatasetService, running_dataset_service
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import image_bytes, new_dataset, upload
+from tests.servers import TEST_AUTH
 
 pytestmark = pytest.mark.postgres
 LIMIT = 5
@@ -31,12 +33,12 @@ def pg_service(aio, store, s3_settings, postgres, tmp_path_factory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def pg_stub(pg_service) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
-    with grpc.insecure_channel(pg_service.address) as channel:
+    with internal_channel(pg_service.address, TEST_AUTH) as channel:
         yield dataset_pb2_grpc.DatasetServiceStub(channel)
 
 
 def test_scenario_on_postgres(pg_stub, pg_service):
-    assert pg_service.servicer._engine.dialect.name == "postgresql"
+    assert pg_service.components.transactions.engine.dialect.name == "postgresql"
     dataset = new_dataset(pg_stub, default_repeat=3)
     names = [upload(pg_stub, dataset.name, image_bytes(600, 400, seed=i), tags=["x", f"t{i}"]).name
              for i in range(3)]
@@ -97,13 +99,14 @@ def test_background_tagging_on_postgres(aio, store, s3_settings, postgres, tmp_p
     from services.tagger.settings import TaggerSettings
 
     tagger_settings = TaggerSettings(data_dir=tmp_path_factory.mktemp("pg-tagger"), s3=s3_settings,
-                                     server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False)
+                                     server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False,
+                                     internal_auth=TEST_AUTH)
     url = postgres.create_database(f"tagging_{uuid.uuid4().hex[:8]}")
     with aio.context(running_tagger_service(tagger_settings, store)) as tagger:
         settings = make_settings(tmp_path_factory.mktemp("pg-tagged"), s3_settings, dataset_database_url=url,
                                  tagger_address=tagger.address, tagging_batch_size=2)
         with aio.context(running_dataset_service(settings, store)) as service, \
-                grpc.insecure_channel(service.address) as channel:
+                internal_channel(service.address, TEST_AUTH) as channel:
             stub = dataset_pb2_grpc.DatasetServiceStub(channel)
             dataset = new_dataset(stub)
             names = [upload(stub, dataset.name, (samples_dir() / f).read_bytes(), filename=f).name

@@ -17,12 +17,14 @@ import pytest
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common.internal_client import internal_channel
 from services.common.objectstore import ObjectStore
 from services.dataset import names
 from services.dataset.server import running_dataset_service
 from tests.dataset.concurrency import outcome, pg_dataset_locked, wait_for_lock_waiters
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
+from tests.servers import TEST_AUTH
 
 
 @dataclass
@@ -46,7 +48,7 @@ def pg(aio, store, s3_settings, postgres, tmp_path_factory) -> Iterator[PgServic
     url = postgres.create_database(f"retries_{uuid.uuid4().hex[:8]}")
     settings = make_settings(tmp_path_factory.mktemp("pg-retries"), s3_settings, dataset_database_url=url)
     with aio.context(running_dataset_service(settings, store)) as running, \
-            grpc.insecure_channel(running.address) as channel:
+            internal_channel(running.address, TEST_AUTH) as channel:
         yield PgService(dataset_pb2_grpc.DatasetServiceStub(channel), url)
 
 
@@ -124,15 +126,15 @@ class GrowsBeforeRead:
     def __init__(self, store: ObjectStore, bigger: bytes) -> None:
         self._store = store
         self._bigger = bigger
-        self._grown = False
+        self.grown = False
         self.bytes_read = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     def _grow(self, key: str) -> None:
-        if not self._grown and key.startswith("uploads/"):
-            self._grown = True
+        if not self.grown and key.startswith("uploads/"):
+            self.grown = True
             self._store.put_bytes(key, self._bigger)
 
     def size(self, key: str) -> int:
@@ -153,21 +155,21 @@ class GrowsBeforeRead:
             yield chunk
 
 
-def test_finalize_reads_no_more_than_was_declared(stub, service, store: ObjectStore) -> None:
-    dataset = new_dataset(stub)
+def test_finalize_reads_no_more_than_was_declared(aio, store: ObjectStore, s3_settings, tmp_path) -> None:
     data = image_bytes(seed=7106)
-    ticket = put_to_upload(stub, dataset, data)
     grown = data + bytes(8 * 1024 * 1024)
     racing = GrowsBeforeRead(store, grown)
-    service.servicer._store = racing
-    try:
+    with aio.context(running_dataset_service(make_settings(tmp_path, s3_settings), racing)) as running, \
+            internal_channel(running.address, TEST_AUTH) as channel:
+        stub = dataset_pb2_grpc.DatasetServiceStub(channel)
+        dataset = new_dataset(stub)
+        ticket = put_to_upload(stub, dataset, data)
         code, reason, _ = failure(stub.FinalizeImageUpload, pb.FinalizeImageUploadRequest(name=ticket.name))
-    finally:
-        service.servicer._store = store
-    assert racing._grown, "the upload was never looked at"
+        listed = stub.ListImages(pb.ListImagesRequest(parent=dataset.name)).total_size
+    assert racing.grown, "the upload was never looked at"
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "SIZE_MISMATCH")
     assert racing.bytes_read < len(grown) // 2
-    assert stub.ListImages(pb.ListImagesRequest(parent=dataset.name)).total_size == 0
+    assert listed == 0
     assert store.list_keys(dataset.name + "/") == []
 
 

@@ -13,11 +13,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common.internal_client import internal_channel
 from services.common.ports import free_port
+from tests.servers import TEST_AUTH, TEST_INTERNAL_TOKEN
 
 
 def test_health_and_reflection(service):
-    with grpc.insecure_channel(service.address) as channel:
+    with internal_channel(service.address, TEST_AUTH) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ("", "kiln.v1.DatasetService"):
             assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == \
@@ -30,10 +32,11 @@ def test_health_and_reflection(service):
 def test_process_serves_on_embedded_defaults_and_stops_on_sigterm(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(KILN_DATA_DIR=str(tmp_path), KILN_SERVER__PORT=str(port), KILN_JSON_LOGS="true")
+    env.update(KILN_DATA_DIR=str(tmp_path), KILN_SERVER__PORT=str(port), KILN_JSON_LOGS="true",
+               KILN_INTERNAL_AUTH__TOKEN=TEST_INTERNAL_TOKEN)
     process = subprocess.Popen([sys.executable, "-m", "services.dataset"], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with internal_channel(f"127.0.0.1:{port}", TEST_AUTH) as channel:
             grpc.channel_ready_future(channel).result(timeout=90)
             assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status == \
                 health_pb2.HealthCheckResponse.SERVING

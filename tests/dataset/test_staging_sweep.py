@@ -5,15 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import urllib.request
 
-import grpc
-
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common.internal_client import internal_channel
 from services.dataset import names
-from services.dataset.server import sweep_once
 from services.dataset.staging_sweep import abandoned
 from tests.dataset.conftest import service_on_own_bucket
 from tests.dataset.helpers import image_bytes, new_dataset
+from tests.servers import TEST_AUTH
 
 
 def put(url: str, data: bytes) -> None:
@@ -31,7 +30,7 @@ def create_upload(stub: dataset_pb2_grpc.DatasetServiceStub, dataset: pb.Dataset
 
 def test_staging_objects_without_a_record_are_swept(aio, s3_settings, tmp_path):
     with service_on_own_bucket(aio, s3_settings, tmp_path, "kiln-staging-sweep") as (service, store, _), \
-            grpc.insecure_channel(service.address) as channel:
+            internal_channel(service.address, TEST_AUTH) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         doomed, kept = new_dataset(stub), new_dataset(stub)
         leaked_bytes, live_bytes = image_bytes(seed=31), image_bytes(seed=32)
@@ -43,7 +42,7 @@ def test_staging_objects_without_a_record_are_swept(aio, s3_settings, tmp_path):
         assert set(store.list_keys("uploads/")) == {staging_key(leaked), staging_key(live)}
 
         # Until its URL expires a client may PUT the object again: a young one is not judged yet.
-        aio.run(sweep_once(service.servicer))
+        aio.run(service.components.sweep_once())
         assert set(store.list_keys("uploads/")) == {staging_key(leaked), staging_key(live)}
 
         assert aio.run(service.servicer.sweep_abandoned_staging(min_age=dt.timedelta(0))) == 1

@@ -15,40 +15,42 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 from services.common.database import create_engine
+from services.common.idempotency import IdempotencyKeys
+from services.common.internal_client import internal_channel
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
 from services.common.settings import ObjectStoreSettings
+from services.common.transactions import Transactions
 from services.dataset import captions, records, schema
 from services.dataset.autotag import RECORD_MARGIN, AutoTag, TaggingSettings, TaggingWorker, TagOutcome, fit_caption
 from services.dataset.server import running_dataset_service, tagging_settings
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import image_bytes, new_dataset, upload
+from tests.servers import TEST_AUTH
 
 LONGEST_TAGGER = "taggers/" + "a" * 63  # the registry allows 63-character ids
 
 
 @dataclass
 class Database:
-    engine: Engine
+    """The service's database, reached by the test's own engine and transactions."""
+
+    transactions: Transactions
     stub: dataset_pb2_grpc.DatasetServiceStub
 
-    async def run_db(self, work: Callable[[Connection], Any]) -> Any:
-        def run() -> Any:
-            with self.engine.begin() as conn:
-                return work(conn)
-
-        return await asyncio.to_thread(run)
+    @property
+    def engine(self) -> Engine:
+        return self.transactions.engine
 
     def worker(self, client: Any, **settings: Any) -> TaggingWorker:
-        return TaggingWorker(self.engine, client, TaggingSettings(**settings), self.run_db)
+        return TaggingWorker(self.transactions, client, TaggingSettings(**settings))
 
     def queue(self, count: int, dataset: pb.Dataset | None = None) -> list[pb.Image]:
         """Upload `count` images (left untagged: this service has no tagger) and make them due."""
@@ -89,11 +91,13 @@ def _database(dialect: str, request: pytest.FixtureRequest, aio: LoopThread, sto
         overrides["dataset_database_url"] = postgres.create_database(f"tagrob_{uuid.uuid4().hex[:8]}")
     settings = make_settings(tmp_path, s3_settings, **overrides)
     with aio.context(running_dataset_service(settings, store)) as service, \
-            grpc.insecure_channel(service.address) as channel:
+            internal_channel(service.address, TEST_AUTH) as channel:
         engine = create_engine(settings.database_url())
+        transactions = Transactions(engine, IdempotencyKeys(schema.request_ids), store)
         try:
-            yield Database(engine, dataset_pb2_grpc.DatasetServiceStub(channel))
+            yield Database(transactions, dataset_pb2_grpc.DatasetServiceStub(channel))
         finally:
+            transactions.close()
             engine.dispose()
 
 

@@ -128,7 +128,7 @@ def test_roles_limits_and_counts(stub, dataset):
 
 
 def test_thousand_and_first_training_image(stub, store, dataset, service):
-    limit = service.servicer._settings.max_training_images
+    limit = service.components.settings.max_training_images
     assert limit == 1000  # the seed's limit is the default
     data = [image_bytes(64, 64, seed=10_000 + i) for i in range(limit + 1)]
     for i in range(limit):

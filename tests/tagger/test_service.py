@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from kiln.v1 import tagger_pb2 as pb
 from kiln.v1 import tagger_pb2_grpc
 from services.common.errors import status_details
+from services.common.internal_client import internal_channel
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
 from services.common.ports import free_port
@@ -25,6 +26,7 @@ from services.tagger.registry import TaggerRegistry
 from services.tagger.server import TaggerService, running_tagger_service
 from services.tagger.settings import TaggerSettings
 from services.tagger.wd_tagger import MODEL_FILE, TAGS_FILE
+from tests.servers import TEST_AUTH, TEST_INTERNAL_TOKEN
 from tests.tagger.helpers import solid_png
 
 #                 general sens. quest. expl. 1girl long_hair ^_^  o_o  blue_sky guro miku rin
@@ -41,7 +43,8 @@ def taggers_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def service(aio: LoopThread, store: ObjectStore, taggers_dir: pathlib.Path) -> Iterator[TaggerService]:
     settings = TaggerSettings(
-        tagger_dir=taggers_dir, server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False
+        tagger_dir=taggers_dir, server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False,
+        internal_auth=TEST_AUTH,
     )
     with aio.context(running_tagger_service(settings, store)) as running:
         yield running
@@ -49,7 +52,7 @@ def service(aio: LoopThread, store: ObjectStore, taggers_dir: pathlib.Path) -> I
 
 @pytest.fixture(scope="module")
 def stub(service: TaggerService) -> Iterator[tagger_pb2_grpc.TaggerServiceStub]:
-    with grpc.insecure_channel(service.address) as channel:
+    with internal_channel(service.address, TEST_AUTH) as channel:
         yield tagger_pb2_grpc.TaggerServiceStub(channel)
 
 
@@ -82,7 +85,7 @@ def names(result: pb.ImageTagging) -> list[str]:
 
 
 def test_health_and_reflection(service: TaggerService) -> None:
-    with grpc.insecure_channel(service.address) as channel:
+    with internal_channel(service.address, TEST_AUTH) as channel:
         check = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="kiln.v1.TaggerService")
         )
@@ -252,8 +255,10 @@ def test_unknown_and_malformed_tagger_names(stub) -> None:
 
 
 def test_service_without_a_store_accepts_inline_images_only(aio: LoopThread, tmp_path: pathlib.Path) -> None:
-    settings = TaggerSettings(tagger_dir=tmp_path, server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False)
-    with aio.context(running_tagger_service(settings, None)) as running, grpc.insecure_channel(running.address) as ch:
+    settings = TaggerSettings(tagger_dir=tmp_path, server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False,
+                              internal_auth=TEST_AUTH)
+    with aio.context(running_tagger_service(settings, None)) as running, \
+            internal_channel(running.address, TEST_AUTH) as ch:
         stub = tagger_pb2_grpc.TaggerServiceStub(ch)
         keyed = pb.TagImagesRequest(images=[pb.ImageSource(object_key="datasets/d/images/i/original")])
         code, _, fields = failure(stub.TagImages, keyed)
@@ -266,12 +271,13 @@ def test_service_without_a_store_accepts_inline_images_only(aio: LoopThread, tmp
 def test_process_serves_and_stops_on_sigterm(tmp_path: pathlib.Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(KILN_DATA_DIR=str(tmp_path), KILN_SERVER__PORT=str(port), KILN_JSON_LOGS="true")
+    env.update(KILN_DATA_DIR=str(tmp_path), KILN_SERVER__PORT=str(port), KILN_JSON_LOGS="true",
+               KILN_INTERNAL_AUTH__TOKEN=TEST_INTERNAL_TOKEN)
     process = subprocess.Popen(
         [sys.executable, "-m", "services.tagger", "serve"], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with internal_channel(f"127.0.0.1:{port}", TEST_AUTH) as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
             stub = tagger_pb2_grpc.TaggerServiceStub(channel)
             assert [t.name for t in stub.ListTaggers(pb.ListTaggersRequest()).taggers] == ["taggers/builtin"]

@@ -1,0 +1,101 @@
+"""Channels from one Kiln service (or the demo, or a test) to an internal service: every call
+carries the internal credential, over TLS when the settings say so."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from services.common.internal_auth import AUTHORIZATION_HEADER, TENANT_HEADER
+from services.common.settings import InternalAuthSettings
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def tenant_metadata(tenant: str) -> Metadata:
+    """Per-call metadata saying which tenant a call acts for (the gateway's job)."""
+    return ((TENANT_HEADER, tenant),)
+
+
+def credential_metadata(settings: InternalAuthSettings) -> Metadata:
+    token = settings.token.get_secret_value()
+    return ((AUTHORIZATION_HEADER, f"Bearer {token}"),) if token else ()
+
+
+def internal_aio_channel(address: str, settings: InternalAuthSettings,
+                         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+                         options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    every = [_AioCredentialInterceptor(credential_metadata(settings)), *interceptors]
+    credentials = _channel_credentials(settings)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=list(options), interceptors=every)
+    return grpc.aio.secure_channel(address, credentials, options=list(options), interceptors=every)
+
+
+def internal_channel(address: str, settings: InternalAuthSettings) -> grpc.Channel:
+    """A blocking channel (tests, tools)."""
+    credentials = _channel_credentials(settings)
+    channel = (grpc.insecure_channel(address) if credentials is None
+               else grpc.secure_channel(address, credentials))
+    return grpc.intercept_channel(channel, _SyncCredentialInterceptor(credential_metadata(settings)))
+
+
+def _channel_credentials(settings: InternalAuthSettings) -> grpc.ChannelCredentials | None:
+    if settings.mode != "mtls":
+        return None
+    tls = settings.client_tls
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.server_ca_file), private_key=_read(tls.key_file),
+        certificate_chain=_read(tls.cert_file))
+
+
+def _read(path: pathlib.Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+def _with_metadata(details: Any, extra: Metadata) -> Any:
+    if not extra:
+        return details
+    metadata = [*(details.metadata or ()), *extra]
+    return details._replace(metadata=metadata)
+
+
+class _AioCredentialInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+                                grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(_with_metadata(client_call_details, self._metadata), request)
+
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(_with_metadata(client_call_details, self._metadata), request)
+
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
+                                     request_iterator: Any) -> Any:
+        return await continuation(_with_metadata(client_call_details, self._metadata), request_iterator)
+
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
+                                      request_iterator: Any) -> Any:
+        return await continuation(_with_metadata(client_call_details, self._metadata), request_iterator)
+
+
+class _SyncCredentialInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(_with_metadata(client_call_details, self._metadata), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(_with_metadata(client_call_details, self._metadata), request)
+
+    def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(_with_metadata(client_call_details, self._metadata), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(_with_metadata(client_call_details, self._metadata), request_iterator)

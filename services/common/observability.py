@@ -1,0 +1,32 @@
+"""Metrics and traces of one service, and the server interceptors every internal service runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.interceptors import deadline_interceptor
+from services.common.internal_auth import InternalCredential, internal_auth_interceptor
+from services.common.metrics import ServiceMetrics
+from services.common.settings import CommonSettings
+from services.common.tracing import Tracing
+
+
+@dataclass(frozen=True)
+class Observability:
+    metrics: ServiceMetrics
+    tracing: Tracing
+
+    @classmethod
+    def for_service(cls, service: str, settings: CommonSettings) -> Observability:
+        return cls(ServiceMetrics(service), Tracing(settings.tracing, service))
+
+    def internal_interceptors(self, credential: InternalCredential) -> list[grpc.aio.ServerInterceptor]:
+        """Outermost first: metrics see every call, refused ones too; traces continue the caller's;
+        the deadline and the tenant are set before the handler runs."""
+        return [self.metrics.interceptor(), *self.tracing.server_interceptors(), deadline_interceptor(),
+                internal_auth_interceptor(credential)]
+
+    def close(self) -> None:
+        self.tracing.close()
