@@ -18,9 +18,10 @@ import logging
 import os
 import pathlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
 from PIL import Image
 from tqdm import tqdm
 
@@ -49,7 +50,7 @@ def say(text: str) -> None:
 def upload_file(stub: dataset_pb2_grpc.DatasetServiceStub, parent: str, path: pathlib.Path) -> pb.Image:
     data = path.read_bytes()
 
-    def messages():  # type: ignore[no-untyped-def]
+    def messages() -> Iterator[pb.UploadImageRequest]:
         yield pb.UploadImageRequest(metadata=pb.UploadImageMetadata(
             parent=parent, role=pb.IMAGE_ROLE_TRAINING, filename=path.name, size_bytes=len(data),
             request_id=f"demo-{path.name}"))
@@ -59,7 +60,8 @@ def upload_file(stub: dataset_pb2_grpc.DatasetServiceStub, parent: str, path: pa
     return stub.UploadImage(messages())
 
 
-def read_variant(stub: dataset_pb2_grpc.DatasetServiceStub, name: str, variant: int) -> Image.Image:
+def read_variant(stub: dataset_pb2_grpc.DatasetServiceStub, name: str, variant: pb.ImageVariant.ValueType
+                 ) -> Image.Image:
     responses = list(stub.ReadImage(pb.ReadImageRequest(name=name, variant=variant)))
     return Image.open(io.BytesIO(b"".join(r.chunk for r in responses[1:])))
 
@@ -101,8 +103,9 @@ def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathli
     result = train(config, load_snapshot(reader, snapshot.manifest_key), reader, ObjectStoreWriter(store, prefix),
                    progress=on_progress)
     bar.close()
-    rows = [(f"epoch {epoch}", [Image.open(io.BytesIO(store.get_bytes(f"{prefix}/epochs/{epoch}/previews/{k}.png")))
-                                for k in range(4)]) for epoch in result.saved_epochs]
+    rows: list[tuple[str, list[Image.Image]]] = [
+        (f"epoch {epoch}", [Image.open(io.BytesIO(store.get_bytes(f"{prefix}/epochs/{epoch}/previews/{k}.png")))
+                            for k in range(4)]) for epoch in result.saved_epochs]
     for epoch in result.saved_epochs:
         size = len(store.get_bytes(f"{prefix}/epochs/{epoch}/lora.safetensors"))
         say(f"  epoch {epoch}: s3://…/{prefix}/epochs/{epoch}/lora.safetensors ({size / 1024:.0f} KiB, kohya format)")
@@ -140,15 +143,15 @@ def scenario(address: str, store: ObjectStore, out_dir: pathlib.Path, settle: Ca
         progress.close()
         say(f"cropped {len(images)} images, {upscaled} upscaled (originals kept)")
 
-        for image, tags in zip(images, (["smile", "spacesuit"], ["camera"], ["cat", "whiskers"], ["coffee cup"],
-                                        ["motorcycle"], ["rocket", "night"]), strict=False):
-            stub.AddImageTags(pb.AddImageTagsRequest(name=image.name, tags=tags))
+        for image, reviewed in zip(images, (["smile", "spacesuit"], ["camera"], ["cat", "whiskers"], ["coffee cup"],
+                                            ["motorcycle"], ["rocket", "night"]), strict=False):
+            stub.AddImageTags(pb.AddImageTagsRequest(name=image.name, tags=reviewed))
         say("reviewed captions by hand (the seed: no tagger is 100% right)")
         changed = stub.BatchEditTags(pb.BatchEditTagsRequest(
             parent=dataset.name, add=pb.BatchEditTagsRequest.AddTag(tag=TRIGGER, position=pb.TAG_POSITION_HEAD)))
         say(f"trigger word {TRIGGER!r} added at the head of {changed.changed_count} captions")
         stub.UpdateImage(pb.UpdateImageRequest(image=pb.Image(name=images[0].name, repeat=4),
-                                               update_mask={"paths": ["repeat"]}))
+                                               update_mask=FieldMask(paths=["repeat"])))
         stats = stub.GetTagStatistics(pb.GetTagStatisticsRequest(parent=dataset.name))
         say("tag frequency: " + ", ".join(f"{t.tag} x{t.count}" for t in stats.tags[:8]))
 

@@ -9,11 +9,13 @@ the same checks lock the parent row (SELECT … FOR UPDATE).
 from __future__ import annotations
 
 import pathlib
+import sqlite3
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 READ_ONLY_OPTION = "kiln_read_only"
 # Execution options for a transaction that only reads (see create_engine).
@@ -28,7 +30,7 @@ def create_engine(url: str) -> Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @sa.event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _on_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
             # Let SQLAlchemy, not the driver, decide when transactions begin.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
@@ -39,7 +41,7 @@ def create_engine(url: str) -> Engine:
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
-        def _on_begin(conn):  # type: ignore[no-untyped-def]
+        def _on_begin(conn: sa.Connection) -> None:
             # Readers don't queue behind writers: WAL gives them a consistent snapshot.
             read_only = conn.get_execution_options().get(READ_ONLY_OPTION)
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
@@ -61,8 +63,11 @@ def migrate(engine: Engine, script_location: pathlib.Path, version_table: str) -
         command.upgrade(config, "head")
 
 
-def run_migrations_online(context, target_metadata: sa.MetaData | None = None) -> None:  # type: ignore[no-untyped-def]
+def run_migrations_online(target_metadata: sa.MetaData | None = None) -> None:
     """Body of every service's alembic env.py."""
+    # alembic fills this module in only while it runs an env.py.
+    from alembic import context
+
     connection = context.config.attributes["connection"]
     context.configure(
         connection=connection,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
@@ -66,7 +66,7 @@ class ObjectStore:
             response.close()
             response.release_conn()
 
-    def iter_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, chunk_size: int) -> Generator[bytes, None, None]:
         response = self._get(key)
         try:
             yield from response.stream(chunk_size)
@@ -136,7 +136,7 @@ class ObjectStore:
         parts = urlsplit(url)
         return urlunsplit((public.scheme or parts.scheme, public.netloc, parts.path, parts.query, ""))
 
-    def _get(self, key: str):  # type: ignore[no-untyped-def]
+    def _get(self, key: str) -> urllib3.BaseHTTPResponse:
         try:
             return self.client.get_object(bucket_name=self.bucket, object_name=key)
         except S3Error as err:

@@ -121,7 +121,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     return parse_config(values)
 
 
-def _load_dataset(args: argparse.Namespace, config: TrainingConfig, store: ModelStore):
+def _load_dataset(args: argparse.Namespace, config: TrainingConfig, store: ModelStore
+                  ) -> tuple[DatasetSnapshot, LocalDirectoryReader]:
     if args.snapshot:
         manifest = Path(args.snapshot)
         snapshot = DatasetSnapshot.from_json(manifest.read_bytes())

@@ -391,6 +391,8 @@ class TrainingRun:
 
         added: dict[str, torch.Tensor] | None = None
         if model.family == "sdxl":
+            if prompts.pooled is None:
+                raise RuntimeError("SDXL prompt embeddings come with the second encoder's pooled output")
             time_ids = [
                 [*p.original_size, *p.crop_top_left, planned.choice.bucket[1], planned.choice.bucket[0]]
                 for p, planned in zip(prepared, batch, strict=True)
