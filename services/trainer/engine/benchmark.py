@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -37,8 +38,12 @@ WARMUP_STEPS = 3
 FULL_WARMUP_STEPS = 1
 FULL_MODEL_ID = "benchmark-sd15-architecture"
 
+if TYPE_CHECKING:
+    from .progress import ProgressEvent
+    from .snapshot import DatasetSnapshot, LocalDirectoryReader
 
-def _dataset(root: Path, count: int, size: int):
+
+def _dataset(root: Path, count: int, size: int) -> tuple[DatasetSnapshot, LocalDirectoryReader]:
     from .snapshot import DatasetSnapshot, LocalDirectoryReader, SnapshotImage
 
     images = []
@@ -67,7 +72,7 @@ def _engine(
     })
     stamps: dict[int, float] = {}
 
-    def on_progress(event) -> None:
+    def on_progress(event: ProgressEvent) -> None:
         if event.phase == "training":
             stamps[event.step] = time.process_time()
 
@@ -202,7 +207,7 @@ def _print_rates(results: dict[str, dict[str, float]]) -> None:
         print(f"  {variant:14} {values['steps_per_second']:7.3f} steps/s   peak RSS {values['peak_rss_mb']:7.0f} MB")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--size", type=int, default=64)
@@ -215,10 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-threads", type=int, default=2)
     parser.add_argument("--variant", choices=VARIANTS + FULL_VARIANTS, help=argparse.SUPPRESS)  # one child
     parser.add_argument("--models-dir", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.variant:
-        print(json.dumps(run_variant(args.variant, args.steps, args.size, args.batch, args.threads, args.models_dir)))
-        return 0
+    return parser
+
+
+def _figures(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{variant}_{name}": value for variant, values in results.items() for name, value in values.items()}
+
+
+def measure_all(args: argparse.Namespace) -> dict[str, float]:
+    """Every variant, printed as it is measured; returns the figures (rates, peaks and ratios)."""
     results = _best_of(args.rounds, VARIANTS,
                        lambda v: _measure(v, args.steps, args.size, args.batch, args.threads))
     print(f"tiny-sd15, {args.size}px, batch {args.batch}, {args.steps} steps (first {WARMUP_STEPS} not timed), "
@@ -227,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     engine, bare, cached = (results[v]["steps_per_second"] for v in ("engine", "bare", "engine_cached"))
     print(f"engine / bare loop:      {engine / bare:.2f}x (goal >= 0.95)")
     print(f"cached / uncached:       {cached / engine:.2f}x (tiny VAE; see the SD1.5 architecture below)")
+    figures = {**_figures(results), "engine_over_bare": engine / bare, "tiny_cached_over_uncached": cached / engine}
     if args.full_steps > FULL_WARMUP_STEPS:
         with tempfile.TemporaryDirectory(prefix="kiln-bench-models-") as models:
             started = time.perf_counter()
@@ -240,6 +251,16 @@ def main(argv: list[str] | None = None) -> int:
         _print_rates(full)
         ratio = full["full_cached"]["steps_per_second"] / full["full"]["steps_per_second"]
         print(f"cached / uncached:       {ratio:.2f}x (goal >= 1.3)")
+        figures.update(_figures(full), sd15_cached_over_uncached=ratio)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.steps, args.size, args.batch, args.threads, args.models_dir)))
+        return 0
+    measure_all(args)
     return 0
 
 
