@@ -124,15 +124,15 @@ class GrowsBeforeRead:
     def __init__(self, store: ObjectStore, bigger: bytes) -> None:
         self._store = store
         self._bigger = bigger
-        self._grown = False
+        self.grown = False
         self.bytes_read = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     def _grow(self, key: str) -> None:
-        if not self._grown and key.startswith("uploads/"):
-            self._grown = True
+        if not self.grown and key.startswith("uploads/"):
+            self.grown = True
             self._store.put_bytes(key, self._bigger)
 
     def size(self, key: str) -> int:
@@ -153,21 +153,20 @@ class GrowsBeforeRead:
             yield chunk
 
 
-def test_finalize_reads_no_more_than_was_declared(stub, service, store: ObjectStore) -> None:
-    dataset = new_dataset(stub)
+def test_finalize_reads_no_more_than_was_declared(aio, s3_settings, tmp_path, store: ObjectStore) -> None:
     data = image_bytes(seed=7106)
-    ticket = put_to_upload(stub, dataset, data)
     grown = data + bytes(8 * 1024 * 1024)
     racing = GrowsBeforeRead(store, grown)
-    service.servicer._store = racing
-    try:
+    with aio.context(running_dataset_service(make_settings(tmp_path, s3_settings), racing)) as racing_service, \
+            grpc.insecure_channel(racing_service.address) as channel:
+        stub = dataset_pb2_grpc.DatasetServiceStub(channel)
+        dataset = new_dataset(stub)
+        ticket = put_to_upload(stub, dataset, data)
         code, reason, _ = failure(stub.FinalizeImageUpload, pb.FinalizeImageUploadRequest(name=ticket.name))
-    finally:
-        service.servicer._store = store
-    assert racing._grown, "the upload was never looked at"
-    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "SIZE_MISMATCH")
-    assert racing.bytes_read < len(grown) // 2
-    assert stub.ListImages(pb.ListImagesRequest(parent=dataset.name)).total_size == 0
+        assert racing.grown, "the upload was never looked at"
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "SIZE_MISMATCH")
+        assert racing.bytes_read < len(grown) // 2
+        assert stub.ListImages(pb.ListImagesRequest(parent=dataset.name)).total_size == 0
     assert store.list_keys(dataset.name + "/") == []
 
 
