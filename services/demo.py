@@ -36,6 +36,7 @@ from services.dataset.server import running_dataset_service
 from services.dataset.settings import DatasetSettings
 from services.tagger.server import running_tagger_service
 from services.tagger.settings import TaggerSettings
+from services.trainer.settings import TrainerSettings
 
 CHUNK = 1024 * 1024
 TRIGGER = "kilnsample"
@@ -73,10 +74,12 @@ def save_sheet(rows: list[tuple[str, list[Image.Image]]], path: pathlib.Path) ->
     contact_sheet(rows, cell=256).save(path)
 
 
-def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathlib.Path) -> None:
+def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathlib.Path, models_dir: pathlib.Path
+                      ) -> None:
     """What a trainer worker does with a job: a LoRA on the snapshot, previews per epoch."""
     # Imported here: the ML stack takes seconds to load and the dataset part doesn't need it.
     from services.trainer.engine.config import parse_config
+    from services.trainer.engine.model_store import ModelStore
     from services.trainer.engine.object_store_io import ObjectStoreReader, ObjectStoreWriter
     from services.trainer.engine.progress import ProgressEvent
     from services.trainer.engine.snapshot import load_snapshot
@@ -101,7 +104,7 @@ def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathli
         bar.refresh()
 
     result = train(config, load_snapshot(reader, snapshot.manifest_key), reader, ObjectStoreWriter(store, prefix),
-                   progress=on_progress)
+                   store=ModelStore(models_dir), progress=on_progress)
     bar.close()
     rows: list[tuple[str, list[Image.Image]]] = [
         (f"epoch {epoch}", [Image.open(io.BytesIO(store.get_bytes(f"{prefix}/epochs/{epoch}/previews/{k}.png")))
@@ -114,7 +117,8 @@ def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathli
     say(f"preview images of each epoch (prompt {config.preview.prompt!r}): {sheet}")
 
 
-def scenario(address: str, store: ObjectStore, out_dir: pathlib.Path, settle: Callable[[], None]) -> None:
+def scenario(address: str, store: ObjectStore, out_dir: pathlib.Path, models_dir: pathlib.Path,
+             settle: Callable[[], None]) -> None:
     with grpc.insecure_channel(address) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         dataset = stub.CreateDataset(pb.CreateDatasetRequest(dataset=pb.Dataset(
@@ -172,10 +176,10 @@ def scenario(address: str, store: ObjectStore, out_dir: pathlib.Path, settle: Ca
         save_sheet([("focus crops, 512x512", [read_variant(stub, i.name, pb.IMAGE_VARIANT_CROPPED)
                                               for i in listed.images])], sheet)
         say(f"contact sheet of the crops: {sheet}")
-        train_on_snapshot(store, snapshot, out_dir)
+        train_on_snapshot(store, snapshot, out_dir, models_dir)
 
 
-async def run(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
+async def run(data_dir: pathlib.Path, out_dir: pathlib.Path, models_dir: pathlib.Path) -> None:
     server = ServerSettings(port=0, shutdown_grace=2.0)
     say(f"starting embedded S3 (SeaweedFS), the tagger and the dataset service; data in {data_dir}")
     handle = await asyncio.to_thread(open_store, DatasetSettings().s3, data_dir)
@@ -194,7 +198,7 @@ async def run(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
                 def settle() -> None:
                     asyncio.run_coroutine_threadsafe(worker.until_idle(), loop).result(300)
 
-                await asyncio.to_thread(scenario, service.address, handle.store, out_dir, settle)
+                await asyncio.to_thread(scenario, service.address, handle.store, out_dir, models_dir, settle)
     finally:
         await asyncio.to_thread(handle.close)
     say("services stopped")
@@ -206,7 +210,11 @@ def main() -> None:
                         help="where the object store and database live (default: a fresh temporary folder)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("var/demo"),
                         help="where the contact sheet goes")
+    parser.add_argument("--models-dir", type=pathlib.Path, default=None,
+                        help="base-model store, where tiny-sd15 is built once (default: $KILN_MODELS_DIR or "
+                             "~/.cache/kiln/models)")
     args = parser.parse_args()
+    models_dir = args.models_dir or TrainerSettings().models_dir
     from services.common.logs import configure_logging
 
     configure_logging("WARNING", json_logs=False)
@@ -215,9 +223,9 @@ def main() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if args.data_dir is None:
         with tempfile.TemporaryDirectory(prefix="kiln-demo-") as tmp:
-            asyncio.run(run(pathlib.Path(tmp), args.out))
+            asyncio.run(run(pathlib.Path(tmp), args.out, models_dir))
     else:
-        asyncio.run(run(args.data_dir, args.out))
+        asyncio.run(run(args.data_dir, args.out, models_dir))
 
 
 if __name__ == "__main__":

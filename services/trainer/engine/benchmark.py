@@ -56,8 +56,8 @@ def _dataset(root: Path, count: int, size: int) -> tuple[DatasetSnapshot, LocalD
 
 
 def _engine(
-    cached: bool, steps: int, size: int, batch: int, workdir: Path,
-    base_model: str = "tiny-sd15", models_dir: Path | None = None, warmup: int = WARMUP_STEPS,
+    cached: bool, steps: int, size: int, batch: int, workdir: Path, models_dir: Path,
+    base_model: str = "tiny-sd15", warmup: int = WARMUP_STEPS,
 ) -> float:
     from .artifacts import LocalDirectoryWriter
     from .config import parse_config
@@ -76,8 +76,7 @@ def _engine(
         if event.phase == "training":
             stamps[event.step] = time.process_time()
 
-    store = ModelStore(models_dir) if models_dir is not None else None
-    TrainingRun(config, snapshot, reader, LocalDirectoryWriter(workdir / "out"), store=store,
+    TrainingRun(config, snapshot, reader, LocalDirectoryWriter(workdir / "out"), store=ModelStore(models_dir),
                 progress=on_progress).run(False)
     return (steps - warmup) / (stamps[steps] - stamps[warmup])
 
@@ -103,7 +102,7 @@ def build_full_sd15(models_dir: Path) -> None:
         ModelStore(models_dir).import_model(FULL_MODEL_ID, folder, family="sd15")
 
 
-def _bare(steps: int, size: int, batch: int, workdir: Path) -> float:
+def _bare(steps: int, size: int, batch: int, workdir: Path, models_dir: Path) -> float:
     """What a diffusers example script does: same model, adapters, data and batch; no engine."""
     import torch
     import torch.nn.functional as F
@@ -114,7 +113,7 @@ def _bare(steps: int, size: int, batch: int, workdir: Path) -> float:
     from .lora import text_encoder_targets, unet_targets
     from .model_store import ModelStore
 
-    path = ModelStore().resolve("tiny-sd15").path
+    path = ModelStore(models_dir).resolve("tiny-sd15").path
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
     encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
@@ -161,31 +160,27 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def run_variant(
-    variant: str, steps: int, size: int, batch: int, threads: int, models_dir: Path | None = None
-) -> dict[str, float]:
+def run_variant(variant: str, steps: int, size: int, batch: int, threads: int, models_dir: Path) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         if variant == "bare":
-            rate = _bare(steps, size, batch, workdir)
+            rate = _bare(steps, size, batch, workdir, models_dir)
         elif variant in FULL_VARIANTS:
-            rate = _engine(variant == "full_cached", steps, size, batch, workdir, FULL_MODEL_ID, models_dir,
+            rate = _engine(variant == "full_cached", steps, size, batch, workdir, models_dir, FULL_MODEL_ID,
                            FULL_WARMUP_STEPS)
         else:
-            rate = _engine(variant == "engine_cached", steps, size, batch, workdir)
+            rate = _engine(variant == "engine_cached", steps, size, batch, workdir, models_dir)
     peak_mb = _peak_rss_mb()
     return {"steps_per_second": rate, "peak_rss_mb": peak_mb}
 
 
-def _measure(variant: str, steps: int, size: int, batch: int, threads: int,
-             models_dir: Path | None = None) -> dict[str, float]:
+def _measure(variant: str, steps: int, size: int, batch: int, threads: int, models_dir: Path) -> dict[str, float]:
     command = [sys.executable, "-m", "services.trainer.engine.benchmark", "--variant", variant,
-               "--steps", str(steps), "--size", str(size), "--batch", str(batch), "--threads", str(threads)]
-    if models_dir is not None:
-        command += ["--models-dir", str(models_dir)]
+               "--steps", str(steps), "--size", str(size), "--batch", str(batch), "--threads", str(threads),
+               "--models-dir", str(models_dir)]
     child = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(child.stdout.strip().splitlines()[-1])
 
@@ -219,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full-rounds", type=int, default=2)
     parser.add_argument("--full-threads", type=int, default=2)
     parser.add_argument("--variant", choices=VARIANTS + FULL_VARIANTS, help=argparse.SUPPRESS)  # one child
-    parser.add_argument("--models-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--models-dir", type=Path,
+                        help="base-model store for tiny-sd15 (default: $KILN_MODELS_DIR or ~/.cache/kiln/models)")
     return parser
 
 
@@ -227,10 +223,17 @@ def _figures(results: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{variant}_{name}": value for variant, values in results.items() for name, value in values.items()}
 
 
+def _models_dir(args: argparse.Namespace) -> Path:
+    from services.trainer.settings import TrainerSettings
+
+    return args.models_dir or TrainerSettings().models_dir
+
+
 def measure_all(args: argparse.Namespace) -> dict[str, float]:
     """Every variant, printed as it is measured; returns the figures (rates, peaks and ratios)."""
+    tiny_models = _models_dir(args)
     results = _best_of(args.rounds, VARIANTS,
-                       lambda v: _measure(v, args.steps, args.size, args.batch, args.threads))
+                       lambda v: _measure(v, args.steps, args.size, args.batch, args.threads, tiny_models))
     print(f"tiny-sd15, {args.size}px, batch {args.batch}, {args.steps} steps (first {WARMUP_STEPS} not timed), "
           f"{args.threads} thread(s), best of {args.rounds} rounds, steps per CPU-second")
     _print_rates(results)
@@ -258,7 +261,8 @@ def measure_all(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.steps, args.size, args.batch, args.threads, args.models_dir)))
+        print(json.dumps(run_variant(args.variant, args.steps, args.size, args.batch, args.threads,
+                                     _models_dir(args))))
         return 0
     measure_all(args)
     return 0
