@@ -3,37 +3,31 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import platform
-import time
+import sys
 
-SUITES = ("dataset_upload", "crop_speed", "tagger_throughput", "trainer_step")
+from benchmarks.runner import failure_summary, run_suites
+
+SUITES = ("dataset_upload", "crop_speed", "oversized_requests", "tagger_throughput", "trainer_step")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, package: str = "benchmarks") -> int:
+    """Exit status 1 when any suite failed to import, raised or returned no figures."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("suites", nargs="*", default=list(SUITES), help=f"any of {', '.join(SUITES)}")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
-    figures: dict[str, dict[str, float]] = {}
+    parser.add_argument("--json", help="also write the figures of every suite that ran to this file")
+    args = parser.parse_args(argv)
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
-    for name in args.suites:
-        try:
-            module = importlib.import_module(f"benchmarks.{name}")
-        except ModuleNotFoundError:
-            print(f"{name}: not available in this checkout")
-            continue
-        start = time.perf_counter()
-        # Suites that parse options of their own get none from this command line.
-        wants_argv = bool(inspect.signature(module.main).parameters)
-        figures[name] = (module.main([]) if wants_argv else module.main()) or {}
-        print(f"  ({name} took {time.perf_counter() - start:.0f} s)\n")
+    report = run_suites(args.suites, package)
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(figures, out, indent=2)
+            json.dump(report.figures, out, indent=2)
+    if not report.ok:
+        print(failure_summary(report.failures), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,8 +9,10 @@ in this one.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import os
+from collections.abc import Iterator
 
 from benchmarks.harness import dataset_process_stub, embedded_store, photos, timed
 from kiln.v1 import dataset_pb2 as pb
@@ -25,7 +27,7 @@ LIMITS = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=64_000_000, min_side
 SIZES = (("2 MP", (1732, 1155), 36), ("12 MP", (4240, 2832), 12))
 
 
-def _messages(parent: str, data: bytes, index: int):  # type: ignore[no-untyped-def]
+def _messages(parent: str, data: bytes, index: int) -> Iterator[pb.UploadImageRequest]:
     yield pb.UploadImageRequest(metadata=pb.UploadImageMetadata(
         parent=parent, role=pb.IMAGE_ROLE_TRAINING, filename=f"{index}.jpg", size_bytes=len(data)))
     for start in range(0, len(data), CHUNK):
@@ -66,9 +68,9 @@ def main() -> dict[str, float]:
                                   enumerate(images)))
 
             for parallel in (1, 4):
-                direct_t = timed(ROUNDS, lambda p=parallel: direct(p))
-                verified_t = timed(ROUNDS, lambda p=parallel: verified(p))
-                service_t = timed(ROUNDS, lambda p=parallel: service(p))
+                direct_t = timed(ROUNDS, functools.partial(direct, parallel))
+                verified_t = timed(ROUNDS, functools.partial(verified, parallel))
+                service_t = timed(ROUNDS, functools.partial(service, parallel))
                 ratio = direct_t.wall_s / service_t.wall_s
                 results[f"upload_ratio_{label.replace(' ', '').lower()}_x{parallel}"] = ratio
                 print(f"  {parallel} client(s): direct S3 PUT {megabytes / direct_t.wall_s:6.1f} MB/s  "

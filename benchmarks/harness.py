@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import psutil
@@ -74,12 +75,12 @@ def embedded_store() -> Iterator[ObjectStore]:
 
 
 @contextlib.contextmanager
-def dataset_stub(store: ObjectStore, **settings: object) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
+def dataset_stub(store: ObjectStore, **settings: Any) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
     """The dataset service in this process (for benchmarks that time the service's own work)."""
     loop = LoopThread()
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     config = DatasetSettings(data_dir=data_dir, s3=store._settings, server=ServerSettings(port=0),
-                             internal_auth=BENCH_AUTH, json_logs=False, log_level="WARNING", **settings)  # type: ignore[arg-type]
+                             internal_auth=BENCH_AUTH, json_logs=False, log_level="WARNING", **settings)
     try:
         with loop.context(running_dataset_service(config, store)) as service, \
                 internal_channel(service.address, BENCH_AUTH) as channel:

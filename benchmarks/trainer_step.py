@@ -4,12 +4,13 @@ all measured in this run (the engine's own benchmark, each variant in its own pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.trainer.engine import benchmark
 
 
-def main() -> dict[str, float]:
-    benchmark.main([])
-    return {}
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    return benchmark.measure_all(benchmark.build_parser().parse_args(list(argv or [])))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ import os
 import pathlib
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
 from PIL import Image
 from pydantic import SecretStr
 from tqdm import tqdm
@@ -38,6 +39,7 @@ from services.dataset.server import running_dataset_service
 from services.dataset.settings import DatasetSettings
 from services.tagger.server import running_tagger_service
 from services.tagger.settings import TaggerSettings
+from services.trainer.settings import TrainerSettings
 
 CHUNK = 1024 * 1024
 TRIGGER = "kilnsample"
@@ -50,7 +52,7 @@ def say(text: str) -> None:
 def upload_file(stub: dataset_pb2_grpc.DatasetServiceStub, parent: str, path: pathlib.Path) -> pb.Image:
     data = path.read_bytes()
 
-    def messages():  # type: ignore[no-untyped-def]
+    def messages() -> Iterator[pb.UploadImageRequest]:
         yield pb.UploadImageRequest(metadata=pb.UploadImageMetadata(
             parent=parent, role=pb.IMAGE_ROLE_TRAINING, filename=path.name, size_bytes=len(data),
             request_id=f"demo-{path.name}"))
@@ -60,7 +62,8 @@ def upload_file(stub: dataset_pb2_grpc.DatasetServiceStub, parent: str, path: pa
     return stub.UploadImage(messages())
 
 
-def read_variant(stub: dataset_pb2_grpc.DatasetServiceStub, name: str, variant: int) -> Image.Image:
+def read_variant(stub: dataset_pb2_grpc.DatasetServiceStub, name: str, variant: pb.ImageVariant.ValueType
+                 ) -> Image.Image:
     responses = list(stub.ReadImage(pb.ReadImageRequest(name=name, variant=variant)))
     return Image.open(io.BytesIO(b"".join(r.chunk for r in responses[1:])))
 
@@ -72,10 +75,12 @@ def save_sheet(rows: list[tuple[str, list[Image.Image]]], path: pathlib.Path) ->
     contact_sheet(rows, cell=256).save(path)
 
 
-def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathlib.Path) -> None:
+def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathlib.Path, models_dir: pathlib.Path
+                      ) -> None:
     """What a trainer worker does with a job: a LoRA on the snapshot, previews per epoch."""
     # Imported here: the ML stack takes seconds to load and the dataset part doesn't need it.
     from services.trainer.engine.config import parse_config
+    from services.trainer.engine.model_store import ModelStore
     from services.trainer.engine.object_store_io import ObjectStoreReader, ObjectStoreWriter
     from services.trainer.engine.progress import ProgressEvent
     from services.trainer.engine.snapshot import load_snapshot
@@ -100,10 +105,11 @@ def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathli
         bar.refresh()
 
     result = train(config, load_snapshot(reader, snapshot.manifest_key), reader, ObjectStoreWriter(store, prefix),
-                   progress=on_progress)
+                   store=ModelStore(models_dir), progress=on_progress)
     bar.close()
-    rows = [(f"epoch {epoch}", [Image.open(io.BytesIO(store.get_bytes(f"{prefix}/epochs/{epoch}/previews/{k}.png")))
-                                for k in range(4)]) for epoch in result.saved_epochs]
+    rows: list[tuple[str, list[Image.Image]]] = [
+        (f"epoch {epoch}", [Image.open(io.BytesIO(store.get_bytes(f"{prefix}/epochs/{epoch}/previews/{k}.png")))
+                            for k in range(4)]) for epoch in result.saved_epochs]
     for epoch in result.saved_epochs:
         size = len(store.get_bytes(f"{prefix}/epochs/{epoch}/lora.safetensors"))
         say(f"  epoch {epoch}: s3://…/{prefix}/epochs/{epoch}/lora.safetensors ({size / 1024:.0f} KiB, kohya format)")
@@ -112,7 +118,8 @@ def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathli
     say(f"preview images of each epoch (prompt {config.preview.prompt!r}): {sheet}")
 
 
-def scenario(channel: grpc.Channel, store: ObjectStore, out_dir: pathlib.Path, settle: Callable[[], None]) -> None:
+def scenario(channel: grpc.Channel, store: ObjectStore, out_dir: pathlib.Path, models_dir: pathlib.Path,
+             settle: Callable[[], None]) -> None:
     with channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         dataset = stub.CreateDataset(pb.CreateDatasetRequest(dataset=pb.Dataset(
@@ -141,15 +148,15 @@ def scenario(channel: grpc.Channel, store: ObjectStore, out_dir: pathlib.Path, s
         progress.close()
         say(f"cropped {len(images)} images, {upscaled} upscaled (originals kept)")
 
-        for image, tags in zip(images, (["smile", "spacesuit"], ["camera"], ["cat", "whiskers"], ["coffee cup"],
-                                        ["motorcycle"], ["rocket", "night"]), strict=False):
-            stub.AddImageTags(pb.AddImageTagsRequest(name=image.name, tags=tags))
+        for image, reviewed in zip(images, (["smile", "spacesuit"], ["camera"], ["cat", "whiskers"], ["coffee cup"],
+                                            ["motorcycle"], ["rocket", "night"]), strict=False):
+            stub.AddImageTags(pb.AddImageTagsRequest(name=image.name, tags=reviewed))
         say("reviewed captions by hand (the seed: no tagger is 100% right)")
         changed = stub.BatchEditTags(pb.BatchEditTagsRequest(
             parent=dataset.name, add=pb.BatchEditTagsRequest.AddTag(tag=TRIGGER, position=pb.TAG_POSITION_HEAD)))
         say(f"trigger word {TRIGGER!r} added at the head of {changed.changed_count} captions")
         stub.UpdateImage(pb.UpdateImageRequest(image=pb.Image(name=images[0].name, repeat=4),
-                                               update_mask={"paths": ["repeat"]}))
+                                               update_mask=FieldMask(paths=["repeat"])))
         stats = stub.GetTagStatistics(pb.GetTagStatisticsRequest(parent=dataset.name))
         say("tag frequency: " + ", ".join(f"{t.tag} x{t.count}" for t in stats.tags[:8]))
 
@@ -170,10 +177,10 @@ def scenario(channel: grpc.Channel, store: ObjectStore, out_dir: pathlib.Path, s
         save_sheet([("focus crops, 512x512", [read_variant(stub, i.name, pb.IMAGE_VARIANT_CROPPED)
                                               for i in listed.images])], sheet)
         say(f"contact sheet of the crops: {sheet}")
-        train_on_snapshot(store, snapshot, out_dir)
+        train_on_snapshot(store, snapshot, out_dir, models_dir)
 
 
-async def run(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
+async def run(data_dir: pathlib.Path, out_dir: pathlib.Path, models_dir: pathlib.Path) -> None:
     server = ServerSettings(port=0, shutdown_grace=2.0)
     # The services trust each other through one credential, as in production; the demo makes
     # a fresh one and is their only client, as the gateway would be.
@@ -197,7 +204,7 @@ async def run(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
                     asyncio.run_coroutine_threadsafe(worker.until_idle(), loop).result(300)
 
                 await asyncio.to_thread(scenario, internal_channel(service.address, auth), handle.store, out_dir,
-                                        settle)
+                                        models_dir, settle)
     finally:
         await asyncio.to_thread(handle.close)
     say("services stopped")
@@ -209,7 +216,11 @@ def main() -> None:
                         help="where the object store and database live (default: a fresh temporary folder)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("var/demo"),
                         help="where the contact sheet goes")
+    parser.add_argument("--models-dir", type=pathlib.Path, default=None,
+                        help="base-model store, where tiny-sd15 is built once (default: $KILN_MODELS_DIR or "
+                             "~/.cache/kiln/models)")
     args = parser.parse_args()
+    models_dir = args.models_dir or TrainerSettings().models_dir
     from services.common.logs import configure_logging
 
     configure_logging("WARNING", json_logs=False)
@@ -218,9 +229,9 @@ def main() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if args.data_dir is None:
         with tempfile.TemporaryDirectory(prefix="kiln-demo-") as tmp:
-            asyncio.run(run(pathlib.Path(tmp), args.out))
+            asyncio.run(run(pathlib.Path(tmp), args.out, models_dir))
     else:
-        asyncio.run(run(args.data_dir, args.out))
+        asyncio.run(run(args.data_dir, args.out, models_dir))
 
 
 if __name__ == "__main__":

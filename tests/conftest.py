@@ -20,6 +20,12 @@ ACCESS_KEY, SECRET_KEY = "kiln-test", "kiln-test-secret"
 
 
 @pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The base-model store of this run: the tiny models are built here once, never in ~/.cache."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
 def s3_server() -> Iterator[EmbeddedS3]:
     directory = pathlib.Path(tempfile.mkdtemp(prefix="kiln-s3-"))
     server = EmbeddedS3(directory, ACCESS_KEY, SECRET_KEY).start()

@@ -9,11 +9,13 @@ the same checks lock the parent row (SELECT … FOR UPDATE).
 from __future__ import annotations
 
 import pathlib
+import sqlite3
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from services.common import call_context
 
@@ -32,7 +34,7 @@ def create_engine(url: str, *, timeout: float = 15.0, connect_timeout: float = 5
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
 
         @sa.event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _on_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
             # Let SQLAlchemy, not the driver, decide when transactions begin.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
@@ -43,7 +45,7 @@ def create_engine(url: str, *, timeout: float = 15.0, connect_timeout: float = 5
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
-        def _on_begin(conn):  # type: ignore[no-untyped-def]
+        def _on_begin(conn: sa.Connection) -> None:
             # A writer queues for the lock at most as long as its caller still waits.
             conn.exec_driver_sql(f"PRAGMA busy_timeout={_milliseconds(call_context.remaining(timeout))}")
             # Readers don't queue behind writers: WAL gives them a consistent snapshot.
@@ -87,8 +89,11 @@ def migrate(engine: Engine, script_location: pathlib.Path, version_table: str) -
         command.upgrade(config, "head")
 
 
-def run_migrations_online(context, target_metadata: sa.MetaData | None = None) -> None:  # type: ignore[no-untyped-def]
+def run_migrations_online(target_metadata: sa.MetaData | None = None) -> None:
     """Body of every service's alembic env.py."""
+    # alembic fills this module in only while it runs an env.py.
+    from alembic import context
+
     connection = context.config.attributes["connection"]
     context.configure(
         connection=connection,

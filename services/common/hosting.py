@@ -36,7 +36,8 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Background(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def run(self) -> Awaitable[None]: ...
 

@@ -44,7 +44,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler,
                  around: Callable[[grpc.aio.ServicerContext], contextlib.AbstractAsyncContextManager[None]]
                  ) -> grpc.RpcMethodHandler:
     if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
+        inner_uu: Any = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with around(context):
@@ -52,7 +52,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler,
 
         return handler._replace(unary_unary=unary_unary)  # type: ignore[attr-defined]
     if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
+        inner_su: Any = handler.stream_unary
 
         async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             async with around(context):
@@ -60,7 +60,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler,
 
         return handler._replace(stream_unary=stream_unary)  # type: ignore[attr-defined]
     if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
+        inner_us: Any = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with around(context):
@@ -68,7 +68,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler,
                     yield item
 
         return handler._replace(unary_stream=unary_stream)  # type: ignore[attr-defined]
-    inner_ss = handler.stream_stream
+    inner_ss: Any = handler.stream_stream
 
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with around(context):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -20,8 +20,8 @@ class LoopThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name="test-aio-loop", daemon=True)
         self._thread.start()
 
-    def run(self, coro: Awaitable[T], timeout: float = 120) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     @contextlib.contextmanager
     def context(self, manager: Any) -> Iterator[Any]:

@@ -11,7 +11,7 @@ error decorators turn it into INVALID_ARGUMENT with a field violation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor as _descriptor
@@ -20,15 +20,20 @@ from google.protobuf.message import DecodeError, Message
 
 from services.common.errors import MalformedRequest
 
+if TYPE_CHECKING:
+    # A message class's DESCRIPTOR is either kind, depending on the protobuf backend.
+    from google._upb._message import Descriptor as _UpbDescriptor
 
-def _bad_utf8_fields(data: bytes, descriptor: _descriptor.Descriptor, prefix: str = "") -> list[str]:
+
+def _bad_utf8_fields(data: bytes, descriptor: _descriptor.Descriptor | _UpbDescriptor, prefix: str = "") -> list[str]:
     """Paths of string fields whose bytes are not UTF-8, found by walking the wire format."""
     found: list[str] = []
     try:
         fields = unknown_fields.UnknownFieldSet(empty_pb2.Empty.FromString(data))
     except DecodeError:
         return found
-    for item in fields:
+    for index in range(len(fields)):
+        item = fields[index]
         field = descriptor.fields_by_number.get(item.field_number)
         if field is None or item.wire_type != 2:
             continue
@@ -38,7 +43,7 @@ def _bad_utf8_fields(data: bytes, descriptor: _descriptor.Descriptor, prefix: st
                 bytes(item.data).decode("utf-8")
             except UnicodeDecodeError:
                 found.append(path)
-        elif field.type == _descriptor.FieldDescriptor.TYPE_MESSAGE:
+        elif field.type == _descriptor.FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
             found.extend(_bad_utf8_fields(bytes(item.data), field.message_type, path + "."))
     return found
 
@@ -74,6 +79,9 @@ def register_tolerant(server: grpc.aio.Server, add_to_server: Callable[[Any, Any
     handlers = {}
     for method, handler in capture.handlers.items():
         message_type = request_types[method]
+        if handler.request_deserializer is None:
+            raise ValueError(f"{capture.service}/{method} has no request deserializer to make tolerant")
+        # grpc's handlers are namedtuples, which its stubs don't say.
         handlers[method] = handler._replace(  # type: ignore[attr-defined]
             request_deserializer=tolerant(handler.request_deserializer, message_type)
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,11 +38,11 @@ class _DeadlinePool(urllib3.PoolManager):
         self._connect = connect
         self._ceiling = ceiling
 
-    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:
+    def urlopen(self, method: str, url: str, *args: Any, **kw: Any) -> urllib3.BaseHTTPResponse:
         if "timeout" not in kw:
             left = max(0.001, call_context.remaining(self._ceiling))
             kw["timeout"] = urllib3.Timeout(connect=min(self._connect, left), read=left)
-        return super().urlopen(method, url, redirect=redirect, **kw)
+        return super().urlopen(method, url, *args, **kw)
 
 
 class ObjectStore:
@@ -89,7 +89,7 @@ class ObjectStore:
             response.close()
             response.release_conn()
 
-    def iter_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, chunk_size: int) -> Generator[bytes, None, None]:
         response = self._get(key)
         try:
             yield from response.stream(chunk_size)
@@ -159,7 +159,7 @@ class ObjectStore:
         parts = urlsplit(url)
         return urlunsplit((public.scheme or parts.scheme, public.netloc, parts.path, parts.query, ""))
 
-    def _get(self, key: str):  # type: ignore[no-untyped-def]
+    def _get(self, key: str) -> urllib3.BaseHTTPResponse:
         try:
             return self.client.get_object(bucket_name=self.bucket, object_name=key)
         except S3Error as err:

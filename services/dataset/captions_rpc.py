@@ -95,7 +95,7 @@ class CaptionRpcs(ServicerBase):
                           context: grpc.aio.ServicerContext) -> pb.RetagImagesResponse:
         dataset_id = names.parse_dataset(request.parent, "parent")
         image_ids = child_ids(request.names, dataset_id, required=False)
-        merge = MERGE_TO_DB.get(request.merge)  # type: ignore[call-overload]
+        merge = MERGE_TO_DB.get(request.merge)
         if merge is None:
             raise invalid_field("merge", "say how new tags meet the caption: IGNORE, APPEND or OVERWRITE")
         if request.tagger:

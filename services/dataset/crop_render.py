@@ -49,7 +49,7 @@ def crop_result(dataset_id: str, image_id: str, box: Box, target_width: int, tar
 def analysis_image(data: bytes) -> Image.Image:
     """A small RGB copy for choosing a box. JPEGs decode straight at reduced scale,
     which is most of what makes a focus crop cheap."""
-    image = Image.open(io.BytesIO(data))
+    image: Image.Image = Image.open(io.BytesIO(data))
     image.draft("RGB", (DETECTOR_SIDE, DETECTOR_SIDE))
     image = image.convert("RGB")
     image.thumbnail((DETECTOR_SIDE, DETECTOR_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
@@ -90,7 +90,7 @@ def crop_png(result: CropResult) -> Callable[[bytes], bytes]:
 def thumbnail_webp(original: bytes) -> bytes:
     """A WebP at most THUMBNAIL_SIDE on its long side. Uploads don't wait for it: it costs more
     than verifying the upload itself."""
-    image = Image.open(io.BytesIO(original))
+    image: Image.Image = Image.open(io.BytesIO(original))
     image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     image = image.convert("RGB")
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0)

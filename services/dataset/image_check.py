@@ -163,7 +163,7 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
         mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
-        if rgba.getchannel("A").getextrema()[0] < 255:
+        if np.asarray(rgba.getchannel("A")).min() < 255:
             notes.append("transparent areas composited on white")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

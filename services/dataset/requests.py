@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.engine import Row
 
+from kiln.v1 import dataset_pb2 as pb
 from services.common.errors import (
     FieldViolation,
     ServiceError,
@@ -40,14 +41,14 @@ def mask_paths(paths: Sequence[str], allowed: set[str]) -> set[str]:
     return set(paths)
 
 
-def role_of(value: int, field: str) -> str:
-    role = ROLE_TO_DB.get(value)  # type: ignore[call-overload]
+def role_of(value: pb.ImageRole.ValueType, field: str) -> str:
+    role = ROLE_TO_DB.get(value)
     if role is None:
         raise invalid_field(field, "IMAGE_ROLE_TRAINING or IMAGE_ROLE_REGULARIZATION")
     return role
 
 
-def optional_role(value: int, field: str) -> str | None:
+def optional_role(value: pb.ImageRole.ValueType, field: str) -> str | None:
     """A role filter: unspecified means both roles."""
     return role_of(value, field) if value else None
 

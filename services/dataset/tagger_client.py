@@ -82,7 +82,9 @@ def options_to_dict(options: tpb.TaggingOptions) -> dict[str, Any]:
 
 def auto_tags_message(stored: list[dict[str, Any]] | None) -> list[tpb.Tag]:
     names = {v: k for k, v in CATEGORY_NAMES.items()}
-    return [tpb.Tag(name=t["tag"], score=t["score"], category=names.get(t["category"], 0)) for t in stored or []]
+    unknown = tpb.TAG_CATEGORY_UNSPECIFIED
+    return [tpb.Tag(name=t["tag"], score=t["score"], category=names.get(t["category"], unknown))
+            for t in stored or []]
 
 
 def verdict_message(verdict: str | None, findings: list[dict[str, Any]] | None) -> tpb.ModerationVerdict | None:
@@ -90,6 +92,7 @@ def verdict_message(verdict: str | None, findings: list[dict[str, Any]] | None) 
         return None
     decisions = {v: k for k, v in DECISION_NAMES.items()}
     sources = {v: k for k, v in SOURCE_NAMES.items()}
-    return tpb.ModerationVerdict(decision=decisions.get(verdict, 0), findings=[
-        tpb.ModerationFinding(source=sources.get(f["source"], 0), label=f["label"], score=f["score"],
-                              decision=decisions.get(f["decision"], 0)) for f in findings or []])
+    undecided, unknown = tpb.MODERATION_DECISION_UNSPECIFIED, tpb.MODERATION_SIGNAL_SOURCE_UNSPECIFIED
+    return tpb.ModerationVerdict(decision=decisions.get(verdict, undecided), findings=[
+        tpb.ModerationFinding(source=sources.get(f["source"], unknown), label=f["label"], score=f["score"],
+                              decision=decisions.get(f["decision"], undecided)) for f in findings or []])

@@ -69,6 +69,7 @@ class Tagger(Protocol):
         """Per-image CPU work; runs in worker threads, so it must be thread-safe."""
         ...
 
-    def infer(self, prepared: Sequence[Any]) -> list[Prediction]:
-        """Batched work, one `prepare` result per image, in order."""
+    def infer(self, prepared: Sequence[Any]) -> Sequence[Prediction]:
+        """Batched work, one `prepare` result per image, in order. A read-only sequence, so a
+        tagger may return a list of its own prediction type."""
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from typing import Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -68,19 +69,25 @@ def tagger_message(info: InstalledTagger, preferred: str) -> pb.Tagger:
     return message
 
 
+_Threshold = Literal["general_threshold", "character_threshold"]
+_Flag = Literal["sort_by_confidence", "character_first", "include_rating", "replace_underscores"]
+_THRESHOLDS: tuple[_Threshold, ...] = ("general_threshold", "character_threshold")
+_OPTIONAL_FLAGS: tuple[_Flag, ...] = ("sort_by_confidence", "character_first", "include_rating", "replace_underscores")
+
+
 def options_from(message: pb.TaggingOptions) -> TaggingOptions:
     """Validated library options; unset optional fields keep the field's defaults."""
     violations = []
     values: dict[str, object] = {}
-    for field in ("general_threshold", "character_threshold"):
+    for field in _THRESHOLDS:
         if message.HasField(field):
             value = getattr(message, field)
             if math.isnan(value) or not 0.0 <= value <= 1.0:
                 violations.append(FieldViolation(f"options.{field}", "must be between 0 and 1", "OUT_OF_RANGE"))
             values[field] = value
-    for field in ("sort_by_confidence", "character_first", "include_rating", "replace_underscores"):
-        if message.HasField(field):
-            values[field] = getattr(message, field)
+    for flag in _OPTIONAL_FLAGS:
+        if message.HasField(flag):
+            values[flag] = getattr(message, flag)
     if message.max_tags < 0:
         violations.append(FieldViolation("options.max_tags", "must not be negative (0: no limit)", "OUT_OF_RANGE"))
     if len(message.undesired_tags) > MAX_UNDESIRED_TAGS:
@@ -94,13 +101,13 @@ def options_from(message: pb.TaggingOptions) -> TaggingOptions:
             )
     if violations:
         raise invalid(violations)
-    return TaggingOptions(
-        general_mcut=message.general_mcut,
-        character_mcut=message.character_mcut,
-        max_tags=message.max_tags or None,
-        undesired_tags=tuple(message.undesired_tags),
-        **values,  # type: ignore[arg-type]
-    )
+    return TaggingOptions.model_validate({
+        **values,
+        "general_mcut": message.general_mcut,
+        "character_mcut": message.character_mcut,
+        "max_tags": message.max_tags or None,
+        "undesired_tags": tuple(message.undesired_tags),
+    })
 
 
 def tag_message(tag: Tag) -> pb.Tag:

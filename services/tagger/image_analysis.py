@@ -52,10 +52,11 @@ def measure(image: DecodedImage) -> ImageTraits:
     bands = _border_bands(rgb)
     border = np.concatenate([band.reshape(-1, 3) for band in bands])
     colour = np.median(border, axis=0)
-    plainness = tuple(
-        float((np.abs(band.reshape(-1, 3).astype(np.int16) - colour).max(axis=1) <= BORDER_MATCH).mean())
-        for band in bands
-    )
+    def plain_share(band: np.ndarray) -> float:
+        return float((np.abs(band.reshape(-1, 3).astype(np.int16) - colour).max(axis=1) <= BORDER_MATCH).mean())
+
+    top, bottom, left, right = bands
+    plainness = (plain_share(top), plain_share(bottom), plain_share(left), plain_share(right))
     transparent = None
     if image.alpha is not None:
         alpha_bands = _border_bands(_shrink(image.alpha))
@@ -66,7 +67,7 @@ def measure(image: DecodedImage) -> ImageTraits:
         height=height,
         grey_share=float((spread <= GREY_SPREAD).mean()),
         border_colour=(int(colour[0]), int(colour[1]), int(colour[2])),
-        side_plainness=plainness,  # type: ignore[arg-type]
+        side_plainness=plainness,
         transparent_border_share=transparent,
     )
 

@@ -50,7 +50,7 @@ def decode_image(source: ImageSource) -> DecodedImage:
         opened.load()
         # Browsers show photos upright by their EXIF orientation, so users judge tags on the
         # upright image; the reference skips this step (its inputs are already upright).
-        upright = opened
+        upright: Image.Image = opened
         if opened.getexif().get(ExifTags.Base.Orientation, 1) != 1:
             upright = ImageOps.exif_transpose(opened)
         return _to_decoded(upright, opened.mode)

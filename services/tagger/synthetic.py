@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,7 +30,7 @@ def write_tag_csv(path: pathlib.Path, tags: Sequence[tuple[str, int]]) -> None:
 
 
 def build_linear_wd_model(
-    bias: Sequence[float],
+    bias: Sequence[float] | np.ndarray,
     *,
     weights: np.ndarray | None = None,
     size: int = 32,
@@ -72,12 +73,13 @@ def write_linear_wd_model(
     directory: pathlib.Path,
     tags: Sequence[tuple[str, int]],
     bias: Sequence[float],
-    **model_options: object,
+    **model_options: Any,
 ) -> pathlib.Path:
-    """Write `model.onnx` + `selected_tags.csv` into `directory` (created) and return it."""
+    """Write `model.onnx` + `selected_tags.csv` into `directory` (created) and return it;
+    `model_options` are `build_linear_wd_model`'s."""
     if len(tags) != len(bias):
         raise ValueError("one bias per tag")
     directory.mkdir(parents=True, exist_ok=True)
-    onnx.save(build_linear_wd_model(bias, **model_options), directory / MODEL_FILE)  # type: ignore[arg-type]
+    onnx.save(build_linear_wd_model(bias, **model_options), directory / MODEL_FILE)
     write_tag_csv(directory / TAGS_FILE, tags)
     return directory

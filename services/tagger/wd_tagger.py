@@ -24,7 +24,7 @@ from services.tagger.wd_preprocess import wd_input
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
 LOGIT_TOLERANCE = 1e-4
-_INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_INPUT_DTYPES: dict[str, type[np.floating]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def to_probabilities(scores: np.ndarray) -> np.ndarray:
     are logits and get the sigmoid; decided per row so batching never changes a result. A hair
     of tolerance keeps float rounding in a probability model from being read as logits."""
     scores = np.asarray(scores, dtype=np.float32)
-    logits = ((scores < -LOGIT_TOLERANCE) | (scores > 1 + LOGIT_TOLERANCE)).any(axis=1)
+    logits = np.asarray(((scores < -LOGIT_TOLERANCE) | (scores > 1 + LOGIT_TOLERANCE)).any(axis=1))
     scores = np.clip(scores, 0.0, 1.0, where=~logits[:, None], out=scores.copy())
     if logits.any():
         # tanh form: no overflow warnings for large negative logits

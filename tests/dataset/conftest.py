@@ -35,10 +35,14 @@ def service_on_own_bucket(aio: LoopThread, s3_settings: ObjectStoreSettings, dat
 
 
 @pytest.fixture(scope="module")
-def service(aio: LoopThread, store: ObjectStore, s3_settings: ObjectStoreSettings,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatasetService]:
-    settings = make_settings(tmp_path_factory.mktemp("dataset"), s3_settings)
-    with aio.context(running_dataset_service(settings, store)) as running:
+def dataset_settings(s3_settings: ObjectStoreSettings, tmp_path_factory: pytest.TempPathFactory) -> DatasetSettings:
+    """What the module's `service` runs with."""
+    return make_settings(tmp_path_factory.mktemp("dataset"), s3_settings)
+
+
+@pytest.fixture(scope="module")
+def service(aio: LoopThread, store: ObjectStore, dataset_settings: DatasetSettings) -> Iterator[DatasetService]:
+    with aio.context(running_dataset_service(dataset_settings, store)) as running:
         yield running
 
 

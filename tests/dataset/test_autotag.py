@@ -68,11 +68,14 @@ class TaggerGate(tagger_pb2_grpc.TaggerServiceServicer):
 
 
 @pytest.fixture(scope="module")
-def tagger(aio, store, s3_settings, tmp_path_factory):
-    tagger_settings = TaggerSettings(data_dir=tmp_path_factory.mktemp("tagger"), s3=s3_settings,
-                                     server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False,
-                                     internal_auth=TEST_AUTH,
-                                     tagger_policy=TEST_POLICY)
+def tagger_settings(s3_settings, tmp_path_factory) -> TaggerSettings:
+    return TaggerSettings(data_dir=tmp_path_factory.mktemp("tagger"), s3=s3_settings,
+                          server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False,
+                          internal_auth=TEST_AUTH, tagger_policy=TEST_POLICY)
+
+
+@pytest.fixture(scope="module")
+def tagger(aio, store, tagger_settings):
     with aio.context(running_tagger_service(tagger_settings, store)) as running:
         yield running
 
@@ -216,16 +219,16 @@ def test_without_a_tagger_images_are_marked_skipped(stub):
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TAGGING_DISABLED")
 
 
-def test_an_installed_wd_model_takes_over(aio, tagged, tstub, tmp_path):
+def test_an_installed_wd_model_takes_over(aio, tagged, tstub, tagger_settings, tmp_path):
     from services.tagger.registry import TaggerRegistry
     from services.tagger.synthetic import write_linear_wd_model
 
-    service, tagger = tagged
+    service, _ = tagged
     # A WD14-format model whose scores are fixed by its biases: `long_hair` and `blue_sky` above 0.35.
     tags = (("general", 9), ("sensitive", 9), ("questionable", 9), ("explicit", 9),
             ("long_hair", 0), ("blue_sky", 0), ("guro", 0), ("hatsune_miku", 4))
     model = write_linear_wd_model(tmp_path / "wd", tags, [3.0, -3, -3, -3, 2.0, 1.0, -4, -4])
-    registry = TaggerRegistry(tagger.components.settings.taggers_dir())
+    registry = TaggerRegistry(tagger_settings.taggers_dir())
     registry.install("wd-test", model / "model.onnx", model / "selected_tags.csv")
     try:
         dataset = new_dataset(tstub)

@@ -74,8 +74,8 @@ def test_corrupted_png_checksum(stub, store, dataset):
     assert_nothing_left(stub, store, dataset)
 
 
-def test_over_the_size_limit_stops_reading(stub, store, dataset, service):
-    limit = service.components.settings.max_upload_bytes
+def test_over_the_size_limit_stops_reading(stub, store, dataset, dataset_settings):
+    limit = dataset_settings.max_upload_bytes
     sent = []
 
     def endless():
@@ -92,8 +92,8 @@ def test_over_the_size_limit_stops_reading(stub, store, dataset, service):
     assert_nothing_left(stub, store, dataset)
 
 
-def test_declared_size_over_limit(stub, dataset, service):
-    limit = service.components.settings.max_upload_bytes
+def test_declared_size_over_limit(stub, dataset, dataset_settings):
+    limit = dataset_settings.max_upload_bytes
     code, reason, fields = failure(upload, stub, dataset.name, image_bytes(), size_bytes=limit + 1)
     assert (code, reason, fields) == (INVALID, "FILE_TOO_LARGE", ["metadata.size_bytes"])
 

@@ -7,11 +7,8 @@ the rest; text PostgreSQL cannot store is refused on both databases alike.
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -23,8 +20,7 @@ from kiln.v1 import dataset_pb2_grpc
 from kiln.v1 import tagger_pb2 as tpb
 from services.common.errors import MAX_VIOLATIONS, status_details
 from services.common.internal_client import internal_channel
-from services.common.pagination import filter_digest
-from services.dataset import names
+from services.common.pagination import PageTokens
 from services.dataset.captions import MAX_TAGS
 from services.dataset.requests import MAX_BATCH
 from services.dataset.server import running_dataset_service
@@ -74,30 +70,37 @@ def test_more_tags_than_a_caption_holds_is_one_violation(stub, image, count):
     assert (code, reason, fields) == (INVALID, "TOO_MANY_TAGS", ["tags"])
 
 
-def test_a_million_tags_do_not_stall_other_calls(stub, image):
+def test_a_million_tags_are_refused_while_other_calls_go_on(stub, image):
+    # How long the others wait is the oversized_requests benchmark's business; here: they are
+    # answered between and during the refusals, and none fails.
     dataset = image.name.rsplit("/images/", 1)[0]
-    slowest = 0.0
+    answered = threading.Event()
     stop = threading.Event()
+    errors: list[grpc.RpcError] = []
 
     def ping() -> None:
-        nonlocal slowest
         while not stop.is_set():
-            start = time.monotonic()
-            stub.GetDataset(pb.GetDatasetRequest(name=dataset))
-            slowest = max(slowest, time.monotonic() - start)
+            try:
+                stub.GetDataset(pb.GetDatasetRequest(name=dataset))
+            except grpc.RpcError as error:
+                errors.append(error)
+                return
+            answered.set()
 
     pinger = threading.Thread(target=ping)
     pinger.start()
     try:
-        time.sleep(0.2)
         for _ in range(3):
+            assert answered.wait(60), "no call was answered"
+            answered.clear()
             code, reason, fields = failure(stub.AddImageTags, pb.AddImageTagsRequest(name=image.name,
                                                                                      tags=[""] * 1_000_000))
             assert (code, reason, fields) == (INVALID, "TOO_MANY_TAGS", ["tags"])
+        assert answered.wait(60), "no call was answered after the last refusal"
     finally:
         stop.set()
         pinger.join()
-    assert slowest < 1.0
+    assert errors == []
 
 
 def test_many_bad_tags_get_the_first_few_and_a_count(stub, image):
@@ -166,10 +169,17 @@ def test_retag_options_at_their_bounds_are_accepted(stub):
     assert failure(stub.RetagImages, retag(stub, dataset, "taggers/builtin"))[1] == "TAGGING_DISABLED"
 
 
-def test_tagger_names_follow_the_tagger_service():
+@pytest.mark.parametrize("tagger", [
+    "builtin", "wd-vit-tagger-v3", "a", "0.9_x-y", "z" * 63, "z" * 64, "Upper", "-dash-first", ".dot-first",
+    "with space", "slash/inside", "", "ümlaut",
+])
+def test_tagger_names_follow_the_tagger_service(stub, tagger):
     from services.tagger.registry import NAME_PATTERN
 
-    assert names._TAGGER.pattern == "^taggers/(" + NAME_PATTERN.pattern.strip("^$") + ")$"
+    dataset = new_dataset(stub)
+    # Past validation, this service (which has no tagger) refuses for that reason alone.
+    expected = "TAGGING_DISABLED" if NAME_PATTERN.match(tagger) else "INVALID_ARGUMENT"
+    assert failure(stub.RetagImages, retag(stub, dataset, f"taggers/{tagger}"))[1] == expected
 
 
 # ---- text the database cannot store ------------------------------------------------------------------------
@@ -229,22 +239,19 @@ def test_default_repeat_is_one_to_a_hundred(stub):
 # ---- page tokens ---------------------------------------------------------------------------------------------
 
 
-def forged(key: object, query: str) -> str:
-    payload = json.dumps({"k": key, "f": filter_digest(query)}).encode()
-    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
-
-
 @pytest.mark.parametrize("key", [
     ["2026-01-01T00:00:00"], [["2026-01-01T00:00:00"], "a"], ["2026-01-01T00:00:00", {"a": 1}],
-    ["2026-01-01T00:00:00", [1, 2]], ["2026-01-01T00:00:00", "0"],
+    ["2026-01-01T00:00:00", [1, 2]], ["not a time", "0"],
 ])
-def test_forged_page_tokens_are_invalid(any_stub, key):
+def test_signed_page_tokens_with_malformed_keys_are_invalid(any_stub, key, dataset_settings):
+    # Signed as the service signs (every replica shares the secret), as a bug or an older version might.
+    encode_token = PageTokens.from_settings(dataset_settings).encode
     dataset = new_dataset(any_stub)
     for call, request in (
-        (any_stub.ListDatasets, pb.ListDatasetsRequest(page_token=forged(key, "datasets:default"))),
-        (any_stub.ListImages, pb.ListImagesRequest(parent=dataset.name, page_token=forged(
+        (any_stub.ListDatasets, pb.ListDatasetsRequest(page_token=encode_token(key, "datasets:default"))),
+        (any_stub.ListImages, pb.ListImagesRequest(parent=dataset.name, page_token=encode_token(
             key, f"images:default:{dataset.name.split('/')[1]}:None"))),
-        (any_stub.ListSnapshots, pb.ListSnapshotsRequest(parent=dataset.name, page_token=forged(
+        (any_stub.ListSnapshots, pb.ListSnapshotsRequest(parent=dataset.name, page_token=encode_token(
             key, f"snapshots:default:{dataset.name.split('/')[1]}"))),
     ):
         code, _, fields = failure(call, request)

@@ -8,11 +8,14 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common.database import create_engine
 from services.common.internal_client import internal_channel
 from services.common.settings import ServerSettings
+from services.dataset.schema import datasets
 from services.dataset.server import DatasetService, running_dataset_service
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import image_bytes, new_dataset, upload
@@ -23,9 +26,13 @@ LIMIT = 5
 
 
 @pytest.fixture(scope="module")
-def pg_service(aio, store, s3_settings, postgres, tmp_path_factory) -> Iterator[DatasetService]:
-    url = postgres.create_database(f"dataset_{uuid.uuid4().hex[:8]}")
-    settings = make_settings(tmp_path_factory.mktemp("pg-dataset"), s3_settings, dataset_database_url=url,
+def pg_url(postgres) -> str:
+    return postgres.create_database(f"dataset_{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def pg_service(aio, store, s3_settings, pg_url, tmp_path_factory) -> Iterator[DatasetService]:
+    settings = make_settings(tmp_path_factory.mktemp("pg-dataset"), s3_settings, dataset_database_url=pg_url,
                              max_training_images=LIMIT)
     with aio.context(running_dataset_service(settings, store)) as running:
         yield running
@@ -37,9 +44,15 @@ def pg_stub(pg_service) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
         yield dataset_pb2_grpc.DatasetServiceStub(channel)
 
 
-def test_scenario_on_postgres(pg_stub, pg_service):
-    assert pg_service.components.transactions.engine.dialect.name == "postgresql"
+def test_scenario_on_postgres(pg_stub, pg_url):
     dataset = new_dataset(pg_stub, default_repeat=3)
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:  # the service keeps its records in this database
+            stored = conn.execute(sa.select(datasets.c.id).where(datasets.c.id == dataset.name.split("/")[1]))
+            assert stored.scalar_one_or_none() is not None
+    finally:
+        engine.dispose()
     names = [upload(pg_stub, dataset.name, image_bytes(600, 400, seed=i), tags=["x", f"t{i}"]).name
              for i in range(3)]
     events = list(pg_stub.CropImages(pb.CropImagesRequest(parent=dataset.name, mode=pb.CROP_MODE_FOCUS,

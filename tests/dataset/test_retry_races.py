@@ -155,21 +155,20 @@ class GrowsBeforeRead:
             yield chunk
 
 
-def test_finalize_reads_no_more_than_was_declared(aio, store: ObjectStore, s3_settings, tmp_path) -> None:
+def test_finalize_reads_no_more_than_was_declared(aio, s3_settings, tmp_path, store: ObjectStore) -> None:
     data = image_bytes(seed=7106)
     grown = data + bytes(8 * 1024 * 1024)
     racing = GrowsBeforeRead(store, grown)
-    with aio.context(running_dataset_service(make_settings(tmp_path, s3_settings), racing)) as running, \
-            internal_channel(running.address, TEST_AUTH) as channel:
+    with aio.context(running_dataset_service(make_settings(tmp_path, s3_settings), racing)) as racing_service, \
+            internal_channel(racing_service.address, TEST_AUTH) as channel:
         stub = dataset_pb2_grpc.DatasetServiceStub(channel)
         dataset = new_dataset(stub)
         ticket = put_to_upload(stub, dataset, data)
         code, reason, _ = failure(stub.FinalizeImageUpload, pb.FinalizeImageUploadRequest(name=ticket.name))
-        listed = stub.ListImages(pb.ListImagesRequest(parent=dataset.name)).total_size
-    assert racing.grown, "the upload was never looked at"
-    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "SIZE_MISMATCH")
-    assert racing.bytes_read < len(grown) // 2
-    assert listed == 0
+        assert racing.grown, "the upload was never looked at"
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "SIZE_MISMATCH")
+        assert racing.bytes_read < len(grown) // 2
+        assert stub.ListImages(pb.ListImagesRequest(parent=dataset.name)).total_size == 0
     assert store.list_keys(dataset.name + "/") == []
 
 

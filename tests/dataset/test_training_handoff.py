@@ -11,13 +11,14 @@ from PIL import Image
 from kiln.v1 import dataset_pb2 as pb
 from services.trainer.engine.config import parse_config
 from services.trainer.engine.images import load_source
+from services.trainer.engine.model_store import ModelStore
 from services.trainer.engine.object_store_io import ObjectStoreReader, ObjectStoreWriter
 from services.trainer.engine.snapshot import load_snapshot
 from services.trainer.engine.trainer import estimate_training, train
 from tests.dataset.helpers import image_bytes, new_dataset, upload
 
 
-def test_engine_trains_on_a_dataset_snapshot(stub, store):
+def test_engine_trains_on_a_dataset_snapshot(stub, store, models_dir):
     dataset = new_dataset(stub, default_repeat=1)
     wide = upload(stub, dataset.name, image_bytes(192, 96, seed=1), tags=["mytrigger", "wide"])
     upload(stub, dataset.name, image_bytes(96, 96, seed=2), tags=["mytrigger", "square"])
@@ -41,13 +42,13 @@ def test_engine_trains_on_a_dataset_snapshot(stub, store):
     config = parse_config({"epochs": 1, "batch_size": 1, "seed": 3, "network_dim": 4, "network_alpha": 4,
                            "resolution": 128, "min_bucket_reso": 64, "preview": {"count": 0}})
     prefix = f"trainingJobs/handoff-{snapshot_ref.sha256[:8]}"
-    result = train(config, snapshot, reader, ObjectStoreWriter(store, prefix))
+    result = train(config, snapshot, reader, ObjectStoreWriter(store, prefix), store=ModelStore(models_dir))
     assert result.saved_epochs == [1] and len(result.step_losses) == 2
     lora = safetensors.torch.load(store.get_bytes(f"{prefix}/epochs/1/lora.safetensors"))
     assert any(key.startswith("lora_unet_") for key in lora)
 
 
-def test_repeats_of_a_service_snapshot_follow_image_then_job_then_dataset(stub, store):
+def test_repeats_of_a_service_snapshot_follow_image_then_job_then_dataset(stub, store, models_dir):
     dataset = new_dataset(stub, default_repeat=4)
     upload(stub, dataset.name, image_bytes(96, 96, seed=1), tags=["own"], repeat=2)
     upload(stub, dataset.name, image_bytes(96, 96, seed=2), tags=["default"])
@@ -58,7 +59,7 @@ def test_repeats_of_a_service_snapshot_follow_image_then_job_then_dataset(stub, 
     def samples(**overrides: object) -> int:
         config = parse_config({"epochs": 1, "batch_size": 1, "resolution": 64, "min_bucket_reso": 64,
                                "preview": {"count": 0}, **overrides})
-        return estimate_training(config, snapshot, probe_hardware=False).samples_per_epoch
+        return estimate_training(config, snapshot, ModelStore(models_dir), probe_hardware=False).samples_per_epoch
 
     assert samples() == 2 + 4  # the dataset's default for the image without its own
     assert samples(repeat=10) == 2 + 10  # a job's repeat (a preset's, say) beats the dataset default only

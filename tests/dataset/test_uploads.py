@@ -127,8 +127,8 @@ def test_roles_limits_and_counts(stub, dataset):
     assert regs.total_size == 1 and regs.images[0].role == pb.IMAGE_ROLE_REGULARIZATION
 
 
-def test_thousand_and_first_training_image(stub, store, dataset, service):
-    limit = service.components.settings.max_training_images
+def test_thousand_and_first_training_image(stub, store, dataset, dataset_settings):
+    limit = dataset_settings.max_training_images
     assert limit == 1000  # the seed's limit is the default
     data = [image_bytes(64, 64, seed=10_000 + i) for i in range(limit + 1)]
     for i in range(limit):

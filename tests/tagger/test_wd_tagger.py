@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from services.tagger.base import AnalysedImage, Prediction, Tagger
 from services.tagger.engine import TaggingEngine
 from services.tagger.errors import ImageUnavailable, InvalidTaggerFiles
 from services.tagger.options import TaggingOptions
@@ -53,16 +55,33 @@ def test_scores_follow_the_hand_computed_model(make_wd_model: MakeModel) -> None
     assert blue.ratings == pytest.approx({"general": 0.7, "sensitive": 0.2, "questionable": 0.05, "explicit": 0.05})
 
 
-def test_batching_changes_nothing_and_is_used(make_wd_model: MakeModel, monkeypatch: pytest.MonkeyPatch) -> None:
+class BatchCounting:
+    """A tagger that notes the size of every batch it infers and leaves the work to `inner`."""
+
+    def __init__(self, inner: Tagger) -> None:
+        self.inner = inner
+        self.sizes: list[int] = []
+        self.info = inner.info
+        self.needs_detections = inner.needs_detections
+
+    def batch_size(self, runtime: RuntimeOptions) -> int:
+        return self.inner.batch_size(runtime)
+
+    def prepare(self, image: AnalysedImage) -> Any:
+        return self.inner.prepare(image)
+
+    def infer(self, prepared: Sequence[Any]) -> Sequence[Prediction]:
+        self.sizes.append(len(prepared))
+        return self.inner.infer(prepared)
+
+
+def test_batching_changes_nothing_and_is_used(make_wd_model: MakeModel) -> None:
     model_dir = make_wd_model(BIAS, weights=WEIGHTS)
     images = [solid_png(c) for c in (BLUE, RED, (0, 255, 0), (9, 99, 199), BLUE, RED, (1, 2, 3))]
     one_by_one = engine_for(model_dir, batch_size=1).tag(images)
-    batched_engine = engine_for(model_dir, batch_size=3)
-    sizes: list[int] = []
-    infer = batched_engine.tagger.infer
-    monkeypatch.setattr(batched_engine.tagger, "infer", lambda batch: sizes.append(len(batch)) or infer(batch))
-    batched = batched_engine.tag(images)
-    assert sizes == [3, 3, 1]
+    counting = BatchCounting(WdTagger("test", model_dir, RuntimeOptions(batch_size=3)))
+    batched = TaggingEngine(counting, screen=False, runtime=RuntimeOptions(batch_size=3)).tag(images)
+    assert counting.sizes == [3, 3, 1]
     assert [r.index for r in batched] == list(range(7))
     for single, grouped in zip(one_by_one, batched, strict=True):
         assert tag_scores(single) == pytest.approx(tag_scores(grouped), abs=1e-6)

@@ -1,4 +1,4 @@
-"""Fixtures for the training engine: tiny models (built once, cached on disk), generated datasets,
+"""Fixtures for the training engine: tiny models (built once per test run), generated datasets,
 and a fast configuration that trains for real in a fraction of a second per step."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from services.trainer.engine.artifacts import LocalDirectoryWriter
 from services.trainer.engine.config import TrainingConfig, parse_config
 from services.trainer.engine.model_store import ModelStore
 from services.trainer.engine.snapshot import Crop, DatasetSnapshot, LocalDirectoryReader, SnapshotImage
-from services.trainer.engine.trainer import TrainingResult, TrainingRun
+from services.trainer.engine.trainer import TrainingBatch, TrainingResult, TrainingRun
 
 FAST: dict[str, Any] = {
     "epochs": 1,
@@ -46,10 +46,8 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def model_store() -> ModelStore:
-    # The default store: tiny models land in a cache keyed by their config hash, so only the first
-    # run on a machine builds them (KILN_MODELS_DIR moves it).
-    store = ModelStore()
+def model_store(models_dir: Path) -> ModelStore:
+    store = ModelStore(models_dir)
     for name in ("tiny-sd15", "tiny-sdxl"):
         store.resolve(name)
     return store
@@ -154,7 +152,8 @@ def run_training(tmp_path: Path, model_store: ModelStore) -> Callable[..., Train
     counter = iter(range(1000))
 
     def execute(config: TrainingConfig, dataset: Dataset, output: Path | None = None, resume: bool = False,
-                should_cancel: Callable[[], bool] | None = None, progress: Callable | None = None) -> Trained:
+                should_cancel: Callable[[], bool] | None = None, progress: Callable | None = None,
+                on_batch: Callable[[TrainingBatch], None] | None = None) -> Trained:
         writer = LocalDirectoryWriter(output or tmp_path / f"run{next(counter)}")
         events: list = []
 
@@ -163,7 +162,8 @@ def run_training(tmp_path: Path, model_store: ModelStore) -> Callable[..., Train
             if progress is not None:
                 progress(event)
 
-        run = TrainingRun(config, dataset.snapshot, dataset.reader, writer, model_store, record, should_cancel)
+        run = TrainingRun(config, dataset.snapshot, dataset.reader, writer, model_store, record, should_cancel,
+                          on_batch)
         return Trained(run.run(resume=resume), run, writer, events)
 
     return execute

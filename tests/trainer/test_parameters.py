@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 
-from services.trainer.engine import trainer as trainer_module
-from services.trainer.engine.base_model import encode_prompts, load_base_model
+from services.trainer.engine.base_model import BaseModel, encode_prompts, load_base_model, tokenize
 from services.trainer.engine.config import parse_config
 from services.trainer.engine.optimizers import build_optimizer
-from services.trainer.engine.trainer import build_lr_scheduler
+from services.trainer.engine.trainer import TrainingBatch, build_lr_scheduler
 
 
 def _lora(trained, epoch: int = 1) -> dict[str, torch.Tensor]:
@@ -25,32 +24,19 @@ def _lora(trained, epoch: int = 1) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def seen_captions(monkeypatch) -> list[str]:
-    """Every caption the text encoder was given during training."""
-    captions: list[str] = []
-    original = trainer_module.encode_prompts
-
-    def spy(model, batch_captions, clip_skip=1):
-        captions.extend(batch_captions)
-        return original(model, batch_captions, clip_skip)
-
-    monkeypatch.setattr(trainer_module, "encode_prompts", spy)
-    return captions
+def batches() -> list[TrainingBatch]:
+    """Every micro-batch a run fed its networks, for `run_training(..., on_batch=batches.append)`."""
+    return []
 
 
-@pytest.fixture
-def prepared_images(monkeypatch) -> list[tuple[tuple[int, ...], bool]]:
-    """(pixel tensor shape, flipped) of every image prepared for a training step."""
-    seen: list[tuple[tuple[int, ...], bool]] = []
-    original = trainer_module.prepare_image
+def captions_of(batches: list[TrainingBatch]) -> list[str]:
+    return [caption for batch in batches for caption in batch.captions]
 
-    def spy(reader, planned, flip):
-        prepared = original(reader, planned, flip)
-        seen.append((tuple(prepared.pixels.shape), flip))
-        return prepared
 
-    monkeypatch.setattr(trainer_module, "prepare_image", spy)
-    return seen
+def prepared_of(batches: list[TrainingBatch]) -> list[tuple[tuple[int, ...], bool]]:
+    """(pixel tensor shape, flipped) of every image prepared for a step (uncached runs)."""
+    return [(shape, flip) for batch in batches for shape, flip in zip(batch.pixel_shapes or (), batch.flipped,
+                                                                      strict=True)]
 
 
 def test_epochs_and_save_every_n_epochs(make_dataset, fast_config, run_training) -> None:
@@ -196,17 +182,18 @@ def test_conv_dim_adds_conv_layers_with_their_own_alpha(make_dataset, fast_confi
     assert locon["lora_unet_down_blocks_0_resnets_1_time_emb_proj.lora_down.weight"].shape[0] == 4
 
 
-def test_shuffle_and_keep_n_reach_the_text_encoder(make_dataset, fast_config, run_training, seen_captions) -> None:
+def test_shuffle_and_keep_n_reach_the_text_encoder(make_dataset, fast_config, run_training, batches) -> None:
     dataset = make_dataset(count=2, repeat=4, captions=["mytrigger, red, round, big, shiny"])
-    run_training(fast_config(shuffle_caption=True, keep_tokens=1, epochs=2), dataset)
+    run_training(fast_config(shuffle_caption=True, keep_tokens=1, epochs=2), dataset, on_batch=batches.append)
+    seen_captions = captions_of(batches)
     assert len(seen_captions) == 16
     assert all(c.startswith("mytrigger, ") for c in seen_captions)
     assert len(set(seen_captions)) > 4
 
 
-def test_caption_dropout_trains_on_empty_captions(make_dataset, fast_config, run_training, seen_captions) -> None:
-    run_training(fast_config(caption_dropout_rate=1.0), make_dataset(count=2))
-    assert seen_captions == ["", ""]
+def test_caption_dropout_trains_on_empty_captions(make_dataset, fast_config, run_training, batches) -> None:
+    run_training(fast_config(caption_dropout_rate=1.0), make_dataset(count=2), on_batch=batches.append)
+    assert captions_of(batches) == ["", ""]
 
 
 def test_clip_skip_uses_an_earlier_layer(make_dataset, fast_config, run_training, model_store) -> None:
@@ -249,17 +236,18 @@ def test_prior_loss_weight_scales_regularization_samples(make_dataset, fast_conf
 
 
 def test_uncropped_images_train_in_aspect_buckets_and_crops_at_their_size(
-    make_dataset, fast_config, run_training, prepared_images
+    make_dataset, fast_config, run_training
 ) -> None:
     wide = make_dataset(count=2, sizes=[(64, 64), (128, 48)])
     config = fast_config(bucket_reso_steps=32, min_bucket_reso=32, max_bucket_reso=128, batch_size=1)
-    trained = run_training(config, wide)
+    in_buckets: list[TrainingBatch] = []
+    trained = run_training(config, wide, on_batch=in_buckets.append)
     assert trained.result.estimate.buckets == {"64x64": 1, "96x32": 1}
-    assert sorted(shape for shape, _ in prepared_images) == [(3, 32, 96), (3, 64, 64)]
-    prepared_images.clear()
+    assert sorted(shape for shape, _ in prepared_of(in_buckets)) == [(3, 32, 96), (3, 64, 64)]
     cropped = make_dataset(count=2, sizes=[(128, 48)], crop_to=(48, 64))
-    run_training(fast_config(batch_size=1), cropped)
-    assert [shape for shape, _ in prepared_images] == [(3, 64, 48), (3, 64, 48)]
+    at_crop_size: list[TrainingBatch] = []
+    run_training(fast_config(batch_size=1), cropped, on_batch=at_crop_size.append)
+    assert [shape for shape, _ in prepared_of(at_crop_size)] == [(3, 64, 48), (3, 64, 48)]
 
 
 def test_bucket_no_upscale_keeps_small_images_small(make_dataset, fast_config, model_store) -> None:
@@ -272,42 +260,37 @@ def test_bucket_no_upscale_keeps_small_images_small(make_dataset, fast_config, m
     assert estimate_training(no_upscale, small.snapshot, model_store).buckets == {"40x40": 1}
 
 
-def test_resolution_sets_the_training_size(make_dataset, fast_config, run_training, prepared_images) -> None:
-    run_training(fast_config(resolution=32, min_bucket_reso=32, bucket_reso_steps=32), make_dataset(count=2))
-    assert {shape for shape, _ in prepared_images} == {(3, 32, 32)}
+def test_resolution_sets_the_training_size(make_dataset, fast_config, run_training, batches) -> None:
+    run_training(fast_config(resolution=32, min_bucket_reso=32, bucket_reso_steps=32), make_dataset(count=2),
+                 on_batch=batches.append)
+    assert {shape for shape, _ in prepared_of(batches)} == {(3, 32, 32)}
 
 
-def test_flip_aug_mirrors_about_half_the_samples(make_dataset, fast_config, run_training, prepared_images) -> None:
+def test_flip_aug_mirrors_about_half_the_samples(make_dataset, fast_config, run_training) -> None:
     dataset = make_dataset(count=4, repeat=5)
-    run_training(fast_config(), dataset)
-    assert not any(flip for _, flip in prepared_images)
-    prepared_images.clear()
-    run_training(fast_config(flip_aug=True), dataset)
-    flips = sum(flip for _, flip in prepared_images)
+    plain: list[TrainingBatch] = []
+    run_training(fast_config(), dataset, on_batch=plain.append)
+    assert len(prepared_of(plain)) == 20 and not any(flip for _, flip in prepared_of(plain))
+    mirrored: list[TrainingBatch] = []
+    run_training(fast_config(flip_aug=True), dataset, on_batch=mirrored.append)
+    flips = sum(flip for _, flip in prepared_of(mirrored))
     assert 4 <= flips <= 16
 
 
-@pytest.fixture
-def vae_encodes(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    original = AutoencoderKL.encode
-
-    def counting(self, x, *args, **kwargs):
-        calls.append(x.shape[0])
-        return original(self, x, *args, **kwargs)
-
-    monkeypatch.setattr(AutoencoderKL, "encode", counting)
-    return calls
-
-
-def test_cache_latents_encodes_each_image_once(make_dataset, fast_config, run_training, vae_encodes) -> None:
+def test_cache_latents_encodes_each_image_once(make_dataset, fast_config, run_training) -> None:
     dataset = make_dataset(count=3, repeat=2)
-    uncached = run_training(fast_config(epochs=2, batch_size=1), dataset)
-    assert len(vae_encodes) == uncached.result.final_step == 12  # once per sample
-    vae_encodes.clear()
-    cached = run_training(fast_config(epochs=2, batch_size=1, cache_latents=True, flip_aug=True), dataset)
-    assert len(vae_encodes) == 3 * 2  # each image and its mirror, before training, never again
-    assert cached.result.final_step == 12
+    uncached_batches: list[TrainingBatch] = []
+    uncached = run_training(fast_config(epochs=2, batch_size=1), dataset, on_batch=uncached_batches.append)
+    assert uncached.run.latent_cache is None
+    assert len(uncached_batches) == uncached.result.final_step == 12
+    assert all(batch.pixel_shapes is not None for batch in uncached_batches)  # encoded once per sample
+    cached_batches: list[TrainingBatch] = []
+    cached = run_training(fast_config(epochs=2, batch_size=1, cache_latents=True, flip_aug=True), dataset,
+                          on_batch=cached_batches.append)
+    assert cached.run.latent_cache is not None
+    assert cached.run.latent_cache.encoded == 3 * 2  # each image and its mirror, before training
+    assert len(cached_batches) == cached.result.final_step == 12
+    assert all(batch.pixel_shapes is None for batch in cached_batches)  # never again
 
 
 def test_bf16_mixed_precision_trains_close_to_fp32(make_dataset, fast_config, run_training) -> None:
@@ -338,18 +321,10 @@ def test_mixed_precision_keeps_frozen_weights_in_half_and_lora_in_fp32(family, m
 
 
 def test_uncached_latents_are_encoded_outside_mixed_precision(make_dataset, fast_config, run_training,
-                                                                monkeypatch) -> None:
-    dtypes = []
-    original = AutoencoderKL.encode
-
-    def recording(self, x, *args, **kwargs):
-        out = original(self, x, *args, **kwargs)
-        dtypes.append(out.latent_dist.mean.dtype)
-        return out
-
-    monkeypatch.setattr(AutoencoderKL, "encode", recording)
-    run_training(fast_config(mixed_precision="bf16"), make_dataset(count=2))
-    assert dtypes and set(dtypes) == {torch.float32}  # as the cached path encodes them
+                                                                batches) -> None:
+    run_training(fast_config(mixed_precision="bf16"), make_dataset(count=2), on_batch=batches.append)
+    assert batches and all(batch.pixel_shapes is not None for batch in batches)
+    assert {batch.latent_dtype for batch in batches} == {torch.float32}  # as the cached path encodes them
 
 
 def test_gradient_checkpointing_gives_the_same_weights(make_dataset, fast_config, run_training) -> None:
@@ -362,13 +337,21 @@ def test_gradient_checkpointing_gives_the_same_weights(make_dataset, fast_config
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def attention_weights_returned(model: BaseModel) -> bool:
+    ids = tokenize(model.tokenizers[0], ["mytrigger, square"])
+    with torch.no_grad():
+        attentions = model.text_encoders[0](ids, output_attentions=True).attentions
+    return bool(attentions) and all(weights is not None for weights in attentions)
+
+
 def test_attention_backend(make_dataset, fast_config, run_training) -> None:
     dataset = make_dataset(count=2)
     sdpa = run_training(fast_config(save_precision="float"), dataset)
     eager = run_training(fast_config(save_precision="float", attention="eager"), dataset)
     assert {type(p) for p in sdpa.run.model.unet.attn_processors.values()} == {AttnProcessor2_0}
     assert {type(p) for p in eager.run.model.unet.attn_processors.values()} == {AttnProcessor}
-    assert eager.run.model.text_encoders[0].config._attn_implementation == "eager"
+    # Only eager attention computes the weights it can hand back; SDPA's fused kernel has none.
+    assert attention_weights_returned(eager.run.model) and not attention_weights_returned(sdpa.run.model)
     a, b = _lora(sdpa), _lora(eager)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 

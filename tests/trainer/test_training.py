@@ -14,6 +14,7 @@ from services.trainer.engine.base_model import load_base_model
 from services.trainer.engine.errors import InvalidTrainingConfig, TrainingCancelled
 from services.trainer.engine.evaluation import evaluation_loss
 from services.trainer.engine.previews import render_previews
+from services.trainer.engine.progress import ProgressEvent
 
 
 def _tensors(trained, epoch: int = 1) -> dict[str, torch.Tensor]:
@@ -73,8 +74,8 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     output = tmp_path / "interrupted"
     with pytest.raises(TrainingCancelled) as stopped:
         # Stop two steps into epoch 2: epoch 1's checkpoint is the last one saved.
-        run_training(config, dataset, output=output,
-                     should_cancel=lambda: _step_reached(output, 5))
+        steps = StepsReported()
+        run_training(config, dataset, output=output, progress=steps, should_cancel=lambda: steps.last >= 5)
     assert stopped.value.step == 5
     resumed = run_training(config, dataset, output=output, resume=True)
     assert resumed.result.resumed_from_epoch == 1
@@ -85,41 +86,31 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
         _pixels(resumed.writer.read("epochs/3/previews/0.png")).tolist()
 
 
-_progress_steps: dict[str, int] = {}
+class StepsReported:
+    """A progress callback remembering the last training step reported, for a cancel check that
+    stops at an exact step."""
 
+    def __init__(self) -> None:
+        self.last = 0
 
-def _step_reached(output, step: int) -> bool:
-    return _progress_steps.get(str(output), 0) >= step
-
-
-@pytest.fixture(autouse=True)
-def _track_steps(monkeypatch):
-    """Records the last step each run reported, so a cancel check can stop at an exact step."""
-    from services.trainer.engine import trainer as trainer_module
-
-    original = trainer_module.TrainingRun._emit
-
-    def emit(self, event):
+    def __call__(self, event: ProgressEvent) -> None:
         if event.phase == "training":
-            _progress_steps[str(self.writer.root)] = event.step
-        original(self, event)
-
-    monkeypatch.setattr(trainer_module.TrainingRun, "_emit", emit)
-    yield
-    _progress_steps.clear()
+            self.last = event.step
 
 
 def test_cancel_is_honoured_before_the_next_step(make_dataset, fast_config, run_training, tmp_path) -> None:
     dataset = make_dataset(count=4, repeat=4)
     config = fast_config(epochs=3, batch_size=1)
     checks = []
+    steps = StepsReported()
 
     def cancel_after_third_step() -> bool:
-        checks.append(_progress_steps.get(str(tmp_path / "cancelled"), 0))
+        checks.append(steps.last)
         return checks[-1] >= 3
 
     with pytest.raises(TrainingCancelled) as stopped:
-        run_training(config, dataset, output=tmp_path / "cancelled", should_cancel=cancel_after_third_step)
+        run_training(config, dataset, output=tmp_path / "cancelled", progress=steps,
+                     should_cancel=cancel_after_third_step)
     assert stopped.value.step == 3
     assert checks == [0, 1, 2, 3]  # asked before every step, stopped at the first "yes"
     assert not (tmp_path / "cancelled" / "epochs").exists()  # nothing saved mid-epoch

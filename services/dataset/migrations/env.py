@@ -1,6 +1,4 @@
-from alembic import context
-
 from services.common.database import run_migrations_online
 from services.dataset.schema import metadata
 
-run_migrations_online(context, metadata)
+run_migrations_online(metadata)

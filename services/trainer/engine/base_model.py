@@ -12,6 +12,9 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from .catalog import Family
 
+# SDXL's second encoder is the one with the projection (its pooled output conditions the UNet).
+TextEncoder = CLIPTextModel | CLIPTextModelWithProjection
+
 
 @dataclass
 class BaseModel:
@@ -20,7 +23,7 @@ class BaseModel:
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     tokenizers: list[CLIPTokenizer]
-    text_encoders: list[torch.nn.Module]
+    text_encoders: list[TextEncoder]
     scheduler_config: dict[str, Any]
 
     @property
@@ -51,15 +54,16 @@ class BaseModel:
 
 
 def load_base_model(family: Family, path: Path) -> BaseModel:
-    common = {"local_files_only": True}
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **common)
-    tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **common)]
-    encoders: list[torch.nn.Module] = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **common)]
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+    tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)]
+    encoders: list[TextEncoder] = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
+                                                                 local_files_only=True)]
     if family == "sdxl":
-        tokenizers.append(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", **common))
-        encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **common))
-    scheduler_config = dict(DDPMScheduler.load_config(path, subfolder="scheduler", **common))
+        tokenizers.append(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True))
+        encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2",
+                                                                    local_files_only=True))
+    scheduler_config = dict(DDPMScheduler.load_config(path, subfolder="scheduler", local_files_only=True))
     for module in (unet, vae, *encoders):
         module.requires_grad_(False)
         module.eval()
@@ -91,6 +95,8 @@ def encode_prompts(model: BaseModel, captions: list[str], clip_skip: int = 1) ->
         if clip_skip <= 1:
             return PromptEmbeddings(encoder(ids)[0])
         # kohya: hidden state ``clip_skip`` layers from the end, through the final layer norm.
+        if not isinstance(encoder, CLIPTextModel):
+            raise TypeError(f"an SD1.5 text encoder is a CLIPTextModel, not {type(encoder).__name__}")
         output = encoder(ids, output_hidden_states=True)
         return PromptEmbeddings(encoder.final_layer_norm(output.hidden_states[-clip_skip]))
     # SDXL: penultimate layer of both encoders side by side; pooled output of the second.

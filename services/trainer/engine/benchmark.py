@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -37,8 +38,12 @@ WARMUP_STEPS = 3
 FULL_WARMUP_STEPS = 1
 FULL_MODEL_ID = "benchmark-sd15-architecture"
 
+if TYPE_CHECKING:
+    from .progress import ProgressEvent
+    from .snapshot import DatasetSnapshot, LocalDirectoryReader
 
-def _dataset(root: Path, count: int, size: int):
+
+def _dataset(root: Path, count: int, size: int) -> tuple[DatasetSnapshot, LocalDirectoryReader]:
     from .snapshot import DatasetSnapshot, LocalDirectoryReader, SnapshotImage
 
     images = []
@@ -51,8 +56,8 @@ def _dataset(root: Path, count: int, size: int):
 
 
 def _engine(
-    cached: bool, steps: int, size: int, batch: int, workdir: Path,
-    base_model: str = "tiny-sd15", models_dir: Path | None = None, warmup: int = WARMUP_STEPS,
+    cached: bool, steps: int, size: int, batch: int, workdir: Path, models_dir: Path,
+    base_model: str = "tiny-sd15", warmup: int = WARMUP_STEPS,
 ) -> float:
     from .artifacts import LocalDirectoryWriter
     from .config import parse_config
@@ -67,12 +72,11 @@ def _engine(
     })
     stamps: dict[int, float] = {}
 
-    def on_progress(event) -> None:
+    def on_progress(event: ProgressEvent) -> None:
         if event.phase == "training":
             stamps[event.step] = time.process_time()
 
-    store = ModelStore(models_dir) if models_dir is not None else None
-    TrainingRun(config, snapshot, reader, LocalDirectoryWriter(workdir / "out"), store=store,
+    TrainingRun(config, snapshot, reader, LocalDirectoryWriter(workdir / "out"), store=ModelStore(models_dir),
                 progress=on_progress).run(False)
     return (steps - warmup) / (stamps[steps] - stamps[warmup])
 
@@ -98,7 +102,7 @@ def build_full_sd15(models_dir: Path) -> None:
         ModelStore(models_dir).import_model(FULL_MODEL_ID, folder, family="sd15")
 
 
-def _bare(steps: int, size: int, batch: int, workdir: Path) -> float:
+def _bare(steps: int, size: int, batch: int, workdir: Path, models_dir: Path) -> float:
     """What a diffusers example script does: same model, adapters, data and batch; no engine."""
     import torch
     import torch.nn.functional as F
@@ -109,7 +113,7 @@ def _bare(steps: int, size: int, batch: int, workdir: Path) -> float:
     from .lora import text_encoder_targets, unet_targets
     from .model_store import ModelStore
 
-    path = ModelStore().resolve("tiny-sd15").path
+    path = ModelStore(models_dir).resolve("tiny-sd15").path
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
     encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
@@ -156,31 +160,27 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def run_variant(
-    variant: str, steps: int, size: int, batch: int, threads: int, models_dir: Path | None = None
-) -> dict[str, float]:
+def run_variant(variant: str, steps: int, size: int, batch: int, threads: int, models_dir: Path) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         if variant == "bare":
-            rate = _bare(steps, size, batch, workdir)
+            rate = _bare(steps, size, batch, workdir, models_dir)
         elif variant in FULL_VARIANTS:
-            rate = _engine(variant == "full_cached", steps, size, batch, workdir, FULL_MODEL_ID, models_dir,
+            rate = _engine(variant == "full_cached", steps, size, batch, workdir, models_dir, FULL_MODEL_ID,
                            FULL_WARMUP_STEPS)
         else:
-            rate = _engine(variant == "engine_cached", steps, size, batch, workdir)
+            rate = _engine(variant == "engine_cached", steps, size, batch, workdir, models_dir)
     peak_mb = _peak_rss_mb()
     return {"steps_per_second": rate, "peak_rss_mb": peak_mb}
 
 
-def _measure(variant: str, steps: int, size: int, batch: int, threads: int,
-             models_dir: Path | None = None) -> dict[str, float]:
+def _measure(variant: str, steps: int, size: int, batch: int, threads: int, models_dir: Path) -> dict[str, float]:
     command = [sys.executable, "-m", "services.trainer.engine.benchmark", "--variant", variant,
-               "--steps", str(steps), "--size", str(size), "--batch", str(batch), "--threads", str(threads)]
-    if models_dir is not None:
-        command += ["--models-dir", str(models_dir)]
+               "--steps", str(steps), "--size", str(size), "--batch", str(batch), "--threads", str(threads),
+               "--models-dir", str(models_dir)]
     child = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(child.stdout.strip().splitlines()[-1])
 
@@ -202,7 +202,7 @@ def _print_rates(results: dict[str, dict[str, float]]) -> None:
         print(f"  {variant:14} {values['steps_per_second']:7.3f} steps/s   peak RSS {values['peak_rss_mb']:7.0f} MB")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--size", type=int, default=64)
@@ -214,19 +214,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-rounds", type=int, default=2)
     parser.add_argument("--full-threads", type=int, default=2)
     parser.add_argument("--variant", choices=VARIANTS + FULL_VARIANTS, help=argparse.SUPPRESS)  # one child
-    parser.add_argument("--models-dir", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.variant:
-        print(json.dumps(run_variant(args.variant, args.steps, args.size, args.batch, args.threads, args.models_dir)))
-        return 0
+    parser.add_argument("--models-dir", type=Path,
+                        help="base-model store for tiny-sd15 (default: $KILN_MODELS_DIR or ~/.cache/kiln/models)")
+    return parser
+
+
+def _figures(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{variant}_{name}": value for variant, values in results.items() for name, value in values.items()}
+
+
+def _models_dir(args: argparse.Namespace) -> Path:
+    from services.trainer.settings import TrainerSettings
+
+    return args.models_dir or TrainerSettings().models_dir
+
+
+def measure_all(args: argparse.Namespace) -> dict[str, float]:
+    """Every variant, printed as it is measured; returns the figures (rates, peaks and ratios)."""
+    tiny_models = _models_dir(args)
     results = _best_of(args.rounds, VARIANTS,
-                       lambda v: _measure(v, args.steps, args.size, args.batch, args.threads))
+                       lambda v: _measure(v, args.steps, args.size, args.batch, args.threads, tiny_models))
     print(f"tiny-sd15, {args.size}px, batch {args.batch}, {args.steps} steps (first {WARMUP_STEPS} not timed), "
           f"{args.threads} thread(s), best of {args.rounds} rounds, steps per CPU-second")
     _print_rates(results)
     engine, bare, cached = (results[v]["steps_per_second"] for v in ("engine", "bare", "engine_cached"))
     print(f"engine / bare loop:      {engine / bare:.2f}x (goal >= 0.95)")
     print(f"cached / uncached:       {cached / engine:.2f}x (tiny VAE; see the SD1.5 architecture below)")
+    figures = {**_figures(results), "engine_over_bare": engine / bare, "tiny_cached_over_uncached": cached / engine}
     if args.full_steps > FULL_WARMUP_STEPS:
         with tempfile.TemporaryDirectory(prefix="kiln-bench-models-") as models:
             started = time.perf_counter()
@@ -240,6 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         _print_rates(full)
         ratio = full["full_cached"]["steps_per_second"] / full["full"]["steps_per_second"]
         print(f"cached / uncached:       {ratio:.2f}x (goal >= 1.3)")
+        figures.update(_figures(full), sd15_cached_over_uncached=ratio)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.steps, args.size, args.batch, args.threads,
+                                     _models_dir(args))))
+        return 0
+    measure_all(args)
     return 0
 
 

@@ -21,6 +21,8 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel
 
+from services.trainer.settings import TrainerSettings
+
 from .artifacts import ArtifactKeys, LocalDirectoryWriter
 from .catalog import PRESETS, preset_config
 from .config import PreviewConfig, TrainingConfig, parse_config
@@ -63,7 +65,8 @@ def _flag_value(key: str, text: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.trainer.engine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models-dir", help="base-model store (default: $KILN_MODELS_DIR or ~/.cache/kiln/models)")
+    parser.add_argument("--models-dir", type=Path,
+                        help="base-model store (default: $KILN_MODELS_DIR or ~/.cache/kiln/models)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a LoRA")
@@ -121,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     return parse_config(values)
 
 
-def _load_dataset(args: argparse.Namespace, config: TrainingConfig, store: ModelStore):
+def _load_dataset(args: argparse.Namespace, config: TrainingConfig, store: ModelStore
+                  ) -> tuple[DatasetSnapshot, LocalDirectoryReader]:
     if args.snapshot:
         manifest = Path(args.snapshot)
         snapshot = DatasetSnapshot.from_json(manifest.read_bytes())
@@ -219,7 +223,7 @@ def _train(args: argparse.Namespace, store: ModelStore) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    store = ModelStore(args.models_dir)
+    store = ModelStore(args.models_dir or TrainerSettings().models_dir)
     try:
         if args.command == "train":
             return _train(args, store)

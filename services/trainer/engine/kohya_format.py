@@ -14,7 +14,10 @@ is a few lines here instead of three fix-ups there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from diffusers import UNet2DConditionModel
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
@@ -43,8 +46,8 @@ def sdxl_unet_name_to_ldm(name: str, layers_per_block: int, up_block_has_attenti
     per_block = layers_per_block + 1
     if parts[0] == "mid_block":
         kind, index, rest = parts[1], int(parts[2]), parts[3:]
-        slot = {("resnets", 0): 0, ("attentions", 0): 1, ("resnets", 1): 2}[(kind, index)]
-        return ".".join(["middle_block", str(slot), *_inner(kind, rest)])
+        middle_slot = {("resnets", 0): 0, ("attentions", 0): 1, ("resnets", 1): 2}[(kind, index)]
+        return ".".join(["middle_block", str(middle_slot), *_inner(kind, rest)])
     if parts[0] not in ("down_blocks", "up_blocks") or len(parts) < 5:
         raise ValueError(f"no SGM name for UNet module {name!r}")
     block, kind, layer, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
@@ -73,8 +76,8 @@ def _text_encoder_name(name: str) -> str:
 
 def kohya_state_dict(
     family: str,
-    unet: nn.Module | None,
-    text_encoders: list[nn.Module],
+    unet: UNet2DConditionModel | None,
+    text_encoders: Sequence[nn.Module],
     dtype: torch.dtype = torch.float16,
 ) -> dict[str, torch.Tensor]:
     """kohya-format tensors for the adapters attached to ``unet`` and the text encoders."""
@@ -93,9 +96,16 @@ def kohya_state_dict(
 
     tensors: dict[str, torch.Tensor] = {}
     for key, module in sorted(named.items()):
-        down = module.lora_A[ADAPTER_NAME].weight
-        up = module.lora_B[ADAPTER_NAME].weight
+        down = _adapter_weight(module.lora_A)
+        up = _adapter_weight(module.lora_B)
         tensors[f"{key}.lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()
         tensors[f"{key}.lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
         tensors[f"{key}.alpha"] = torch.tensor(float(module.lora_alpha[ADAPTER_NAME]), dtype=dtype)
     return tensors
+
+
+def _adapter_weight(layers: nn.ModuleDict) -> torch.Tensor:
+    layer = layers[ADAPTER_NAME]
+    if not isinstance(layer, nn.Linear | nn.Conv2d):
+        raise TypeError(f"unexpected LoRA layer {type(layer).__name__}")
+    return layer.weight

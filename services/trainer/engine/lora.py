@@ -66,7 +66,8 @@ def lora_config(targets: dict[str, bool], shape: NetworkShape) -> LoraConfig:
         alpha_pattern = {re.escape(name): shape.conv_alpha for name in conv_names}
     return LoraConfig(
         r=shape.dim,
-        lora_alpha=shape.alpha,
+        # peft annotates alpha as an int but only divides by it; kohya's alphas may be fractional.
+        lora_alpha=shape.alpha,  # type: ignore[arg-type]
         # Exact names: peft also accepts suffixes, which could catch modules kohya leaves alone.
         target_modules=sorted(targets),
         rank_pattern=rank_pattern,

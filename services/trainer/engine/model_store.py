@@ -10,7 +10,6 @@ component configs for single files ship in this package, so nothing is fetched.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,10 +24,6 @@ RECORD_FILE = "kiln-model.json"
 _PIPELINE_CLASSES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 
 
-def default_models_dir() -> Path:
-    return Path(os.environ.get("KILN_MODELS_DIR", Path.home() / ".cache" / "kiln" / "models"))
-
-
 @dataclass(frozen=True)
 class ResolvedModel:
     entry: BaseModelEntry
@@ -36,8 +31,10 @@ class ResolvedModel:
 
 
 class ModelStore:
-    def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root is not None else default_models_dir()
+    """The models under ``root``; the caller chooses it (the CLIs from their settings)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
 
     def entry(self, model_id: str) -> BaseModelEntry | None:
         entry = base_model_entry(model_id)
@@ -127,7 +124,7 @@ def missing_weights_message(entry: BaseModelEntry, root: Path) -> str:
         f"An operator imports them once: `python -m services.trainer.engine import-model {entry.id} PATH` "
         f"where PATH is a diffusers folder or a single-file checkpoint"
         + (f" ({entry.source_hint})" if entry.source_hint else "")
-        + f"; they are stored under {root / entry.id} (set KILN_MODELS_DIR to move it)."
+        + f"; they are stored under {root / entry.id} (KILN_MODELS_DIR or --models-dir moves it)."
     )
 
 

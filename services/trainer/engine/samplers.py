@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,12 +76,17 @@ def sampler_key(name: str) -> str:
     return ALIASES.get(key, key)
 
 
-def sampler_problem(name: str) -> str | None:
-    """None when the sampler exists and can run here; otherwise why not."""
+def is_importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def sampler_problem(name: str, importable: Callable[[str], bool] = is_importable) -> str | None:
+    """None when the sampler exists and can run here (``importable`` says which modules are
+    installed); otherwise why not."""
     key = sampler_key(name)
     if key not in SAMPLERS:
         return f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}"
-    missing = [module for module in SAMPLERS[key].requires if importlib.util.find_spec(module) is None]
+    missing = [module for module in SAMPLERS[key].requires if not importable(module)]
     if missing:
         return f"sampler {name!r} needs the Python package(s) {missing}, which are not installed"
     return None

@@ -138,7 +138,7 @@ def _parse_manifest(manifest: Any) -> DatasetSnapshot:
         raise SnapshotError(problems)
     return DatasetSnapshot(
         dataset=str(manifest.get("dataset", "")),
-        family=family,
+        family="sdxl" if family == "sdxl" else "sd15",  # anything else was refused above
         default_repeat=default_repeat,
         images=tuple(images),
         created=str(manifest.get("created", "")),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -112,15 +111,12 @@ def tiny_config_hash(name: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("KILN_MODEL_CACHE", Path.home() / ".cache" / "kiln" / "models"))
-
-
-def ensure_tiny_model(name: str, cache_dir: Path | None = None) -> Path:
-    """Path of the diffusers folder for a tiny model, building it once per configuration."""
+def ensure_tiny_model(name: str, cache_dir: Path) -> Path:
+    """Path of the diffusers folder for a tiny model under ``cache_dir``, building it once per
+    configuration."""
     if name not in TINY_CONFIGS:
         raise KeyError(f"unknown tiny model {name!r}; known: {sorted(TINY_CONFIGS)}")
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir)
     target = root / f"{name}-{tiny_config_hash(name)}"
     if (target / "model_index.json").is_file():
         return target

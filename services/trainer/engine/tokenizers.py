@@ -57,16 +57,24 @@ def _bytes_to_unicode() -> dict[int, str]:
 def _vocab_and_merges(path: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
     with gzip.open(path) as stream:
         lines = stream.read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : _MERGE_COUNT + 1]]
+    merges = [_merge_pair(line) for line in lines[1 : _MERGE_COUNT + 1]]
     symbols = list(_bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {token: index for index, token in enumerate(tokens)}, merges  # type: ignore[return-value]
+    return {token: index for index, token in enumerate(tokens)}, merges
+
+
+def _merge_pair(line: str) -> tuple[str, str]:
+    first, second = line.split()
+    return first, second
 
 
 def build_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """CLIP tokenizer as SD uses it; SDXL's second tokenizer pads with ``"!"`` instead of EOS."""
     vocab, merges = _vocab_and_merges(str(clip_vocab_path()))
     return CLIPTokenizer(
-        vocab=dict(vocab), merges=list(merges), pad_token=pad_token, model_max_length=MODEL_MAX_LENGTH
+        # transformers annotates merges as strings, but the tokenizers BPE it builds refuses
+        # "a b" strings and takes only (a, b) pairs.
+        vocab=dict(vocab), merges=list(merges),  # type: ignore[arg-type]
+        pad_token=pad_token, model_max_length=MODEL_MAX_LENGTH,
     )

@@ -67,6 +67,21 @@ class TrainingEstimate:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TrainingBatch:
+    """What one micro-batch fed the networks, for a caller watching a run (``on_batch``)."""
+
+    epoch: int
+    captions: tuple[str, ...]  # as the text encoder got them: shuffled, dropped out
+    flipped: tuple[bool, ...]
+    # (channels, height, width) of each image's pixels; None when the latents came from the cache
+    pixel_shapes: tuple[tuple[int, ...], ...] | None
+    latent_dtype: torch.dtype
+
+
+BatchCallback = Callable[[TrainingBatch], None]
+
+
 @dataclass
 class TrainingResult:
     estimate: TrainingEstimate
@@ -79,10 +94,9 @@ class TrainingResult:
 
 
 def estimate_training(
-    config: TrainingConfig, snapshot: DatasetSnapshot, store: ModelStore | None = None, probe_hardware: bool = True
+    config: TrainingConfig, snapshot: DatasetSnapshot, store: ModelStore, probe_hardware: bool = True
 ) -> TrainingEstimate:
     """Validate (raising with every violation) and compute the step count as kohya does."""
-    store = store or ModelStore()
     report = validate_training(config, snapshot, store, probe_hardware)
     report.raise_if_invalid()
     return _estimate(config, snapshot, store.entry(config.base_model), report)
@@ -127,13 +141,14 @@ def train(
     reader: BlobReader,
     writer: ArtifactWriter,
     *,
-    store: ModelStore | None = None,
+    store: ModelStore,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    on_batch: BatchCallback | None = None,
     resume: bool = True,
 ) -> TrainingResult:
     """Train; with ``resume`` a run whose writer holds a checkpoint continues from its last epoch."""
-    return TrainingRun(config, snapshot, reader, writer, store, progress, should_cancel).run(resume)
+    return TrainingRun(config, snapshot, reader, writer, store, progress, should_cancel, on_batch).run(resume)
 
 
 class TrainingRun:
@@ -143,17 +158,19 @@ class TrainingRun:
         snapshot: DatasetSnapshot,
         reader: BlobReader,
         writer: ArtifactWriter,
-        store: ModelStore | None = None,
+        store: ModelStore,
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        on_batch: BatchCallback | None = None,
     ) -> None:
         self.config = config
         self.snapshot = snapshot
         self.reader = reader
         self.writer = writer
-        self.store = store or ModelStore()
+        self.store = store
         self.progress = progress or (lambda event: None)
         self.should_cancel = should_cancel or (lambda: False)
+        self.on_batch = on_batch or (lambda batch: None)
 
     # ----- setup -----
 
@@ -364,6 +381,7 @@ class TrainingRun:
         if self.latent_cache is not None:
             cached = [self.latent_cache.get(p, flip) for p, flip in zip(batch, flips, strict=True)]
             latents = torch.stack([c[0] for c in cached]).to(self.device)
+            self.on_batch(TrainingBatch(epoch, tuple(captions), tuple(flips), None, latents.dtype))
             return latents, [c[1] for c in cached], captions
         prepared = [prepare_image(self.reader, p, flip) for p, flip in zip(batch, flips, strict=True)]
         # Outside mixed precision, as kohya and the cached path encode: the SDXL VAE overflows in
@@ -371,6 +389,8 @@ class TrainingRun:
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             pixels = torch.stack([p.pixels for p in prepared])
             latents = encode_latents(self.model.vae, pixels, self.streams.noise)
+        shapes = tuple(tuple(p.pixels.shape) for p in prepared)
+        self.on_batch(TrainingBatch(epoch, tuple(captions), tuple(flips), shapes, latents.dtype))
         return latents, prepared, captions
 
     def _batch_loss(self, batch: list[PlannedImage], epoch: int) -> torch.Tensor:
@@ -391,6 +411,8 @@ class TrainingRun:
 
         added: dict[str, torch.Tensor] | None = None
         if model.family == "sdxl":
+            if prompts.pooled is None:
+                raise RuntimeError("SDXL prompt embeddings come with the second encoder's pooled output")
             time_ids = [
                 [*p.original_size, *p.crop_top_left, planned.choice.bucket[1], planned.choice.bucket[0]]
                 for p, planned in zip(prepared, batch, strict=True)
