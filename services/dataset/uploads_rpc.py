@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator
@@ -32,7 +33,7 @@ from services.common.objectstore import ObjectNotFound, ObjectStore
 from services.dataset import captions, names, records, schema
 from services.dataset.convert import image_message
 from services.dataset.filenames import safe_filename
-from services.dataset.image_check import CheckedImage, check_image, sniff_format
+from services.dataset.image_check import CheckedImage, ImageLimits, check_image, sniff_format
 from services.dataset.orphans import cutoff, known_objects, orphans
 from services.dataset.requests import (
     check_repeat,
@@ -51,19 +52,29 @@ class _Ingest:
     tenant: str
     method: str
     request_id: str
-    fingerprint: str
+    # Of the request without its bytes; with `bytes_identify`, the same request_id with other
+    # bytes is another request, though its metadata match.
+    request_digest: str
+    bytes_identify: bool
     dataset_id: str
     role: str
     filename: str
     tags: list[str]
     repeat: int
-    sha256: str
     finalize_upload: str | None = None
     image_id: str = field(default_factory=names.new_id)
+    # Known once the bytes are hashed (beside their verification).
+    sha256: str = ""
 
     @property
     def original_key(self) -> str:
         return names.original_key(self.dataset_id, self.image_id)
+
+    @property
+    def fingerprint(self) -> str:
+        if not self.bytes_identify:
+            return self.request_digest
+        return hashlib.sha256(self.request_digest.encode() + self.sha256.encode()).hexdigest()
 
 
 class UploadRpcs(ServicerBase):
@@ -71,8 +82,8 @@ class UploadRpcs(ServicerBase):
     async def UploadImage(self, request_iterator: AsyncIterator[pb.UploadImageRequest],
                           context: grpc.aio.ServicerContext) -> pb.Image:
         meta, parts = await self._read_upload(request_iterator)
-        # One trip to the image pool: copying and hashing tens of MiB would hold the event loop.
-        data, sha256 = await self._cpu(_joined_and_hashed, parts)
+        # Most photos arrive in one chunk; joining tens of MiB would hold the event loop.
+        data = parts[0] if len(parts) == 1 else await self._cpu(b"".join, parts)
         dataset_id = names.parse_dataset(meta.parent, "metadata.parent")
         role = role_of(meta.role, "metadata.role")
         filename = safe_filename(meta.filename, "metadata.filename")
@@ -82,11 +93,10 @@ class UploadRpcs(ServicerBase):
         if meta.size_bytes and meta.size_bytes != len(data):
             raise invalid_field("metadata.size_bytes", f"declared {meta.size_bytes} bytes but {len(data)} arrived",
                                 "SIZE_MISMATCH")
-        # The same request_id with other bytes is another request, though its metadata match.
-        fingerprint = hashlib.sha256(request_fingerprint(meta).encode() + sha256.encode()).hexdigest()
         return await self._ingest(_Ingest(
-            tenant=current_tenant(), method="UploadImage", request_id=meta.request_id, fingerprint=fingerprint,
-            dataset_id=dataset_id, role=role, filename=filename, tags=tags, repeat=meta.repeat, sha256=sha256), data)
+            tenant=current_tenant(), method="UploadImage", request_id=meta.request_id,
+            request_digest=request_fingerprint(meta), bytes_identify=True, dataset_id=dataset_id, role=role,
+            filename=filename, tags=tags, repeat=meta.repeat), data)
 
     async def _read_upload(self, request_iterator: AsyncIterator[pb.UploadImageRequest]
                            ) -> tuple[pb.UploadImageMetadata, list[bytes]]:
@@ -120,55 +130,52 @@ class UploadRpcs(ServicerBase):
 
     async def _ingest(self, job: _Ingest, data: bytes) -> pb.Image:
         try:
-            checked = await self._store_verified(job, data)
+            checked, sha256 = await self._store_verified(job, data)
+            job = dataclasses.replace(job, sha256=sha256)
             image = await self._tx.commit(lambda conn: self._record_image(conn, job, checked),
-                                       written=[job.original_key])
+                                          written=[job.original_key])
         except _Replayed as replayed:
             return replayed.response
         if self.tagging:
             self.tagging.wake()
         return image
 
-    async def _store_verified(self, job: _Ingest, data: bytes) -> CheckedImage:
-        """Check the request against the records, verify the bytes and store the original. What was
-        stored is deleted again when a check fails, an earlier answer is replayed or the caller goes away."""
+    async def _store_verified(self, job: _Ingest, data: bytes) -> tuple[CheckedImage, str]:
+        """Verify and hash the bytes and store the original. What was stored is deleted again when
+        the bytes are refused or the caller goes away (and, by the commit, when the records refuse
+        the upload or an earlier answer is replayed)."""
         puts: list[asyncio.Future[None]] = []
-        # Most uploads are stored byte for byte, so the original goes to the object
-        # store while the request is checked against the records and the bytes are
-        # verified; anything rejected is deleted below.
+        # Most uploads are stored byte for byte, so the original goes to the object store while
+        # the bytes are verified and hashed. The records are checked once, in the commit: a
+        # check before it could not save the PUT or the decode, which are already under way.
         sniffed = sniff_format(data)
         if sniffed in ("PNG", "JPEG"):
             puts.append(asyncio.ensure_future(self._tx.objects.run(self._store.put_bytes, job.original_key, data,
-                                                       f"image/{sniffed.lower()}")))
-        # Verification doesn't depend on the records either: it runs beside the precheck and
-        # the PUT. A precheck that fails still answers first, as it did when they ran in turn.
-        verification = asyncio.ensure_future(self._cpu(check_image, data, self._limits))
-        verification.add_done_callback(_retrieve_outcome)
+                                                                   f"image/{sniffed.lower()}")))
         try:
-            await self._tx.run(lambda conn: self._check_new(conn, job, lock=False), read_only=True)
-            checked: CheckedImage = await verification
+            checked, sha256 = await self._cpu(_verified_and_hashed, data, self._limits)
             if puts:
                 await puts[0]
             if checked.stored_bytes is not data:
                 puts.append(asyncio.ensure_future(self._tx.objects.run(self._store.put_bytes, job.original_key,
-                                                           checked.stored_bytes, checked.content_type)))
+                                                                       checked.stored_bytes, checked.content_type)))
                 await puts[-1]
-            return checked
+            return checked, sha256
         except BaseException:
             # Shielded: a client that cancels mid-way must not cancel the clean-up too.
             await asyncio.shield(self._tx.discard_after([job.original_key], puts))
             raise
 
-    def _check_new(self, conn: Connection, job: _Ingest, *, lock: bool) -> Row[Any]:
+    def _check_new(self, conn: Connection, job: _Ingest) -> Row[Any]:
         """The dataset, once the upload is known to be new and to fit; raises _Replayed with the
         answer when an earlier request already made this image."""
         earlier = self._tx.keys.replay(conn, job.tenant, job.method, job.request_id, job.fingerprint, pb.Image)
         if earlier is not None:
             raise _Replayed(earlier)
-        dataset = records.get_dataset(conn, job.tenant, job.dataset_id, lock=lock)
+        dataset = records.get_dataset(conn, job.tenant, job.dataset_id, lock=True)
         if job.finalize_upload is not None:
             # Another finalize of the same upload may have got here first: its image is the answer.
-            upload = self._upload_row(conn, job.dataset_id, job.finalize_upload, lock=lock)
+            upload = self._upload_row(conn, job.dataset_id, job.finalize_upload, lock=True)
             finished = self._finalized(conn, job.tenant, upload)
             if finished is not None:
                 raise _Replayed(finished)
@@ -177,7 +184,7 @@ class UploadRpcs(ServicerBase):
         return dataset
 
     def _record_image(self, conn: Connection, job: _Ingest, checked: CheckedImage) -> pb.Image:
-        dataset = self._check_new(conn, job, lock=True)
+        dataset = self._check_new(conn, job)
         now = records.now()
         row = conn.execute(schema.images.insert().returning(*schema.images.c).values(
             id=job.image_id, dataset_id=job.dataset_id, role=job.role, filename=job.filename,
@@ -250,7 +257,6 @@ class UploadRpcs(ServicerBase):
         check_request_id(request.request_id)
         tenant = current_tenant()
         # The request names the upload; what was PUT there is not part of it.
-        fingerprint = request_fingerprint(request)
 
         def load(conn: Connection) -> Row[Any] | pb.Image:
             earlier = self._tx.replay(conn, tenant, "FinalizeImageUpload", request, pb.Image)
@@ -268,9 +274,10 @@ class UploadRpcs(ServicerBase):
             raise failed_precondition("the upload URL has expired; create a new upload", "UPLOAD_EXPIRED")
         data = await self._staged_bytes(upload)
         image = await self._ingest(_Ingest(
-            tenant=tenant, method="FinalizeImageUpload", request_id=request.request_id, fingerprint=fingerprint,
-            dataset_id=dataset_id, role=upload.role, filename=upload.filename, tags=list(upload.tags),
-            repeat=upload.repeat, sha256=await self._cpu(_sha256_hex, data), finalize_upload=upload_id), data)
+            tenant=tenant, method="FinalizeImageUpload", request_id=request.request_id,
+            request_digest=request_fingerprint(request), bytes_identify=False, dataset_id=dataset_id,
+            role=upload.role, filename=upload.filename, tags=list(upload.tags), repeat=upload.repeat,
+            finalize_upload=upload_id), data)
         await self._tx.delete_quietly([upload.object_key])
         return image
 
@@ -344,13 +351,9 @@ class UploadRpcs(ServicerBase):
         return len(doomed)
 
 
-def _sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _joined_and_hashed(parts: list[bytes]) -> tuple[bytes, str]:
-    data = parts[0] if len(parts) == 1 else b"".join(parts)
-    return data, _sha256_hex(data)
+def _verified_and_hashed(data: bytes, limits: ImageLimits) -> tuple[CheckedImage, str]:
+    """One trip to the image pool for both: hashing releases the GIL, and so does most of decoding."""
+    return check_image(data, limits), hashlib.sha256(data).hexdigest()
 
 
 def _read_at_most(store: ObjectStore, key: str, limit: int) -> bytes:
@@ -364,13 +367,6 @@ def _read_at_most(store: ObjectStore, key: str, limit: int) -> bytes:
             if received > limit:
                 break
     return b"".join(parts)
-
-
-def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
-    """Mark a side task's exception as seen: when an earlier check already failed the request,
-    nobody awaits it, and asyncio would log it as never retrieved."""
-    if not future.cancelled():
-        future.exception()
 
 
 class _Replayed(Exception):
