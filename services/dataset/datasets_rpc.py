@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common import object_keys
 from services.common.errors import (
     FieldViolation,
     invalid,
@@ -113,7 +114,7 @@ class DatasetRpcs(ServicerBase):
             return pb.DeleteDatasetResponse()
 
         response = await self._idempotent(context, "DeleteDataset", request, pb.DeleteDatasetResponse, work)
-        for prefix in (names.dataset_prefix(dataset_id), names.staging_key(dataset_id, "")):
+        for prefix in (object_keys.dataset_prefix(dataset_id), object_keys.staging_prefix(dataset_id)):
             try:
                 await self._io(self._store.delete_prefix, prefix)
             except Exception:

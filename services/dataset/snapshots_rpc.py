@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common import object_keys
 from services.common.errors import (
     FieldViolation,
     failed_precondition,
@@ -51,7 +52,7 @@ class SnapshotRpcs(ServicerBase):
         manifest = await self._db(read)
         if isinstance(manifest, pb.Snapshot):
             return manifest
-        key = names.snapshot_key(dataset_id, manifest.sha256)
+        key = object_keys.snapshot_manifest_key(dataset_id, manifest.sha256)
         await self._io(self._store.put_bytes, key, manifest.body, "application/json")
 
         def work(conn: Connection, tenant_: str) -> pb.Snapshot:

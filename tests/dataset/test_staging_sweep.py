@@ -9,6 +9,7 @@ import grpc
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common import object_keys
 from services.dataset import names
 from services.dataset.server import sweep_once
 from services.dataset.staging_sweep import abandoned
@@ -21,7 +22,7 @@ def put(url: str, data: bytes) -> None:
 
 
 def staging_key(upload: pb.ImageUpload) -> str:
-    return names.staging_key(*names.parse_upload(upload.name))
+    return object_keys.staging_key(*names.parse_upload(upload.name))
 
 
 def create_upload(stub: dataset_pb2_grpc.DatasetServiceStub, dataset: pb.Dataset, data: bytes) -> pb.ImageUpload:
