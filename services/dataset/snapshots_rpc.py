@@ -146,7 +146,7 @@ def _check_screened(dataset: Row[Any], images: Sequence[Row[Any]]) -> None:
 
 def _snapshot_message(row: Row[Any]) -> pb.Snapshot:
     return pb.Snapshot(
-        name=names.snapshot_name(row.dataset_id, row.sha256), sha256=row.sha256, manifest_key=row.manifest_key,
+        name=names.snapshot_name(row.dataset_id, row.sha256), sha256=row.sha256,
         training_image_count=row.training_image_count, regularization_image_count=row.regularization_image_count,
         total_repeated_images=row.total_repeated_images, create_time=timestamp(row.create_time),
         blocked_image_count=row.blocked_image_count,

@@ -8,6 +8,7 @@ import grpc
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common import object_keys
 from tests.dataset.conftest import service_on_own_bucket
 from tests.dataset.helpers import image_bytes, new_dataset, upload
 
@@ -33,4 +34,4 @@ def test_sweep_removes_only_unreferenced_objects(aio, s3_settings, tmp_path):
         after = set(store.list_keys("datasets/"))
         assert before - after == set(ghosts)
         assert f"{kept.name}/original" in after and f"{gone.name}/original" in after
-        assert snapshot.manifest_key in after
+        assert object_keys.manifest_key_of(snapshot.name) in after

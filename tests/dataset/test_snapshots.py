@@ -8,6 +8,7 @@ import json
 import grpc
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common import object_keys
 from services.dataset.snapshots import MANIFEST_KIND
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
 
@@ -22,7 +23,8 @@ def test_snapshot_survives_every_later_edit(stub, store):
     snapshot = stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))
     assert (snapshot.training_image_count, snapshot.regularization_image_count) == (2, 1)
     assert snapshot.total_repeated_images == 2 + 4
-    body = store.get_bytes(snapshot.manifest_key)
+    manifest_key = object_keys.manifest_key_of(snapshot.name)
+    body = store.get_bytes(manifest_key)
     assert hashlib.sha256(body).hexdigest() == snapshot.sha256 and snapshot.name.endswith(snapshot.sha256)
     manifest = json.loads(body)
     assert manifest["kind"] == MANIFEST_KIND and manifest["family"] == "sd15"
@@ -49,7 +51,7 @@ def test_snapshot_survives_every_later_edit(stub, store):
                                                update_mask={"paths": ["default_repeat"]}))
     stub.BatchDeleteImages(pb.BatchDeleteImagesRequest(parent=dataset.name, names=[a.name, b.name, reg.name]))
 
-    assert store.get_bytes(snapshot.manifest_key) == body
+    assert store.get_bytes(manifest_key) == body
     assert {k: store.get_bytes(k) for k in referenced} == contents
     assert stub.GetSnapshot(pb.GetSnapshotRequest(name=snapshot.name)) == snapshot
     assert [s.name for s in stub.ListSnapshots(pb.ListSnapshotsRequest(parent=dataset.name)).snapshots] == [
