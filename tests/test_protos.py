@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUF = pathlib.Path(sys.executable).parent / "buf"
 BASELINE = ROOT / "protos" / "baseline.binpb"
 # Contracts between services only; the public API (dataset.proto) must never depend on them.
-INTERNAL_PROTOS = {"kiln/v1/tagger.proto"}
+INTERNAL_PROTOS = {"kiln/v1/tagger.proto", "kiln/v1/snapshot_manifest.proto"}
 
 
 def test_generated_code_is_up_to_date(tmp_path):
