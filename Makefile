@@ -12,7 +12,7 @@ SAMPLE_FILES := astronaut.png camera.png chelsea.png coffee.png rocket.jpg motor
 CLIP_VOCAB := $(SHARE)/bpe_simple_vocab_16e6.txt.gz
 OPEN_CLIP_WHEEL := open_clip_torch==3.3.0
 
-.PHONY: setup demo test lint protos bench clean
+.PHONY: setup demo test lint protos proto-baseline bench clean
 
 setup: $(STAMP) $(CLIP_VOCAB) $(SAMPLES)
 
@@ -38,6 +38,11 @@ $(SAMPLES): | $(STAMP)
 
 protos: setup
 	$(PY) scripts/gen_protos.py
+
+# The released contracts, which `buf breaking` (tests/test_protos.py) compares the protos
+# with. Run on purpose only, when a release accepts every difference, and commit the file.
+proto-baseline: setup
+	$(VENV)/bin/buf build protos --exclude-source-info -o protos/baseline.binpb
 
 demo: setup
 	$(PY) -m services.demo

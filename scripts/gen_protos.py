@@ -2,6 +2,9 @@
 
 Run with `make protos`. tests/test_protos.py regenerates into a temporary
 directory and fails when the committed code differs.
+
+The google/api annotations are on the include path only: their Python modules
+come from the googleapis-common-protos wheel, which the generated code imports.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
+VENDORED_ROOT = ROOT / "third_party" / "googleapis"
 OUT_ROOT = ROOT / "gen" / "python"
 PACKAGE_DIRS = ("kiln", "kiln/v1")
 
@@ -32,6 +36,7 @@ def generate(out_root: pathlib.Path) -> None:
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
+        f"-I{VENDORED_ROOT}",
         f"-I{well_known_include()}",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
-from kiln.v1 import tagger_pb2 as tpb
+from kiln.v1 import tagging_types_pb2 as ttpb
+from services.common import object_keys
 from services.common.bundled_data import samples_dir
 from services.common.internal_client import internal_channel
 from services.common.objectstore import ObjectStore
@@ -93,7 +94,8 @@ def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathli
                     "width": 256, "height": 256},
     })
     reader = ObjectStoreReader(store)
-    prefix = f"trainingJobs/demo-{snapshot.sha256[:12]}"
+    # A trainer worker's job: the snapshot's manifest is found from its name, the outputs go under the job.
+    prefix = object_keys.training_job_prefix(f"demo-{snapshot.sha256[:12]}").rstrip("/")
     bar = tqdm(desc="training tiny-sd15 LoRA", unit="step")
 
     def on_progress(event: ProgressEvent) -> None:
@@ -104,8 +106,9 @@ def train_on_snapshot(store: ObjectStore, snapshot: pb.Snapshot, out_dir: pathli
                             phase=event.phase)
         bar.refresh()
 
-    result = train(config, load_snapshot(reader, snapshot.manifest_key), reader, ObjectStoreWriter(store, prefix),
-                   store=ModelStore(models_dir), progress=on_progress)
+    dataset = load_snapshot(reader, object_keys.manifest_key_of(snapshot.name))
+    result = train(config, dataset, reader, ObjectStoreWriter(store, prefix), store=ModelStore(models_dir),
+                   progress=on_progress)
     bar.close()
     rows: list[tuple[str, list[Image.Image]]] = [
         (f"epoch {epoch}", [Image.open(io.BytesIO(store.get_bytes(f"{prefix}/epochs/{epoch}/previews/{k}.png")))
@@ -134,7 +137,7 @@ def scenario(channel: grpc.Channel, store: ObjectStore, out_dir: pathlib.Path, m
         say("waiting for background tagging and screening…")
         settle()
         for image in stub.ListImages(pb.ListImagesRequest(parent=dataset.name)).images:
-            verdict = tpb.ModerationDecision.Name(image.screening.decision).removeprefix("MODERATION_DECISION_")
+            verdict = ttpb.ModerationDecision.Name(image.screening.decision).removeprefix("MODERATION_DECISION_")
             tags = ", ".join(f"{t.name} {t.score:.2f}" for t in image.auto_tagging.tags[:5]) or "(no tags)"
             say(f"  {image.filename:22s} [{verdict.lower()}] {tags}")
 
@@ -171,7 +174,8 @@ def scenario(channel: grpc.Channel, store: ObjectStore, out_dir: pathlib.Path, m
             "samples per epoch")
 
         snapshot = stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))
-        say(f"snapshot {snapshot.name} ({snapshot.training_image_count} images) at s3://…/{snapshot.manifest_key}")
+        say(f"snapshot {snapshot.name} ({snapshot.training_image_count} images), its manifest at "
+            f"s3://…/{object_keys.manifest_key_of(snapshot.name)}")
 
         sheet = out_dir / "demo-crops.png"
         save_sheet([("focus crops, 512x512", [read_variant(stub, i.name, pb.IMAGE_VARIANT_CROPPED)

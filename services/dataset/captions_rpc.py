@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
 from kiln.v1 import dataset_pb2 as pb
-from kiln.v1 import tagger_pb2 as tpb
+from kiln.v1 import tagging_types_pb2 as ttpb
 from services.common.call_context import current_tenant
 from services.common.errors import (
     FieldViolation,
@@ -141,7 +141,7 @@ class CaptionRpcs(ServicerBase):
         return await self._tx.run(read, read_only=True)
 
 
-def _check_tagging_options(options: tpb.TaggingOptions) -> None:
+def _check_tagging_options(options: ttpb.TaggingOptions) -> None:
     """The options are copied into every image queued, so they are held to what a caption may hold;
     anything the tagger service would refuse fails here rather than on every image later."""
     violations = [

@@ -19,9 +19,9 @@ from typing import Any
 from PIL import Image
 from sqlalchemy.engine import Row
 
+from services.common.object_keys import crop_key
 from services.common.objectstore import ObjectNotFound, ObjectStore
 from services.dataset.cropping import DETECTOR_SIDE, Box, Detector, center_box, focus_box, render_crop
-from services.dataset.names import crop_key
 
 THUMBNAIL_SIDE = 256
 # Bump when rendering changes, so cached renders are never reused across versions.

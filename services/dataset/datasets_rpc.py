@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common import object_keys
 from services.common.call_context import current_tenant
 from services.common.errors import (
     FieldViolation,
@@ -117,7 +118,7 @@ class DatasetRpcs(ServicerBase):
             return pb.DeleteDatasetResponse()
 
         response = await self._tx.idempotent("DeleteDataset", request, pb.DeleteDatasetResponse, work)
-        for prefix in (names.dataset_prefix(dataset_id), names.staging_key(dataset_id, "")):
+        for prefix in (object_keys.dataset_prefix(dataset_id), object_keys.staging_prefix(dataset_id)):
             try:
                 await self._tx.objects.run(self._store.delete_prefix, prefix)
             except Exception:

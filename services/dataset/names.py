@@ -1,4 +1,7 @@
-"""Resource names (`datasets/{d}`, `datasets/{d}/images/{i}`, …) and object keys."""
+"""Resource names (`datasets/{d}`, `datasets/{d}/images/{i}`, …) as clients send them.
+
+Object keys are services/common/object_keys.py's.
+"""
 
 from __future__ import annotations
 
@@ -73,29 +76,3 @@ def snapshot_name(dataset_id: str, sha256: str) -> str:
 
 def upload_name(dataset_id: str, upload_id: str) -> str:
     return f"datasets/{dataset_id}/uploads/{upload_id}"
-
-
-# Object keys. Originals never change; crops are keyed by what produced them,
-# so a re-crop writes a new object and snapshots keep reading the old one.
-def dataset_prefix(dataset_id: str) -> str:
-    return f"datasets/{dataset_id}/"
-
-
-def original_key(dataset_id: str, image_id: str) -> str:
-    return f"datasets/{dataset_id}/images/{image_id}/original"
-
-
-def thumbnail_key(dataset_id: str, image_id: str) -> str:
-    return f"datasets/{dataset_id}/images/{image_id}/thumb.webp"
-
-
-def crop_key(dataset_id: str, image_id: str, spec_digest: str) -> str:
-    return f"datasets/{dataset_id}/images/{image_id}/crops/{spec_digest}.png"
-
-
-def snapshot_key(dataset_id: str, sha256: str) -> str:
-    return f"datasets/{dataset_id}/snapshots/{sha256}.json"
-
-
-def staging_key(dataset_id: str, upload_id: str) -> str:
-    return f"uploads/{dataset_id}/{upload_id}"

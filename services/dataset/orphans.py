@@ -5,23 +5,20 @@ bytes second, so a crash between the two steps leaves bytes behind, never a
 record without its bytes. This sweep finds those leftovers: objects under
 `datasets/` whose dataset, image or snapshot has no record, that no snapshot retains,
 and that are older than an upload could still be in flight. Staging objects under
-`uploads/` are staging_sweep.py's.
+`uploads/` are staging_sweep.py's, and keys under other services' prefixes are
+never judged, whatever the listing holds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from services.common import object_keys
 from services.dataset import records, schema
-
-_IMAGE_KEY = re.compile(r"^datasets/([a-z0-9]{1,32})/images/([a-z0-9]{1,32})/")
-_DATASET_KEY = re.compile(r"^datasets/([a-z0-9]{1,32})/")
-_SNAPSHOT_KEY = re.compile(r"^datasets/[a-z0-9]{1,32}/snapshots/")
 
 
 def known_objects(conn: Connection) -> tuple[set[str], set[tuple[str, str]], set[str]]:
@@ -40,16 +37,15 @@ def orphans(listing: Iterable[tuple[str, dt.datetime]], datasets: set[str], imag
     for key, modified in listing:
         if modified > older_than or key in kept:
             continue
-        dataset = _DATASET_KEY.match(key)
-        if dataset is None:
+        dataset = object_keys.dataset_of(key)
+        if dataset is None:  # not under datasets/: another sweep's or another service's
             continue
-        if dataset.group(1) not in datasets:
+        if dataset not in datasets:
             found.append(key)
             continue
-        image = _IMAGE_KEY.match(key)
-        missing_image = image is not None and (image.group(1), image.group(2)) not in images
+        image = object_keys.image_of(key)
         # Manifests with a record are in `kept`; one here was written but never recorded.
-        if missing_image or _SNAPSHOT_KEY.match(key):
+        if (image is not None and image not in images) or object_keys.is_snapshot_manifest(key):
             found.append(key)
     return found
 

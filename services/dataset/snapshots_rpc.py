@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common import object_keys
 from services.common.call_context import current_tenant
 from services.common.errors import (
     FieldViolation,
@@ -51,7 +52,7 @@ class SnapshotRpcs(ServicerBase):
         manifest = await self._tx.run(read)
         if isinstance(manifest, pb.Snapshot):
             return manifest
-        key = names.snapshot_key(dataset_id, manifest.sha256)
+        key = object_keys.snapshot_manifest_key(dataset_id, manifest.sha256)
         await self._tx.objects.run(self._store.put_bytes, key, manifest.body, "application/json")
 
         def work(conn: Connection, tenant_: str) -> pb.Snapshot:
@@ -146,7 +147,7 @@ def _check_screened(dataset: Row[Any], images: Sequence[Row[Any]]) -> None:
 
 def _snapshot_message(row: Row[Any]) -> pb.Snapshot:
     return pb.Snapshot(
-        name=names.snapshot_name(row.dataset_id, row.sha256), sha256=row.sha256, manifest_key=row.manifest_key,
+        name=names.snapshot_name(row.dataset_id, row.sha256), sha256=row.sha256,
         training_image_count=row.training_image_count, regularization_image_count=row.regularization_image_count,
         total_repeated_images=row.total_repeated_images, create_time=timestamp(row.create_time),
         blocked_image_count=row.blocked_image_count,

@@ -6,6 +6,8 @@ again afterwards. Nothing would ever finalize or expire that object, since the
 record-driven sweep (sweep_expired_uploads) only visits records, and the orphan sweep
 only visits `datasets/`. This sweep removes such objects once they are older than the
 URL lifetime, when no URL can write them any more (UploadRpcs.sweep_abandoned_staging).
+Only keys under `uploads/` are judged: nothing else in the bucket has an upload record,
+so anything else would look abandoned.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from services.common import object_keys
 from services.dataset import schema
-
-STAGING_PREFIX = "uploads/"
 
 
 def recorded_staging_keys(conn: Connection) -> set[str]:
@@ -26,4 +27,5 @@ def recorded_staging_keys(conn: Connection) -> set[str]:
 
 
 def abandoned(listing: Iterable[tuple[str, dt.datetime]], recorded: set[str], older_than: dt.datetime) -> list[str]:
-    return [key for key, modified in listing if modified <= older_than and key not in recorded]
+    return [key for key, modified in listing
+            if key.startswith(object_keys.UPLOADS) and modified <= older_than and key not in recorded]

@@ -10,19 +10,20 @@ from google.protobuf import json_format
 
 from kiln.v1 import tagger_pb2 as tpb
 from kiln.v1 import tagger_pb2_grpc
+from kiln.v1 import tagging_types_pb2 as ttpb
 from services.dataset.autotag import AutoTag, TaggerUnavailable, TaggingSettings, TagOutcome
 
 MAX_IMAGES_PER_CALL = 32
 CATEGORY_NAMES = {
-    tpb.TAG_CATEGORY_GENERAL: "general", tpb.TAG_CATEGORY_CHARACTER: "character", tpb.TAG_CATEGORY_RATING: "rating",
+    ttpb.TAG_CATEGORY_GENERAL: "general", ttpb.TAG_CATEGORY_CHARACTER: "character", ttpb.TAG_CATEGORY_RATING: "rating",
 }
 DECISION_NAMES = {
-    tpb.MODERATION_DECISION_ALLOW: "allow", tpb.MODERATION_DECISION_REVIEW: "review",
-    tpb.MODERATION_DECISION_BLOCK: "block",
+    ttpb.MODERATION_DECISION_ALLOW: "allow", ttpb.MODERATION_DECISION_REVIEW: "review",
+    ttpb.MODERATION_DECISION_BLOCK: "block",
 }
 SOURCE_NAMES = {
-    tpb.MODERATION_SIGNAL_SOURCE_DETECTOR: "detector", tpb.MODERATION_SIGNAL_SOURCE_RATING: "rating",
-    tpb.MODERATION_SIGNAL_SOURCE_TAG: "tag",
+    ttpb.MODERATION_SIGNAL_SOURCE_DETECTOR: "detector", ttpb.MODERATION_SIGNAL_SOURCE_RATING: "rating",
+    ttpb.MODERATION_SIGNAL_SOURCE_TAG: "tag",
 }
 # Failures of the call as a whole that are worth retrying later.
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -49,7 +50,7 @@ class GrpcTaggingClient:
 
     async def _tag_batch(self, keys: Sequence[str], tagger: str, options: dict[str, Any]) -> list[TagOutcome]:
         request = tpb.TagImagesRequest(tagger=tagger, images=[tpb.ImageSource(object_key=k) for k in keys],
-                                       options=json_format.ParseDict(options, tpb.TaggingOptions()))
+                                       options=json_format.ParseDict(options, ttpb.TaggingOptions()))
         try:
             response = await self._stub.TagImages(request, timeout=self._timeout, wait_for_ready=False)
         except grpc.aio.AioRpcError as err:
@@ -76,23 +77,23 @@ def _outcome(result: tpb.ImageTagging | None, tagger: str) -> TagOutcome:
     )
 
 
-def options_to_dict(options: tpb.TaggingOptions) -> dict[str, Any]:
+def options_to_dict(options: ttpb.TaggingOptions) -> dict[str, Any]:
     return json_format.MessageToDict(options, preserving_proto_field_name=True)
 
 
-def auto_tags_message(stored: list[dict[str, Any]] | None) -> list[tpb.Tag]:
+def auto_tags_message(stored: list[dict[str, Any]] | None) -> list[ttpb.Tag]:
     names = {v: k for k, v in CATEGORY_NAMES.items()}
-    unknown = tpb.TAG_CATEGORY_UNSPECIFIED
-    return [tpb.Tag(name=t["tag"], score=t["score"], category=names.get(t["category"], unknown))
+    unknown = ttpb.TAG_CATEGORY_UNSPECIFIED
+    return [ttpb.Tag(name=t["tag"], score=t["score"], category=names.get(t["category"], unknown))
             for t in stored or []]
 
 
-def verdict_message(verdict: str | None, findings: list[dict[str, Any]] | None) -> tpb.ModerationVerdict | None:
+def verdict_message(verdict: str | None, findings: list[dict[str, Any]] | None) -> ttpb.ModerationVerdict | None:
     if not verdict:
         return None
     decisions = {v: k for k, v in DECISION_NAMES.items()}
     sources = {v: k for k, v in SOURCE_NAMES.items()}
-    undecided, unknown = tpb.MODERATION_DECISION_UNSPECIFIED, tpb.MODERATION_SIGNAL_SOURCE_UNSPECIFIED
-    return tpb.ModerationVerdict(decision=decisions.get(verdict, undecided), findings=[
-        tpb.ModerationFinding(source=sources.get(f["source"], unknown), label=f["label"], score=f["score"],
-                              decision=decisions.get(f["decision"], undecided)) for f in findings or []])
+    undecided, unknown = ttpb.MODERATION_DECISION_UNSPECIFIED, ttpb.MODERATION_SIGNAL_SOURCE_UNSPECIFIED
+    return ttpb.ModerationVerdict(decision=decisions.get(verdict, undecided), findings=[
+        ttpb.ModerationFinding(source=sources.get(f["source"], unknown), label=f["label"], score=f["score"],
+                               decision=decisions.get(f["decision"], undecided)) for f in findings or []])

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common import object_keys
 from services.common.call_context import current_tenant
 from services.common.errors import (
     FieldViolation,
@@ -40,9 +41,11 @@ from services.dataset.requests import (
     role_of,
 )
 from services.dataset.service_base import ServicerBase
-from services.dataset.staging_sweep import STAGING_PREFIX, abandoned, recorded_staging_keys
+from services.dataset.staging_sweep import abandoned, recorded_staging_keys
 
 READ_CHUNK = 1024 * 1024
+# The sweeps delete what no record names; they may only ever judge this service's prefixes.
+SWEEPER = object_keys.Service.DATASET
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class _Ingest:
 
     @property
     def original_key(self) -> str:
-        return names.original_key(self.dataset_id, self.image_id)
+        return object_keys.original_key(self.dataset_id, self.image_id)
 
     @property
     def fingerprint(self) -> str:
@@ -190,7 +193,7 @@ class UploadRpcs(ServicerBase):
             id=job.image_id, dataset_id=job.dataset_id, role=job.role, filename=job.filename,
             content_type=checked.content_type, sha256=job.sha256, size_bytes=len(checked.stored_bytes),
             width=checked.width, height=checked.height, original_key=job.original_key,
-            thumbnail_key=names.thumbnail_key(job.dataset_id, job.image_id), tags=job.tags, repeat=job.repeat,
+            thumbnail_key=object_keys.thumbnail_key(job.dataset_id, job.image_id), tags=job.tags, repeat=job.repeat,
             warnings=checked.warnings, create_time=now, update_time=now, tagging_due=now,
             caption_edited=bool(job.tags), tagging_state="pending" if self.tagging else "skipped",
         )).one()
@@ -238,7 +241,7 @@ class UploadRpcs(ServicerBase):
             upload_id = names.new_id()
             now = records.now()
             expire = now + ttl
-            key = names.staging_key(dataset_id, upload_id)
+            key = object_keys.staging_key(dataset_id, upload_id)
             conn.execute(schema.uploads.insert().values(
                 id=upload_id, dataset_id=dataset_id, role=role, filename=filename, size_bytes=request.size_bytes,
                 tags=tags, repeat=request.repeat, object_key=key, expire_time=expire, create_time=now,
@@ -319,7 +322,7 @@ class UploadRpcs(ServicerBase):
             return list(conn.execute(sa.select(schema.uploads).where(u.expire_time < records.now())).all())
 
         rows = await self._tx.run(expired)
-        await self._tx.delete_quietly([r.object_key for r in rows])
+        await self._tx.delete_quietly(object_keys.only_owned(SWEEPER, [r.object_key for r in rows]))
 
         def forget(conn: Connection) -> None:
             conn.execute(schema.uploads.delete().where(schema.uploads.c.id.in_([r.id for r in rows])))
@@ -331,7 +334,7 @@ class UploadRpcs(ServicerBase):
     async def sweep_orphans(self, min_age: dt.timedelta = dt.timedelta(hours=1)) -> int:
         """Delete objects under datasets/ that no record or snapshot points at (see orphans.py)."""
         # Listed before the records are read: an object written after the listing is not judged.
-        listing = await self._tx.objects.run(self._store.list_with_times, "datasets/")
+        listing = await self._tx.objects.run(self._store.list_with_times, object_keys.DATASETS)
         datasets, images, kept = await self._tx.run(known_objects, read_only=True)
         doomed = orphans(listing, datasets, images, kept, cutoff(min_age))
         await self._tx.delete_quietly(doomed)
@@ -344,7 +347,7 @@ class UploadRpcs(ServicerBase):
             min_age = dt.timedelta(seconds=self._settings.upload_url_ttl_seconds)
         # Listed before the records are read. An object exists only after its URL was handed out,
         # which is after its record was committed, so a record missing now is gone for good.
-        listing = await self._tx.objects.run(self._store.list_with_times, STAGING_PREFIX)
+        listing = await self._tx.objects.run(self._store.list_with_times, object_keys.UPLOADS)
         recorded = await self._tx.run(recorded_staging_keys, read_only=True)
         doomed = abandoned(listing, recorded, cutoff(min_age))
         await self._tx.delete_quietly(doomed)

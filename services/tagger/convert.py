@@ -9,6 +9,7 @@ from typing import Literal
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kiln.v1 import tagger_pb2 as pb
+from kiln.v1 import tagging_types_pb2 as ttpb
 from services.common.errors import FieldViolation, invalid, invalid_field
 from services.tagger.base import TaggerKind
 from services.tagger.builtin_tagger import BUILTIN_TAGGER_NAME
@@ -24,19 +25,19 @@ MAX_TAG_LENGTH = 200
 
 KIND_TO_PB = {TaggerKind.WD14: pb.TAGGER_KIND_WD14, TaggerKind.BUILTIN: pb.TAGGER_KIND_BUILTIN}
 CATEGORY_TO_PB = {
-    TagCategory.GENERAL: pb.TAG_CATEGORY_GENERAL,
-    TagCategory.CHARACTER: pb.TAG_CATEGORY_CHARACTER,
-    TagCategory.RATING: pb.TAG_CATEGORY_RATING,
+    TagCategory.GENERAL: ttpb.TAG_CATEGORY_GENERAL,
+    TagCategory.CHARACTER: ttpb.TAG_CATEGORY_CHARACTER,
+    TagCategory.RATING: ttpb.TAG_CATEGORY_RATING,
 }
 DECISION_TO_PB = {
-    Decision.ALLOW: pb.MODERATION_DECISION_ALLOW,
-    Decision.REVIEW: pb.MODERATION_DECISION_REVIEW,
-    Decision.BLOCK: pb.MODERATION_DECISION_BLOCK,
+    Decision.ALLOW: ttpb.MODERATION_DECISION_ALLOW,
+    Decision.REVIEW: ttpb.MODERATION_DECISION_REVIEW,
+    Decision.BLOCK: ttpb.MODERATION_DECISION_BLOCK,
 }
 SOURCE_TO_PB = {
-    SignalSource.DETECTOR: pb.MODERATION_SIGNAL_SOURCE_DETECTOR,
-    SignalSource.RATING: pb.MODERATION_SIGNAL_SOURCE_RATING,
-    SignalSource.TAG: pb.MODERATION_SIGNAL_SOURCE_TAG,
+    SignalSource.DETECTOR: ttpb.MODERATION_SIGNAL_SOURCE_DETECTOR,
+    SignalSource.RATING: ttpb.MODERATION_SIGNAL_SOURCE_RATING,
+    SignalSource.TAG: ttpb.MODERATION_SIGNAL_SOURCE_TAG,
 }
 
 
@@ -75,7 +76,7 @@ _THRESHOLDS: tuple[_Threshold, ...] = ("general_threshold", "character_threshold
 _OPTIONAL_FLAGS: tuple[_Flag, ...] = ("sort_by_confidence", "character_first", "include_rating", "replace_underscores")
 
 
-def options_from(message: pb.TaggingOptions) -> TaggingOptions:
+def options_from(message: ttpb.TaggingOptions) -> TaggingOptions:
     """Validated library options; unset optional fields keep the field's defaults."""
     violations = []
     values: dict[str, object] = {}
@@ -110,15 +111,15 @@ def options_from(message: pb.TaggingOptions) -> TaggingOptions:
     })
 
 
-def tag_message(tag: Tag) -> pb.Tag:
-    return pb.Tag(name=tag.name, score=tag.score, category=CATEGORY_TO_PB[tag.category])
+def tag_message(tag: Tag) -> ttpb.Tag:
+    return ttpb.Tag(name=tag.name, score=tag.score, category=CATEGORY_TO_PB[tag.category])
 
 
-def verdict_message(verdict: ModerationVerdict) -> pb.ModerationVerdict:
-    return pb.ModerationVerdict(
+def verdict_message(verdict: ModerationVerdict) -> ttpb.ModerationVerdict:
+    return ttpb.ModerationVerdict(
         decision=DECISION_TO_PB[verdict.decision],
         findings=[
-            pb.ModerationFinding(
+            ttpb.ModerationFinding(
                 source=SOURCE_TO_PB[f.source], label=f.label, score=f.score, decision=DECISION_TO_PB[f.decision]
             )
             for f in verdict.findings
@@ -131,7 +132,8 @@ def result_message(result: ImageResult) -> pb.ImageTagging:
         index=result.index,
         tags=[tag_message(tag) for tag in result.tags],
         ratings=[
-            pb.Tag(name=name, score=score, category=pb.TAG_CATEGORY_RATING) for name, score in result.ratings.items()
+            ttpb.Tag(name=name, score=score, category=ttpb.TAG_CATEGORY_RATING)
+            for name, score in result.ratings.items()
         ],
         error_reason=result.error_reason or "",
         error_message=result.error or "",

@@ -9,6 +9,7 @@ import pathlib
 from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
 
+from services.common import object_keys
 from services.common.settings import CommonSettings
 from services.tagger.errors import TaggerError
 from services.tagger.moderation import ModerationPolicy
@@ -26,7 +27,7 @@ class TaggerSettings(CommonSettings):
     tagger_policy: ModerationPolicy = ModerationPolicy()
     tagger_policy_file: pathlib.Path | None = Field(None, description="JSON ModerationPolicy; replaces tagger_policy")
     # Object keys the service may read: what the dataset service writes, nothing else in the bucket.
-    tagger_object_prefixes: tuple[str, ...] = ("datasets/", "uploads/")
+    tagger_object_prefixes: tuple[str, ...] = object_keys.owned_prefixes(object_keys.Service.DATASET)
     tagger_max_images: int = Field(32, ge=1, le=256, description="images per TagImages call")
 
     def taggers_dir(self) -> pathlib.Path:

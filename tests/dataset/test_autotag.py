@@ -12,6 +12,7 @@ import pytest
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc, tagger_pb2_grpc
 from kiln.v1 import tagger_pb2 as tpb
+from kiln.v1 import tagging_types_pb2 as ttpb
 from services.common.bundled_data import samples_dir
 from services.common.hosting import RunningServer, run_service
 from services.common.internal_client import internal_aio_channel, internal_channel
@@ -143,14 +144,14 @@ def test_uploads_are_tagged_and_screened(aio, tagged, tstub, gate):
         assert all(0 <= t.score <= 1 for t in image.auto_tagging.tags)
         # Nobody captioned these: the caption is the tagger's tags, without the rating.
         assert list(image.tags) == [t.name for t in image.auto_tagging.tags]
-        assert not any(t.category == tpb.TAG_CATEGORY_RATING for t in image.auto_tagging.tags)
+        assert not any(t.category == ttpb.TAG_CATEGORY_RATING for t in image.auto_tagging.tags)
         assert not image.caption_edited
     assert "1girl" in woman.tags
     assert {"greyscale", "monochrome"} & set(man.tags)
-    assert woman.screening.decision == tpb.MODERATION_DECISION_BLOCK
-    assert any(f.label == "FACE_FEMALE" and f.decision == tpb.MODERATION_DECISION_BLOCK
+    assert woman.screening.decision == ttpb.MODERATION_DECISION_BLOCK
+    assert any(f.label == "FACE_FEMALE" and f.decision == ttpb.MODERATION_DECISION_BLOCK
                for f in woman.screening.findings)
-    assert man.screening.decision == tpb.MODERATION_DECISION_ALLOW
+    assert man.screening.decision == ttpb.MODERATION_DECISION_ALLOW
 
     snapshot = tstub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))
     assert (snapshot.training_image_count, snapshot.blocked_image_count) == (1, 1)
@@ -168,14 +169,14 @@ def test_hand_written_captions_are_never_replaced(aio, tagged, tstub):
 
     def retag(merge, **options):
         queued = tstub.RetagImages(pb.RetagImagesRequest(parent=dataset.name, merge=merge,
-                                                         options=tpb.TaggingOptions(**options)))
+                                                         options=ttpb.TaggingOptions(**options)))
         assert queued.queued_count == 1
         settle(aio, service)
         return tstub.GetImage(pb.GetImageRequest(name=image.name))
 
     ignored = retag(pb.CAPTION_MERGE_IGNORE, include_rating=True)
     assert list(ignored.tags) == ["mycat", "sitting"]
-    assert any(t.category == tpb.TAG_CATEGORY_RATING for t in ignored.auto_tagging.tags)
+    assert any(t.category == ttpb.TAG_CATEGORY_RATING for t in ignored.auto_tagging.tags)
     appended = retag(pb.CAPTION_MERGE_APPEND, include_rating=False)
     suggested = [t.name for t in appended.auto_tagging.tags]
     assert list(appended.tags) == ["mycat", "sitting", *[t for t in suggested if t not in ("mycat", "sitting")]]
@@ -237,6 +238,6 @@ def test_an_installed_wd_model_takes_over(aio, tagged, tstub, tagger_settings, t
         image = tstub.GetImage(pb.GetImageRequest(name=image.name))
         assert image.auto_tagging.tagger == "taggers/wd-test"
         assert list(image.tags) == ["long hair", "blue sky"]
-        assert image.screening.decision == tpb.MODERATION_DECISION_ALLOW
+        assert image.screening.decision == ttpb.MODERATION_DECISION_ALLOW
     finally:
         registry.remove("wd-test")

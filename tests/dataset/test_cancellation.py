@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common import object_keys
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
 from services.common.settings import ObjectStoreSettings
@@ -79,7 +80,7 @@ def the_one_image(bare: BareService, store: ObjectStore, dataset_id: str, data: 
     assert len(rows) == 1, rows
     assert store.exists(rows[0].original_key), "a record without its bytes"
     assert store.get_bytes(rows[0].original_key) == data
-    assert store.list_keys(names.dataset_prefix(dataset_id)) == [rows[0].original_key]
+    assert store.list_keys(object_keys.dataset_prefix(dataset_id)) == [rows[0].original_key]
     return str(rows[0].id)
 
 
@@ -143,6 +144,6 @@ def test_delete_cancelled_while_committing_still_removes_the_bytes(aio: LoopThre
             with bare.engine.connect() as conn:
                 assert conn.execute(sa.select(schema.images.c.id)).all() == []
             # Once the record is gone, nothing would ever find its bytes again.
-            assert store.list_keys(names.dataset_prefix(dataset_id)) == []
+            assert store.list_keys(object_keys.dataset_prefix(dataset_id)) == []
 
     aio.run(scenario())

@@ -17,7 +17,7 @@ import pytest
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
-from kiln.v1 import tagger_pb2 as tpb
+from kiln.v1 import tagging_types_pb2 as ttpb
 from services.common.errors import MAX_VIOLATIONS, status_details
 from services.common.internal_client import internal_channel
 from services.common.pagination import PageTokens
@@ -135,7 +135,7 @@ def test_a_huge_update_mask_is_one_violation(stub):
 
 def retag(stub, dataset: pb.Dataset, tagger: str = "", **options) -> pb.RetagImagesRequest:
     return pb.RetagImagesRequest(parent=dataset.name, merge=pb.CAPTION_MERGE_APPEND, tagger=tagger,
-                                 options=tpb.TaggingOptions(**options))
+                                 options=ttpb.TaggingOptions(**options))
 
 
 @pytest.mark.parametrize(("tagger", "options", "field"), [

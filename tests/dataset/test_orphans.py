@@ -7,6 +7,7 @@ import datetime as dt
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common import object_keys
 from services.common.internal_client import internal_channel
 from services.common.objectstore import ObjectStore
 from services.dataset.server import running_dataset_service
@@ -36,7 +37,7 @@ def test_sweep_removes_only_unreferenced_objects(aio, s3_settings, tmp_path):
         after = set(store.list_keys("datasets/"))
         assert before - after == set(ghosts)
         assert f"{kept.name}/original" in after and f"{gone.name}/original" in after
-        assert snapshot.manifest_key in after
+        assert object_keys.manifest_key_of(snapshot.name) in after
 
 
 def test_a_service_starting_up_sweeps_what_an_earlier_crash_left(aio, s3_settings, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common import object_keys
 from services.common.internal_client import internal_channel
 from services.common.objectstore import ObjectStore
 from services.dataset import names
@@ -178,7 +179,7 @@ def test_snapshot_retry_replays_without_building_again(stub, store: ObjectStore)
     request = pb.CreateSnapshotRequest(parent=dataset.name, request_id=f"snap-{uuid.uuid4().hex}")
     first = stub.CreateSnapshot(request)
     manifests = store.list_keys(dataset.name + "/snapshots/")
-    assert manifests == [first.manifest_key]
+    assert manifests == [object_keys.manifest_key_of(first.name)]
     # The dataset changes; a retry still gets the first answer and writes no second manifest.
     upload(stub, dataset.name, image_bytes(seed=7108))
     assert stub.CreateSnapshot(request) == first

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 
 import grpc
+from google.protobuf import json_format
 
 from kiln.v1 import dataset_pb2 as pb
-from services.dataset.snapshots import MANIFEST_KIND
+from kiln.v1 import snapshot_manifest_pb2 as mpb
+from services.common import object_keys
+from services.dataset.snapshots import canonical_json
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
 
 
@@ -22,20 +24,22 @@ def test_snapshot_survives_every_later_edit(stub, store):
     snapshot = stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))
     assert (snapshot.training_image_count, snapshot.regularization_image_count) == (2, 1)
     assert snapshot.total_repeated_images == 2 + 4
-    body = store.get_bytes(snapshot.manifest_key)
+    manifest_key = object_keys.manifest_key_of(snapshot.name)
+    body = store.get_bytes(manifest_key)
     assert hashlib.sha256(body).hexdigest() == snapshot.sha256 and snapshot.name.endswith(snapshot.sha256)
-    manifest = json.loads(body)
-    assert manifest["kind"] == MANIFEST_KIND and manifest["family"] == "sd15"
-    entries = {e["id"]: e for e in manifest["images"]}
+    manifest = json_format.Parse(body, mpb.SnapshotManifest())
+    # Stored in its one canonical form: the same state can only ever give these bytes.
+    assert canonical_json(manifest) == body
+    assert (manifest.dataset, manifest.family, manifest.default_repeat) == (dataset.name, pb.MODEL_FAMILY_SD15, 4)
+    entries = {e.id: e for e in manifest.images}
     first = entries[a.name.rsplit("/", 1)[1]]
-    assert first["tags"] == ["trig", "smile"] and first["caption"] == "trig, smile" and first["repeat"] == 2
+    assert list(first.tags) == ["trig", "smile"] and first.caption == "trig, smile" and first.repeat == 2
     # b has no repeat of its own: the manifest says so, beside the dataset's default.
-    assert first["crop"]["target_width"] == 512 and entries[b.name.rsplit("/", 1)[1]]["repeat"] is None
-    assert manifest["default_repeat"] == 4
-    assert entries[reg.name.rsplit("/", 1)[1]]["role"] == "regularization"
-    assert first["crop"] == {"left": 100, "top": 0, "width": 500, "height": 500, "target_width": 512,
-                             "target_height": 512}
-    referenced = [e["object_key"] for e in manifest["images"]]
+    assert not entries[b.name.rsplit("/", 1)[1]].HasField("repeat")
+    assert entries[reg.name.rsplit("/", 1)[1]].role == pb.IMAGE_ROLE_REGULARIZATION
+    assert first.crop == mpb.ManifestCrop(box=pb.CropBox(left=100, top=0, width=500, height=500), target_width=512,
+                                          target_height=512)
+    referenced = [e.object_key for e in manifest.images]
     contents = {k: store.get_bytes(k) for k in referenced}
 
     # Same state, same snapshot.
@@ -49,7 +53,7 @@ def test_snapshot_survives_every_later_edit(stub, store):
                                                update_mask={"paths": ["default_repeat"]}))
     stub.BatchDeleteImages(pb.BatchDeleteImagesRequest(parent=dataset.name, names=[a.name, b.name, reg.name]))
 
-    assert store.get_bytes(snapshot.manifest_key) == body
+    assert store.get_bytes(manifest_key) == body
     assert {k: store.get_bytes(k) for k in referenced} == contents
     assert stub.GetSnapshot(pb.GetSnapshotRequest(name=snapshot.name)) == snapshot
     assert [s.name for s in stub.ListSnapshots(pb.ListSnapshotsRequest(parent=dataset.name)).snapshots] == [

@@ -7,6 +7,7 @@ import urllib.request
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
+from services.common import object_keys
 from services.common.internal_client import internal_channel
 from services.dataset import names
 from services.dataset.staging_sweep import abandoned
@@ -20,7 +21,7 @@ def put(url: str, data: bytes) -> None:
 
 
 def staging_key(upload: pb.ImageUpload) -> str:
-    return names.staging_key(*names.parse_upload(upload.name))
+    return object_keys.staging_key(*names.parse_upload(upload.name))
 
 
 def create_upload(stub: dataset_pb2_grpc.DatasetServiceStub, dataset: pb.Dataset, data: bytes) -> pb.ImageUpload:

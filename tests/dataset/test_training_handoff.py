@@ -9,6 +9,7 @@ import safetensors.torch
 from PIL import Image
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common import object_keys
 from services.trainer.engine.config import parse_config
 from services.trainer.engine.images import load_source
 from services.trainer.engine.model_store import ModelStore
@@ -29,7 +30,7 @@ def test_engine_trains_on_a_dataset_snapshot(stub, store, models_dir):
     snapshot_ref = stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))
 
     reader = ObjectStoreReader(store)
-    snapshot = load_snapshot(reader, snapshot_ref.manifest_key)
+    snapshot = load_snapshot(reader, object_keys.manifest_key_of(snapshot_ref.name))
     assert snapshot.family == "sd15" and len(snapshot.training_images) == 2
     cropped = next(i for i in snapshot.images if i.crop is not None)
     # The engine crops the original itself: the right half of the wide image, at the target size.
@@ -41,7 +42,7 @@ def test_engine_trains_on_a_dataset_snapshot(stub, store, models_dir):
 
     config = parse_config({"epochs": 1, "batch_size": 1, "seed": 3, "network_dim": 4, "network_alpha": 4,
                            "resolution": 128, "min_bucket_reso": 64, "preview": {"count": 0}})
-    prefix = f"trainingJobs/handoff-{snapshot_ref.sha256[:8]}"
+    prefix = object_keys.training_job_prefix(f"handoff-{snapshot_ref.sha256[:8]}").rstrip("/")
     result = train(config, snapshot, reader, ObjectStoreWriter(store, prefix), store=ModelStore(models_dir))
     assert result.saved_epochs == [1] and len(result.step_losses) == 2
     lora = safetensors.torch.load(store.get_bytes(f"{prefix}/epochs/1/lora.safetensors"))
@@ -54,7 +55,7 @@ def test_repeats_of_a_service_snapshot_follow_image_then_job_then_dataset(stub, 
     upload(stub, dataset.name, image_bytes(96, 96, seed=2), tags=["default"])
     snapshot_ref = stub.CreateSnapshot(pb.CreateSnapshotRequest(parent=dataset.name))
     assert snapshot_ref.total_repeated_images == 2 + 4
-    snapshot = load_snapshot(ObjectStoreReader(store), snapshot_ref.manifest_key)
+    snapshot = load_snapshot(ObjectStoreReader(store), object_keys.manifest_key_of(snapshot_ref.name))
 
     def samples(**overrides: object) -> int:
         config = parse_config({"epochs": 1, "batch_size": 1, "resolution": 64, "min_bucket_reso": 64,

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from kiln.v1 import tagger_pb2 as pb
 from kiln.v1 import tagger_pb2_grpc
+from kiln.v1 import tagging_types_pb2 as ttpb
 from services.common.errors import status_details
 from services.common.internal_client import internal_channel
 from services.common.loop_thread import LoopThread
@@ -111,8 +112,8 @@ def test_builtin_tagger_works_with_nothing_installed(stub, samples: pathlib.Path
     woman, man = response.results
     assert (woman.index, man.index) == (0, 1)
     assert {"1girl", "solo"} <= set(names(woman)) and {"1boy", "greyscale"} <= set(names(man))
-    assert woman.tags[0].category == pb.TAG_CATEGORY_RATING and woman.tags[0].name == "general"
-    assert woman.verdict.decision == pb.MODERATION_DECISION_ALLOW and not woman.error_reason
+    assert woman.tags[0].category == ttpb.TAG_CATEGORY_RATING and woman.tags[0].name == "general"
+    assert woman.verdict.decision == ttpb.MODERATION_DECISION_ALLOW and not woman.error_reason
 
 
 def test_bad_images_fail_alone(stub) -> None:
@@ -150,7 +151,7 @@ def test_installed_wd_model_takes_over_and_options_apply(stub, wd_installed) -> 
         "general": 0.8, "sensitive": 0.1, "questionable": 0.05, "explicit": 0.02,
     }  # fmt: skip
 
-    options = pb.TaggingOptions(
+    options = ttpb.TaggingOptions(
         general_threshold=0.5,
         include_rating=False,
         replace_underscores=False,
@@ -167,10 +168,10 @@ def test_wd_rating_blocks_and_screening_can_be_skipped(stub, wd_installed) -> No
     wd_installed("wd-explicit", EXPLICIT_BIAS)
     request = pb.TagImagesRequest(tagger="taggers/wd-explicit", images=[pb.ImageSource(content=solid_png((9, 9, 9)))])
     (result,) = stub.TagImages(request).results
-    assert result.verdict.decision == pb.MODERATION_DECISION_BLOCK
+    assert result.verdict.decision == ttpb.MODERATION_DECISION_BLOCK
     reason = result.verdict.findings[0]
     assert (reason.source, reason.label, round(reason.score, 2), reason.decision) == (
-        pb.MODERATION_SIGNAL_SOURCE_RATING, "explicit", 0.8, pb.MODERATION_DECISION_BLOCK,
+        ttpb.MODERATION_SIGNAL_SOURCE_RATING, "explicit", 0.8, ttpb.MODERATION_DECISION_BLOCK,
     )  # fmt: skip
     request.skip_screening = True
     (unscreened,) = stub.TagImages(request).results
@@ -225,7 +226,7 @@ def test_pagination(stub, wd_installed) -> None:
         (
             pb.TagImagesRequest(
                 images=[pb.ImageSource(content=b"x")],
-                options=pb.TaggingOptions(general_threshold=1.5, max_tags=-1, undesired_tags=[" "]),
+                options=ttpb.TaggingOptions(general_threshold=1.5, max_tags=-1, undesired_tags=[" "]),
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
             "INVALID_ARGUMENT",

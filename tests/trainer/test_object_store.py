@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import uuid
-from dataclasses import asdict
 
+from google.protobuf import json_format
+
+from kiln.v1 import dataset_pb2 as pb
+from kiln.v1 import snapshot_manifest_pb2 as mpb
 from services.trainer.engine.object_store_io import ObjectStoreReader, ObjectStoreWriter
 from services.trainer.engine.snapshot import load_snapshot
 from services.trainer.engine.trainer import train
@@ -14,14 +16,13 @@ from services.trainer.engine.trainer import train
 def test_train_from_and_into_the_object_store(store, make_dataset, fast_config, model_store) -> None:
     dataset = make_dataset(count=2)
     prefix = f"test-{uuid.uuid4().hex[:8]}"
-    images = []
+    manifest = mpb.SnapshotManifest(dataset="datasets/test", family=pb.MODEL_FAMILY_SD15, default_repeat=1)
     for image in dataset.snapshot.images:
         key = f"{prefix}/{image.object_key}"
         store.put_bytes(key, dataset.reader.read(image.object_key), "image/png")
-        images.append({**asdict(image), "object_key": key, "tags": list(image.tags), "crop": None})
-    manifest = {"kind": "kiln.dataset.snapshot/v1", "dataset": "datasets/test", "family": "sd15",
-                "default_repeat": 1, "images": images}
-    store.put_bytes(f"{prefix}/snapshot.json", json.dumps(manifest).encode(), "application/json")
+        manifest.images.add(id=image.id, role=pb.IMAGE_ROLE_TRAINING, object_key=key, width=image.width,
+                            height=image.height, tags=image.tags, caption=image.caption)
+    store.put_bytes(f"{prefix}/snapshot.json", json_format.MessageToJson(manifest).encode(), "application/json")
 
     reader = ObjectStoreReader(store)
     snapshot = load_snapshot(reader, f"{prefix}/snapshot.json")

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a LoRA")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--folder", help="kohya layout: DIR/<repeat>_<name>/*.png with .txt captions")
-    source.add_argument("--snapshot", help="a kiln.dataset.snapshot/v1 manifest (JSON file)")
+    source.add_argument("--snapshot", help="a snapshot manifest: kiln.v1.SnapshotManifest as proto JSON")
     train.add_argument("--reg-folder", help="regularization images, kohya layout")
     train.add_argument("--images-root", help="folder the snapshot's object keys are relative to "
                                              "(default: the manifest's folder)")

@@ -1,28 +1,36 @@
 """Dataset snapshots: the immutable input of a training run.
 
-A snapshot is a JSON manifest (``kind: kiln.dataset.snapshot/v1``) written by the dataset
-service; image bytes are fetched by object key through a :class:`BlobReader`, so the engine works
-the same against the object store and against a local folder. The kohya folder layout
-(``<dir>/<repeat>_<name>/*.png`` with same-stem ``.txt`` captions) is turned into the same shape.
+A snapshot is a ``kiln.v1.SnapshotManifest`` (protos/kiln/v1/snapshot_manifest.proto), stored by
+the dataset service as proto JSON and read here through the generated code; this module's
+dataclasses are the engine's own model of it. Image bytes are fetched by object key through a
+:class:`BlobReader`, so the engine works the same against the object store and against a local
+folder. The kohya folder layout (``<dir>/<repeat>_<name>/*.png`` with same-stem ``.txt`` captions)
+is turned into the same shape.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from google.protobuf import json_format
 from PIL import Image
 
-SNAPSHOT_KIND = "kiln.dataset.snapshot/v1"
+from kiln.v1 import dataset_pb2
+from kiln.v1 import snapshot_manifest_pb2 as mpb
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 Role = Literal["training", "regularization"]
 Family = Literal["sd15", "sdxl"]
+_FAMILIES: dict[int, Family] = {dataset_pb2.MODEL_FAMILY_SD15: "sd15", dataset_pb2.MODEL_FAMILY_SDXL: "sdxl"}
+_ROLES: dict[int, Role] = {dataset_pb2.IMAGE_ROLE_TRAINING: "training",
+                           dataset_pb2.IMAGE_ROLE_REGULARIZATION: "regularization"}
 
 
 class BlobReader(Protocol):
@@ -103,77 +111,106 @@ class DatasetSnapshot:
         return [image for image in self.images if image.role == "regularization"]
 
     @classmethod
-    def from_json(cls, data: bytes | str | dict[str, Any]) -> DatasetSnapshot:
-        manifest = json.loads(data) if isinstance(data, bytes | str) else data
-        return _parse_manifest(manifest)
+    def from_manifest(cls, manifest: mpb.SnapshotManifest) -> DatasetSnapshot:
+        return _from_manifest(manifest)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> DatasetSnapshot:
+        """A manifest as the dataset service stores it: the proto JSON of a SnapshotManifest."""
+        return _from_manifest(parse_manifest_json(data))
 
 
 def load_snapshot(reader: BlobReader, key: str) -> DatasetSnapshot:
     return DatasetSnapshot.from_json(reader.read(key))
 
 
-def _parse_manifest(manifest: Any) -> DatasetSnapshot:
+def parse_manifest_json(data: bytes | str) -> mpb.SnapshotManifest:
+    """Unknown fields are refused: a document of another kind must not pass for an empty manifest."""
+    try:
+        return json_format.Parse(data, mpb.SnapshotManifest())
+    except (json_format.ParseError, UnicodeDecodeError) as error:
+        raise SnapshotError([f"not a kiln.v1.SnapshotManifest: {error}"]) from None
+
+
+def _from_manifest(manifest: mpb.SnapshotManifest) -> DatasetSnapshot:
     problems: list[str] = []
-    if not isinstance(manifest, dict):
-        raise SnapshotError(["manifest is not a JSON object"])
-    if manifest.get("kind") != SNAPSHOT_KIND:
-        problems.append(f"kind must be {SNAPSHOT_KIND!r}, got {manifest.get('kind')!r}")
-    family = manifest.get("family")
-    if family not in ("sd15", "sdxl"):
-        problems.append(f"family must be 'sd15' or 'sdxl', got {family!r}")
-    default_repeat = manifest.get("default_repeat", 1)
-    if not isinstance(default_repeat, int) or default_repeat < 1:
-        problems.append(f"default_repeat must be a positive integer, got {default_repeat!r}")
-    raw_images = manifest.get("images")
-    if not isinstance(raw_images, list):
-        problems.append("images must be a list")
-        raw_images = []
+    family = _FAMILIES.get(manifest.family)
+    if family is None:
+        problems.append("family must be MODEL_FAMILY_SD15 or MODEL_FAMILY_SDXL, got "
+                        f"{_enum_name(dataset_pb2.ModelFamily.Name, manifest.family)}")
+    if manifest.default_repeat < 1:
+        problems.append(f"default_repeat must be a positive integer, got {manifest.default_repeat}")
     images = []
-    for index, raw in enumerate(raw_images):
-        try:
-            images.append(_parse_image(raw))
-        except (KeyError, TypeError, ValueError) as error:
-            problems.append(f"images[{index}]: {error}")
-    if problems:
+    for index, raw in enumerate(manifest.images):
+        image_problems = _image_problems(raw)
+        problems.extend(f"images[{index}]: {problem}" for problem in image_problems)
+        if not image_problems:
+            images.append(_image(raw))
+    if problems or family is None:
         raise SnapshotError(problems)
-    return DatasetSnapshot(
-        dataset=str(manifest.get("dataset", "")),
-        family="sdxl" if family == "sdxl" else "sd15",  # anything else was refused above
-        default_repeat=default_repeat,
-        images=tuple(images),
-        created=str(manifest.get("created", "")),
-    )
+    return DatasetSnapshot(dataset=manifest.dataset, family=family, default_repeat=manifest.default_repeat,
+                           images=tuple(images))
 
 
-def _parse_image(raw: dict[str, Any]) -> SnapshotImage:
-    role = raw["role"]
-    if role not in ("training", "regularization"):
-        raise ValueError(f"role must be 'training' or 'regularization', got {role!r}")
-    crop_raw = raw.get("crop")
+def _image_problems(raw: mpb.ManifestImage) -> list[str]:
+    problems = []
+    if raw.role not in _ROLES:
+        problems.append("role must be IMAGE_ROLE_TRAINING or IMAGE_ROLE_REGULARIZATION, got "
+                        f"{_enum_name(dataset_pb2.ImageRole.Name, raw.role)}")
+    for name in ("id", "object_key"):
+        if not getattr(raw, name):
+            problems.append(f"{name} is required")
+    if raw.width < 1 or raw.height < 1:
+        problems.append(f"width and height must be positive, got {raw.width}x{raw.height}")
+    if raw.HasField("repeat") and raw.repeat < 1:
+        problems.append(f"repeat must be a positive integer, got {raw.repeat}")
+    if raw.HasField("crop"):
+        problems.extend(_crop_problems(raw.crop, raw.width, raw.height))
+    return problems
+
+
+def _crop_problems(crop: mpb.ManifestCrop, width: int, height: int) -> list[str]:
+    problems = []
+    box = crop.box
+    if box.width < 1 or box.height < 1 or box.left < 0 or box.top < 0 \
+            or box.left + box.width > width or box.top + box.height > height:
+        # PIL would pad a box outside the picture with black and train on that.
+        problems.append(f"crop.box {box.width}x{box.height}+{box.left}+{box.top} is not inside the "
+                        f"{width}x{height} original")
+    if crop.target_width < 1 or crop.target_height < 1:
+        problems.append(f"crop target size must be positive, got {crop.target_width}x{crop.target_height}")
+    return problems
+
+
+def _image(raw: mpb.ManifestImage) -> SnapshotImage:
+    role = _ROLES[raw.role]
     crop = None
-    if crop_raw:
-        crop = Crop(**{name: crop_raw[name] for name in Crop.__dataclass_fields__
-                       if name in crop_raw or name != "object_key"})
-    repeat = raw.get("repeat")
-    if repeat is not None and (not isinstance(repeat, int) or repeat < 1):
-        raise ValueError(f"repeat must be a positive integer, got {repeat!r}")
-    tags = tuple(str(tag) for tag in raw.get("tags") or ())
-    caption = raw.get("caption")
-    if caption is None:
-        caption = ", ".join(tags)
+    if raw.HasField("crop"):
+        box = raw.crop.box
+        crop = Crop(left=box.left, top=box.top, width=box.width, height=box.height,
+                    target_width=raw.crop.target_width, target_height=raw.crop.target_height,
+                    object_key=raw.crop.object_key)
+    tags = tuple(raw.tags)
     return SnapshotImage(
-        id=str(raw["id"]),
+        id=raw.id,
         role=role,
-        object_key=str(raw["object_key"]),
-        width=int(raw["width"]),
-        height=int(raw["height"]),
-        caption=str(caption),
+        object_key=raw.object_key,
+        width=raw.width,
+        height=raw.height,
+        caption=raw.caption or ", ".join(tags),
         tags=tags,
-        repeat=repeat,
+        repeat=raw.repeat if raw.HasField("repeat") else None,
         crop=crop,
-        sha256=str(raw.get("sha256", "")),
-        group=f"{role}" if role == "regularization" else "training",
+        sha256=raw.sha256,
+        group=role,
     )
+
+
+def _enum_name(name_of: Callable[[Any], str], value: int) -> str:
+    try:
+        return name_of(value)
+    except ValueError:
+        return str(value)
 
 
 _KOHYA_SUBDIR = re.compile(r"^(\d+)_(.+)$")

@@ -10,7 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-from kiln.v1 import tagger_pb2 as _tagger_pb2
+from kiln.v1 import tagging_types_pb2 as _tagging_types_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -192,27 +192,20 @@ class Dataset(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """`datasets/{dataset}`. Output only."""
+    """`datasets/{dataset}`."""
     display_name: _builtins.str
     description: _builtins.str
     family: Global___ModelFamily.ValueType
-    """Immutable after creation."""
     default_repeat: _builtins.int
     """Repeat for images without their own (the seed's global repeat), 1..100."""
     training_image_count: _builtins.int
-    """Output only."""
     regularization_image_count: _builtins.int
-    """Output only."""
     total_repeated_images: _builtins.int
-    """Sum over training images of their effective repeat (images x repeats). Output only."""
+    """Sum over training images of their effective repeat (images x repeats)."""
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only."""
-
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only."""
-
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -276,9 +269,9 @@ class Crop(_message.Message):
     target_width: _builtins.int
     target_height: _builtins.int
     mode: Global___CropMode.ValueType
-    """Output only on reads; on UpdateImage only MANUAL is accepted."""
+    """How the box was chosen; on UpdateImage only MANUAL (or unset) is accepted."""
     upscaled: _builtins.bool
-    """The box was smaller than the target and was upscaled. Output only."""
+    """The box was smaller than the target and was upscaled."""
     @_builtins.property
     def box(self) -> Global___CropBox: ...
     def __init__(
@@ -300,6 +293,10 @@ Global___Crop: _TypeAlias = Crop  # noqa: Y015
 
 @_typing.final
 class Image(_message.Message):
+    """Made by an upload (UploadImage or FinalizeImageUpload); UpdateImage changes
+    its crop, tags and repeat.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -321,25 +318,25 @@ class Image(_message.Message):
     SCREENING_FIELD_NUMBER: _builtins.int
     CAPTION_EDITED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """`datasets/{dataset}/images/{image}`. Output only."""
+    """`datasets/{dataset}/images/{image}`."""
     role: Global___ImageRole.ValueType
+    """Set by the upload's metadata."""
     filename: _builtins.str
-    """The file name the client gave, reduced to a safe base name. Output only."""
+    """The file name the client gave, reduced to a safe base name."""
     content_type: _builtins.str
-    """`image/png` or `image/jpeg`. Output only."""
+    """`image/png` or `image/jpeg`."""
     sha256: _builtins.str
-    """Of the uploaded bytes. Output only."""
+    """Of the uploaded bytes."""
     size_bytes: _builtins.int
-    """Output only."""
     width: _builtins.int
-    """After EXIF orientation. Output only."""
+    """After EXIF orientation."""
     height: _builtins.int
+    """After EXIF orientation."""
     repeat: _builtins.int
     """0 means the dataset's default repeat."""
     effective_repeat: _builtins.int
-    """Output only."""
     caption_edited: _builtins.bool
-    """A person set or edited the caption: background tagging never replaces it. Output only."""
+    """A person set or edited the caption: background tagging never replaces it."""
     @_builtins.property
     def crop(self) -> Global___Crop:
         """Unset until the image is cropped."""
@@ -350,24 +347,20 @@ class Image(_message.Message):
 
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """What was done to the image that the user should know. Output only."""
+        """What was done to the image that the user should know."""
 
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only."""
-
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only."""
-
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def auto_tagging(self) -> Global___AutoTagging:
-        """What the tagger suggested and where that stands. Output only."""
+        """What the tagger suggested and where that stands."""
 
     @_builtins.property
-    def screening(self) -> _tagger_pb2.ModerationVerdict:
+    def screening(self) -> _tagging_types_pb2.ModerationVerdict:
         """The screening verdict; unset until the tagger has screened the image.
-        BLOCK keeps the image out of snapshots. Output only.
+        BLOCK keeps the image out of snapshots.
         """
 
     def __init__(
@@ -389,7 +382,7 @@ class Image(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         auto_tagging: Global___AutoTagging | None = ...,
-        screening: _tagger_pb2.ModerationVerdict | None = ...,
+        screening: _tagging_types_pb2.ModerationVerdict | None = ...,
         caption_edited: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["auto_tagging", b"auto_tagging", "create_time", b"create_time", "crop", b"crop", "screening", b"screening", "update_time", b"update_time"]  # noqa: Y015
@@ -415,7 +408,7 @@ class AutoTagging(_message.Message):
     error: _builtins.str
     attempts: _builtins.int
     @_builtins.property
-    def tags(self) -> _containers.RepeatedCompositeFieldContainer[_tagger_pb2.Tag]:
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[_tagging_types_pb2.Tag]:
         """The tagger's tags with their scores, whether or not they are in the caption."""
 
     def __init__(
@@ -423,7 +416,7 @@ class AutoTagging(_message.Message):
         *,
         state: Global___TaggingState.ValueType = ...,
         tagger: _builtins.str = ...,
-        tags: _abc.Iterable[_tagger_pb2.Tag] | None = ...,
+        tags: _abc.Iterable[_tagging_types_pb2.Tag] | None = ...,
         error: _builtins.str = ...,
         attempts: _builtins.int = ...,
     ) -> None: ...
@@ -603,12 +596,12 @@ class UploadImageMetadata(_message.Message):
     role: Global___ImageRole.ValueType
     filename: _builtins.str
     size_bytes: _builtins.int
-    """Optional: when set, the upload fails unless exactly this many bytes arrive."""
+    """When set, the upload fails unless exactly this many bytes arrive."""
     repeat: _builtins.int
     request_id: _builtins.str
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional initial caption."""
+        """The initial caption."""
 
     def __init__(
         self,
@@ -942,6 +935,7 @@ class ReadImageRequest(_message.Message):
     VARIANT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     variant: Global___ImageVariant.ValueType
+    """Unspecified reads the original."""
     def __init__(
         self,
         *,
@@ -1018,6 +1012,7 @@ class GetImageUrlRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     variant: Global___ImageVariant.ValueType
+    """Unspecified links the original."""
     ttl_seconds: _builtins.int
     """1..604800; default 3600."""
     def __init__(
@@ -1198,6 +1193,7 @@ class BatchEditTagsRequest(_message.Message):
         POSITION_FIELD_NUMBER: _builtins.int
         tag: _builtins.str
         position: Global___TagPosition.ValueType
+        """Default TAIL."""
         def __init__(
             self,
             *,
@@ -1321,21 +1317,20 @@ class RetagImagesRequest(_message.Message):
     tagger: _builtins.str
     """`taggers/{tagger}`; empty for the tagger service's preferred one."""
     merge: Global___CaptionMerge.ValueType
-    """Required."""
     request_id: _builtins.str
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Empty: every image of the dataset."""
 
     @_builtins.property
-    def options(self) -> _tagger_pb2.TaggingOptions: ...
+    def options(self) -> _tagging_types_pb2.TaggingOptions: ...
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         names: _abc.Iterable[_builtins.str] | None = ...,
         tagger: _builtins.str = ...,
-        options: _tagger_pb2.TaggingOptions | None = ...,
+        options: _tagging_types_pb2.TaggingOptions | None = ...,
         merge: Global___CaptionMerge.ValueType = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
@@ -1375,6 +1370,7 @@ class GetTagStatisticsRequest(_message.Message):
     parent: _builtins.str
     """`datasets/{dataset}`."""
     role: Global___ImageRole.ValueType
+    """Unspecified counts both roles."""
     def __init__(
         self,
         *,
@@ -1438,22 +1434,24 @@ Global___GetTagStatisticsResponse: _TypeAlias = GetTagStatisticsResponse  # noqa
 
 @_typing.final
 class Snapshot(_message.Message):
+    """A frozen, content-addressed copy of a dataset's training input: what a
+    training job names. Where its manifest is stored is the services' business,
+    not the client's.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
-    MANIFEST_KEY_FIELD_NUMBER: _builtins.int
     TRAINING_IMAGE_COUNT_FIELD_NUMBER: _builtins.int
     REGULARIZATION_IMAGE_COUNT_FIELD_NUMBER: _builtins.int
     TOTAL_REPEATED_IMAGES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     BLOCKED_IMAGE_COUNT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """`datasets/{dataset}/snapshots/{sha256}`. Output only."""
+    """`datasets/{dataset}/snapshots/{sha256}`."""
     sha256: _builtins.str
-    """Of the manifest bytes. Output only."""
-    manifest_key: _builtins.str
-    """Object-store key of the JSON manifest. Output only."""
+    """Of the manifest bytes."""
     training_image_count: _builtins.int
     regularization_image_count: _builtins.int
     total_repeated_images: _builtins.int
@@ -1466,7 +1464,6 @@ class Snapshot(_message.Message):
         *,
         name: _builtins.str = ...,
         sha256: _builtins.str = ...,
-        manifest_key: _builtins.str = ...,
         training_image_count: _builtins.int = ...,
         regularization_image_count: _builtins.int = ...,
         total_repeated_images: _builtins.int = ...,
@@ -1475,7 +1472,7 @@ class Snapshot(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_image_count", b"blocked_image_count", "create_time", b"create_time", "manifest_key", b"manifest_key", "name", b"name", "regularization_image_count", b"regularization_image_count", "sha256", b"sha256", "total_repeated_images", b"total_repeated_images", "training_image_count", b"training_image_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_image_count", b"blocked_image_count", "create_time", b"create_time", "name", b"name", "regularization_image_count", b"regularization_image_count", "sha256", b"sha256", "total_repeated_images", b"total_repeated_images", "training_image_count", b"training_image_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1531,7 +1528,9 @@ class ListSnapshotsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
+    """`datasets/{dataset}`."""
     page_size: _builtins.int
+    """1..100, default 20."""
     page_token: _builtins.str
     def __init__(
         self,

@@ -22,48 +22,73 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from kiln.v1 import tagging_types_pb2 as kiln_dot_v1_dot_tagging__types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kiln/v1/tagger.proto\x12\x07kiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x01\n\x06Tagger\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.kiln.v1.TaggerKind\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x11\n\ttag_count\x18\x04 \x01(\x05\x12\x12\n\ninput_size\x18\x05 \x01(\x05\x12\x18\n\x10\x66ixed_batch_size\x18\x06 \x01(\x05\x12\x11\n\tpreferred\x18\x07 \x01(\x08\x12\x30\n\x0cinstall_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmodel_sha256\x18\t \x01(\t\";\n\x12ListTaggersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"P\n\x13ListTaggersResponse\x12 \n\x07taggers\x18\x01 \x03(\x0b\x32\x0f.kiln.v1.Tagger\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10GetTaggerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xac\x03\n\x0eTaggingOptions\x12\x1e\n\x11general_threshold\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12 \n\x13\x63haracter_threshold\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x0cgeneral_mcut\x18\x03 \x01(\x08\x12\x16\n\x0e\x63haracter_mcut\x18\x04 \x01(\x08\x12\x10\n\x08max_tags\x18\x05 \x01(\x05\x12\x1f\n\x12sort_by_confidence\x18\x06 \x01(\x08H\x02\x88\x01\x01\x12\x1c\n\x0f\x63haracter_first\x18\x07 \x01(\x08H\x03\x88\x01\x01\x12\x1b\n\x0einclude_rating\x18\x08 \x01(\x08H\x04\x88\x01\x01\x12 \n\x13replace_underscores\x18\t \x01(\x08H\x05\x88\x01\x01\x12\x16\n\x0eundesired_tags\x18\n \x03(\tB\x14\n\x12_general_thresholdB\x16\n\x14_character_thresholdB\x15\n\x13_sort_by_confidenceB\x12\n\x10_character_firstB\x11\n\x0f_include_ratingB\x16\n\x14_replace_underscores\"@\n\x0bImageSource\x12\x14\n\nobject_key\x18\x01 \x01(\tH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"\x8a\x01\n\x10TagImagesRequest\x12\x0e\n\x06tagger\x18\x01 \x01(\t\x12$\n\x06images\x18\x02 \x03(\x0b\x32\x14.kiln.v1.ImageSource\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.kiln.v1.TaggingOptions\x12\x16\n\x0eskip_screening\x18\x04 \x01(\x08\"J\n\x03Tag\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12&\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x14.kiln.v1.TagCategory\"\x91\x01\n\x11ModerationFinding\x12/\n\x06source\x18\x01 \x01(\x0e\x32\x1f.kiln.v1.ModerationSignalSource\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12-\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0e\x32\x1b.kiln.v1.ModerationDecision\"p\n\x11ModerationVerdict\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1b.kiln.v1.ModerationDecision\x12,\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x1a.kiln.v1.ModerationFinding\"\xb2\x01\n\x0cImageTagging\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x1a\n\x04tags\x18\x02 \x03(\x0b\x32\x0c.kiln.v1.Tag\x12+\n\x07verdict\x18\x03 \x01(\x0b\x32\x1a.kiln.v1.ModerationVerdict\x12\x1d\n\x07ratings\x18\x04 \x03(\x0b\x32\x0c.kiln.v1.Tag\x12\x14\n\x0c\x65rror_reason\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\"K\n\x11TagImagesResponse\x12\x0e\n\x06tagger\x18\x01 \x01(\t\x12&\n\x07results\x18\x02 \x03(\x0b\x32\x15.kiln.v1.ImageTagging*X\n\nTaggerKind\x12\x1b\n\x17TAGGER_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10TAGGER_KIND_WD14\x10\x01\x12\x17\n\x13TAGGER_KIND_BUILTIN\x10\x02*z\n\x0bTagCategory\x12\x1c\n\x18TAG_CATEGORY_UNSPECIFIED\x10\x00\x12\x18\n\x14TAG_CATEGORY_GENERAL\x10\x01\x12\x1a\n\x16TAG_CATEGORY_CHARACTER\x10\x02\x12\x17\n\x13TAG_CATEGORY_RATING\x10\x03*\x97\x01\n\x12ModerationDecision\x12#\n\x1fMODERATION_DECISION_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODERATION_DECISION_ALLOW\x10\x01\x12\x1e\n\x1aMODERATION_DECISION_REVIEW\x10\x02\x12\x1d\n\x19MODERATION_DECISION_BLOCK\x10\x03*\xb0\x01\n\x16ModerationSignalSource\x12(\n$MODERATION_SIGNAL_SOURCE_UNSPECIFIED\x10\x00\x12%\n!MODERATION_SIGNAL_SOURCE_DETECTOR\x10\x01\x12#\n\x1fMODERATION_SIGNAL_SOURCE_RATING\x10\x02\x12 \n\x1cMODERATION_SIGNAL_SOURCE_TAG\x10\x03\x32\xd6\x01\n\rTaggerService\x12H\n\x0bListTaggers\x12\x1b.kiln.v1.ListTaggersRequest\x1a\x1c.kiln.v1.ListTaggersResponse\x12\x37\n\tGetTagger\x12\x19.kiln.v1.GetTaggerRequest\x1a\x0f.kiln.v1.Tagger\x12\x42\n\tTagImages\x12\x19.kiln.v1.TagImagesRequest\x1a\x1a.kiln.v1.TagImagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kiln/v1/tagger.proto\x12\x07kiln.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkiln/v1/tagging_types.proto\"\xd9\x02\n\x06Tagger\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x13.kiln.v1.TaggerKindB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttag_count\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x18\n\ninput_size\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1e\n\x10\x66ixed_batch_size\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x17\n\tpreferred\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x36\n\x0cinstall_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1a\n\x0cmodel_sha256\x18\t \x01(\tB\x04\xe2\x41\x01\x03:7\xea\x41\x34\n\x0fkiln.dev/Tagger\x12\x10taggers/{tagger}*\x07taggers2\x06tagger\"G\n\x12ListTaggersRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"P\n\x13ListTaggersResponse\x12 \n\x07taggers\x18\x01 \x03(\x0b\x32\x0f.kiln.v1.Tagger\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x10GetTaggerRequest\x12&\n\x04name\x18\x01 \x01(\tB\x18\xe2\x41\x01\x02\xfa\x41\x11\n\x0fkiln.dev/Tagger\"@\n\x0bImageSource\x12\x14\n\nobject_key\x18\x01 \x01(\tH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"\xb6\x01\n\x10TagImagesRequest\x12(\n\x06tagger\x18\x01 \x01(\tB\x18\xe2\x41\x01\x01\xfa\x41\x11\n\x0fkiln.dev/Tagger\x12*\n\x06images\x18\x02 \x03(\x0b\x32\x14.kiln.v1.ImageSourceB\x04\xe2\x41\x01\x02\x12.\n\x07options\x18\x03 \x01(\x0b\x32\x17.kiln.v1.TaggingOptionsB\x04\xe2\x41\x01\x01\x12\x1c\n\x0eskip_screening\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\xb2\x01\n\x0cImageTagging\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x1a\n\x04tags\x18\x02 \x03(\x0b\x32\x0c.kiln.v1.Tag\x12+\n\x07verdict\x18\x03 \x01(\x0b\x32\x1a.kiln.v1.ModerationVerdict\x12\x1d\n\x07ratings\x18\x04 \x03(\x0b\x32\x0c.kiln.v1.Tag\x12\x14\n\x0c\x65rror_reason\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\"a\n\x11TagImagesResponse\x12$\n\x06tagger\x18\x01 \x01(\tB\x14\xfa\x41\x11\n\x0fkiln.dev/Tagger\x12&\n\x07results\x18\x02 \x03(\x0b\x32\x15.kiln.v1.ImageTagging*X\n\nTaggerKind\x12\x1b\n\x17TAGGER_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10TAGGER_KIND_WD14\x10\x01\x12\x17\n\x13TAGGER_KIND_BUILTIN\x10\x02\x32\xd6\x01\n\rTaggerService\x12H\n\x0bListTaggers\x12\x1b.kiln.v1.ListTaggersRequest\x1a\x1c.kiln.v1.ListTaggersResponse\x12\x37\n\tGetTagger\x12\x19.kiln.v1.GetTaggerRequest\x1a\x0f.kiln.v1.Tagger\x12\x42\n\tTagImages\x12\x19.kiln.v1.TagImagesRequest\x1a\x1a.kiln.v1.TagImagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kiln.v1.tagger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TAGGERKIND']._serialized_start=1714
-  _globals['_TAGGERKIND']._serialized_end=1802
-  _globals['_TAGCATEGORY']._serialized_start=1804
-  _globals['_TAGCATEGORY']._serialized_end=1926
-  _globals['_MODERATIONDECISION']._serialized_start=1929
-  _globals['_MODERATIONDECISION']._serialized_end=2080
-  _globals['_MODERATIONSIGNALSOURCE']._serialized_start=2083
-  _globals['_MODERATIONSIGNALSOURCE']._serialized_end=2259
-  _globals['_TAGGER']._serialized_start=67
-  _globals['_TAGGER']._serialized_end=301
-  _globals['_LISTTAGGERSREQUEST']._serialized_start=303
-  _globals['_LISTTAGGERSREQUEST']._serialized_end=362
-  _globals['_LISTTAGGERSRESPONSE']._serialized_start=364
-  _globals['_LISTTAGGERSRESPONSE']._serialized_end=444
-  _globals['_GETTAGGERREQUEST']._serialized_start=446
-  _globals['_GETTAGGERREQUEST']._serialized_end=478
-  _globals['_TAGGINGOPTIONS']._serialized_start=481
-  _globals['_TAGGINGOPTIONS']._serialized_end=909
-  _globals['_IMAGESOURCE']._serialized_start=911
-  _globals['_IMAGESOURCE']._serialized_end=975
-  _globals['_TAGIMAGESREQUEST']._serialized_start=978
-  _globals['_TAGIMAGESREQUEST']._serialized_end=1116
-  _globals['_TAG']._serialized_start=1118
-  _globals['_TAG']._serialized_end=1192
-  _globals['_MODERATIONFINDING']._serialized_start=1195
-  _globals['_MODERATIONFINDING']._serialized_end=1340
-  _globals['_MODERATIONVERDICT']._serialized_start=1342
-  _globals['_MODERATIONVERDICT']._serialized_end=1454
-  _globals['_IMAGETAGGING']._serialized_start=1457
-  _globals['_IMAGETAGGING']._serialized_end=1635
-  _globals['_TAGIMAGESRESPONSE']._serialized_start=1637
-  _globals['_TAGIMAGESRESPONSE']._serialized_end=1712
-  _globals['_TAGGERSERVICE']._serialized_start=2262
-  _globals['_TAGGERSERVICE']._serialized_end=2476
+  _globals['_TAGGER'].fields_by_name['name']._loaded_options = None
+  _globals['_TAGGER'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_TAGGER'].fields_by_name['kind']._loaded_options = None
+  _globals['_TAGGER'].fields_by_name['kind']._serialized_options = b'\342A\001\003'
+  _globals['_TAGGER'].fields_by_name['description']._loaded_options = None
+  _globals['_TAGGER'].fields_by_name['description']._serialized_options = b'\342A\001\003'
+  _globals['_TAGGER'].fields_by_name['tag_count']._loaded_options = None
+  _globals['_TAGGER'].fields_by_name['tag_count']._serialized_options = b'\342A\001\003'
+  _globals['_TAGGER'].fields_by_name['input_size']._loaded_options = None
+  _globals['_TAGGER'].fields_by_name['input_size']._serialized_options = b'\342A\001\003'
+  _globals['_TAGGER'].fields_by_name['fixed_batch_size']._loaded_options = None
+  _globals['_TAGGER'].fields_by_name['fixed_batch_size']._serialized_options = b'\342A\001\003'
+  _globals['_TAGGER'].fields_by_name['preferred']._loaded_options = None
+  _globals['_TAGGER'].fields_by_name['preferred']._serialized_options = b'\342A\001\003'
+  _globals['_TAGGER'].fields_by_name['install_time']._loaded_options = None
+  _globals['_TAGGER'].fields_by_name['install_time']._serialized_options = b'\342A\001\003'
+  _globals['_TAGGER'].fields_by_name['model_sha256']._loaded_options = None
+  _globals['_TAGGER'].fields_by_name['model_sha256']._serialized_options = b'\342A\001\003'
+  _globals['_TAGGER']._loaded_options = None
+  _globals['_TAGGER']._serialized_options = b'\352A4\n\017kiln.dev/Tagger\022\020taggers/{tagger}*\007taggers2\006tagger'
+  _globals['_LISTTAGGERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTTAGGERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTTAGGERSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTTAGGERSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_GETTAGGERREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETTAGGERREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\021\n\017kiln.dev/Tagger'
+  _globals['_TAGIMAGESREQUEST'].fields_by_name['tagger']._loaded_options = None
+  _globals['_TAGIMAGESREQUEST'].fields_by_name['tagger']._serialized_options = b'\342A\001\001\372A\021\n\017kiln.dev/Tagger'
+  _globals['_TAGIMAGESREQUEST'].fields_by_name['images']._loaded_options = None
+  _globals['_TAGIMAGESREQUEST'].fields_by_name['images']._serialized_options = b'\342A\001\002'
+  _globals['_TAGIMAGESREQUEST'].fields_by_name['options']._loaded_options = None
+  _globals['_TAGIMAGESREQUEST'].fields_by_name['options']._serialized_options = b'\342A\001\001'
+  _globals['_TAGIMAGESREQUEST'].fields_by_name['skip_screening']._loaded_options = None
+  _globals['_TAGIMAGESREQUEST'].fields_by_name['skip_screening']._serialized_options = b'\342A\001\001'
+  _globals['_TAGIMAGESRESPONSE'].fields_by_name['tagger']._loaded_options = None
+  _globals['_TAGIMAGESRESPONSE'].fields_by_name['tagger']._serialized_options = b'\372A\021\n\017kiln.dev/Tagger'
+  _globals['_TAGGERKIND']._serialized_start=1249
+  _globals['_TAGGERKIND']._serialized_end=1337
+  _globals['_TAGGER']._serialized_start=156
+  _globals['_TAGGER']._serialized_end=501
+  _globals['_LISTTAGGERSREQUEST']._serialized_start=503
+  _globals['_LISTTAGGERSREQUEST']._serialized_end=574
+  _globals['_LISTTAGGERSRESPONSE']._serialized_start=576
+  _globals['_LISTTAGGERSRESPONSE']._serialized_end=656
+  _globals['_GETTAGGERREQUEST']._serialized_start=658
+  _globals['_GETTAGGERREQUEST']._serialized_end=716
+  _globals['_IMAGESOURCE']._serialized_start=718
+  _globals['_IMAGESOURCE']._serialized_end=782
+  _globals['_TAGIMAGESREQUEST']._serialized_start=785
+  _globals['_TAGIMAGESREQUEST']._serialized_end=967
+  _globals['_IMAGETAGGING']._serialized_start=970
+  _globals['_IMAGETAGGING']._serialized_end=1148
+  _globals['_TAGIMAGESRESPONSE']._serialized_start=1150
+  _globals['_TAGIMAGESRESPONSE']._serialized_end=1247
+  _globals['_TAGGERSERVICE']._serialized_start=1340
+  _globals['_TAGGERSERVICE']._serialized_end=1554
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from kiln.v1 import tagging_types_pb2 as _tagging_types_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -41,75 +42,12 @@ TAGGER_KIND_BUILTIN: TaggerKind.ValueType  # 2
 """People, exposure and image-analysis tags from what ships offline."""
 Global___TaggerKind: _TypeAlias = TaggerKind  # noqa: Y015
 
-class _TagCategory:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _TagCategoryEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TagCategory.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    TAG_CATEGORY_UNSPECIFIED: _TagCategory.ValueType  # 0
-    TAG_CATEGORY_GENERAL: _TagCategory.ValueType  # 1
-    TAG_CATEGORY_CHARACTER: _TagCategory.ValueType  # 2
-    TAG_CATEGORY_RATING: _TagCategory.ValueType  # 3
-
-class TagCategory(_TagCategory, metaclass=_TagCategoryEnumTypeWrapper): ...
-
-TAG_CATEGORY_UNSPECIFIED: TagCategory.ValueType  # 0
-TAG_CATEGORY_GENERAL: TagCategory.ValueType  # 1
-TAG_CATEGORY_CHARACTER: TagCategory.ValueType  # 2
-TAG_CATEGORY_RATING: TagCategory.ValueType  # 3
-Global___TagCategory: _TypeAlias = TagCategory  # noqa: Y015
-
-class _ModerationDecision:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _ModerationDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModerationDecision.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    MODERATION_DECISION_UNSPECIFIED: _ModerationDecision.ValueType  # 0
-    MODERATION_DECISION_ALLOW: _ModerationDecision.ValueType  # 1
-    MODERATION_DECISION_REVIEW: _ModerationDecision.ValueType  # 2
-    """A person should look before the image is used."""
-    MODERATION_DECISION_BLOCK: _ModerationDecision.ValueType  # 3
-    """Must be kept out of training."""
-
-class ModerationDecision(_ModerationDecision, metaclass=_ModerationDecisionEnumTypeWrapper): ...
-
-MODERATION_DECISION_UNSPECIFIED: ModerationDecision.ValueType  # 0
-MODERATION_DECISION_ALLOW: ModerationDecision.ValueType  # 1
-MODERATION_DECISION_REVIEW: ModerationDecision.ValueType  # 2
-"""A person should look before the image is used."""
-MODERATION_DECISION_BLOCK: ModerationDecision.ValueType  # 3
-"""Must be kept out of training."""
-Global___ModerationDecision: _TypeAlias = ModerationDecision  # noqa: Y015
-
-class _ModerationSignalSource:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _ModerationSignalSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModerationSignalSource.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    MODERATION_SIGNAL_SOURCE_UNSPECIFIED: _ModerationSignalSource.ValueType  # 0
-    MODERATION_SIGNAL_SOURCE_DETECTOR: _ModerationSignalSource.ValueType  # 1
-    """A NudeNet detector class, e.g. `FEMALE_GENITALIA_EXPOSED`."""
-    MODERATION_SIGNAL_SOURCE_RATING: _ModerationSignalSource.ValueType  # 2
-    """A WD model's rating: `general`, `sensitive`, `questionable`, `explicit`."""
-    MODERATION_SIGNAL_SOURCE_TAG: _ModerationSignalSource.ValueType  # 3
-    """A WD model's tag, e.g. `guro`."""
-
-class ModerationSignalSource(_ModerationSignalSource, metaclass=_ModerationSignalSourceEnumTypeWrapper): ...
-
-MODERATION_SIGNAL_SOURCE_UNSPECIFIED: ModerationSignalSource.ValueType  # 0
-MODERATION_SIGNAL_SOURCE_DETECTOR: ModerationSignalSource.ValueType  # 1
-"""A NudeNet detector class, e.g. `FEMALE_GENITALIA_EXPOSED`."""
-MODERATION_SIGNAL_SOURCE_RATING: ModerationSignalSource.ValueType  # 2
-"""A WD model's rating: `general`, `sensitive`, `questionable`, `explicit`."""
-MODERATION_SIGNAL_SOURCE_TAG: ModerationSignalSource.ValueType  # 3
-"""A WD model's tag, e.g. `guro`."""
-Global___ModerationSignalSource: _TypeAlias = ModerationSignalSource  # noqa: Y015
-
 @_typing.final
 class Tagger(_message.Message):
+    """Taggers are installed by operators, never through the API: every field is
+    output only.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -122,24 +60,22 @@ class Tagger(_message.Message):
     INSTALL_TIME_FIELD_NUMBER: _builtins.int
     MODEL_SHA256_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """`taggers/{tagger}`. Output only."""
+    """`taggers/{tagger}`."""
     kind: Global___TaggerKind.ValueType
-    """Output only."""
     description: _builtins.str
-    """Output only."""
     tag_count: _builtins.int
-    """Tags the tagger can produce. Output only."""
+    """Tags the tagger can produce."""
     input_size: _builtins.int
-    """Square input side in pixels; 0 for the built-in tagger. Output only."""
+    """Square input side in pixels; 0 for the built-in tagger."""
     fixed_batch_size: _builtins.int
-    """The model's fixed batch size (1 for WD v2 exports); 0 when dynamic. Output only."""
+    """The model's fixed batch size (1 for WD v2 exports); 0 when dynamic."""
     preferred: _builtins.bool
-    """True for the tagger used when a request names none. Output only."""
+    """True for the tagger used when a request names none."""
     model_sha256: _builtins.str
-    """Of model.onnx; empty for the built-in tagger. Output only."""
+    """Of model.onnx; empty for the built-in tagger."""
     @_builtins.property
     def install_time(self) -> _timestamp_pb2.Timestamp:
-        """Unset for the built-in tagger. Output only."""
+        """Unset for the built-in tagger."""
 
     def __init__(
         self,
@@ -231,92 +167,6 @@ class GetTaggerRequest(_message.Message):
 Global___GetTaggerRequest: _TypeAlias = GetTaggerRequest  # noqa: Y015
 
 @_typing.final
-class TaggingOptions(_message.Message):
-    """Per-request options. Unset fields take the field's defaults (SmilingWolf's
-    wd-tagger space): thresholds 0.35 / 0.85, sorted by confidence, character
-    tags first, rating included, underscores replaced (kaomoji excepted).
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    GENERAL_THRESHOLD_FIELD_NUMBER: _builtins.int
-    CHARACTER_THRESHOLD_FIELD_NUMBER: _builtins.int
-    GENERAL_MCUT_FIELD_NUMBER: _builtins.int
-    CHARACTER_MCUT_FIELD_NUMBER: _builtins.int
-    MAX_TAGS_FIELD_NUMBER: _builtins.int
-    SORT_BY_CONFIDENCE_FIELD_NUMBER: _builtins.int
-    CHARACTER_FIRST_FIELD_NUMBER: _builtins.int
-    INCLUDE_RATING_FIELD_NUMBER: _builtins.int
-    REPLACE_UNDERSCORES_FIELD_NUMBER: _builtins.int
-    UNDESIRED_TAGS_FIELD_NUMBER: _builtins.int
-    general_threshold: _builtins.float
-    """Keep general tags scoring above this, 0..1. Default 0.35."""
-    character_threshold: _builtins.float
-    """Keep character tags scoring above this, 0..1. Default 0.85."""
-    general_mcut: _builtins.bool
-    """Replace the general threshold by the MCut threshold."""
-    character_mcut: _builtins.bool
-    """Replace the character threshold by the MCut threshold (never below 0.15)."""
-    max_tags: _builtins.int
-    """Keep at most this many general and character tags, the highest scoring; 0: no limit."""
-    sort_by_confidence: _builtins.bool
-    """Highest score first; false: the tag list's order. Default true."""
-    character_first: _builtins.bool
-    """Character tags before general tags. Default true."""
-    include_rating: _builtins.bool
-    """Put the most likely rating tag first. Default true."""
-    replace_underscores: _builtins.bool
-    """`long_hair` becomes `long hair`. Default true."""
-    @_builtins.property
-    def undesired_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Tags never returned; matched ignoring case and `_` versus space."""
-
-    def __init__(
-        self,
-        *,
-        general_threshold: _builtins.float | None = ...,
-        character_threshold: _builtins.float | None = ...,
-        general_mcut: _builtins.bool = ...,
-        character_mcut: _builtins.bool = ...,
-        max_tags: _builtins.int = ...,
-        sort_by_confidence: _builtins.bool | None = ...,
-        character_first: _builtins.bool | None = ...,
-        include_rating: _builtins.bool | None = ...,
-        replace_underscores: _builtins.bool | None = ...,
-        undesired_tags: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_character_first", b"_character_first", "_character_threshold", b"_character_threshold", "_general_threshold", b"_general_threshold", "_include_rating", b"_include_rating", "_replace_underscores", b"_replace_underscores", "_sort_by_confidence", b"_sort_by_confidence", "character_first", b"character_first", "character_threshold", b"character_threshold", "general_threshold", b"general_threshold", "include_rating", b"include_rating", "replace_underscores", b"replace_underscores", "sort_by_confidence", b"sort_by_confidence"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_character_first", b"_character_first", "_character_threshold", b"_character_threshold", "_general_threshold", b"_general_threshold", "_include_rating", b"_include_rating", "_replace_underscores", b"_replace_underscores", "_sort_by_confidence", b"_sort_by_confidence", "character_first", b"character_first", "character_mcut", b"character_mcut", "character_threshold", b"character_threshold", "general_mcut", b"general_mcut", "general_threshold", b"general_threshold", "include_rating", b"include_rating", "max_tags", b"max_tags", "replace_underscores", b"replace_underscores", "sort_by_confidence", b"sort_by_confidence", "undesired_tags", b"undesired_tags"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__character_first: _TypeAlias = _typing.Literal["character_first"]  # noqa: Y015
-    _WhichOneofArgType__character_first: _TypeAlias = _typing.Literal["_character_first", b"_character_first"]  # noqa: Y015
-    _WhichOneofReturnType__character_threshold: _TypeAlias = _typing.Literal["character_threshold"]  # noqa: Y015
-    _WhichOneofArgType__character_threshold: _TypeAlias = _typing.Literal["_character_threshold", b"_character_threshold"]  # noqa: Y015
-    _WhichOneofReturnType__general_threshold: _TypeAlias = _typing.Literal["general_threshold"]  # noqa: Y015
-    _WhichOneofArgType__general_threshold: _TypeAlias = _typing.Literal["_general_threshold", b"_general_threshold"]  # noqa: Y015
-    _WhichOneofReturnType__include_rating: _TypeAlias = _typing.Literal["include_rating"]  # noqa: Y015
-    _WhichOneofArgType__include_rating: _TypeAlias = _typing.Literal["_include_rating", b"_include_rating"]  # noqa: Y015
-    _WhichOneofReturnType__replace_underscores: _TypeAlias = _typing.Literal["replace_underscores"]  # noqa: Y015
-    _WhichOneofArgType__replace_underscores: _TypeAlias = _typing.Literal["_replace_underscores", b"_replace_underscores"]  # noqa: Y015
-    _WhichOneofReturnType__sort_by_confidence: _TypeAlias = _typing.Literal["sort_by_confidence"]  # noqa: Y015
-    _WhichOneofArgType__sort_by_confidence: _TypeAlias = _typing.Literal["_sort_by_confidence", b"_sort_by_confidence"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__character_first) -> _WhichOneofReturnType__character_first | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__character_threshold) -> _WhichOneofReturnType__character_threshold | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__general_threshold) -> _WhichOneofReturnType__general_threshold | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__include_rating) -> _WhichOneofReturnType__include_rating | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__replace_underscores) -> _WhichOneofReturnType__replace_underscores | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__sort_by_confidence) -> _WhichOneofReturnType__sort_by_confidence | None: ...
-
-Global___TaggingOptions: _TypeAlias = TaggingOptions  # noqa: Y015
-
-@_typing.final
 class ImageSource(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -359,13 +209,13 @@ class TagImagesRequest(_message.Message):
         """1..32 images."""
 
     @_builtins.property
-    def options(self) -> Global___TaggingOptions: ...
+    def options(self) -> _tagging_types_pb2.TaggingOptions: ...
     def __init__(
         self,
         *,
         tagger: _builtins.str = ...,
         images: _abc.Iterable[Global___ImageSource] | None = ...,
-        options: Global___TaggingOptions | None = ...,
+        options: _tagging_types_pb2.TaggingOptions | None = ...,
         skip_screening: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
@@ -375,88 +225,6 @@ class TagImagesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TagImagesRequest: _TypeAlias = TagImagesRequest  # noqa: Y015
-
-@_typing.final
-class Tag(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    NAME_FIELD_NUMBER: _builtins.int
-    SCORE_FIELD_NUMBER: _builtins.int
-    CATEGORY_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """Caption form, e.g. `long hair`; never escaped."""
-    score: _builtins.float
-    """0..1."""
-    category: Global___TagCategory.ValueType
-    def __init__(
-        self,
-        *,
-        name: _builtins.str = ...,
-        score: _builtins.float = ...,
-        category: Global___TagCategory.ValueType = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "name", b"name", "score", b"score"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Tag: _TypeAlias = Tag  # noqa: Y015
-
-@_typing.final
-class ModerationFinding(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SOURCE_FIELD_NUMBER: _builtins.int
-    LABEL_FIELD_NUMBER: _builtins.int
-    SCORE_FIELD_NUMBER: _builtins.int
-    DECISION_FIELD_NUMBER: _builtins.int
-    source: Global___ModerationSignalSource.ValueType
-    label: _builtins.str
-    score: _builtins.float
-    decision: Global___ModerationDecision.ValueType
-    """What this signal alone decided under the policy."""
-    def __init__(
-        self,
-        *,
-        source: Global___ModerationSignalSource.ValueType = ...,
-        label: _builtins.str = ...,
-        score: _builtins.float = ...,
-        decision: Global___ModerationDecision.ValueType = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "label", b"label", "score", b"score", "source", b"source"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ModerationFinding: _TypeAlias = ModerationFinding  # noqa: Y015
-
-@_typing.final
-class ModerationVerdict(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DECISION_FIELD_NUMBER: _builtins.int
-    FINDINGS_FIELD_NUMBER: _builtins.int
-    decision: Global___ModerationDecision.ValueType
-    """The strictest decision of any finding; allow when there is none."""
-    @_builtins.property
-    def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModerationFinding]:
-        """Every watched signal that was present, strictest first."""
-
-    def __init__(
-        self,
-        *,
-        decision: Global___ModerationDecision.ValueType = ...,
-        findings: _abc.Iterable[Global___ModerationFinding] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "findings", b"findings"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ModerationVerdict: _TypeAlias = ModerationVerdict  # noqa: Y015
 
 @_typing.final
 class ImageTagging(_message.Message):
@@ -476,24 +244,24 @@ class ImageTagging(_message.Message):
     """
     error_message: _builtins.str
     @_builtins.property
-    def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tag]:
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[_tagging_types_pb2.Tag]:
         """The caption, in order."""
 
     @_builtins.property
-    def verdict(self) -> Global___ModerationVerdict:
+    def verdict(self) -> _tagging_types_pb2.ModerationVerdict:
         """Unset when screening was skipped or the image failed."""
 
     @_builtins.property
-    def ratings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tag]:
+    def ratings(self) -> _containers.RepeatedCompositeFieldContainer[_tagging_types_pb2.Tag]:
         """A WD model's raw rating scores (the built-in tagger has none)."""
 
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
-        tags: _abc.Iterable[Global___Tag] | None = ...,
-        verdict: Global___ModerationVerdict | None = ...,
-        ratings: _abc.Iterable[Global___Tag] | None = ...,
+        tags: _abc.Iterable[_tagging_types_pb2.Tag] | None = ...,
+        verdict: _tagging_types_pb2.ModerationVerdict | None = ...,
+        ratings: _abc.Iterable[_tagging_types_pb2.Tag] | None = ...,
         error_reason: _builtins.str = ...,
         error_message: _builtins.str = ...,
     ) -> None: ...
