@@ -46,8 +46,13 @@ def create_engine(url: str, *, timeout: float = 15.0, connect_timeout: float = 5
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
-            # A writer queues for the lock at most as long as its caller still waits.
-            conn.exec_driver_sql(f"PRAGMA busy_timeout={_milliseconds(call_context.remaining(timeout))}")
+            # A writer queues for the lock at most as long as its caller still waits (set only when
+            # that changes: most calls have no deadline, and each PRAGMA is a statement).
+            busy = _milliseconds(call_context.remaining(timeout))
+            info = conn.connection.info
+            if info.get("busy_timeout") != busy:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={busy}")
+                info["busy_timeout"] = busy
             # Readers don't queue behind writers: WAL gives them a consistent snapshot.
             read_only = conn.get_execution_options().get(READ_ONLY_OPTION)
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -61,6 +61,12 @@ def check_request_id(request_id: str, field: str = "request_id") -> None:
 class IdempotencyKeys:
     def __init__(self, table: sa.Table) -> None:
         self.table = table
+        # Built once: every write looks up and records its request id.
+        c = table.c
+        self._lookup = sa.select(c.body_sha256, c.response).where(
+            c.tenant == sa.bindparam("tenant"), c.method == sa.bindparam("method"),
+            c.request_id == sa.bindparam("request_id"))
+        self._insert = table.insert()
 
     def replay(self, conn: Connection, tenant: str, method: str, request_id: str, fingerprint: str,
                response_type: type[ResponseT]) -> ResponseT | None:
@@ -68,12 +74,7 @@ class IdempotencyKeys:
         if not request_id:
             return None
         self._serialise(conn, tenant, method, request_id)
-        row = conn.execute(
-            sa.select(self.table.c.body_sha256, self.table.c.response).where(
-                self.table.c.tenant == tenant, self.table.c.method == method,
-                self.table.c.request_id == request_id,
-            )
-        ).first()
+        row = conn.execute(self._lookup, {"tenant": tenant, "method": method, "request_id": request_id}).first()
         if row is None:
             return None
         if row.body_sha256 != fingerprint:
@@ -97,9 +98,7 @@ class IdempotencyKeys:
                  response: Message) -> None:
         if not request_id:
             return
-        conn.execute(
-            self.table.insert().values(
-                tenant=tenant, method=method, request_id=request_id, body_sha256=fingerprint,
-                response=response.SerializeToString(), create_time=dt.datetime.now(dt.UTC),
-            )
-        )
+        conn.execute(self._insert, {
+            "tenant": tenant, "method": method, "request_id": request_id, "body_sha256": fingerprint,
+            "response": response.SerializeToString(), "create_time": dt.datetime.now(dt.UTC),
+        })

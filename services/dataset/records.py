@@ -29,13 +29,24 @@ class DatasetCounts:
     total_repeated: int
 
 
+# The statements every upload runs are built once, with bound parameters: building one costs
+# more Python than executing it (coercing every column and value anew on each call).
+_d, _i = schema.datasets.c, schema.images.c
+_DATASET = sa.select(schema.datasets).where(_d.id == sa.bindparam("dataset_id"), _d.tenant == sa.bindparam("tenant"))
+# PostgreSQL serialises writers of one dataset here; SQLite already did at BEGIN IMMEDIATE.
+_DATASET_LOCKED = _DATASET.with_for_update()
+_COUNT_BY_ROLE = sa.select(sa.func.count()).where(_i.dataset_id == sa.bindparam("dataset_id"),
+                                                  _i.role == sa.bindparam("role"))
+_IMAGE_BY_SHA = sa.select(schema.images).where(_i.dataset_id == sa.bindparam("dataset_id"),
+                                               _i.sha256 == sa.bindparam("sha256"))
+_IMAGE = sa.select(schema.images).where(_i.dataset_id == sa.bindparam("dataset_id"), _i.id == sa.bindparam("image_id"))
+_TOUCH_DATASET = schema.datasets.update().where(_d.id == sa.bindparam("dataset_id")).values(
+    update_time=sa.bindparam("touched"))
+INSERT_IMAGE = schema.images.insert().returning(*schema.images.c)
+
+
 def get_dataset(conn: Connection, tenant: str, dataset_id: str, *, lock: bool = False) -> Row[Any]:
-    query = sa.select(schema.datasets).where(schema.datasets.c.id == dataset_id,
-                                             schema.datasets.c.tenant == tenant)
-    if lock:
-        # PostgreSQL serialises writers of one dataset here; SQLite already did at BEGIN IMMEDIATE.
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+    row = conn.execute(_DATASET_LOCKED if lock else _DATASET, {"dataset_id": dataset_id, "tenant": tenant}).first()
     if row is None:
         raise not_found(dataset_name(dataset_id), "dataset")
     return row
@@ -69,15 +80,11 @@ def dataset_counts(conn: Connection, datasets: Sequence[Row[Any]]) -> dict[str, 
 
 
 def count_by_role(conn: Connection, dataset_id: str, role: str) -> int:
-    i = schema.images.c
-    return int(conn.execute(
-        sa.select(sa.func.count()).where(i.dataset_id == dataset_id, i.role == role)
-    ).scalar_one())
+    return int(conn.execute(_COUNT_BY_ROLE, {"dataset_id": dataset_id, "role": role}).scalar_one())
 
 
 def image_by_sha(conn: Connection, dataset_id: str, sha256: str) -> Row[Any] | None:
-    i = schema.images.c
-    return conn.execute(sa.select(schema.images).where(i.dataset_id == dataset_id, i.sha256 == sha256)).first()
+    return conn.execute(_IMAGE_BY_SHA, {"dataset_id": dataset_id, "sha256": sha256}).first()
 
 
 def get_image(conn: Connection, tenant: str, dataset_id: str, image_id: str) -> Row[Any]:
@@ -87,8 +94,7 @@ def get_image(conn: Connection, tenant: str, dataset_id: str, image_id: str) -> 
 
 def image_of(conn: Connection, dataset_id: str, image_id: str) -> Row[Any]:
     """For callers that already checked the dataset belongs to the tenant."""
-    i = schema.images.c
-    row = conn.execute(sa.select(schema.images).where(i.dataset_id == dataset_id, i.id == image_id)).first()
+    row = conn.execute(_IMAGE, {"dataset_id": dataset_id, "image_id": image_id}).first()
     if row is None:
         raise not_found(f"datasets/{dataset_id}/images/{image_id}", "image")
     return row
@@ -112,7 +118,7 @@ def update_image(conn: Connection, image_id: str, **values: Any) -> None:
 
 
 def touch_dataset(conn: Connection, dataset_id: str) -> None:
-    conn.execute(schema.datasets.update().where(schema.datasets.c.id == dataset_id).values(update_time=now()))
+    conn.execute(_TOUCH_DATASET, {"dataset_id": dataset_id, "touched": now()})
 
 
 def retained_keys(conn: Connection, dataset_id: str, keys: Sequence[str]) -> set[str]:

@@ -122,11 +122,12 @@ class UploadRpcs(ServicerBase):
             if kind != "chunk":
                 raise invalid_field("metadata", "metadata may only be sent once, in the first message",
                                     "METADATA_REPEATED")
-            received += len(message.chunk)
+            chunk = message.chunk  # each read of a bytes field is a copy of it
+            received += len(chunk)
             if received > limit:
                 # Stop reading at once: the rest of a huge upload is never buffered.
                 raise invalid_field("chunk", f"the upload exceeds the {limit}-byte limit", "FILE_TOO_LARGE")
-            parts.append(message.chunk)
+            parts.append(chunk)
         if meta is None:
             raise invalid_field("metadata", "the upload stream was empty", "METADATA_FIRST")
         return meta, parts
@@ -189,7 +190,7 @@ class UploadRpcs(ServicerBase):
     def _record_image(self, conn: Connection, job: _Ingest, checked: CheckedImage) -> pb.Image:
         dataset = self._check_new(conn, job)
         now = records.now()
-        row = conn.execute(schema.images.insert().returning(*schema.images.c).values(
+        row = conn.execute(records.INSERT_IMAGE, dict(
             id=job.image_id, dataset_id=job.dataset_id, role=job.role, filename=job.filename,
             content_type=checked.content_type, sha256=job.sha256, size_bytes=len(checked.stored_bytes),
             width=checked.width, height=checked.height, original_key=job.original_key,
