@@ -99,7 +99,7 @@ class UploadRpcs(ServicerBase):
         return await self._ingest(_Ingest(
             tenant=current_tenant(), method="UploadImage", request_id=meta.request_id,
             request_digest=request_fingerprint(meta), bytes_identify=True, dataset_id=dataset_id, role=role,
-            filename=filename, tags=tags, repeat=meta.repeat), data)
+            filename=filename, tags=tags, repeat=meta.repeat), data, context)
 
     async def _read_upload(self, request_iterator: AsyncIterator[pb.UploadImageRequest]
                            ) -> tuple[pb.UploadImageMetadata, list[bytes]]:
@@ -132,9 +132,14 @@ class UploadRpcs(ServicerBase):
             raise invalid_field("metadata", "the upload stream was empty", "METADATA_FIRST")
         return meta, parts
 
-    async def _ingest(self, job: _Ingest, data: bytes) -> pb.Image:
+    async def _ingest(self, job: _Ingest, data: bytes, context: grpc.aio.ServicerContext) -> pb.Image:
         try:
             checked, sha256 = await self._store_verified(job, data)
+            if context.cancelled():
+                # A client that cancels mid-stream can look to the service like one that finished a
+                # shorter upload; by now the cancellation has landed, and nothing is recorded.
+                await asyncio.shield(self._tx.discard_after([job.original_key], []))
+                raise asyncio.CancelledError
             job = dataclasses.replace(job, sha256=sha256)
             image = await self._tx.commit(lambda conn: self._record_image(conn, job, checked),
                                           written=[job.original_key])
@@ -281,7 +286,7 @@ class UploadRpcs(ServicerBase):
             tenant=tenant, method="FinalizeImageUpload", request_id=request.request_id,
             request_digest=request_fingerprint(request), bytes_identify=False, dataset_id=dataset_id,
             role=upload.role, filename=upload.filename, tags=list(upload.tags), repeat=upload.repeat,
-            finalize_upload=upload_id), data)
+            finalize_upload=upload_id), data, context)
         await self._tx.delete_quietly([upload.object_key])
         return image
 

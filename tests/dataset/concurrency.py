@@ -83,6 +83,9 @@ class FakeContext:
     def time_remaining(self) -> None:
         return None
 
+    def cancelled(self) -> bool:
+        return False
+
     async def abort_with_status(self, status: grpc.Status) -> None:
         raise Aborted(status)
 

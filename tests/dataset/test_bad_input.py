@@ -10,6 +10,7 @@ import pytest
 from kiln.v1 import dataset_pb2 as pb
 from services.common.internal_client import internal_channel
 from services.common.objectstore import ObjectStore
+from tests.common.metrics_helpers import RPC_COUNT, scrape, value, wait_until_served
 from tests.dataset.helpers import (
     failure,
     image_bytes,
@@ -105,7 +106,9 @@ def test_declared_size_mismatch(stub, store, dataset):
     assert_nothing_left(stub, store, dataset)
 
 
-def test_stream_aborted_half_way(stub, store, dataset):
+def test_stream_aborted_half_way(stub, store, dataset, service):
+    upload_calls = "/kiln.v1.DatasetService/UploadImage"
+    before = value(scrape(service.server.metrics_url), RPC_COUNT, method=upload_calls)
     first_chunk_sent = threading.Event()
     release = threading.Event()
     data = image_bytes(600, 400)
@@ -123,6 +126,9 @@ def test_stream_aborted_half_way(stub, store, dataset):
         call.cancel()
         with pytest.raises(grpc.FutureCancelledError):
             call.result()
+        # The service may see the cancelled stream end early, as if the upload were shorter, and
+        # clean up what it began storing a moment later.
+        wait_until_served(service.server.metrics_url, upload_calls, before + 1)
         assert_nothing_left(stub, store, dataset)
     finally:
         # Only now may the request generator end: ending it earlier could half-close the stream

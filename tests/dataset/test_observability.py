@@ -4,14 +4,12 @@ request across services, collected by a real OTLP receiver."""
 from __future__ import annotations
 
 import threading
-import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
@@ -21,22 +19,10 @@ from services.common.settings import ServerSettings, TracingSettings
 from services.dataset.server import running_dataset_service
 from services.tagger.server import running_tagger_service
 from services.tagger.settings import TaggerSettings
+from tests.common.metrics_helpers import scrape, value
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
 from tests.servers import TEST_AUTH
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
 
 
 def test_metrics_count_calls_dependency_latency_and_the_tagging_queue(aio, store, s3_settings, tmp_path):
