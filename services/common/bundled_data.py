@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 
@@ -12,6 +11,5 @@ def share_dir() -> pathlib.Path:
 
 
 def samples_dir() -> pathlib.Path:
-    """Public-domain photos (scikit-image's samples); KILN_SAMPLES_DIR points elsewhere."""
-    override = os.environ.get("KILN_SAMPLES_DIR")
-    return pathlib.Path(override) if override else share_dir() / "samples"
+    """Public-domain photos (scikit-image's samples)."""
+    return share_dir() / "samples"

@@ -18,7 +18,7 @@ from tests.tagger.helpers import WD_TAGS
 def samples() -> pathlib.Path:
     directory = samples_dir()
     if not (directory / "astronaut.png").is_file():
-        pytest.fail(f"sample photos missing in {directory}: run `make setup` (or set KILN_SAMPLES_DIR)")
+        pytest.fail(f"sample photos missing in {directory}: run `make setup`")
     return directory
 
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
 from pathlib import Path
 
 from transformers import CLIPTokenizer
 
 from services.common.bundled_data import share_dir
 
-VOCAB_ENV = "KILN_CLIP_VOCAB"
 VOCAB_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 MODEL_MAX_LENGTH = 77
 # open_clip keeps the first 48,894 merges of the file (49152 - 256 - 2); the rest are unused.
@@ -27,12 +25,9 @@ class VocabularyMissingError(FileNotFoundError):
 
 
 def clip_vocab_path() -> Path:
-    override = os.environ.get(VOCAB_ENV)
-    path = Path(override) if override else share_dir() / VOCAB_FILE_NAME
+    path = share_dir() / VOCAB_FILE_NAME
     if not path.is_file():
-        raise VocabularyMissingError(
-            f"CLIP BPE vocabulary not found at {path}; run `make setup` or set {VOCAB_ENV}"
-        )
+        raise VocabularyMissingError(f"CLIP BPE vocabulary not found at {path}; run `make setup`")
     return path
 
 
