@@ -56,11 +56,15 @@ def caller_deadline_passed() -> bool:
     return limit is not None and time.monotonic() >= limit
 
 
-@contextlib.contextmanager
-def deadline_in(seconds: float | None) -> Iterator[None]:
+def deadline_in(seconds: float | None) -> contextlib.AbstractContextManager[None]:
     """Run the body with a deadline `seconds` from now (None: no deadline), never later than an
     enclosing one."""
-    limit = None if seconds is None else time.monotonic() + seconds
+    return deadline_at(None if seconds is None else time.monotonic() + seconds)
+
+
+@contextlib.contextmanager
+def deadline_at(limit: float | None) -> Iterator[None]:
+    """Run the body with a deadline at time.monotonic() `limit`, never later than an enclosing one."""
     outer = _DEADLINE.get()
     if outer is not None and (limit is None or outer < limit):
         limit = outer

@@ -48,7 +48,7 @@ def create_engine(url: str, *, timeout: float = 15.0, connect_timeout: float = 5
         def _on_begin(conn: sa.Connection) -> None:
             # A writer queues for the lock at most as long as its caller still waits (set only when
             # that changes: most calls have no deadline, and each PRAGMA is a statement).
-            busy = _milliseconds(call_context.remaining(timeout))
+            busy = _milliseconds(_quarter_seconds(call_context.remaining(timeout)))
             info = conn.connection.info
             if info.get("busy_timeout") != busy:
                 conn.exec_driver_sql(f"PRAGMA busy_timeout={busy}")
@@ -72,10 +72,16 @@ def create_engine(url: str, *, timeout: float = 15.0, connect_timeout: float = 5
     @sa.event.listens_for(engine, "begin")
     def _on_pg_begin(conn):  # type: ignore[no-untyped-def]
         left = _milliseconds(call_context.remaining(timeout))
-        if left < ceiling:
+        # Every call has a deadline at most the ceiling away; only a tighter one is worth the trip.
+        if left < ceiling - 1000:
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {left}")
 
     return engine
+
+
+def _quarter_seconds(seconds: float) -> float:
+    # Coarse enough that consecutive transactions mostly ask for the same value.
+    return int(seconds * 4) / 4
 
 
 def _milliseconds(seconds: float) -> int:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from services.common import call_context
 from services.common.outages import DependencyDeadline, DependencyUnavailable, failed_dependency
@@ -41,45 +42,81 @@ class Dependency:
         # Calls whose threads still run, including those the caller gave up on.
         self._running: set[asyncio.Future[Any]] = set()
 
-    async def run(self, fn: Callable[..., T], *args: Any, operation: str = "") -> T:
-        """`fn(*args)` on a worker thread, given up on at the limit (see the module docstring)."""
+    def start(self, fn: Callable[..., T], *args: Any, operation: str = "") -> Call[T]:
+        """`fn(*args)` on a worker thread, held to the limit from now (see the module docstring)."""
         limit = call_context.remaining(self.ceiling)
-        if limit <= 0:
-            raise self._timed_out(limit)
+        until = time.monotonic() + limit
+        abandoned = threading.Event()
         context = contextvars.copy_context()
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))
+
+        def body() -> T:
+            # Given up on while it waited for a thread: the caller already heard why, and work
+            # done now would land after the answer (a commit after its bytes were discarded).
+            if abandoned.is_set():
+                raise DependencyUnavailable(self.name, "given up on before a thread was free")
+            # The deadline is the caller's, from when it called, however long the wait for a thread.
+            with call_context.deadline_at(until):
+                return fn(*args)
+
+        future = asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(context.run, body))
         self._running.add(future)
         future.add_done_callback(self._running.discard)
-        started = time.perf_counter()
-        outcome = "ok"
-        try:
-            # Shielded: giving up must not cancel the future, whose thread runs on regardless.
-            return await asyncio.wait_for(asyncio.shield(future), limit)
-        except TimeoutError:
-            outcome = "timeout"
-            future.add_done_callback(_retrieve)
-            raise self._timed_out(limit) from None
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            future.add_done_callback(_retrieve)
-            raise
-        except Exception as exc:
-            outcome = "unavailable" if failed_dependency(exc) == self.name else "error"
-            raise
-        finally:
-            if self._observer is not None:
-                self._observer.observe(self.name, operation or getattr(fn, "__name__", "call"),
-                                       time.perf_counter() - started, outcome)
+        return Call(self, future, limit, abandoned, operation or getattr(fn, "__name__", "call"))
+
+    async def run(self, fn: Callable[..., T], *args: Any, operation: str = "") -> T:
+        return await self.start(fn, *args, operation=operation).result()
 
     def running(self) -> list[asyncio.Future[Any]]:
         """Calls whose threads still run, given up on or not."""
         return [f for f in self._running if not f.done()]
 
-    def _timed_out(self, limit: float) -> Exception:
+    def observe(self, operation: str, seconds: float, outcome: str) -> None:
+        if self._observer is not None:
+            self._observer.observe(self.name, operation, seconds, outcome)
+
+    def timed_out(self, limit: float) -> Exception:
         if call_context.caller_deadline_passed():
             return DependencyDeadline(self.name)
         return DependencyUnavailable(self.name, f"no answer within {limit:.3g} seconds")
+
+
+class Call(Generic[T]):
+    """One call to a dependency. `finished` ends when its thread does, whether or not the caller
+    waited that long; `result()` waits at most the call's limit."""
+
+    def __init__(self, dependency: Dependency, finished: asyncio.Future[T], limit: float, abandoned: threading.Event,
+                 operation: str) -> None:
+        self.finished = finished
+        self._dependency = dependency
+        self._limit = limit
+        self._abandoned = abandoned
+        self._operation = operation
+
+    async def result(self) -> T:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            if self._limit <= 0:
+                raise TimeoutError
+            # Shielded: giving up must not cancel the future, whose thread runs on regardless.
+            return await asyncio.wait_for(asyncio.shield(self.finished), self._limit)
+        except TimeoutError:
+            outcome = "timeout"
+            self._give_up()
+            raise self._dependency.timed_out(self._limit) from None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            self._give_up()
+            raise
+        except Exception as exc:
+            outcome = "unavailable" if failed_dependency(exc) == self._dependency.name else "error"
+            raise
+        finally:
+            self._dependency.observe(self._operation, time.perf_counter() - started, outcome)
+
+    def _give_up(self) -> None:
+        self._abandoned.set()
+        self.finished.add_done_callback(_retrieve)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.errors import ConfigurationError
 from services.common.metrics import MetricsEndpoint, ServiceMetrics
 from services.common.process import drain_time
 from services.common.readiness import Probe, Readiness
@@ -79,7 +80,6 @@ class RunningServer:
     names: list[str]
     readiness: Readiness | None = None
     metrics: MetricsEndpoint | None = None
-    _ready: bool = field(default=False, repr=False)
 
     @property
     def address(self) -> str:
@@ -92,14 +92,13 @@ class RunningServer:
         return self.metrics.url if self.metrics is not None else ""
 
     async def set_ready(self, ready: bool) -> None:
-        self._ready = ready
         for name in [*self.names, ""]:
             await self.health.set(name, _SERVING if ready else _NOT_SERVING)
 
     async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING first so load balancers drain us, then let calls finish."""
-        await self.set_ready(False)
-        await self.health.set(LIVENESS, _NOT_SERVING)
+        """Report NOT_SERVING first so load balancers drain us, then let calls finish. From here on
+        nothing (a readiness probe that just succeeded) can report SERVING again."""
+        await self.health.enter_graceful_shutdown()
         await self.server.stop(drain_time(grace))
 
 
@@ -123,9 +122,15 @@ async def run_service(bindings: Sequence[ServiceBinding], *, settings: ServerSet
         binding.register(server)
     names = [b.full_name for b in bindings]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = _listen(server, settings, require_client_certificate)
+    # The metrics port first: a port that can't be had must not leave a bound gRPC server behind.
     endpoint = MetricsEndpoint(metrics, metrics_settings) if metrics and metrics_settings and \
         metrics_settings.enabled else None
+    try:
+        port = _listen(server, settings, require_client_certificate)
+    except BaseException:
+        if endpoint is not None:
+            endpoint.close()
+        raise
     readiness = Readiness(list(probes), settings.readiness_timeout_seconds) if probes else None
     running = RunningServer(server, health_servicer, settings.host, port, names, readiness, endpoint)
     tasks: list[asyncio.Task[None]] = []
@@ -156,7 +161,8 @@ def _listen(server: grpc.aio.Server, settings: ServerSettings, require_client_ce
     if settings.tls.enabled:
         port = server.add_secure_port(address, _server_credentials(settings.tls, require_client_certificate))
     elif require_client_certificate:
-        raise ValueError("mutual TLS needs server TLS: set KILN_SERVER__TLS__CERT_FILE, KEY_FILE and CLIENT_CA_FILE")
+        raise ConfigurationError("mutual TLS needs server TLS: set KILN_SERVER__TLS__CERT_FILE, KEY_FILE and "
+                                 "CLIENT_CA_FILE")
     else:
         port = server.add_insecure_port(address)
     if port == 0:
@@ -166,9 +172,10 @@ def _listen(server: grpc.aio.Server, settings: ServerSettings, require_client_ce
 
 def _server_credentials(tls: TlsSettings, require_client_certificate: bool) -> grpc.ServerCredentials:
     if tls.cert_file is None or tls.key_file is None:
-        raise ValueError("server TLS needs both a certificate and a key file")
+        raise ConfigurationError("server TLS needs both KILN_SERVER__TLS__CERT_FILE and KILN_SERVER__TLS__KEY_FILE")
     if require_client_certificate and tls.client_ca_file is None:
-        raise ValueError("mutual TLS needs KILN_SERVER__TLS__CLIENT_CA_FILE: the CA that signs callers' certificates")
+        raise ConfigurationError("mutual TLS needs KILN_SERVER__TLS__CLIENT_CA_FILE: the CA that signs callers' "
+                                 "certificates")
     root = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
     return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
                                        root_certificates=root, require_client_auth=require_client_certificate)

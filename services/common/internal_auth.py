@@ -24,7 +24,7 @@ from services.common.settings import InternalAuthSettings
 AUTHORIZATION_HEADER = "authorization"
 TENANT_HEADER = "x-kiln-tenant"
 DEFAULT_TENANT = "default"
-_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_TENANT_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 class InternalAuthError(ConfigurationError):
@@ -75,7 +75,7 @@ def tenant_from(context: grpc.aio.ServicerContext) -> str:
     tenant = _metadata(context, TENANT_HEADER)
     if tenant is None:
         return DEFAULT_TENANT
-    if not _TENANT_RE.match(tenant):
+    if not _TENANT_RE.fullmatch(tenant):
         raise invalid_field(TENANT_HEADER, "tenant ids are 1-63 lowercase letters, digits and dashes")
     return tenant
 

@@ -41,7 +41,9 @@ class _DeadlinePool(urllib3.PoolManager):
     def urlopen(self, method: str, url: str, *args: Any, **kw: Any) -> urllib3.BaseHTTPResponse:
         if "timeout" not in kw:
             left = max(0.001, call_context.remaining(self._ceiling))
-            kw["timeout"] = urllib3.Timeout(connect=min(self._connect, left), read=left)
+            # `total` bounds the whole exchange; a read timeout alone would restart with every byte
+            # a trickling store sends.
+            kw["timeout"] = urllib3.Timeout(total=left, connect=min(self._connect, left))
         return super().urlopen(method, url, *args, **kw)
 
 
@@ -52,7 +54,10 @@ class ObjectStore:
         # A pool big enough for the server's worker threads and parallel multipart parts.
         http = _DeadlinePool(
             settings.connect_timeout_seconds, settings.call_timeout_seconds,
-            maxsize=32, retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            # Connection failures and 5xx answers are retried; a read that timed out is not (the
+            # deadline is spent, and a retry would hold the thread as long again).
+            maxsize=32, retries=urllib3.Retry(total=2, read=0, backoff_factor=0.2,
+                                              status_forcelist=[500, 502, 503, 504]),
         )
         self.client = Minio(
             endpoint=endpoint or settings.endpoint,

@@ -85,4 +85,5 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        # `raise … from None` says the earlier exception is not what went wrong.
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)

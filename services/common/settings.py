@@ -27,6 +27,8 @@ class ObjectStoreSettings(BaseModel):
     # longest a connection attempt may take.
     call_timeout_seconds: float = Field(default=60.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Threads for calls to the store, of each service: its own, so a hung store can't starve others.
+    max_parallel_calls: int = Field(default=16, ge=1)
 
 
 class TlsSettings(BaseModel):

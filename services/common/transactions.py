@@ -38,22 +38,30 @@ MessageT = TypeVar("MessageT", bound=Message)
 
 class Transactions:
     def __init__(self, engine: Engine, keys: IdempotencyKeys, store: ObjectStore, *, pool_size: int = 8,
-                 database_timeout: float = 15.0, store_timeout: float = 60.0, name: str = "db",
-                 observer: CallObserver | None = None) -> None:
+                 store_pool_size: int = 16, database_timeout: float = 15.0, store_timeout: float = 60.0,
+                 name: str = "db", observer: CallObserver | None = None) -> None:
         self.engine = engine
         self.keys = keys
         self._store = store
+        # Each dependency has threads of its own: one that hangs can't starve the other, nor the
+        # loop's default executor.
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=f"{name}-sql")
+        self._store_pool = ThreadPoolExecutor(max_workers=store_pool_size, thread_name_prefix=f"{name}-s3")
         self.database = Dependency(DATABASE, database_timeout, self._pool, observer)
-        self.objects = Dependency(OBJECT_STORE, store_timeout, None, observer)
+        self.objects = Dependency(OBJECT_STORE, store_timeout, self._store_pool, observer)
         # Clean-ups outlive the requests that started them; held here so they aren't collected mid-way.
         self._background: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._store_pool.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, work: Callable[[Connection], T], *, read_only: bool = False) -> T:
         """`work` in one transaction; `read_only` ones don't take SQLite's write lock."""
+        return await self.database.run(self._transaction(work, read_only),
+                                       operation="read" if read_only else "write")
+
+    def _transaction(self, work: Callable[[Connection], T], read_only: bool) -> Callable[[], T]:
         def transaction() -> T:
             for attempt in range(2):
                 try:
@@ -67,7 +75,7 @@ class Transactions:
                         raise
             raise AssertionError("unreachable")
 
-        return await self.database.run(transaction, operation="read" if read_only else "write")
+        return transaction
 
     def replay(self, conn: Connection, tenant: str, method: str, request: Message, response_type: type[ResponseT],
                fingerprint: str | None = None) -> ResponseT | None:
@@ -106,15 +114,19 @@ class Transactions:
         A cancelled caller (the client went away, its deadline passed) can't stop a transaction
         already running in its thread, so that decision follows the transaction's outcome, not the
         caller's: deleting `written` on cancellation would leave a record without its bytes. For the
-        same reason, a transaction given up on at its deadline settles its objects when it ends."""
-        outcome = asyncio.ensure_future(self.run(work))
-        settled = self.in_background(self._settle(outcome, written, replaced))
+        same reason, a transaction given up on at its deadline settles its objects when its thread
+        ends, not when the caller stopped waiting."""
+        call = self.database.start(self._transaction(work, False), operation="write")
+        settled = self.in_background(self._settle(call.finished, written, replaced))
         try:
-            result = await asyncio.shield(outcome)
+            result = await call.result()
         except asyncio.CancelledError:
             raise  # `settled` finishes the job without the caller
         except BaseException:
-            await asyncio.shield(settled)
+            # A transaction that ended in failure: its objects go before the answer. One still
+            # running (the caller's limit passed) is left to `settled`, or the answer would wait on it.
+            if call.finished.done():
+                await asyncio.shield(settled)
             raise
         # The caller hears back once the objects are gone, as it would without the cancellation guard.
         await asyncio.shield(settled)

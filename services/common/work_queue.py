@@ -11,6 +11,9 @@ trainer service's training jobs).
   result the database refuses becomes a failed attempt of its own, not its batch-mates'.
 - **Lock order.** Items are recorded in id order, so two workers recording overlapping batches
   queue behind each other instead of deadlocking.
+- **Fencing.** Every write of a worker is conditioned on its own claim stamp: a worker whose
+  lease ran out (paused, partitioned) and whose item another worker claimed since can't fail,
+  finish or re-schedule that item any more.
 
 `QueueLoop` runs a worker's rounds: at once when woken, else every `idle_poll` seconds.
 """
@@ -85,21 +88,30 @@ class LeasedQueue:
         return sa.and_(q.state == q.pending, sa.or_(q.due.is_(None), q.due <= now))
 
     def claim(self, conn: Connection, limit: int, *, order_by: Sequence[Any] = ()) -> list[Row[Any]]:
-        """Up to `limit` due items, leased to the caller (whole rows, as they were before the claim)."""
+        """Up to `limit` due items, leased to the caller: whole rows as claimed, whose `claimed_at`
+        is the stamp the caller's later writes are fenced by."""
         q = self.where
         now = self._clock()
-        query = (sa.select(q.table).where(self._due_now(now))
-                 .order_by(*(order_by or (q.due, q.id))).limit(limit))
+        order = order_by or (q.due, q.id)
+        query = sa.select(q.id).where(self._due_now(now)).order_by(*order).limit(limit)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        rows = list(conn.execute(query).all())
-        if rows:
-            conn.execute(q.table.update().where(q.id.in_([r.id for r in rows]))
-                         .values({q.due: now + self.lease, q.claimed_at: now}))
-        return rows
+        ids = list(conn.execute(query).scalars())
+        if not ids:
+            return []
+        conn.execute(q.table.update().where(q.id.in_(ids)).values({q.due: now + self.lease, q.claimed_at: now}))
+        claimed = {row.id: row for row in conn.execute(sa.select(q.table).where(q.id.in_(ids)))}
+        return [claimed[i] for i in ids]
+
+    def held(self, current: Row[Any], claimed: Row[Any]) -> bool:
+        """Whether `current` (the item as it is now) is still under the claim `claimed` returned."""
+        name = self.where.claimed_at.name
+        return bool(current._mapping[self.where.state.name] == self.where.pending
+                    and current._mapping[name] == claimed._mapping[name])
 
     def fail(self, conn: Connection, rows: Sequence[Row[Any]], reason: str) -> None:
-        """One failed attempt for each item still waiting: retried after a backoff, or failed for good."""
+        """One failed attempt for each item still under the caller's claim (rows as `claim` returned
+        them): retried after a backoff, or failed for good."""
         q = self.where
         now = self._clock()
         for row in sorted(rows, key=lambda r: r.id):
@@ -109,7 +121,8 @@ class LeasedQueue:
                 values[q.state] = q.failed
             else:
                 values[q.due] = now + self.retry.backoff(attempts)
-            conn.execute(q.table.update().where(q.id == row.id, q.state == q.pending).values(values))
+            conn.execute(q.table.update().where(q.id == row.id, q.state == q.pending,
+                                                q.claimed_at == row._mapping[q.claimed_at.name]).values(values))
 
     def finished(self) -> dict[Any, Any]:
         """The bookkeeping values of an item that left the queue, for the caller's own update."""

@@ -70,7 +70,7 @@ class TaggingClient(Protocol):
 
 
 # Time a round may still need after the tagger answered: writing the results back, which can
-# queue behind other writers (SQLite waits up to its 30 s busy timeout).
+# queue behind other writers (a transaction may take up to the database ceiling, 15 s by default).
 RECORD_MARGIN = dt.timedelta(seconds=60)
 
 
@@ -122,6 +122,7 @@ class TaggingWorker:
         self.queue = LeasedQueue("tagging", TAGGING_QUEUE, settings.lease,
                                  RetryPolicy(settings.max_attempts, settings.first_backoff))
         self._loop = QueueLoop(self.run_once, settings.idle_poll, "tagging")
+        self._adopted = False
 
     def wake(self) -> None:
         """New work was committed: look now rather than at the next poll."""
@@ -132,13 +133,18 @@ class TaggingWorker:
         await self._loop.until_idle()
 
     async def run_forever(self) -> None:
-        adopted = await self._tx.run(self._adopt_skipped)
-        if adopted:
-            log.info("queued images uploaded while no tagger was configured", extra={"fields": {"count": adopted}})
         await self._loop.run_forever()
 
     async def run_once(self) -> bool:
         """Tag one batch of due images; False when there was none."""
+        if not self._adopted:
+            # In the round, not before the loop: a database that is down at start-up delays it, like
+            # any round, instead of ending tagging for good.
+            adopted = await self._tx.run(self._adopt_skipped)
+            self._adopted = True
+            if adopted:
+                log.info("queued images uploaded while no tagger was configured",
+                         extra={"fields": {"count": adopted}})
         claim: list[Row[Any]] = await self._tx.run(
             lambda conn: self.queue.claim(conn, self._settings.batch_size,
                                           order_by=(schema.images.c.tagging_due, schema.images.c.create_time)))
@@ -203,8 +209,8 @@ class TaggingWorker:
         if problem:
             return problem
         current = conn.execute(sa.select(schema.images).where(schema.images.c.id == row.id)).first()
-        if current is None or current.tagging_state != "pending":
-            return ""  # deleted, or re-queued and finished elsewhere
+        if current is None or not self.queue.held(current, row):
+            return ""  # deleted, finished elsewhere, or our lease ran out and another round took it
         if current.tagging_request != row.tagging_request:
             return ""  # a newer re-tag request arrived meanwhile; its own round answers it
         request = row.tagging_request or UPLOAD_REQUEST

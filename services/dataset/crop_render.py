@@ -20,7 +20,6 @@ from PIL import Image
 from sqlalchemy.engine import Row
 
 from services.common.object_keys import crop_key
-from services.common.objectstore import ObjectNotFound, ObjectStore
 from services.dataset.cropping import DETECTOR_SIDE, Box, Detector, center_box, focus_box, render_crop
 
 THUMBNAIL_SIDE = 256
@@ -61,18 +60,6 @@ def choose_box(original: bytes, width: int, height: int, mode: str, target_width
     if mode == "focus":
         return focus_box(analysis_image(original), width, height, target_width, target_height, detector)
     return center_box(width, height, target_width, target_height)
-
-
-def ensure_derived(store: ObjectStore, original_key: str, key: str, content_type: str,
-                   render: Callable[[bytes], bytes]) -> int:
-    """Size of the derived picture at `key`, drawing it from the original on first request."""
-    try:
-        return store.size(key)
-    except ObjectNotFound:
-        pass
-    data = render(store.get_bytes(original_key))
-    store.put_bytes(key, data, content_type)
-    return len(data)
 
 
 def crop_png(result: CropResult) -> Callable[[bytes], bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -32,7 +32,6 @@ from services.dataset.crop_render import (
     crop_png,
     crop_record_values,
     crop_result,
-    ensure_derived,
     thumbnail_webp,
 )
 from services.dataset.cropping import Box
@@ -219,15 +218,26 @@ class ImageRpcs(ServicerBase):
     async def _render_derived(self, row: Row[Any], variant: int) -> int | None:
         """Size of the derived picture the variant names, drawn if missing; None for the original."""
         if variant == pb.IMAGE_VARIANT_THUMBNAIL:
-            return await self._cpu(ensure_derived, self._store, row.original_key, row.thumbnail_key, "image/webp",
-                                   thumbnail_webp)
+            return await self._ensure_derived(row.original_key, row.thumbnail_key, "image/webp", thumbnail_webp)
         if variant == pb.IMAGE_VARIANT_CROPPED:
             result = crop_result(row.dataset_id, row.id, Box(row.crop_left, row.crop_top, row.crop_width,
                                                              row.crop_height),
                                  row.crop_target_width, row.crop_target_height, row.crop_mode)
-            return await self._cpu(ensure_derived, self._store, row.original_key, result.key, "image/png",
-                                   crop_png(result))
+            return await self._ensure_derived(row.original_key, result.key, "image/png", crop_png(result))
         return None
+
+    async def _ensure_derived(self, original_key: str, key: str, content_type: str,
+                              render: Callable[[bytes], bytes]) -> int:
+        """Size of the derived picture at `key`, drawing it from the original on first request.
+        The store is reached as a dependency (with its deadline); only the drawing uses the image pool."""
+        try:
+            return await self._tx.objects.run(self._store.size, key)
+        except ObjectNotFound:
+            pass
+        original = await self._tx.objects.run(self._store.get_bytes, original_key)
+        data = await self._cpu(render, original)
+        await self._tx.objects.run(self._store.put_bytes, key, data, content_type)
+        return len(data)
 
 
 @contextlib.contextmanager

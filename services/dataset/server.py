@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from kiln.v1 import dataset_pb2, dataset_pb2_grpc
 from services.common.body_detector import BodyDetector
-from services.common.database import create_engine, migrate
+from services.common.database import READ_ONLY, create_engine, migrate
 from services.common.hosting import Background, Continuous, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
 from services.common.internal_auth import InternalCredential
@@ -53,7 +53,7 @@ class DatasetComponents:
     credential: InternalCredential
     observability: Observability
     tagger_client: GrpcTaggingClient | None
-    # Set after every sweep round (the first runs at start-up): what tools and tests wait on.
+    # Set once the first sweep round (at start-up) has run: what tools and tests wait on.
     swept: asyncio.Event = field(default_factory=asyncio.Event)
 
     def binding(self) -> ServiceBinding:
@@ -74,6 +74,8 @@ class DatasetComponents:
 
         def database() -> None:
             with engine.connect() as conn:
+                # Read-only: on SQLite a writer's transaction would queue for the write lock.
+                conn.execution_options(**READ_ONLY)
                 conn.exec_driver_sql("SELECT 1")
 
         return [Probe(DATABASE, database), Probe(OBJECT_STORE, self.store.check_reachable)]
@@ -125,7 +127,7 @@ async def build_dataset(settings: DatasetSettings, store: ObjectStore,
                            pool_size=settings.database_pool_size)
     await asyncio.to_thread(migrate, engine, MIGRATIONS, VERSION_TABLE)
     transactions = Transactions(engine, IdempotencyKeys(schema.request_ids), store,
-                                pool_size=settings.database_pool_size,
+                                pool_size=settings.database_pool_size, store_pool_size=settings.s3.max_parallel_calls,
                                 database_timeout=settings.database_timeout_seconds,
                                 store_timeout=settings.s3.call_timeout_seconds, name="dataset",
                                 observer=observability.metrics)

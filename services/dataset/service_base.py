@@ -8,6 +8,8 @@ serialised on SQLite and PostgreSQL alike."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -44,7 +46,9 @@ class ServicerBase:
         self._image_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._image_pool, fn, *args)
+        # The call's context goes along, so anything the work reaches keeps the caller's deadline.
+        work = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._image_pool, work)
 
     def _dataset_message(self, conn: Connection, row: Row[Any]) -> pb.Dataset:
         return dataset_message(row, records.dataset_counts(conn, [row])[row.id])

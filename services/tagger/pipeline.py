@@ -7,6 +7,7 @@ busy without holding more than about two batches of prepared tensors in memory.
 
 from __future__ import annotations
 
+import contextvars
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,7 +44,8 @@ def overlapped_batches(
                 nxt = next(numbered, None)
                 if nxt is None:
                     return
-                pending.append((nxt[0], pool.submit(prepare, nxt[1])))
+                # The caller's context goes along: the image reads inside keep its deadline.
+                pending.append((nxt[0], pool.submit(contextvars.copy_context().run, prepare, nxt[1])))
 
         try:
             top_up()

@@ -62,7 +62,8 @@ async def build_tagger(settings: TaggerSettings, store: ObjectStore | None,
     policy = settings.moderation_policy()
     detector = await asyncio.to_thread(BodyDetector)
     registry = TaggerRegistry(settings.taggers_dir(), settings.tagger_runtime)
-    servicer = TaggerServicer(registry, store, settings, detector, policy, PageTokens.from_settings(settings))
+    servicer = TaggerServicer(registry, store, settings, detector, policy, PageTokens.from_settings(settings),
+                              observability.metrics)
     return TaggerComponents(settings, store, servicer, credential, observability)
 
 

@@ -21,8 +21,10 @@ from kiln.v1 import tagger_pb2 as pb
 from kiln.v1 import tagger_pb2_grpc
 from services.common.body_detector import BodyDetector
 from services.common.call_context import current_tenant
+from services.common.dependencies import CallObserver
 from services.common.errors import FieldViolation, failed_precondition, invalid, invalid_field, not_found, unary_errors
 from services.common.objectstore import ObjectNotFound, ObjectStore
+from services.common.outages import OBJECT_STORE, failed_dependency
 from services.common.pagination import PageTokens, page_size
 from services.tagger import convert
 from services.tagger.engine import TaggingEngine
@@ -45,8 +47,10 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
         detector: BodyDetector,
         policy: ModerationPolicy,
         page_tokens: PageTokens,
+        observer: CallObserver | None = None,
     ) -> None:
         self._registry = registry
+        self._observer = observer
         self._page_tokens = page_tokens
         self._store = store
         self._settings = settings
@@ -186,10 +190,21 @@ class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
         store, key = self._store, image.object_key
         assert store is not None  # checked by _check_images
 
+        observer = self._observer
+
         def fetch() -> bytes:
+            # In the pipeline's threads: timed here, as the dataset service's calls are by Dependency.
+            started, outcome = time.perf_counter(), "ok"
             try:
                 return store.get_bytes(key)
             except ObjectNotFound:
+                outcome = "not found"
                 raise ImageUnavailable(f"object {key!r} does not exist") from None
+            except Exception as exc:
+                outcome = "unavailable" if failed_dependency(exc) == OBJECT_STORE else "error"
+                raise
+            finally:
+                if observer is not None:
+                    observer.observe(OBJECT_STORE, "get_bytes", time.perf_counter() - started, outcome)
 
         return fetch

@@ -64,6 +64,7 @@ class Queue:
             return conn.execute(sa.select(items).where(items.c.id == item)).one()
 
     def fail(self, item: str, reason: str) -> None:
+        """As the worker holding the item's current claim."""
         with self.engine.begin() as conn:
             self.queue.fail(conn, [conn.execute(sa.select(items).where(items.c.id == item)).one()], reason)
 
@@ -139,6 +140,24 @@ def test_a_result_the_database_refuses_fails_that_item_alone(q):
         row = q.row(failed)
         assert (row.state, row.attempts) == ("pending", 1)
         assert row.error.startswith(why)
+
+
+def test_a_worker_whose_lease_ran_out_can_no_longer_touch_the_item(q):
+    q.add("a")
+    with q.engine.begin() as conn:
+        stale = q.queue.claim(conn, 1)
+    q.clock.advance(LEASE)  # the first worker paused past its lease; a second one takes the item
+    with q.engine.begin() as conn:
+        fresh = q.queue.claim(conn, 1)
+    with q.engine.begin() as conn:
+        q.queue.fail(conn, stale, "late news from a paused worker")
+        current = conn.execute(sa.select(items).where(items.c.id == "a")).one()
+        assert not q.queue.held(current, stale[0]) and q.queue.held(current, fresh[0])
+    row = q.row("a")
+    assert (row.attempts, row.error, aware(row.due)) == (0, None, START + 2 * LEASE)
+    with q.engine.begin() as conn:
+        q.queue.fail(conn, fresh, "the holder's own failure counts")
+    assert (q.row("a").attempts, q.row("a").error) == (1, "the holder's own failure counts")
 
 
 def test_requeue_puts_items_back_as_new(q):

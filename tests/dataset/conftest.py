@@ -18,8 +18,10 @@ from tests.servers import TEST_AUTH
 
 
 def make_settings(data_dir: pathlib.Path, s3: ObjectStoreSettings, **overrides: Any) -> DatasetSettings:
+    # Most test services share one bucket, and each one's orphan sweep would take the others'
+    # objects for leftovers: the sweeps judge nothing a test session could have written.
     values: dict[str, Any] = {"server": ServerSettings(port=0, shutdown_grace=1.0), "json_logs": False,
-                              "internal_auth": TEST_AUTH, **overrides}
+                              "internal_auth": TEST_AUTH, "orphan_min_age_seconds": 30 * 24 * 3600, **overrides}
     return DatasetSettings(data_dir=data_dir, s3=s3, **values)
 
 

@@ -21,8 +21,6 @@ from sqlalchemy.engine import Engine
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
-from services.common.database import create_engine
-from services.common.idempotency import IdempotencyKeys
 from services.common.internal_client import internal_channel
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
@@ -40,7 +38,7 @@ LONGEST_TAGGER = "taggers/" + "a" * 63  # the registry allows 63-character ids
 
 @dataclass
 class Database:
-    """The service's database, reached by the test's own engine and transactions."""
+    """The service's database, and the transactions the service itself runs on."""
 
     transactions: Transactions
     stub: dataset_pb2_grpc.DatasetServiceStub
@@ -92,13 +90,8 @@ def _database(dialect: str, request: pytest.FixtureRequest, aio: LoopThread, sto
     settings = make_settings(tmp_path, s3_settings, **overrides)
     with aio.context(running_dataset_service(settings, store)) as service, \
             internal_channel(service.address, TEST_AUTH) as channel:
-        engine = create_engine(settings.database_url())
-        transactions = Transactions(engine, IdempotencyKeys(schema.request_ids), store)
-        try:
-            yield Database(transactions, dataset_pb2_grpc.DatasetServiceStub(channel))
-        finally:
-            transactions.close()
-            engine.dispose()
+        # The test's worker runs on the service's own transactions: one wiring, the service's.
+        yield Database(service.components.transactions, dataset_pb2_grpc.DatasetServiceStub(channel))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
