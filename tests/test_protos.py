@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUF = pathlib.Path(sys.executable).parent / "buf"
 BASELINE = ROOT / "protos" / "baseline.binpb"
 # Contracts between services only; the public API (dataset.proto) must never depend on them.
-INTERNAL_PROTOS = {"kiln/v1/tagger.proto", "kiln/v1/snapshot_manifest.proto"}
+INTERNAL_PROTOS = {"kiln/v1/tagger.proto", "kiln/v1/snapshot_manifest.proto", "kiln/v1/trainer_worker.proto"}
 
 
 def test_generated_code_is_up_to_date(tmp_path):
@@ -37,12 +37,12 @@ def test_generated_code_is_up_to_date(tmp_path):
 
 def test_vendored_google_api_protos_are_the_installed_wheels():
     """buf reads the vendored copies, the generated code imports the wheel's modules: they must agree."""
-    from google.api import field_behavior_pb2
+    import google
 
-    installed = pathlib.Path(field_behavior_pb2.__file__).parent
-    vendored = ROOT / "third_party" / "googleapis" / "google" / "api"
-    copies = sorted(p.name for p in vendored.glob("*.proto"))
-    assert copies == ["field_behavior.proto", "resource.proto"]
+    installed = pathlib.Path(google.__path__[0])
+    vendored = ROOT / "third_party" / "googleapis" / "google"
+    copies = sorted(str(p.relative_to(vendored)) for p in vendored.rglob("*.proto"))
+    assert copies == ["api/field_behavior.proto", "api/resource.proto", "rpc/status.proto"]
     differing = [name for name in copies if (vendored / name).read_bytes() != (installed / name).read_bytes()]
     assert not differing, f"copy {differing} again from {installed} (third_party/googleapis/README.md)"
 
@@ -59,25 +59,28 @@ def _imports(file: FileDescriptor) -> set[str]:
 
 
 def test_the_public_api_imports_no_internal_contract():
-    from kiln.v1 import dataset_pb2
+    from kiln.v1 import dataset_pb2, trainer_pb2
 
-    assert not _imports(dataset_pb2.DESCRIPTOR) & INTERNAL_PROTOS
+    for public in (dataset_pb2, trainer_pb2):
+        assert not _imports(public.DESCRIPTOR) & INTERNAL_PROTOS, public.DESCRIPTOR.name
 
 
 def test_every_resource_names_itself_with_an_identifier_field():
     from google.api import field_behavior_pb2, resource_pb2
 
-    from kiln.v1 import dataset_pb2, tagger_pb2
+    from kiln.v1 import dataset_pb2, tagger_pb2, trainer_pb2
 
+    modules = (dataset_pb2, tagger_pb2, trainer_pb2)
     resources = {}
-    for module in (dataset_pb2, tagger_pb2):
+    for module in modules:
         for message in module.DESCRIPTOR.message_types_by_name.values():
             if message.GetOptions().HasExtension(resource_pb2.resource):
                 resources[message.name] = message.GetOptions().Extensions[resource_pb2.resource].type
     assert resources == {"Dataset": "kiln.dev/Dataset", "Image": "kiln.dev/Image",
                          "ImageUpload": "kiln.dev/ImageUpload", "Snapshot": "kiln.dev/Snapshot",
-                         "Tagger": "kiln.dev/Tagger"}
-    for module in (dataset_pb2, tagger_pb2):
+                         "Tagger": "kiln.dev/Tagger", "BaseModel": "kiln.dev/BaseModel",
+                         "Preset": "kiln.dev/Preset", "TrainingJob": "kiln.dev/TrainingJob"}
+    for module in modules:
         for name in resources.keys() & module.DESCRIPTOR.message_types_by_name.keys():
             field = module.DESCRIPTOR.message_types_by_name[name].fields_by_name["name"]
             behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]

@@ -56,6 +56,8 @@ class ServiceError(Exception):
     metadata: dict[str, str] = field(default_factory=dict)
     # Seconds after which a retry may succeed (a RetryInfo detail); None: no advice.
     retry_delay: float | None = None
+    # (subject, description) of each quota exceeded (a QuotaFailure detail).
+    quota: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -78,6 +80,14 @@ class ServiceError(Exception):
             )
             packed = any_pb2.Any()
             packed.Pack(bad)
+            details.append(packed)
+        if self.quota:
+            failure = error_details_pb2.QuotaFailure(violations=[
+                error_details_pb2.QuotaFailure.Violation(subject=clip(subject, MAX_FIELD_BYTES),
+                                                         description=clip(description, MAX_DESCRIPTION_BYTES))
+                for subject, description in self.quota[:MAX_VIOLATIONS]])
+            packed = any_pb2.Any()
+            packed.Pack(failure)
             details.append(packed)
         if self.retry_delay is not None:
             retry = error_details_pb2.RetryInfo()
@@ -160,6 +170,12 @@ def failed_precondition(message: str, reason: str, violations: Iterable[FieldVio
 
 def resource_exhausted(message: str, reason: str, **metadata: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason, metadata=metadata)
+
+
+def quota_exceeded(message: str, reason: str, subject: str, description: str, **metadata: str) -> ServiceError:
+    """RESOURCE_EXHAUSTED with a QuotaFailure naming what ran out, for whom."""
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason, metadata=metadata,
+                        quota=[(subject, description)])
 
 
 def already_exists(message: str, reason: str, violations: Iterable[FieldViolation] = ()) -> ServiceError:

@@ -87,13 +87,15 @@ class LeasedQueue:
         q = self.where
         return sa.and_(q.state == q.pending, sa.or_(q.due.is_(None), q.due <= now))
 
-    def claim(self, conn: Connection, limit: int, *, order_by: Sequence[Any] = ()) -> list[Row[Any]]:
-        """Up to `limit` due items, leased to the caller: whole rows as claimed, whose `claimed_at`
-        is the stamp the caller's later writes are fenced by."""
+    def claim(self, conn: Connection, limit: int, *, order_by: Sequence[Any] = (),
+              where: sa.ColumnElement[bool] | None = None) -> list[Row[Any]]:
+        """Up to `limit` due items (among those matching `where`), leased to the caller: whole rows
+        as claimed, whose `claimed_at` is the stamp the caller's later writes are fenced by."""
         q = self.where
         now = self._clock()
         order = order_by or (q.due, q.id)
-        query = sa.select(q.id).where(self._due_now(now)).order_by(*order).limit(limit)
+        due = self._due_now(now) if where is None else sa.and_(self._due_now(now), where)
+        query = sa.select(q.id).where(due).order_by(*order).limit(limit)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         ids = list(conn.execute(query).scalars())

@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _user_cache_models() -> pathlib.Path:
+def user_cache_models() -> pathlib.Path:
     return pathlib.Path.home() / ".cache" / "kiln" / "models"
 
 
@@ -17,6 +17,6 @@ class TrainerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore")
 
     models_dir: pathlib.Path = Field(
-        default_factory=_user_cache_models,
+        default_factory=user_cache_models,
         description="base-model store: imported weights, and the built-in tiny models built on first use",
     )

@@ -70,6 +70,11 @@ class ArtifactKeys:
         return f"epochs/{epoch}/previews.json"
 
     @staticmethod
+    def step_lora(step: int) -> str:
+        """An extra LoRA saved on request between epochs."""
+        return f"steps/{step}/lora.safetensors"
+
+    @staticmethod
     def checkpoint(epoch: int) -> str:
         return f"epochs/{epoch}/checkpoint.pt"
 

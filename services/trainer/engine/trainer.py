@@ -14,7 +14,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +45,9 @@ from .snapshot import BlobReader, DatasetSnapshot
 from .validation import ValidationReport, training_device, validate_training
 
 CancelCheck = Callable[[], bool]
+# Asked after every optimizer step: the controls a user sent since (SAMPLE_NOW, SAVE_NOW).
+ControlSource = Callable[[], Sequence[str]]
+SAMPLE_NOW, SAVE_NOW = "CONTROL_SAMPLE_NOW", "CONTROL_SAVE_NOW"
 # Configuration fields that may differ between a run and its resumption without changing what
 # is trained (where the output goes, how it is previewed, on what device).
 _RESUME_NEUTRAL_FIELDS = {"preview", "device", "output_name", "save_precision"}
@@ -146,9 +149,13 @@ def train(
     should_cancel: CancelCheck | None = None,
     on_batch: BatchCallback | None = None,
     resume: bool = True,
+    controls: ControlSource | None = None,
 ) -> TrainingResult:
-    """Train; with ``resume`` a run whose writer holds a checkpoint continues from its last epoch."""
-    return TrainingRun(config, snapshot, reader, writer, store, progress, should_cancel, on_batch).run(resume)
+    """Train; with ``resume`` a run whose writer holds a checkpoint continues from its last epoch.
+    ``controls`` is polled after every step: SAMPLE_NOW renders the previews at that step
+    (``steps/{step}/previews/``), SAVE_NOW writes its LoRA (``steps/{step}/lora.safetensors``)."""
+    return TrainingRun(config, snapshot, reader, writer, store, progress, should_cancel, on_batch,
+                       controls).run(resume)
 
 
 class TrainingRun:
@@ -162,6 +169,7 @@ class TrainingRun:
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
         on_batch: BatchCallback | None = None,
+        controls: ControlSource | None = None,
     ) -> None:
         self.config = config
         self.snapshot = snapshot
@@ -171,6 +179,7 @@ class TrainingRun:
         self.progress = progress or (lambda event: None)
         self.should_cancel = should_cancel or (lambda: False)
         self.on_batch = on_batch or (lambda batch: None)
+        self.controls = controls or (lambda: ())
 
     # ----- setup -----
 
@@ -346,8 +355,11 @@ class TrainingRun:
                     result.step_losses.append(mean_loss)
                     result.final_step = step
                     self._emit(self.tracker.step_event(step, epoch, mean_loss, lrs))
+                    for control in self.controls():
+                        self._act_on(control, epoch, step)
             if epoch % config.save_every_n_epochs == 0 or epoch == config.epochs:
                 result.lora_keys[epoch] = self._save_epoch(epoch, step)
+                self.tracker.start(step)  # saving and previews don't count towards steps/s
                 result.saved_epochs.append(epoch)
 
     def _weight_dtype(self) -> torch.dtype:
@@ -451,7 +463,7 @@ class TrainingRun:
         self.writer.write(key, serialize_lora(tensors, metadata))
         if config.preview.count > 0:
             self._emit(self.tracker.phase_event("sampling", step, epoch, f"rendering previews of epoch {epoch}"))
-            self._write_previews(epoch)
+            self._write_previews(f"epochs/{epoch}")
         save_checkpoint(self.writer, epoch, {
             "epoch": epoch,
             "step": step,
@@ -465,6 +477,24 @@ class TrainingRun:
             "smoothed_loss": self.tracker.smoothed_loss,
         })
         return key
+
+    def _act_on(self, control: str, epoch: int, step: int) -> None:
+        """A user's control, between two steps (it changes nothing the run trains)."""
+        if control == SAVE_NOW:
+            self._emit(self.tracker.phase_event("saving", step, epoch, f"saving step {step} on request"))
+            tensors = kohya_state_dict(self.model.family, self.model.unet, self.model.text_encoders,
+                                       SAVE_DTYPES[self.config.save_precision])
+            metadata = build_metadata(
+                config=self.config, family=self.model.family, resolution=self.estimate.resolution, plan=self.plan,
+                seed=self.seed, epoch=epoch, step=step, total_steps=self.estimate.total_steps,
+                optimizer=self.optimizer, warmup_steps=self.estimate.warmup_steps, session_id=self.session_id,
+                started_at=self.started_at, base_model_name=self.entry.display_name,
+                prediction_type=self.model.prediction_type,
+            )
+            self.writer.write(ArtifactKeys.step_lora(step), serialize_lora(tensors, metadata))
+        elif control == SAMPLE_NOW and self.config.preview.count > 0:
+            self._emit(self.tracker.phase_event("sampling", step, epoch, f"rendering previews at step {step}"))
+            self._write_previews(f"steps/{step}")
 
     def preview_settings(self) -> PreviewSettings:
         preview = self.config.preview
@@ -480,7 +510,7 @@ class TrainingRun:
             self.model.vae.to("cpu")
             torch.cuda.empty_cache()
 
-    def _write_previews(self, epoch: int) -> None:
+    def _write_previews(self, folder: str) -> None:
         settings = self.preview_settings()
         for module in self.trained.values():
             module.eval()
@@ -493,10 +523,9 @@ class TrainingRun:
             if self.latent_cache is not None:
                 self._park_vae()
         for index, image in enumerate(images):
-            self.writer.write(ArtifactKeys.preview(epoch, index), png_bytes(image), "image/png")
+            self.writer.write(f"{folder}/previews/{index}.png", png_bytes(image), "image/png")
         record = {**asdict(settings), "seeds": settings.seeds()}
-        self.writer.write(ArtifactKeys.preview_record(epoch), json.dumps(record, indent=2).encode(),
-                          "application/json")
+        self.writer.write(f"{folder}/previews.json", json.dumps(record, indent=2).encode(), "application/json")
 
     def _emit(self, event: ProgressEvent) -> None:
         self.progress(event)

@@ -1,0 +1,46 @@
+"""Artifact names (what clients hold) and the object keys behind them (what only services know).
+
+    trainingJobs/{job}/epochs/{n}/lora           -> trainingJobs/{job}/epochs/{n}/lora.safetensors
+    trainingJobs/{job}/epochs/{n}/previews/{k}   -> trainingJobs/{job}/epochs/{n}/previews/{k}.png
+    trainingJobs/{job}/steps/{s}/lora            -> trainingJobs/{job}/steps/{s}/lora.safetensors
+    trainingJobs/{job}/steps/{s}/previews/{k}    -> trainingJobs/{job}/steps/{s}/previews/{k}.png
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from services.common import object_keys
+from services.common.errors import invalid_field
+
+_NAME = re.compile(r"^trainingJobs/([0-9a-f]{1,32})/(epochs|steps)/([0-9]{1,12})/(lora|previews/([0-9]{1,3}))$")
+LORA_TYPE = "application/octet-stream"
+PNG_TYPE = "image/png"
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    job_id: str
+    key: str
+    content_type: str
+
+
+def parse_artifact(name: str, field: str = "name") -> ArtifactRef:
+    match = _NAME.match(name)
+    if match is None:
+        raise invalid_field(field, "an artifact's name: trainingJobs/{job}/epochs/{n}/lora, "
+                                   "trainingJobs/{job}/epochs/{n}/previews/{k} (or steps/{s}/...)")
+    job_id, kind, number, what, index = match.groups()
+    return ArtifactRef(job_id, object_key(job_id, kind, int(number), None if index is None else int(index)),
+                       LORA_TYPE if what == "lora" else PNG_TYPE)
+
+
+def object_key(job_id: str, kind: str, number: int, preview: int | None) -> str:
+    base = f"{object_keys.training_job_prefix(job_id)}{kind}/{number}/"
+    return base + ("lora.safetensors" if preview is None else f"previews/{preview}.png")
+
+
+def artifact_name(job_id: str, kind: str, number: int, preview: int | None = None) -> str:
+    base = f"trainingJobs/{job_id}/{kind}/{number}/"
+    return base + ("lora" if preview is None else f"previews/{preview}")

@@ -1,0 +1,108 @@
+"""The trainer service's tables (SQLAlchemy Core). Migrations live in migrations/.
+
+The job table is the training queue (services/common/work_queue.py): `state` is `queued`
+while a job waits or runs. Running is a live lease: a `lease_id` (what the worker names in
+every call, the fence of its writes) whose `due` has not passed. A lost worker's lease runs
+out and the job waits again, at the head of its tenant's queue (`enqueue_time` is kept).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from services.common.idempotency import idempotency_table
+
+metadata = sa.MetaData()
+Timestamp = sa.DateTime(timezone=True)
+
+QUEUED, SUCCEEDED, FAILED, CANCELLED = "queued", "succeeded", "failed", "cancelled"
+
+training_jobs = sa.Table(
+    "training_jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False, index=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("dataset", sa.String(128), nullable=False),
+    sa.Column("snapshot", sa.String(200), nullable=False),
+    sa.Column("family", sa.String(8), nullable=False),
+    sa.Column("base_model", sa.String(64), nullable=False),
+    sa.Column("preset", sa.String(64), nullable=False),
+    # What the client asked for (preset, basic and pro-mode fields), kept for retraining.
+    sa.Column("request", sa.LargeBinary, nullable=False),
+    # The engine's configuration, every default resolved (JSON).
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("estimate", sa.LargeBinary, nullable=False),
+    sa.Column("gpu_seconds", sa.Float, nullable=False),
+    sa.Column("memory_bytes", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("error_status", sa.LargeBinary),
+    # Leased-queue bookkeeping.
+    sa.Column("due", Timestamp),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("claimed_at", Timestamp),
+    sa.Column("enqueue_time", Timestamp, nullable=False),
+    sa.Column("lease_id", sa.String(32)),
+    sa.Column("worker", sa.String(128), nullable=False, server_default=""),
+    # Runs started (claims); a job whose workers keep vanishing fails after max_attempts.
+    sa.Column("claims", sa.Integer, nullable=False, server_default="0"),
+    # Reports of the current lease recorded so far (WorkerEvent.index), so a resent one is ignored.
+    sa.Column("report_index", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("pending_controls", sa.JSON, nullable=False),
+    sa.Column("queue_position", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("progress", sa.LargeBinary),
+    sa.Column("last_saved_epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("retrained_from", sa.String(64), nullable=False, server_default=""),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.Column("start_time", Timestamp),
+    sa.Column("end_time", Timestamp),
+    sa.Column("update_time", Timestamp, nullable=False),
+    sa.Index("ix_training_jobs_queue", "state", "due"),
+)
+
+# The event log WatchTrainingJob reads: one row per TrainingEvent, seq 1, 2, 3 ... per job.
+training_events = sa.Table(
+    "training_events",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
+
+# Per-step loss and learning rates, for charts (ListTrainingMetrics).
+training_metrics = sa.Table(
+    "training_metrics",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("step", sa.BigInteger, primary_key=True),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("loss", sa.Float, nullable=False),
+    sa.Column("smoothed_loss", sa.Float, nullable=False),
+    sa.Column("learning_rates", sa.JSON, nullable=False),
+)
+
+# What each saved epoch (or on-request save) left: an EpochResult message.
+training_results = sa.Table(
+    "training_results",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    # "e{epoch:06d}" for an epoch, "s{step:012d}" for a save asked for by a user.
+    sa.Column("key", sa.String(16), primary_key=True),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
+
+# Workers seen recently (for ETAs: how many run in parallel).
+training_workers = sa.Table(
+    "training_workers",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("capabilities", sa.LargeBinary, nullable=False),
+    sa.Column("last_seen", Timestamp, nullable=False),
+)
+
+request_ids = idempotency_table(metadata, "trainer_request_ids")

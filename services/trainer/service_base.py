@@ -1,0 +1,56 @@
+"""What every group of trainer-service handlers shares: its dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from services.common.objectstore import ObjectStore
+from services.common.pagination import PageTokens
+from services.common.transactions import Transactions
+from services.trainer.engine.model_store import ModelStore
+from services.trainer.event_hub import EventHub
+from services.trainer.service_settings import TrainerServiceSettings
+from services.trainer.snapshot_source import SnapshotSource
+from services.trainer.training_queue import TrainingQueue
+
+T = TypeVar("T")
+
+
+@dataclass
+class TrainerDependencies:
+    transactions: Transactions
+    store: ObjectStore
+    settings: TrainerServiceSettings
+    page_tokens: PageTokens
+    queue: TrainingQueue
+    models: ModelStore
+    snapshots: SnapshotSource
+    hub: EventHub
+
+
+class TrainerBase:
+    def __init__(self, deps: TrainerDependencies) -> None:
+        self._deps = deps
+        self._tx = deps.transactions
+        self._store = deps.store
+        self._settings = deps.settings
+        self._page_tokens = deps.page_tokens
+        self._queue = deps.queue
+        self._models = deps.models
+        self._snapshots = deps.snapshots
+        self._hub = deps.hub
+        # Validation plans buckets for every image: CPU work, off the event loop.
+        self._cpu_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trainer-cpu")
+
+    def close(self) -> None:
+        self._cpu_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        work = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._cpu_pool, work)

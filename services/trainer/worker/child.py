@@ -1,0 +1,178 @@
+"""The process a job trains in: started before the job arrives, with the libraries imported, so
+a claimed job reaches its first step without paying for the imports.
+
+It talks to its worker over a pipe. Worker -> child: `("job", spec)`, then any of `("cancel",)`
+and `("control", name)`. Child -> worker: `("ready", capabilities)`, then the run's
+`("progress", fields)`, `("epoch", fields)`, `("previews", fields)`, `("log", level, text)` and
+one final `("done", outcome, message)`. When the worker goes away (killed, even with -9) the pipe
+closes and the child exits at once: a job has one trainer at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import re
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+Send = Callable[[tuple[Any, ...]], None]
+_SAVED = re.compile(r"^(epochs|steps)/(\d+)/(lora\.safetensors|previews/(\d+)\.png|checkpoint\.pt|previews\.json)$")
+THUMBNAIL_SIDE = 128
+
+
+def child_main(conn: Connection, models_dir: str, s3_settings: Any) -> None:
+    """Entry point of the spawned process."""
+    # The heavy imports first: this is what the warm process saves a claimed job.
+    import psutil
+    import torch
+
+    from services.common.objectstore import ObjectStore
+    from services.trainer.engine import trainer as _trainer  # noqa: F401  (imports diffusers, peft)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    memory = (torch.cuda.get_device_properties(0).total_memory if device == "cuda"
+              else psutil.virtual_memory().total)
+    conn.send(("ready", {"device": device, "memory_bytes": int(memory)}))
+    try:
+        message = conn.recv()
+    except EOFError:
+        os._exit(0)
+    if message[0] != "job":
+        os._exit(0)
+    spec = message[1]
+    store = ObjectStore(s3_settings)
+    lock = threading.Lock()
+
+    def send(item: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(item)
+
+    controls = JobControls()
+    threading.Thread(target=_listen, args=(conn, controls), daemon=True, name="worker-pipe").start()
+    outcome, text = run_job(spec, store, models_dir, send, controls)
+    send(("done", outcome, text))
+    conn.close()
+
+
+class JobControls:
+    """What the job's users asked for, as the training loop polls it."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+
+    def add(self, control: str) -> None:
+        with self._lock:
+            if control not in self._pending:
+                self._pending.append(control)
+
+    def take(self) -> list[str]:
+        with self._lock:
+            taken, self._pending = self._pending, []
+        return taken
+
+
+def _listen(conn: Connection, controls: JobControls) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            # The worker is gone: nobody may keep training this job under a lease it lost.
+            os._exit(3)
+        if message[0] == "cancel":
+            controls.cancelled.set()
+        elif message[0] == "control":
+            controls.add(message[1])
+
+
+def run_job(spec: dict[str, Any], store: Any, models_dir: str, send: Send,
+            controls: JobControls) -> tuple[str, str]:
+    """Train; returns (outcome, message): SUCCEEDED, CANCELLED, FAILED (can never work) or RETRY."""
+    from services.common.object_keys import manifest_key_of
+    from services.trainer.engine.config import parse_config
+    from services.trainer.engine.errors import BaseModelUnavailable, InvalidTrainingConfig, TrainingCancelled
+    from services.trainer.engine.model_store import ModelStore
+    from services.trainer.engine.object_store_io import ObjectStoreReader, ObjectStoreWriter
+    from services.trainer.engine.snapshot import SnapshotError, load_snapshot
+    from services.trainer.engine.trainer import train
+
+    reader = ObjectStoreReader(store)
+    epoch_losses: dict[int, list[float]] = {}
+
+    def on_progress(event: Any) -> None:
+        if event.phase == "training" and event.loss is not None:
+            epoch_losses.setdefault(event.epoch, []).append(event.loss)
+        send(("progress", dataclasses.asdict(event)))
+
+    config = parse_config(spec["config_json"])
+    writer = ReportingWriter(ObjectStoreWriter(store, spec["output_prefix"]), send, epoch_losses,
+                             config.preview.seed)
+    try:
+        snapshot = load_snapshot(reader, manifest_key_of(spec["snapshot"]))
+        train(config, snapshot, reader, writer, store=ModelStore(models_dir), progress=on_progress,
+              should_cancel=controls.cancelled.is_set, controls=controls.take)
+    except TrainingCancelled as exc:
+        return "CANCELLED", f"cancelled at step {exc.step}"
+    except (InvalidTrainingConfig, SnapshotError, BaseModelUnavailable) as exc:
+        return "FAILED", str(exc)
+    except Exception as exc:
+        return "RETRY", f"{type(exc).__name__}: {exc}"
+    return "SUCCEEDED", ""
+
+
+class ReportingWriter:
+    """The run's writer, telling the worker what each save left once it is complete: an epoch
+    once its checkpoint is written (the last thing it writes), an on-request save once its LoRA
+    or previews are."""
+
+    def __init__(self, inner: Any, send: Send, epoch_losses: dict[int, list[float]], preview_seed: int) -> None:
+        self._inner = inner
+        self._send = send
+        self._losses = epoch_losses
+        self._preview_seed = preview_seed
+        self._files: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def read(self, key: str) -> bytes | None:
+        return self._inner.read(key)
+
+    def list(self, prefix: str) -> list[str]:
+        return self._inner.list(prefix)
+
+    def write(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self._inner.write(key, data, content_type)
+        match = _SAVED.match(key)
+        if match is None:
+            return
+        kind, number, what, index = match.group(1), int(match.group(2)), match.group(3), match.group(4)
+        record = self._files.setdefault((kind, number), {"previews": []})
+        if what == "lora.safetensors":
+            record["lora"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        elif index is not None:
+            record["previews"].append({"index": int(index), "size": len(data),
+                                       "sha256": hashlib.sha256(data).hexdigest(),
+                                       "seed": self._preview_seed + int(index), "thumbnail": thumbnail(data)})
+        if kind == "epochs" and what == "checkpoint.pt":
+            losses = self._losses.get(number, [])
+            self._send(("epoch", {"kind": kind, "number": number, **self._files.pop((kind, number)),
+                                  "loss": sum(losses) / len(losses) if losses else 0.0}))
+        elif kind == "steps" and what == "previews.json":
+            self._send(("previews", {"kind": kind, "number": number, **self._files.pop((kind, number))}))
+        elif kind == "steps" and what == "lora.safetensors":
+            saved = self._files.pop((kind, number))
+            self._send(("epoch", {"kind": kind, "number": number, **saved, "previews": [], "loss": 0.0}))
+
+
+def thumbnail(png: bytes) -> bytes:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        out = io.BytesIO()
+        image.convert("RGB").save(out, "WEBP", quality=80)
+    return out.getvalue()
