@@ -1,0 +1,99 @@
+"""The queue's order and ETAs (pure), and what a user sees of it through the service."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from kiln.v1 import trainer_pb2 as pb
+from services.common.errors import status_details
+from services.trainer.queue_order import WaitingJob, finish_times, queue_order
+from tests.training_service.test_training_jobs import tiny_job
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def waiting(tenant: str, minute: int, seconds: float = 60.0) -> WaitingJob:
+    return WaitingJob(f"{tenant}{minute}", tenant, T0 + dt.timedelta(minutes=minute), seconds)
+
+
+def test_one_tenants_backlog_does_not_starve_another():
+    backlog = [waiting("a", m) for m in range(20)]
+    single = waiting("b", 30)
+    order = [job.id for job in queue_order([*backlog, single], {})]
+    assert order[:3] == ["a0", "b30", "a1"]
+    assert order[3:] == [f"a{m}" for m in range(2, 20)]
+
+
+def test_a_tenant_with_a_running_job_waits_behind_one_without():
+    order = [job.id for job in queue_order([waiting("a", 1), waiting("b", 5)], {"a": 1})]
+    assert order == ["b5", "a1"]
+
+
+def test_first_in_first_out_within_a_tenant_and_by_submission_within_a_round():
+    jobs = [waiting("c", 3), waiting("a", 2), waiting("b", 1), waiting("a", 4)]
+    assert [job.id for job in queue_order(jobs, {})] == ["b1", "a2", "c3", "a4"]
+
+
+def test_finish_times_follow_free_workers():
+    jobs = [waiting("a", 1, 10), waiting("b", 2, 20), waiting("c", 3, 5)]
+    # One worker busy for 30 more seconds, a second one free.
+    assert finish_times(jobs, [30.0], workers=2) == [10.0, 30.0, 35.0]
+    assert finish_times(jobs, [], workers=0) == [10.0, 30.0, 35.0]
+
+
+def test_positions_follow_the_rule_and_move_as_jobs_leave(tenant, other_tenant):
+    first_dataset, second_dataset = tenant.dataset(images=1), other_tenant.dataset(images=1)
+    mine = [tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(first_dataset.name)))
+            for _ in range(3)]
+    theirs = other_tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(
+        training_job=tiny_job(second_dataset.name)))
+    positions = [tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=j.name)).queue_position for j in mine]
+    theirs_now = other_tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=theirs.name))
+    # Others' jobs queued earlier in this module come first; relative order is the rule's.
+    assert positions[0] < theirs_now.queue_position < positions[1] < positions[2]
+    assert theirs_now.eta_seconds > 0
+    last_before = tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=mine[2].name))
+    tenant.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=mine[0].name))
+    # The tenant's next job takes the cancelled one's round: it moves ahead, the other's job stays.
+    after = {j.name: tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=j.name)).queue_position
+             for j in mine[1:]}
+    stays = other_tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=theirs.name))
+    assert after[mine[1].name] == positions[0] and stays.queue_position == theirs_now.queue_position
+    assert after[mine[2].name] == last_before.queue_position - 1
+    # A watcher saw it move: the stream stays open while the job waits, so read up to that event.
+    stream = tenant.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=mine[2].name), timeout=30)
+    positions_seen = []
+    for event in stream:
+        assert event.HasField("queued")
+        positions_seen.append(event.queued.position)
+        if positions_seen[-2:] == [positions[2], after[mine[2].name]]:
+            break
+    stream.cancel()
+    # Placed when created, pushed back one by the other tenant's job, moved up by the cancel.
+    assert positions_seen == [positions[2] - 1, positions[2], positions[2] - 1]
+    for job in mine[1:]:
+        tenant.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+    other_tenant.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=theirs.name))
+
+
+def test_the_per_tenant_queue_limit_is_refused_with_a_quota_failure(tenant, trainer):
+    limit = trainer.components.settings.max_queued_jobs_per_tenant
+    dataset = tenant.dataset(images=1)
+    jobs = [tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
+            for _ in range(limit)]
+    with pytest.raises(grpc.RpcError) as caught:
+        tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info, _ = status_details(caught.value)
+    assert info is not None and info.reason == "QUEUED_JOBS_PER_TENANT"
+    status = rpc_status.from_call(caught.value)
+    quota = error_details_pb2.QuotaFailure()
+    assert status is not None and any(d.Unpack(quota) for d in status.details if d.Is(quota.DESCRIPTOR))
+    assert quota.violations[0].subject == f"tenant:{tenant.name}"
+    for job in jobs:
+        tenant.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
