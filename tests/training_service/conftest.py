@@ -8,6 +8,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,9 +49,24 @@ def dataset_service(aio: LoopThread, store: ObjectStore, s3_settings: ObjectStor
 
 
 @pytest.fixture(scope="module")
+def trainer_database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The trainer's database URL; a module parametrizes this to run on PostgreSQL too."""
+    return f"sqlite:///{tmp_path_factory.mktemp('trainer-db') / 'trainer.db'}"
+
+
+def database_of(kind: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    if kind == "postgresql":
+        cluster = request.getfixturevalue("postgres")
+        return str(cluster.create_database(f"trainer_{uuid.uuid4().hex[:8]}"))
+    return f"sqlite:///{tmp_path_factory.mktemp('trainer-db') / 'trainer.db'}"
+
+
+@pytest.fixture(scope="module")
 def trainer(aio: LoopThread, store: ObjectStore, s3_settings: ObjectStoreSettings, models_dir: pathlib.Path,
-            dataset_service: DatasetService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerService]:
-    settings = trainer_settings(tmp_path_factory.mktemp("trainer"), s3_settings, models_dir, dataset_service.address)
+            dataset_service: DatasetService, trainer_database: str,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerService]:
+    settings = trainer_settings(tmp_path_factory.mktemp("trainer"), s3_settings, models_dir, dataset_service.address,
+                                trainer_database_url=trainer_database)
     with aio.context(running_trainer_service(settings, store)) as running:
         yield running
 

@@ -8,9 +8,14 @@ import safetensors.torch
 
 from kiln.v1 import trainer_pb2 as pb
 from services.common.errors import status_details
-from tests.training_service.conftest import Tenant
+from tests.training_service.conftest import Tenant, database_of
 
 State = pb.TrainingJob.State
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def trainer_database(request, tmp_path_factory) -> str:
+    return database_of(request.param, tmp_path_factory, request)
 
 
 def tiny_job(dataset: str, epochs: int = 2, **config: object) -> pb.TrainingJob:

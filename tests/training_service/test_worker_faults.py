@@ -5,13 +5,19 @@ from __future__ import annotations
 import concurrent.futures
 
 import psutil
+import pytest
 import safetensors.torch
 
 from kiln.v1 import trainer_pb2 as pb
-from tests.training_service.conftest import worker_process
+from tests.training_service.conftest import database_of, worker_process
 from tests.training_service.test_training_jobs import tiny_job, watch_all
 
 State = pb.TrainingJob.State
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def trainer_database(request, tmp_path_factory) -> str:
+    return database_of(request.param, tmp_path_factory, request)
 Control = pb.SendTrainingControlRequest.Control
 
 
@@ -55,7 +61,8 @@ def test_a_job_whose_worker_is_killed_resumes_on_another_and_ends_equal(tenant, 
     job = tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=killed.name))
     reference = tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=uninterrupted.name))
     assert job.attempt_count == 2 and [e.epoch for e in job.epochs] == [1, 2, 3]
-    resumed, straight = lora_tensors(tenant, job.epochs[-1].lora.name), lora_tensors(tenant, reference.epochs[-1].lora.name)
+    resumed = lora_tensors(tenant, job.epochs[-1].lora.name)
+    straight = lora_tensors(tenant, reference.epochs[-1].lora.name)
     assert resumed.keys() == straight.keys()
     assert all((resumed[k] == straight[k]).all() for k in resumed)
 

@@ -123,7 +123,9 @@ class TrainingWorker:
                 assignment = await self._claim(capabilities, stop)
                 if assignment is None:
                     continue
-                self._child = None  # this one is the job's now; the next job gets a fresh one
+                # This one is the job's now. The next job's starts importing at once, beside the
+                # run (a job's process is never reused: nothing of one run may leak into the next).
+                self._child = await asyncio.to_thread(WarmChild, self._settings)
                 try:
                     await self._run_job(assignment, child, stop)
                 finally:
