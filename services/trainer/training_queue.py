@@ -27,6 +27,7 @@ from services.trainer.queue_order import WaitingJob, finish_times, queue_order
 
 j = schema.training_jobs.c
 FAMILY_OF = {1: "sd15", 2: "sdxl"}
+_BATCH = 400
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,24 @@ class TrainingQueue:
         """Store every job's position; each one that moved gets a queued event with its new ETA."""
         at = self._clock()
         ordered, running, etas = self.order(conn, at)
-        for position, row in enumerate(ordered, start=1):
-            if row.queue_position != position:
-                conn.execute(schema.training_jobs.update().where(j.id == row.id).values(queue_position=position))
-                records.append_events(conn, row.id, [pb.TrainingEvent(
-                    queued=pb.QueuedEvent(position=position, eta_seconds=round(etas[row.id], 1)))], at)
-        for row in running:
-            if row.queue_position:
-                conn.execute(schema.training_jobs.update().where(j.id == row.id).values(queue_position=0))
+        moved = {row.id: position for position, row in enumerate(ordered, start=1) if row.queue_position != position}
+        ids = list(moved)
+        for start in range(0, len(ids), _BATCH):
+            chunk = ids[start:start + _BATCH]
+            # One statement per chunk: the moves and the seqs of their events together, under the
+            # rows' locks (a queue of a thousand jobs moves all of them when one starts).
+            seqs: dict[str, int] = dict(conn.execute(
+                schema.training_jobs.update().where(j.id.in_(chunk))
+                .values(queue_position=sa.case({i: moved[i] for i in chunk}, value=j.id), last_seq=j.last_seq + 1)
+                .returning(j.id, j.last_seq)).tuples().all())
+            stamp = records.timestamp(at)
+            conn.execute(schema.training_events.insert(), [
+                {"job_id": i, "seq": seqs[i], "body": pb.TrainingEvent(
+                    seq=seqs[i], time=stamp, queued=pb.QueuedEvent(position=moved[i], eta_seconds=round(etas[i], 1)),
+                ).SerializeToString()} for i in chunk])
+        started = [row.id for row in running if row.queue_position]
+        if started:
+            conn.execute(schema.training_jobs.update().where(j.id.in_(started)).values(queue_position=0))
 
     # ----- leases -----
 

@@ -29,7 +29,7 @@ from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import trainer_worker_pb2 as wpb
 from kiln.v1 import trainer_worker_pb2_grpc
-from services.common.errors import status_details
+from services.common.errors import ConfigurationError, status_details
 from services.common.internal_client import internal_aio_channel
 from services.common.logs import configure_logging
 from services.trainer.artifacts import artifact_name
@@ -305,6 +305,8 @@ def _epoch_result(job_id: str, fields: dict[str, Any], current_epoch: int, curre
 
 
 async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
+    if not settings.trainer_address:
+        raise ConfigurationError("a worker needs its trainer service: set KILN_TRAINER_ADDRESS=host:port")
     channel = internal_aio_channel(settings.trainer_address, settings.internal_auth)
     try:
         worker = TrainingWorker(settings, trainer_worker_pb2_grpc.TrainingWorkerServiceStub(channel))

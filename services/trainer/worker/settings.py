@@ -20,8 +20,8 @@ def default_worker_id() -> str:
 class WorkerSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="KILN_", env_nested_delimiter="__", extra="ignore")
 
-    # host:port of the trainer service.
-    trainer_address: str = "127.0.0.1:50053"
+    # host:port of the trainer service (required).
+    trainer_address: str = ""
     models_dir: pathlib.Path = Field(default_factory=user_cache_models)
     worker_id: str = Field(default_factory=default_worker_id)
     # Families this worker trains ("sd15", "sdxl"); empty: both.
