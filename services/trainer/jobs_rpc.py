@@ -160,6 +160,7 @@ class JobRpcs(TrainerBase):
         settings = self._settings
 
         def work(conn: Connection, tenant: str) -> pb.TrainingJob:
+            self._queue.lock(conn)
             queued = conn.execute(sa.select(sa.func.count()).where(
                 j.tenant == tenant, j.state == schema.QUEUED)).scalar_one()
             if queued >= settings.max_queued_jobs_per_tenant:
@@ -238,6 +239,7 @@ class JobRpcs(TrainerBase):
         job_id = records.parse_job(request.name)
 
         def work(conn: Connection, tenant: str) -> pb.TrainingJob:
+            self._queue.lock(conn)
             row = records.get_job(conn, tenant, job_id, lock=True)
             at = records.now()
             if row.state != schema.QUEUED:
@@ -266,6 +268,7 @@ class JobRpcs(TrainerBase):
         job_id = records.parse_job(request.name)
 
         def work(conn: Connection, tenant: str) -> pb.DeleteTrainingJobResponse:
+            self._queue.lock(conn)
             row = records.get_job(conn, tenant, job_id, lock=True)
             if records.is_running(row, records.now()):
                 raise failed_precondition("the job is running: cancel it, and delete it once it has stopped",

@@ -28,6 +28,8 @@ from services.trainer.queue_order import WaitingJob, finish_times, queue_order
 j = schema.training_jobs.c
 FAMILY_OF = {1: "sd15", 2: "sdxl"}
 _BATCH = 400
+# The key of the PostgreSQL advisory lock that queue changes take ("kiln" in ASCII).
+_ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(1801677934)")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,13 @@ class TrainingQueue:
                                    pending=schema.QUEUED, failed=schema.FAILED),
             rules.lease, RetryPolicy(max_attempts=rules.max_attempts), clock)
 
+    def lock(self, conn: Connection) -> None:
+        """Serialise transactions that change the queue (PostgreSQL; SQLite serialises every writer).
+        Taken before any job row is locked: each of them rewrites many jobs' positions, and two
+        doing so in different orders would deadlock. Re-entrant within a transaction."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(_ADVISORY_LOCK)
+
     # ----- positions -----
 
     def _queued_rows(self, conn: Connection) -> list[Row[Any]]:
@@ -85,6 +94,7 @@ class TrainingQueue:
 
     def reorder(self, conn: Connection) -> None:
         """Store every job's position; each one that moved gets a queued event with its new ETA."""
+        self.lock(conn)
         at = self._clock()
         ordered, running, etas = self.order(conn, at)
         moved = {row.id: position for position, row in enumerate(ordered, start=1) if row.queue_position != position}
@@ -96,7 +106,7 @@ class TrainingQueue:
             seqs: dict[str, int] = dict(conn.execute(
                 schema.training_jobs.update().where(j.id.in_(chunk))
                 .values(queue_position=sa.case({i: moved[i] for i in chunk}, value=j.id), last_seq=j.last_seq + 1)
-                .returning(j.id, j.last_seq)).tuples().all())
+                .returning(j.id, j.last_seq)).all())
             stamp = records.timestamp(at)
             conn.execute(schema.training_events.insert(), [
                 {"job_id": i, "seq": seqs[i], "body": pb.TrainingEvent(
@@ -111,6 +121,7 @@ class TrainingQueue:
     def expire_leases(self, conn: Connection) -> list[str]:
         """Jobs whose worker stopped reporting: back in the queue (at the head of their tenant's),
         or failed once they have lost `max_attempts` workers. Returns their ids."""
+        self.lock(conn)
         at = self._clock()
         lost = list(conn.execute(sa.select(schema.training_jobs).where(
             j.state == schema.QUEUED, j.lease_id.is_not(None), j.due <= at).order_by(j.id)))
@@ -160,6 +171,7 @@ class TrainingQueue:
 
     def claim(self, conn: Connection, worker_id: str, capabilities: wpb.WorkerCapabilities,
               lease_id: str) -> Claimed | None:
+        self.lock(conn)
         at = self._clock()
         self.expire_leases(conn)
         families = {FAMILY_OF[f] for f in capabilities.families if f in FAMILY_OF}

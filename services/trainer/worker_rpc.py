@@ -103,6 +103,7 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
             raise invalid([FieldViolation("outcome", "SUCCEEDED, FAILED, CANCELLED or RETRY")])
 
         def work(conn: Connection) -> None:
+            self._queue.lock(conn)
             row = self._queue.leased_job(conn, job_id, request.lease_id)
             if row is None:
                 raise lease_lost(request.job)
