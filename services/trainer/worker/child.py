@@ -16,6 +16,7 @@ import io
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -27,6 +28,8 @@ THUMBNAIL_SIDE = 128
 
 def child_main(conn: Connection, models_dir: str, s3_settings: Any) -> None:
     """Entry point of the spawned process."""
+    # Before anything else: the imports below take seconds, during which the pipe isn't read.
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
     # The heavy imports first: this is what the warm process saves a claimed job.
     import psutil
     import torch
@@ -76,6 +79,14 @@ class JobControls:
         with self._lock:
             taken, self._pending = self._pending, []
         return taken
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker killed with -9 can't stop its training process: the process notices it was
+    orphaned (its parent changes) and exits."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(3)
 
 
 def _listen(conn: Connection, controls: JobControls) -> None:

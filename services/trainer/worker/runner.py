@@ -61,8 +61,14 @@ class WarmChild:
         child_end.close()
         self.capabilities: dict[str, Any] | None = None
 
-    def wait_ready(self) -> dict[str, Any]:
-        if self.capabilities is None:
+    def wait_ready(self, stop: threading.Event) -> dict[str, Any] | None:
+        """What the process found (device, memory) once it has imported everything; None when
+        `stop` is set first."""
+        while self.capabilities is None:
+            if stop.is_set():
+                return None
+            if not self.conn.poll(0.2):
+                continue
             message = self.conn.recv()
             if message[0] != "ready":
                 raise RuntimeError(f"the training process said {message[0]!r} before it was ready")
@@ -106,20 +112,27 @@ class TrainingWorker:
         self._child: WarmChild | None = None
         self.jobs_done = 0
 
-    def _capabilities(self, child: WarmChild) -> wpb.WorkerCapabilities:
-        found = child.wait_ready()
+    def _capabilities(self, child: WarmChild, stop: threading.Event) -> wpb.WorkerCapabilities | None:
+        found = child.wait_ready(stop)
+        if found is None:
+            return None
         families = self._settings.worker_families or tuple(FAMILIES)
         return wpb.WorkerCapabilities(families=[FAMILIES[f] for f in families], device=found["device"],
                                       memory_bytes=found["memory_bytes"])
 
     async def run(self, stop: asyncio.Event, max_jobs: int | None = None) -> None:
         """Claim and run jobs until `stop` is set (or `max_jobs` have run)."""
+        # The same signal for the threads that wait on the training process.
+        stopping = threading.Event()
+        stop_watch = asyncio.ensure_future(_mirror(stop, stopping))
         try:
             while not stop.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
                 if self._child is None:
                     self._child = await asyncio.to_thread(WarmChild, self._settings)
                 child = self._child
-                capabilities = await asyncio.to_thread(self._capabilities, child)
+                capabilities = await asyncio.to_thread(self._capabilities, child, stopping)
+                if capabilities is None:
+                    break
                 assignment = await self._claim(capabilities, stop)
                 if assignment is None:
                     continue
@@ -132,6 +145,7 @@ class TrainingWorker:
                     await asyncio.to_thread(child.kill)
                 self.jobs_done += 1
         finally:
+            stop_watch.cancel()
             if self._child is not None:
                 await asyncio.to_thread(self._child.kill)
 
@@ -275,6 +289,11 @@ class TrainingWorker:
 
 class _Unreachable(Exception):
     pass
+
+
+async def _mirror(stop: asyncio.Event, stopping: threading.Event) -> None:
+    await stop.wait()
+    stopping.set()
 
 
 def _progress(fields: dict[str, Any]) -> pb.TrainingProgress:
