@@ -21,7 +21,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import safetensors.torch
 import torch
@@ -55,7 +55,7 @@ class GenerationRequest:
 
     base_model: str
     prompt: str
-    lora: bytes | None = None
+    lora: bytes | None = field(default=None, repr=False)  # megabytes: kept out of logs
     strength: float = 1.0
     negative_prompt: str = ""
     seed: int = 1234
@@ -70,8 +70,8 @@ class GenerationRequest:
     def problems(self) -> list[Violation]:
         problems: list[Violation] = []
 
-        def bad(field: str, message: str) -> None:
-            problems.append(Violation(field, message))
+        def bad(name: str, message: str) -> None:
+            problems.append(Violation(name, message))
 
         if not self.base_model:
             bad("base_model", "required")
@@ -87,9 +87,9 @@ class GenerationRequest:
             bad("steps", f"must be 1 to {MAX_STEPS}")
         if not math.isfinite(self.cfg_scale) or not 0 <= self.cfg_scale <= 30:
             bad("cfg_scale", "must be 0 to 30")
-        for field, side in (("width", self.width), ("height", self.height)):
+        for name, side in (("width", self.width), ("height", self.height)):
             if side is not None and (side % 8 or not 64 <= side <= MAX_SIDE):
-                bad(field, f"must be a multiple of 8 from 64 to {MAX_SIDE}")
+                bad(name, f"must be a multiple of 8 from 64 to {MAX_SIDE}")
         if not 1 <= self.count <= MAX_COUNT:
             bad("count", f"must be 1 to {MAX_COUNT}")
         if not 1 <= self.clip_skip <= 12:
