@@ -32,11 +32,11 @@ _RESNET_LDM_NAMES = {
 }
 
 
-def lora_modules(model: nn.Module) -> dict[str, LoraLayer]:
+def lora_modules(model: nn.Module, adapter_name: str = ADAPTER_NAME) -> dict[str, LoraLayer]:
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_A
     }
 
 
@@ -74,6 +74,29 @@ def _text_encoder_name(name: str) -> str:
     return name if name.startswith("text_model.") else f"text_model.{name}"
 
 
+def kohya_named_modules(
+    family: str,
+    unet: UNet2DConditionModel | None,
+    text_encoders: Sequence[nn.Module],
+    adapter_name: str = ADAPTER_NAME,
+) -> dict[str, LoraLayer]:
+    """kohya module name (the tensor keys' stem, e.g. ``lora_unet_…_to_q``) -> the LoRA layer of
+    ``adapter_name`` attached there."""
+    named: dict[str, LoraLayer] = {}
+    if unet is not None:
+        config = unet.config
+        has_attention = ["CrossAttn" in kind for kind in config.up_block_types]
+        for name, module in lora_modules(unet, adapter_name).items():
+            if family == "sdxl":
+                name = sdxl_unet_name_to_ldm(name, config.layers_per_block, has_attention)
+            named["lora_unet_" + name.replace(".", "_")] = module
+    prefixes = ["lora_te1_", "lora_te2_"] if family == "sdxl" else ["lora_te_"]
+    for prefix, encoder in zip(prefixes, text_encoders, strict=False):
+        for name, module in lora_modules(encoder, adapter_name).items():
+            named[prefix + _text_encoder_name(name).replace(".", "_")] = module
+    return named
+
+
 def kohya_state_dict(
     family: str,
     unet: UNet2DConditionModel | None,
@@ -81,21 +104,8 @@ def kohya_state_dict(
     dtype: torch.dtype = torch.float16,
 ) -> dict[str, torch.Tensor]:
     """kohya-format tensors for the adapters attached to ``unet`` and the text encoders."""
-    named: dict[str, LoraLayer] = {}
-    if unet is not None:
-        config = unet.config
-        has_attention = ["CrossAttn" in kind for kind in config.up_block_types]
-        for name, module in lora_modules(unet).items():
-            if family == "sdxl":
-                name = sdxl_unet_name_to_ldm(name, config.layers_per_block, has_attention)
-            named["lora_unet_" + name.replace(".", "_")] = module
-    prefixes = ["lora_te1_", "lora_te2_"] if family == "sdxl" else ["lora_te_"]
-    for prefix, encoder in zip(prefixes, text_encoders, strict=False):
-        for name, module in lora_modules(encoder).items():
-            named[prefix + _text_encoder_name(name).replace(".", "_")] = module
-
     tensors: dict[str, torch.Tensor] = {}
-    for key, module in sorted(named.items()):
+    for key, module in sorted(kohya_named_modules(family, unet, text_encoders).items()):
         down = _adapter_weight(module.lora_A)
         up = _adapter_weight(module.lora_B)
         tensors[f"{key}.lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()

@@ -159,10 +159,19 @@ def _text(value: Any) -> str:
 
 def serialize_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """The file bytes, with the additional-networks hashes kohya precomputes over ``ss_*`` only."""
+    model_hash, legacy_hash = addnet_hashes(tensors, metadata)
+    full = {**metadata, "sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash}
+    return safetensors.torch.save(tensors, full)
+
+
+def addnet_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
+    """``(sshs_model_hash, sshs_legacy_hash)`` as kohya's ``precalculate_safetensors_hashes``: both
+    over the file saved with its ``ss_*`` metadata only, so other metadata (titles, thumbnails) can
+    change without changing them. The model hash covers the tensor bytes alone; the legacy one
+    (A1111's old 8-digit hash, 64 KiB at offset 1 MiB) also sees the header's length."""
     training_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
     hashed = safetensors.torch.save(tensors, training_only)
-    full = {**metadata, "sshs_model_hash": _addnet_hash(hashed), "sshs_legacy_hash": _addnet_legacy_hash(hashed)}
-    return safetensors.torch.save(tensors, full)
+    return _addnet_hash(hashed), _addnet_legacy_hash(hashed)
 
 
 def _addnet_hash(data: bytes) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,7 @@ class PreviewSettings:
         return [self.seed + index for index in range(self.count)]
 
 
-def _pipeline(model: BaseModel, sampler: str) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+def build_pipeline(model: BaseModel, sampler: str) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     scheduler = make_scheduler(sampler, model.scheduler_config)
     if model.family == "sd15":
         pipe = StableDiffusionPipeline(
@@ -62,9 +63,15 @@ def _pipeline(model: BaseModel, sampler: str) -> StableDiffusionPipeline | Stabl
 
 
 @torch.no_grad()
-def render_previews(model: BaseModel, settings: PreviewSettings) -> list[Image.Image]:
-    """``count`` images; image k uses seed ``seed + k`` so epochs can be compared picture by picture."""
-    pipe = _pipeline(model, settings.sampler)
+def render_previews(
+    model: BaseModel, settings: PreviewSettings, on_image: Callable[[int, Image.Image], None] | None = None
+) -> list[Image.Image]:
+    """``count`` images; image k uses seed ``seed + k`` so epochs can be compared picture by picture.
+
+    ``on_image(k, image)`` is called as each image is decoded (test generation streams them); an
+    exception it raises stops the rendering.
+    """
+    pipe = build_pipeline(model, settings.sampler)
     positive = encode_prompts(model, [settings.prompt], settings.clip_skip)
     kwargs: dict = {"prompt_embeds": positive.hidden_states}
     if model.family == "sdxl":
@@ -77,8 +84,8 @@ def render_previews(model: BaseModel, settings: PreviewSettings) -> list[Image.I
     else:
         negative = encode_prompts(model, [settings.negative_prompt], settings.clip_skip)
         kwargs["negative_prompt_embeds"] = negative.hidden_states
-    images = []
-    for seed in settings.seeds():
+    images: list[Image.Image] = []
+    for index, seed in enumerate(settings.seeds()):
         # CPU generator: the same seed gives the same preview on any device.
         generator = torch.Generator().manual_seed(seed)
         if "noise_sampler_seed" in pipe.scheduler.config:
@@ -89,6 +96,8 @@ def render_previews(model: BaseModel, settings: PreviewSettings) -> list[Image.I
             height=settings.height, generator=generator, output_type="latent", **kwargs,
         ).images
         images.append(_decode(pipe, latents))
+        if on_image is not None:
+            on_image(index, images[-1])
     return images
 
 
