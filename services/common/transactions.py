@@ -87,9 +87,11 @@ class Transactions:
 
     async def idempotent(self, method: str, request: Message, response_type: type[MessageT],
                          work: Callable[[Connection, str], MessageT], *, fingerprint: str | None = None,
-                         replaced: Sequence[str] = ()) -> MessageT:
+                         replaced: Sequence[str] = (), written: Sequence[str] = ()) -> MessageT:
         """Run `work(conn, tenant)` once per request_id. `replaced` (filled in by `work`) names the
-        objects the records it changes no longer point at: they are deleted once it has committed."""
+        objects the records it changes no longer point at: they are deleted once it has committed;
+        `written` were stored for the records it adds: deleted unless it commits (a replayed retry
+        commits too, so objects a retry wrote under new names must not be listed here)."""
         tenant = current_tenant()
         request_id: str = request.request_id  # type: ignore[attr-defined]
         check_request_id(request_id)
@@ -103,7 +105,7 @@ class Transactions:
             self.keys.remember(conn, tenant, method, request_id, digest, response)
             return response
 
-        return await self.commit(transaction, replaced=replaced)
+        return await self.commit(transaction, replaced=replaced, written=written)
 
     async def commit(self, work: Callable[[Connection], T], *, written: Sequence[str] = (),
                      replaced: Sequence[str] = ()) -> T:

@@ -4,6 +4,8 @@
     trainingJobs/{job}/epochs/{n}/previews/{k}   -> trainingJobs/{job}/epochs/{n}/previews/{k}.png
     trainingJobs/{job}/steps/{s}/lora            -> trainingJobs/{job}/steps/{s}/lora.safetensors
     trainingJobs/{job}/steps/{s}/previews/{k}    -> trainingJobs/{job}/steps/{s}/previews/{k}.png
+    models/{model}/lora                          -> models/{model}/lora.safetensors
+    models/{model}/images/{k}                    -> models/{model}/images/{k}.png
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from services.common import object_keys
 from services.common.errors import invalid_field
 
+_MODEL_NAME = re.compile(r"^models/([0-9a-f]{1,32})/(lora|images/([0-9]{1,3}))$")
 _NAME = re.compile(r"^trainingJobs/([0-9a-f]{1,32})/(epochs|steps)/([0-9]{1,12})/(lora|previews/([0-9]{1,3}))$")
 LORA_TYPE = "application/octet-stream"
 PNG_TYPE = "image/png"
@@ -21,19 +24,36 @@ PNG_TYPE = "image/png"
 
 @dataclass(frozen=True)
 class ArtifactRef:
+    # The artifact belongs to a training job (job_id) or to a published model (model_id).
     job_id: str
+    model_id: str
     key: str
     content_type: str
 
 
 def parse_artifact(name: str, field: str = "name") -> ArtifactRef:
+    model = _MODEL_NAME.match(name)
+    if model is not None:
+        model_id, what, index = model.groups()
+        return ArtifactRef("", model_id, model_key(model_id, None if index is None else int(index)),
+                           LORA_TYPE if what == "lora" else PNG_TYPE)
     match = _NAME.match(name)
     if match is None:
         raise invalid_field(field, "an artifact's name: trainingJobs/{job}/epochs/{n}/lora, "
-                                   "trainingJobs/{job}/epochs/{n}/previews/{k} (or steps/{s}/...)")
+                                   "trainingJobs/{job}/epochs/{n}/previews/{k} (or steps/{s}/...), "
+                                   "models/{model}/lora or models/{model}/images/{k}")
     job_id, kind, number, what, index = match.groups()
-    return ArtifactRef(job_id, object_key(job_id, kind, int(number), None if index is None else int(index)),
+    return ArtifactRef(job_id, "", object_key(job_id, kind, int(number), None if index is None else int(index)),
                        LORA_TYPE if what == "lora" else PNG_TYPE)
+
+
+def model_key(model_id: str, image: int | None = None) -> str:
+    base = object_keys.model_prefix(model_id)
+    return base + ("lora.safetensors" if image is None else f"images/{image}.png")
+
+
+def model_artifact_name(model_id: str, image: int | None = None) -> str:
+    return f"models/{model_id}/" + ("lora" if image is None else f"images/{image}")
 
 
 def object_key(job_id: str, kind: str, number: int, preview: int | None) -> str:

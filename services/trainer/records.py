@@ -147,3 +147,25 @@ def delete_job_records(conn: Connection, job_id: str) -> None:
     for table in (schema.training_events, schema.training_metrics, schema.training_results):
         conn.execute(table.delete().where(table.c.job_id == job_id))
     conn.execute(schema.training_jobs.delete().where(j.id == job_id))
+
+
+MODEL_PREFIX = "models/"
+VISIBILITY_TO_DB = {1: "private", 2: "tenant", 3: "public"}
+VISIBILITY_FROM_DB = {v: k for k, v in VISIBILITY_TO_DB.items()}
+
+
+def parse_model(name: str, field: str = "name") -> str:
+    model_id = name.removeprefix(MODEL_PREFIX)
+    if not name.startswith(MODEL_PREFIX) or not model_id or len(model_id) > 32 or not set(model_id) <= _ID_CHARS:
+        raise invalid_field(field, "a model's name: models/{id}")
+    return model_id
+
+
+def get_model(conn: Connection, tenant: str, model_id: str) -> Row[Any]:
+    """The tenant's model, or any tenant's public one; others are as absent as a missing one."""
+    m = schema.models.c
+    row = conn.execute(sa.select(schema.models).where(
+        m.id == model_id, sa.or_(m.tenant == tenant, m.visibility == "public"))).first()
+    if row is None:
+        raise not_found(MODEL_PREFIX + model_id, "model")
+    return row

@@ -105,4 +105,27 @@ training_workers = sa.Table(
     sa.Column("last_seen", Timestamp, nullable=False),
 )
 
+# Published models (migration 0002): one saved epoch of a job, with its publish metadata.
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("trigger_words", sa.JSON, nullable=False),
+    sa.Column("visibility", sa.String(8), nullable=False),
+    sa.Column("job_id", sa.String(32), nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("base_model", sa.String(64), nullable=False),
+    sa.Column("family", sa.String(8), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    # Preview indexes copied as showcase images (models/{id}/images/{k}.png).
+    sa.Column("showcase", sa.JSON, nullable=False),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.UniqueConstraint("tenant", "display_name", name="uq_models_tenant_display_name"),
+    sa.Index("ix_models_visibility", "visibility"),
+)
+
 request_ids = idempotency_table(metadata, "trainer_request_ids")

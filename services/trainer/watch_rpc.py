@@ -25,7 +25,7 @@ from services.common.errors import (
 )
 from services.common.objectstore import ObjectNotFound
 from services.trainer import records, schema
-from services.trainer.artifacts import parse_artifact
+from services.trainer.artifacts import ArtifactRef, parse_artifact
 from services.trainer.event_hub import woken
 from services.trainer.service_base import TrainerBase
 
@@ -127,13 +127,20 @@ class WatchRpcs(TrainerBase):
 
         return await self._tx.idempotent("SendTrainingControl", request, pb.SendTrainingControlResponse, work)
 
+    async def _check_owner(self, ref: ArtifactRef) -> None:
+        """The artifact's job or model is the caller's (or the model is public)."""
+        tenant = current_tenant()
+        if ref.job_id:
+            await self._tx.run(lambda conn: records.get_job(conn, tenant, ref.job_id), read_only=True)
+        else:
+            await self._tx.run(lambda conn: records.get_model(conn, tenant, ref.model_id), read_only=True)
+
     @stream_errors
     async def ReadArtifact(self, request: pb.ReadArtifactRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReadArtifactResponse]:
         request = parsed(request)
         ref = parse_artifact(request.name)
-        tenant = current_tenant()
-        await self._tx.run(lambda conn: records.get_job(conn, tenant, ref.job_id), read_only=True)
+        await self._check_owner(ref)
         try:
             chunks = await self._tx.objects.run(lambda: list(self._store.iter_chunks(ref.key, READ_CHUNK)))
         except ObjectNotFound:
@@ -148,8 +155,7 @@ class WatchRpcs(TrainerBase):
                              context: grpc.aio.ServicerContext) -> pb.GetArtifactUrlResponse:
         request = parsed(request)
         ref = parse_artifact(request.name)
-        tenant = current_tenant()
-        await self._tx.run(lambda conn: records.get_job(conn, tenant, ref.job_id), read_only=True)
+        await self._check_owner(ref)
         if not await self._tx.objects.run(self._store.exists, ref.key):
             raise not_found(request.name, "artifact")
         ttl = dt.timedelta(seconds=self._settings.artifact_url_ttl_seconds)

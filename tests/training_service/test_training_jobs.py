@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import pytest
 import safetensors.torch
 
 from kiln.v1 import trainer_pb2 as pb
 from services.common.errors import status_details
+from services.trainer.engine.generation import GenerationRequest, generate
+from services.trainer.engine.model_store import ModelStore
+from services.trainer.engine.publishing import read_metadata
 from tests.training_service.conftest import Tenant, database_of
 
 State = pb.TrainingJob.State
@@ -119,3 +124,48 @@ def test_another_tenants_job_does_not_exist(tenant, other_tenant):
         other_tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     tenant.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+
+
+def test_publish_an_epoch_download_it_and_load_it_in_diffusers(tenant, other_tenant, worker, models_dir):
+    dataset = tenant.dataset()
+    job = tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name, epochs=1)))
+    assert watch_all(tenant, job.name)[-1].finished.state == State.STATE_SUCCEEDED
+    spec = pb.Model(display_name="Cat v1", description="a cat, for tests", training_job=job.name, epoch=1,
+                    showcase_previews=[2, 0], visibility=pb.Model.Visibility.VISIBILITY_PUBLIC)
+    model = tenant.trainer.CreateModel(pb.CreateModelRequest(model=spec, request_id="publish-1"))
+    assert model.name.startswith("models/") and model.trigger_words == ["mytrigger"]
+    assert [a.name for a in model.showcase] == [f"{model.name}/images/0", f"{model.name}/images/1"]
+    assert tenant.trainer.CreateModel(pb.CreateModelRequest(model=spec, request_id="publish-1")) == model
+
+    data = b"".join(c.chunk for c in list(tenant.trainer.ReadArtifact(pb.ReadArtifactRequest(
+        name=model.file.name)))[1:])
+    metadata = read_metadata(data)
+    assert metadata["modelspec.title"] == "Cat v1" and metadata["modelspec.trigger_phrase"] == "mytrigger"
+    assert metadata["modelspec.description"] == "a cat, for tests"
+    assert metadata["modelspec.thumbnail"].startswith("data:image/jpeg;base64,")
+    # The published file is a LoRA diffusers applies in full (the engine checks every module took).
+    request = GenerationRequest(base_model="tiny-sd15", prompt="mytrigger, pose0", lora=data, steps=2, seed=3)
+    with_lora = generate(request, ModelStore(models_dir))[0]
+    without = generate(dataclasses.replace(request, strength=0.0), ModelStore(models_dir))[0]
+    assert with_lora.tobytes() != without.tobytes()
+
+    # Public: another tenant sees it, but can't delete it.
+    assert other_tenant.trainer.GetModel(pb.GetModelRequest(name=model.name)).display_name == "Cat v1"
+    listed = other_tenant.trainer.ListModels(pb.ListModelsRequest(include_public=True)).models
+    assert model.name in [m.name for m in listed]
+    assert not other_tenant.trainer.ListModels(pb.ListModelsRequest()).models
+    with pytest.raises(grpc.RpcError) as caught:
+        other_tenant.trainer.DeleteModel(pb.DeleteModelRequest(name=model.name))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    with pytest.raises(grpc.RpcError) as caught:
+        tenant.trainer.CreateModel(pb.CreateModelRequest(model=spec))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    missing = pb.Model(display_name="Cat v9", training_job=job.name, epoch=9)
+    with pytest.raises(grpc.RpcError) as caught:
+        tenant.trainer.CreateModel(pb.CreateModelRequest(model=missing))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    tenant.trainer.DeleteModel(pb.DeleteModelRequest(name=model.name))
+    with pytest.raises(grpc.RpcError) as caught:
+        tenant.trainer.GetModel(pb.GetModelRequest(name=model.name))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1799,3 +1799,229 @@ class GetArtifactUrlResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetArtifactUrlResponse: _TypeAlias = GetArtifactUrlResponse  # noqa: Y015
+
+@_typing.final
+class Model(_message.Message):
+    """---------------------------------------------------------------- published models"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Visibility:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _VisibilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Model._Visibility.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        VISIBILITY_UNSPECIFIED: Model._Visibility.ValueType  # 0
+        VISIBILITY_PRIVATE: Model._Visibility.ValueType  # 1
+        """Only the API keys of its owner (the gateway tells keys apart)."""
+        VISIBILITY_TENANT: Model._Visibility.ValueType  # 2
+        """Everyone of its tenant."""
+        VISIBILITY_PUBLIC: Model._Visibility.ValueType  # 3
+        """Everyone: listed and downloadable by every tenant."""
+
+    class Visibility(_Visibility, metaclass=_VisibilityEnumTypeWrapper): ...
+    VISIBILITY_UNSPECIFIED: Model.Visibility.ValueType  # 0
+    VISIBILITY_PRIVATE: Model.Visibility.ValueType  # 1
+    """Only the API keys of its owner (the gateway tells keys apart)."""
+    VISIBILITY_TENANT: Model.Visibility.ValueType  # 2
+    """Everyone of its tenant."""
+    VISIBILITY_PUBLIC: Model.Visibility.ValueType  # 3
+    """Everyone: listed and downloadable by every tenant."""
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TRIGGER_WORDS_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    TRAINING_JOB_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    SHOWCASE_PREVIEWS_FIELD_NUMBER: _builtins.int
+    SHOWCASE_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
+    FAMILY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`models/{id}`."""
+    display_name: _builtins.str
+    """Unique within the tenant; also the file's `ss_output_name` and `modelspec.title`."""
+    description: _builtins.str
+    visibility: Global___Model.Visibility.ValueType
+    training_job: _builtins.str
+    """`trainingJobs/{job}`: the job, and which of its saved epochs."""
+    epoch: _builtins.int
+    base_model: _builtins.str
+    """`baseModels/{id}`."""
+    family: _dataset_pb2.ModelFamily.ValueType
+    @_builtins.property
+    def trigger_words(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Unset: the dataset's head tags (the first tag of the training captions)."""
+
+    @_builtins.property
+    def showcase_previews(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Indexes of the epoch's previews to show (default: all of them)."""
+
+    @_builtins.property
+    def showcase(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
+        """`models/{id}/images/{k}`."""
+
+    @_builtins.property
+    def file(self) -> Global___Artifact:
+        """`models/{id}/lora`: the published file."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        trigger_words: _abc.Iterable[_builtins.str] | None = ...,
+        visibility: Global___Model.Visibility.ValueType = ...,
+        training_job: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        showcase_previews: _abc.Iterable[_builtins.int] | None = ...,
+        showcase: _abc.Iterable[Global___Artifact] | None = ...,
+        file: Global___Artifact | None = ...,
+        base_model: _builtins.str = ...,
+        family: _dataset_pb2.ModelFamily.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "epoch", b"epoch", "family", b"family", "file", b"file", "name", b"name", "showcase", b"showcase", "showcase_previews", b"showcase_previews", "training_job", b"training_job", "trigger_words", b"trigger_words", "visibility", b"visibility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class CreateModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def model(self) -> Global___Model: ...
+    def __init__(
+        self,
+        *,
+        model: Global___Model | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateModelRequest: _TypeAlias = CreateModelRequest  # noqa: Y015
+
+@_typing.final
+class GetModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelRequest: _TypeAlias = GetModelRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_PUBLIC_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1..100, default 20."""
+    page_token: _builtins.str
+    include_public: _builtins.bool
+    """Also other tenants' public models."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        include_public: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_public", b"include_public", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___Model] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelRequest: _TypeAlias = DeleteModelRequest  # noqa: Y015
+
+@_typing.final
+class DeleteModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelResponse: _TypeAlias = DeleteModelResponse  # noqa: Y015

@@ -115,6 +115,26 @@ class TrainerServiceStub:
                 request_serializer=kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlRequest.SerializeToString,
                 response_deserializer=kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlResponse.FromString,
                 _registered_method=True)
+        self.CreateModel = channel.unary_unary(
+                '/kiln.v1.TrainerService/CreateModel',
+                request_serializer=kiln_dot_v1_dot_trainer__pb2.CreateModelRequest.SerializeToString,
+                response_deserializer=kiln_dot_v1_dot_trainer__pb2.Model.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/kiln.v1.TrainerService/GetModel',
+                request_serializer=kiln_dot_v1_dot_trainer__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=kiln_dot_v1_dot_trainer__pb2.Model.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/kiln.v1.TrainerService/ListModels',
+                request_serializer=kiln_dot_v1_dot_trainer__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=kiln_dot_v1_dot_trainer__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/kiln.v1.TrainerService/DeleteModel',
+                request_serializer=kiln_dot_v1_dot_trainer__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=kiln_dot_v1_dot_trainer__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -228,6 +248,34 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateModel(self, request, context):
+        """Publishes one saved epoch of a job as a model: its LoRA file with the
+        name, description and trigger words in its metadata, and showcase images
+        picked from the epoch's previews. A tenant's model names are unique.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """The tenant's own models, and public ones of any tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -305,6 +353,26 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.GetArtifactUrl,
                     request_deserializer=kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlRequest.FromString,
                     response_serializer=kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlResponse.SerializeToString,
+            ),
+            'CreateModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateModel,
+                    request_deserializer=kiln_dot_v1_dot_trainer__pb2.CreateModelRequest.FromString,
+                    response_serializer=kiln_dot_v1_dot_trainer__pb2.Model.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=kiln_dot_v1_dot_trainer__pb2.GetModelRequest.FromString,
+                    response_serializer=kiln_dot_v1_dot_trainer__pb2.Model.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=kiln_dot_v1_dot_trainer__pb2.ListModelsRequest.FromString,
+                    response_serializer=kiln_dot_v1_dot_trainer__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=kiln_dot_v1_dot_trainer__pb2.DeleteModelRequest.FromString,
+                    response_serializer=kiln_dot_v1_dot_trainer__pb2.DeleteModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -718,6 +786,114 @@ class TrainerService:
             '/kiln.v1.TrainerService/GetArtifactUrl',
             kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlRequest.SerializeToString,
             kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.v1.TrainerService/CreateModel',
+            kiln_dot_v1_dot_trainer__pb2.CreateModelRequest.SerializeToString,
+            kiln_dot_v1_dot_trainer__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.v1.TrainerService/GetModel',
+            kiln_dot_v1_dot_trainer__pb2.GetModelRequest.SerializeToString,
+            kiln_dot_v1_dot_trainer__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.v1.TrainerService/ListModels',
+            kiln_dot_v1_dot_trainer__pb2.ListModelsRequest.SerializeToString,
+            kiln_dot_v1_dot_trainer__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.v1.TrainerService/DeleteModel',
+            kiln_dot_v1_dot_trainer__pb2.DeleteModelRequest.SerializeToString,
+            kiln_dot_v1_dot_trainer__pb2.DeleteModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

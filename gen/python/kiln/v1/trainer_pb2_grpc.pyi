@@ -69,6 +69,15 @@ class TrainerServiceStub:
     ReadArtifact: _grpc.UnaryStreamMultiCallable[_trainer_pb2.ReadArtifactRequest, _trainer_pb2.ReadArtifactResponse]
     """Server stream: one metadata message, then chunks."""
     GetArtifactUrl: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetArtifactUrlRequest, _trainer_pb2.GetArtifactUrlResponse]
+    CreateModel: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CreateModelRequest, _trainer_pb2.Model]
+    """Publishes one saved epoch of a job as a model: its LoRA file with the
+    name, description and trigger words in its metadata, and showcase images
+    picked from the epoch's previews. A tenant's model names are unique.
+    """
+    GetModel: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetModelRequest, _trainer_pb2.Model]
+    """The tenant's own models, and public ones of any tenant."""
+    ListModels: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListModelsRequest, _trainer_pb2.ListModelsResponse]
+    DeleteModel: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.DeleteModelRequest, _trainer_pb2.DeleteModelResponse]
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -111,6 +120,15 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     ReadArtifact: _aio.UnaryStreamMultiCallable[_trainer_pb2.ReadArtifactRequest, _trainer_pb2.ReadArtifactResponse]  # type: ignore[assignment]
     """Server stream: one metadata message, then chunks."""
     GetArtifactUrl: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetArtifactUrlRequest, _trainer_pb2.GetArtifactUrlResponse]  # type: ignore[assignment]
+    CreateModel: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CreateModelRequest, _trainer_pb2.Model]  # type: ignore[assignment]
+    """Publishes one saved epoch of a job as a model: its LoRA file with the
+    name, description and trigger words in its metadata, and showcase images
+    picked from the epoch's previews. A tenant's model names are unique.
+    """
+    GetModel: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetModelRequest, _trainer_pb2.Model]  # type: ignore[assignment]
+    """The tenant's own models, and public ones of any tenant."""
+    ListModels: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListModelsRequest, _trainer_pb2.ListModelsResponse]  # type: ignore[assignment]
+    DeleteModel: _aio.UnaryUnaryMultiCallable[_trainer_pb2.DeleteModelRequest, _trainer_pb2.DeleteModelResponse]  # type: ignore[assignment]
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The trainer service: base models and presets, the training queue, live
@@ -240,5 +258,38 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.GetArtifactUrlRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.GetArtifactUrlResponse, _abc.Awaitable[_trainer_pb2.GetArtifactUrlResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateModel(
+        self,
+        request: _trainer_pb2.CreateModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.Model, _abc.Awaitable[_trainer_pb2.Model]]:
+        """Publishes one saved epoch of a job as a model: its LoRA file with the
+        name, description and trigger words in its metadata, and showcase images
+        picked from the epoch's previews. A tenant's model names are unique.
+        """
+
+    @_abc_1.abstractmethod
+    def GetModel(
+        self,
+        request: _trainer_pb2.GetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.Model, _abc.Awaitable[_trainer_pb2.Model]]:
+        """The tenant's own models, and public ones of any tenant."""
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _trainer_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ListModelsResponse, _abc.Awaitable[_trainer_pb2.ListModelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteModel(
+        self,
+        request: _trainer_pb2.DeleteModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.DeleteModelResponse, _abc.Awaitable[_trainer_pb2.DeleteModelResponse]]: ...
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
