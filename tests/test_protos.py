@@ -79,7 +79,7 @@ def test_every_resource_names_itself_with_an_identifier_field():
     assert resources == {"Dataset": "kiln.dev/Dataset", "Image": "kiln.dev/Image",
                          "ImageUpload": "kiln.dev/ImageUpload", "Snapshot": "kiln.dev/Snapshot",
                          "Tagger": "kiln.dev/Tagger", "BaseModel": "kiln.dev/BaseModel",
-                         "Preset": "kiln.dev/Preset", "TrainingJob": "kiln.dev/TrainingJob"}
+                         "Preset": "kiln.dev/Preset", "TrainingJob": "kiln.dev/TrainingJob", "Model": "kiln.dev/Model"}
     for module in modules:
         for name in resources.keys() & module.DESCRIPTOR.message_types_by_name.keys():
             field = module.DESCRIPTOR.message_types_by_name[name].fields_by_name["name"]
