@@ -146,6 +146,10 @@ def read_events(conn: Connection, job_id: str, after_seq: int, limit: int) -> li
 def delete_job_records(conn: Connection, job_id: str) -> None:
     for table in (schema.training_events, schema.training_metrics, schema.training_results):
         conn.execute(table.delete().where(table.c.job_id == job_id))
+    g = schema.generations.c
+    generation_ids = sa.select(g.id).where(g.job_id == job_id).scalar_subquery()
+    conn.execute(schema.generated_images.delete().where(schema.generated_images.c.generation_id.in_(generation_ids)))
+    conn.execute(schema.generations.delete().where(g.job_id == job_id))
     conn.execute(schema.training_jobs.delete().where(j.id == job_id))
 
 

@@ -128,4 +128,43 @@ models = sa.Table(
     sa.Index("ix_models_visibility", "visibility"),
 )
 
+# Test generations (migration 0003): a second leased queue, claimed ahead of waiting trainings.
+generations = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("job_id", sa.String(32), nullable=False, index=True),
+    # The request_id, or the generation's own id when it came without one.
+    sa.Column("request_key", sa.String(128), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    # A GenerationAssignment without its lease.
+    sa.Column("assignment", sa.LargeBinary, nullable=False),
+    sa.Column("family", sa.String(8), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("due", Timestamp),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("error_status", sa.LargeBinary),
+    sa.Column("claimed_at", Timestamp),
+    sa.Column("lease_id", sa.String(32)),
+    sa.Column("worker", sa.String(128), nullable=False, server_default=""),
+    sa.Column("claims", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sheet", sa.LargeBinary),
+    sa.Column("images", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.Column("update_time", Timestamp, nullable=False),
+    sa.UniqueConstraint("tenant", "request_key", name="uq_generations_tenant_request_key"),
+    sa.Index("ix_generations_queue", "state", "due"),
+)
+
+# The images of a generation as they were reported: GeneratedImage messages, in order.
+generated_images = sa.Table(
+    "generated_images",
+    metadata,
+    sa.Column("generation_id", sa.String(32), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
+
 request_ids = idempotency_table(metadata, "trainer_request_ids")

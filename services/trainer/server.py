@@ -33,6 +33,7 @@ from services.common.transactions import Transactions
 from services.trainer import schema
 from services.trainer.engine.model_store import ModelStore
 from services.trainer.event_hub import QUEUE, EventHub
+from services.trainer.generation_queue import GenerationQueue
 from services.trainer.service_base import TrainerDependencies
 from services.trainer.service_settings import TrainerServiceSettings
 from services.trainer.servicer import TrainerServicer, TrainingWorkerServicer
@@ -78,6 +79,7 @@ class TrainerComponents:
         """Leases that ran out put their jobs back (or fail them), and the queue's figures are sampled."""
         queue = self.deps.queue
         lost = await self.deps.transactions.run(queue.expire_leases)
+        lost += await self.deps.transactions.run(self.deps.generations.expire_leases)
         for job_id in lost:
             self.deps.hub.notify(job_id)
         if lost:
@@ -116,7 +118,8 @@ async def build_trainer(settings: TrainerServiceSettings, store: ObjectStore,
                        max_running_per_tenant=settings.max_running_jobs_per_tenant,
                        worker_seen=dt.timedelta(seconds=settings.worker_seen_seconds))
     deps = TrainerDependencies(transactions, store, settings, PageTokens.from_settings(settings), TrainingQueue(rules),
-                               ModelStore(settings.models_dir), SnapshotSource(channel), EventHub())
+                               ModelStore(settings.models_dir), SnapshotSource(channel), EventHub(),
+                               GenerationQueue(rules.lease, settings.training_max_attempts))
     return TrainerComponents(settings, deps, TrainerServicer(deps), TrainingWorkerServicer(deps), credential,
                              observability)
 

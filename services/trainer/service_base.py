@@ -15,6 +15,7 @@ from services.common.pagination import PageTokens
 from services.common.transactions import Transactions
 from services.trainer.engine.model_store import ModelStore
 from services.trainer.event_hub import EventHub
+from services.trainer.generation_queue import GenerationQueue
 from services.trainer.service_settings import TrainerServiceSettings
 from services.trainer.snapshot_source import SnapshotSource
 from services.trainer.training_queue import TrainingQueue
@@ -32,6 +33,7 @@ class TrainerDependencies:
     models: ModelStore
     snapshots: SnapshotSource
     hub: EventHub
+    generations: GenerationQueue
 
 
 class TrainerBase:

@@ -24,8 +24,9 @@ from services.common.errors import (
 from services.common.object_keys import training_job_prefix
 from services.trainer import records, schema
 from services.trainer.event_hub import QUEUE, woken
+from services.trainer.generation_rpc import generation_assignment
 from services.trainer.service_base import TrainerBase
-from services.trainer.training_queue import failure_status
+from services.trainer.training_queue import FAMILY_OF, failure_status
 
 j = schema.training_jobs.c
 Outcome = wpb.FinishTrainingJobRequest.Outcome
@@ -48,6 +49,11 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
         with self._hub.subscribe(QUEUE) as wake:
             while True:
                 lease_id = records.new_id()
+                generation = await self._tx.run(functools.partial(self._claim_generation, request=request,
+                                                                  lease_id=lease_id))
+                if generation is not None:
+                    return wpb.ClaimTrainingJobResponse(generation=generation_assignment(
+                        generation, lease_id, self._queue.rules.lease.total_seconds()))
                 claimed = await self._tx.run(functools.partial(self._claim, request=request, lease_id=lease_id))
                 if claimed is not None:
                     self._hub.notify(claimed.id)
@@ -62,6 +68,11 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
         _seen(conn, request.worker_id, request.capabilities)
         claimed = self._queue.claim(conn, request.worker_id, request.capabilities, lease_id)
         return claimed.row if claimed is not None else None
+
+    def _claim_generation(self, conn: Connection, request: wpb.ClaimTrainingJobRequest,
+                          lease_id: str) -> Row[Any] | None:
+        families = {FAMILY_OF[f] for f in request.capabilities.families if f in FAMILY_OF}
+        return self._deps.generations.claim(conn, request.worker_id, families, lease_id)
 
     def _assignment(self, row: Row[Any], lease_id: str) -> wpb.TrainingAssignment:
         return wpb.TrainingAssignment(

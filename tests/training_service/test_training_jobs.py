@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import grpc
 import pytest
 import safetensors.torch
+from PIL import Image
 
 from kiln.v1 import trainer_pb2 as pb
 from services.common.errors import status_details
@@ -169,3 +171,43 @@ def test_publish_an_epoch_download_it_and_load_it_in_diffusers(tenant, other_ten
     with pytest.raises(grpc.RpcError) as caught:
         tenant.trainer.GetModel(pb.GetModelRequest(name=model.name))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_test_generation_and_a_comparison_grid_run_on_the_worker(tenant, worker):
+    dataset = tenant.dataset()
+    job = tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
+    assert watch_all(tenant, job.name)[-1].finished.state == State.STATE_SUCCEEDED
+
+    single = pb.GenerateImagesRequest(training_job=job.name, epochs=[2], strengths=[0.8], prompts=["mytrigger"],
+                                      seed=11, steps=3, count=2, request_id="try-1")
+    answers = list(tenant.trainer.GenerateImages(single, timeout=300))
+    images = [a.image for a in answers if a.HasField("image")]
+    assert [(i.index, i.seed, i.epoch, i.strength) for i in images] == [(0, 11, 2, 0.8), (1, 12, 2, 0.8)]
+    pictures = [read_png(tenant, i.image.name) for i in images]
+    assert pictures[0].size == (64, 64) and pictures[0].tobytes() != pictures[1].tobytes()
+    # The same request_id follows the same run: the same images, not new ones.
+    again = [a.image for a in tenant.trainer.GenerateImages(single, timeout=300) if a.HasField("image")]
+    assert again == images
+
+    grid = pb.GenerateImagesRequest(training_job=job.name, epochs=[0, 1, 2], strengths=[0.5, 1.0], steps=2)
+    answers = list(tenant.trainer.GenerateImages(grid, timeout=300))
+    cells = [(a.image.row, a.image.column) for a in answers if a.HasField("image")]
+    assert sorted(cells) == [(r, c) for r in range(3) for c in range(2)]
+    assert answers[-1].HasField("sheet")
+    sheet = read_png(tenant, answers[-1].sheet.name)
+    assert sheet.width > 2 * 64 and sheet.height > 3 * 64
+
+    with pytest.raises(grpc.RpcError) as caught:
+        list(tenant.trainer.GenerateImages(pb.GenerateImagesRequest(training_job=job.name, epochs=[9])))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as caught:
+        list(tenant.trainer.GenerateImages(pb.GenerateImagesRequest(training_job=job.name, steps=-1,
+                                                                    strengths=[1.0, 0.5], prompts=["a", "b"])))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, violations = status_details(caught.value)
+    assert {"steps", "prompts"} <= {v.field for v in violations}
+
+
+def read_png(tenant: Tenant, name: str) -> Image.Image:
+    chunks = list(tenant.trainer.ReadArtifact(pb.ReadArtifactRequest(name=name)))
+    return Image.open(io.BytesIO(b"".join(c.chunk for c in chunks[1:])))

@@ -41,19 +41,37 @@ def child_main(conn: Connection, models_dir: str, s3_settings: Any) -> None:
     memory = (torch.cuda.get_device_properties(0).total_memory if device == "cuda"
               else psutil.virtual_memory().total)
     conn.send(("ready", {"device": device, "memory_bytes": int(memory)}))
-    try:
-        message = conn.recv()
-    except EOFError:
-        os._exit(0)
-    if message[0] != "job":
-        os._exit(0)
-    spec = message[1]
     store = ObjectStore(s3_settings)
     lock = threading.Lock()
 
     def send(item: tuple[Any, ...]) -> None:
         with lock:
             conn.send(item)
+
+    generations: Any = None  # the loaded-model cache, kept between test generations
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            os._exit(0)
+        if message[0] == "generate":
+            from services.trainer.engine.generation import GenerationCache
+            from services.trainer.engine.model_store import ModelStore
+
+            if generations is None:
+                generations = GenerationCache(ModelStore(models_dir), device=device)
+            send(run_generation(message[1], store, generations, send))
+            continue
+        if message[0] != "job":
+            os._exit(0)
+        break
+    if generations is not None:
+        # The training gets the device to itself: the test models go first.
+        generations.clear()
+        generations = None
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    spec = message[1]
 
     controls = JobControls()
     threading.Thread(target=_listen, args=(conn, controls), daemon=True, name="worker-pipe").start()
@@ -135,6 +153,57 @@ def run_job(spec: dict[str, Any], store: Any, models_dir: str, send: Send,
     except Exception as exc:
         return "RETRY", f"{type(exc).__name__}: {exc}"
     return "SUCCEEDED", ""
+
+
+def run_generation(spec: dict[str, Any], store: Any, cache: Any, send: Send) -> tuple[Any, ...]:
+    """One test generation: each image written and announced as it is done, then the sheet of a
+    grid. Returns the final message, ("generated", sheet) or ("generation_failed", why)."""
+    import dataclasses as dc
+
+    from services.trainer.engine.errors import InvalidGenerationRequest, LoraIncompatible
+    from services.trainer.engine.generation import GenerationRequest, comparison_grid, generate
+    from services.trainer.engine.previews import png_bytes
+
+    cells = spec["cells"]
+    loras = {key: store.get_bytes(key) for key in {c["lora_key"] for c in cells if c["lora_key"]}}
+    first = cells[0]
+    request = GenerationRequest(
+        base_model=spec["base_model"], prompt=first["prompt"], strength=first["strength"],
+        lora=loras.get(first["lora_key"]), negative_prompt=spec["negative_prompt"], seed=spec["seed"],
+        sampler=spec["sampler"], steps=spec["steps"], cfg_scale=spec["cfg_scale"], width=spec["width"] or None,
+        height=spec["height"] or None, count=spec["count"], clip_skip=spec["clip_skip"])
+    written = [0]
+
+    def emit(row: int, column: int, index: int, image: Any) -> None:
+        key = f"{spec['output_prefix']}images/{written[0]}.png"
+        store.put_bytes(key, png_bytes(image), "image/png")
+        cell = next(c for c in cells if c["row"] == row and c["column"] == column)
+        send(("image", {"number": written[0], "row": row, "column": column, "index": index, "epoch": cell["epoch"],
+                        "strength": cell["strength"], "prompt": cell["prompt"],
+                        "seed": request.seed + (index if len(cells) == 1 else 0), "key": key}))
+        written[0] += 1
+
+    try:
+        if len(cells) == 1:
+            generate(request, store=cache.store, on_image=lambda i, image: emit(0, 0, i, image), cache=cache)
+            return ("generated", None)
+        rows = sorted({c["row"]: c for c in cells}.values(), key=lambda c: c["row"])
+        row_zero = sorted((c for c in cells if c["row"] == 0), key=lambda c: c["column"])
+        by_prompt = len({c["prompt"] for c in row_zero}) > 1
+        grid = comparison_grid(
+            dc.replace(request, count=1), [(label, loras.get(c["lora_key"])) for label, c in
+                                           zip(spec["row_labels"], rows, strict=True)],
+            cache.store, strengths=None if by_prompt else [c["strength"] for c in row_zero],
+            prompts=[c["prompt"] for c in row_zero] if by_prompt else None, cache=cache,
+            on_image=lambda r, c, image: emit(r, c, 0, image))
+        key = f"{spec['output_prefix']}sheet.png"
+        data = png_bytes(grid.sheet)
+        store.put_bytes(key, data, "image/png")
+        return ("generated", {"key": key, "size": len(data)})
+    except (InvalidGenerationRequest, LoraIncompatible) as exc:
+        return ("generation_failed", str(exc))
+    except Exception as exc:
+        return ("generation_failed", f"{type(exc).__name__}: {exc}")
 
 
 class ReportingWriter:

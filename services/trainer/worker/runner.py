@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
 from kiln.v1 import dataset_pb2 as dpb
@@ -133,9 +134,15 @@ class TrainingWorker:
                 capabilities = await asyncio.to_thread(self._capabilities, child, stopping)
                 if capabilities is None:
                     break
-                assignment = await self._claim(capabilities, stop)
-                if assignment is None:
+                claimed = await self._claim(capabilities, stop)
+                if claimed is None:
                     continue
+                if isinstance(claimed, wpb.GenerationAssignment):
+                    # Generations run in the warm process, which stays warm (with its loaded
+                    # models) for the next one; a training there drops them first.
+                    await self._run_generation(claimed, child)
+                    continue
+                assignment = claimed
                 # This one is the job's now. The next job's starts importing at once, beside the
                 # run (a job's process is never reused: nothing of one run may leak into the next).
                 self._child = await asyncio.to_thread(WarmChild, self._settings)
@@ -150,7 +157,7 @@ class TrainingWorker:
                 await asyncio.to_thread(self._child.kill)
 
     async def _claim(self, capabilities: wpb.WorkerCapabilities,
-                     stop: asyncio.Event) -> wpb.TrainingAssignment | None:
+                     stop: asyncio.Event) -> wpb.TrainingAssignment | wpb.GenerationAssignment | None:
         request = wpb.ClaimTrainingJobRequest(worker_id=self._settings.worker_id, capabilities=capabilities,
                                               wait_seconds=self._settings.claim_wait_seconds)
         claim = asyncio.ensure_future(self._stub.ClaimTrainingJob(
@@ -169,7 +176,59 @@ class TrainingWorker:
             log.warning("could not claim a job: %s: %s", err.code().name, err.details())
             await asyncio.sleep(1.0)
             return None
+        if response.HasField("generation"):
+            return response.generation
         return response.assignment if response.HasField("assignment") else None
+
+    async def _run_generation(self, assignment: wpb.GenerationAssignment, child: WarmChild) -> None:
+        spec = json_format.MessageToDict(assignment, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+        spec["seed"] = assignment.seed
+        spec["cells"] = [json_format.MessageToDict(c, preserving_proto_field_name=True,
+                                                   always_print_fields_with_no_presence=True)
+                         for c in assignment.cells]
+        child.send("generate", spec)
+        loop = asyncio.get_running_loop()
+        messages: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+        def read() -> None:
+            while True:
+                try:
+                    message = child.conn.recv()
+                except (EOFError, OSError):
+                    loop.call_soon_threadsafe(messages.put_nowait, ("generation_failed", "the process died"))
+                    return
+                loop.call_soon_threadsafe(messages.put_nowait, message)
+                if message[0] in ("generated", "generation_failed"):
+                    return
+
+        threading.Thread(target=read, daemon=True, name="generation").start()
+        images: list[pb.GeneratedImage] = []
+        job = assignment.generation.split("/generations/")[0]
+        try:
+            while True:
+                message = await messages.get()
+                if message[0] == "image":
+                    fields = message[1]
+                    image = pb.GeneratedImage(
+                        row=fields["row"], column=fields["column"], index=fields["index"], epoch=fields["epoch"],
+                        strength=fields["strength"], prompt=fields["prompt"], seed=fields["seed"],
+                        image=pb.Artifact(name=f"{assignment.generation}/images/{fields['number']}",
+                                          content_type="image/png"))
+                    images.append(image)
+                    await self._call(self._stub.ReportGeneratedImages, wpb.ReportGeneratedImagesRequest(
+                        generation=assignment.generation, lease_id=assignment.lease_id, images=[image]), job)
+                    continue
+                finish = wpb.FinishGenerationRequest(generation=assignment.generation, lease_id=assignment.lease_id)
+                if message[0] == "generated" and message[1] is not None:
+                    finish.sheet.CopyFrom(pb.Artifact(name=f"{assignment.generation}/sheet", content_type="image/png",
+                                                      size_bytes=message[1]["size"]))
+                elif message[0] == "generation_failed":
+                    finish.error.CopyFrom(status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=message[1]))
+                await self._call(self._stub.FinishGeneration, finish, job)
+                return
+        except (LeaseLost, _Unreachable):
+            log.warning("generation abandoned", extra={"fields": {"generation": assignment.generation}})
 
     async def _run_job(self, assignment: wpb.TrainingAssignment, child: WarmChild, stop: asyncio.Event) -> None:
         job_id = assignment.job.removeprefix("trainingJobs/")
@@ -274,13 +333,13 @@ class TrainingWorker:
                     raise LeaseLost(assignment.job) from None
                 await asyncio.sleep(0.5)
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _call(self, method: Any, request: Any, what: str = "") -> Any:
         try:
             return await method(request, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             info, _ = status_details(err)
             if info is not None and info.reason == "LEASE_LOST":
-                raise LeaseLost(request.job) from None
+                raise LeaseLost(what or request.job) from None
             if err.code() in _RETRYABLE:
                 log.warning("the trainer service did not answer: %s", err.code().name)
                 raise _Unreachable() from None

@@ -2025,3 +2025,155 @@ class DeleteModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteModelResponse: _TypeAlias = DeleteModelResponse  # noqa: Y015
+
+@_typing.final
+class GenerateImagesRequest(_message.Message):
+    """---------------------------------------------------------------- test generation"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAINING_JOB_FIELD_NUMBER: _builtins.int
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    STRENGTHS_FIELD_NUMBER: _builtins.int
+    PROMPTS_FIELD_NUMBER: _builtins.int
+    NEGATIVE_PROMPT_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SAMPLER_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    CFG_SCALE_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    training_job: _builtins.str
+    negative_prompt: _builtins.str
+    seed: _builtins.int
+    """Default 1234; image k of a single cell uses seed + k."""
+    sampler: _builtins.str
+    """Default: the job's preview sampler, steps and CFG."""
+    steps: _builtins.int
+    cfg_scale: _builtins.float
+    width: _builtins.int
+    """Default: the training resolution."""
+    height: _builtins.int
+    count: _builtins.int
+    """Images of a single cell, 1..8 (default 1); a grid has one per cell."""
+    request_id: _builtins.str
+    @_builtins.property
+    def epochs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Saved epochs to use, one row each; 0 is the base model alone. Default: the last saved."""
+
+    @_builtins.property
+    def strengths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """LoRA strengths, one column each (default 1.0)."""
+
+    @_builtins.property
+    def prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Prompts, one column each when several (then one strength). Default: the job's preview prompt."""
+
+    def __init__(
+        self,
+        *,
+        training_job: _builtins.str = ...,
+        epochs: _abc.Iterable[_builtins.int] | None = ...,
+        strengths: _abc.Iterable[_builtins.float] | None = ...,
+        prompts: _abc.Iterable[_builtins.str] | None = ...,
+        negative_prompt: _builtins.str = ...,
+        seed: _builtins.int | None = ...,
+        sampler: _builtins.str = ...,
+        steps: _builtins.int = ...,
+        cfg_scale: _builtins.float = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        count: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "cfg_scale", b"cfg_scale", "count", b"count", "epochs", b"epochs", "height", b"height", "negative_prompt", b"negative_prompt", "prompts", b"prompts", "request_id", b"request_id", "sampler", b"sampler", "seed", b"seed", "steps", b"steps", "strengths", b"strengths", "training_job", b"training_job", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+
+Global___GenerateImagesRequest: _TypeAlias = GenerateImagesRequest  # noqa: Y015
+
+@_typing.final
+class GeneratedImage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROW_FIELD_NUMBER: _builtins.int
+    COLUMN_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    row: _builtins.int
+    column: _builtins.int
+    index: _builtins.int
+    """Within a single cell, 0..count-1."""
+    epoch: _builtins.int
+    strength: _builtins.float
+    prompt: _builtins.str
+    seed: _builtins.int
+    @_builtins.property
+    def image(self) -> Global___Artifact:
+        """`trainingJobs/{job}/generations/{g}/images/{k}`."""
+
+    def __init__(
+        self,
+        *,
+        row: _builtins.int = ...,
+        column: _builtins.int = ...,
+        index: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        strength: _builtins.float = ...,
+        prompt: _builtins.str = ...,
+        seed: _builtins.int = ...,
+        image: Global___Artifact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "epoch", b"epoch", "image", b"image", "index", b"index", "prompt", b"prompt", "row", b"row", "seed", b"seed", "strength", b"strength"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeneratedImage: _TypeAlias = GeneratedImage  # noqa: Y015
+
+@_typing.final
+class GenerateImagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUED_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    SHEET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queued(self) -> Global___QueuedEvent:
+        """While the run waits for a worker: where it stands."""
+
+    @_builtins.property
+    def image(self) -> Global___GeneratedImage: ...
+    @_builtins.property
+    def sheet(self) -> Global___Artifact:
+        """Last, for a grid: every image in one labelled sheet
+        (`trainingJobs/{job}/generations/{g}/sheet`).
+        """
+
+    def __init__(
+        self,
+        *,
+        queued: Global___QueuedEvent | None = ...,
+        image: Global___GeneratedImage | None = ...,
+        sheet: Global___Artifact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "image", b"image", "queued", b"queued", "sheet", b"sheet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "image", b"image", "queued", b"queued", "sheet", b"sheet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["queued", "image", "sheet"]  # noqa: Y015
+    _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
+
+Global___GenerateImagesResponse: _TypeAlias = GenerateImagesResponse  # noqa: Y015

@@ -115,6 +115,11 @@ class TrainerServiceStub:
                 request_serializer=kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlRequest.SerializeToString,
                 response_deserializer=kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlResponse.FromString,
                 _registered_method=True)
+        self.GenerateImages = channel.unary_stream(
+                '/kiln.v1.TrainerService/GenerateImages',
+                request_serializer=kiln_dot_v1_dot_trainer__pb2.GenerateImagesRequest.SerializeToString,
+                response_deserializer=kiln_dot_v1_dot_trainer__pb2.GenerateImagesResponse.FromString,
+                _registered_method=True)
         self.CreateModel = channel.unary_unary(
                 '/kiln.v1.TrainerService/CreateModel',
                 request_serializer=kiln_dot_v1_dot_trainer__pb2.CreateModelRequest.SerializeToString,
@@ -248,6 +253,18 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateImages(self, request, context):
+        """Test the model: images from the base model plus saved epochs' LoRAs, at
+        chosen strengths, streamed as each finishes. One epoch and one strength
+        gives `count` images; several epochs (rows) and several strengths or
+        prompts (columns) give a comparison grid for one seed, also as one sheet.
+        It runs on a worker: ahead of waiting trainings, never interrupting a
+        running one. Retrying with the same `request_id` follows the same run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateModel(self, request, context):
         """Publishes one saved epoch of a job as a model: its LoRA file with the
         name, description and trigger words in its metadata, and showcase images
@@ -353,6 +370,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.GetArtifactUrl,
                     request_deserializer=kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlRequest.FromString,
                     response_serializer=kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlResponse.SerializeToString,
+            ),
+            'GenerateImages': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateImages,
+                    request_deserializer=kiln_dot_v1_dot_trainer__pb2.GenerateImagesRequest.FromString,
+                    response_serializer=kiln_dot_v1_dot_trainer__pb2.GenerateImagesResponse.SerializeToString,
             ),
             'CreateModel': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateModel,
@@ -786,6 +808,33 @@ class TrainerService:
             '/kiln.v1.TrainerService/GetArtifactUrl',
             kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlRequest.SerializeToString,
             kiln_dot_v1_dot_trainer__pb2.GetArtifactUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kiln.v1.TrainerService/GenerateImages',
+            kiln_dot_v1_dot_trainer__pb2.GenerateImagesRequest.SerializeToString,
+            kiln_dot_v1_dot_trainer__pb2.GenerateImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,14 @@ class TrainerServiceStub:
     ReadArtifact: _grpc.UnaryStreamMultiCallable[_trainer_pb2.ReadArtifactRequest, _trainer_pb2.ReadArtifactResponse]
     """Server stream: one metadata message, then chunks."""
     GetArtifactUrl: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetArtifactUrlRequest, _trainer_pb2.GetArtifactUrlResponse]
+    GenerateImages: _grpc.UnaryStreamMultiCallable[_trainer_pb2.GenerateImagesRequest, _trainer_pb2.GenerateImagesResponse]
+    """Test the model: images from the base model plus saved epochs' LoRAs, at
+    chosen strengths, streamed as each finishes. One epoch and one strength
+    gives `count` images; several epochs (rows) and several strengths or
+    prompts (columns) give a comparison grid for one seed, also as one sheet.
+    It runs on a worker: ahead of waiting trainings, never interrupting a
+    running one. Retrying with the same `request_id` follows the same run.
+    """
     CreateModel: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CreateModelRequest, _trainer_pb2.Model]
     """Publishes one saved epoch of a job as a model: its LoRA file with the
     name, description and trigger words in its metadata, and showcase images
@@ -120,6 +128,14 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     ReadArtifact: _aio.UnaryStreamMultiCallable[_trainer_pb2.ReadArtifactRequest, _trainer_pb2.ReadArtifactResponse]  # type: ignore[assignment]
     """Server stream: one metadata message, then chunks."""
     GetArtifactUrl: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetArtifactUrlRequest, _trainer_pb2.GetArtifactUrlResponse]  # type: ignore[assignment]
+    GenerateImages: _aio.UnaryStreamMultiCallable[_trainer_pb2.GenerateImagesRequest, _trainer_pb2.GenerateImagesResponse]  # type: ignore[assignment]
+    """Test the model: images from the base model plus saved epochs' LoRAs, at
+    chosen strengths, streamed as each finishes. One epoch and one strength
+    gives `count` images; several epochs (rows) and several strengths or
+    prompts (columns) give a comparison grid for one seed, also as one sheet.
+    It runs on a worker: ahead of waiting trainings, never interrupting a
+    running one. Retrying with the same `request_id` follows the same run.
+    """
     CreateModel: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CreateModelRequest, _trainer_pb2.Model]  # type: ignore[assignment]
     """Publishes one saved epoch of a job as a model: its LoRA file with the
     name, description and trigger words in its metadata, and showcase images
@@ -258,6 +274,20 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.GetArtifactUrlRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.GetArtifactUrlResponse, _abc.Awaitable[_trainer_pb2.GetArtifactUrlResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GenerateImages(
+        self,
+        request: _trainer_pb2.GenerateImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_trainer_pb2.GenerateImagesResponse], _abc.AsyncIterator[_trainer_pb2.GenerateImagesResponse]]:
+        """Test the model: images from the base model plus saved epochs' LoRAs, at
+        chosen strengths, streamed as each finishes. One epoch and one strength
+        gives `count` images; several epochs (rows) and several strengths or
+        prompts (columns) give a comparison grid for one seed, also as one sheet.
+        It runs on a worker: ahead of waiting trainings, never interrupting a
+        running one. Retrying with the same `request_id` follows the same run.
+        """
 
     @_abc_1.abstractmethod
     def CreateModel(

@@ -130,22 +130,236 @@ class ClaimTrainingJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ASSIGNMENT_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assignment(self) -> Global___TrainingAssignment:
-        """Unset: nothing to run within the wait."""
+        """Unset (both): nothing to run within the wait."""
+
+    @_builtins.property
+    def generation(self) -> Global___GenerationAssignment:
+        """A test generation, which goes ahead of waiting trainings."""
 
     def __init__(
         self,
         *,
         assignment: Global___TrainingAssignment | None = ...,
+        generation: Global___GenerationAssignment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "generation", b"generation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "generation", b"generation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClaimTrainingJobResponse: _TypeAlias = ClaimTrainingJobResponse  # noqa: Y015
+
+@_typing.final
+class GenerationCell(_message.Message):
+    """One cell of a generation: which LoRA (none: the base model) at what strength and prompt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROW_FIELD_NUMBER: _builtins.int
+    COLUMN_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LORA_KEY_FIELD_NUMBER: _builtins.int
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    row: _builtins.int
+    column: _builtins.int
+    epoch: _builtins.int
+    lora_key: _builtins.str
+    """Object key of the LoRA; empty: the base model alone."""
+    strength: _builtins.float
+    prompt: _builtins.str
+    def __init__(
+        self,
+        *,
+        row: _builtins.int = ...,
+        column: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        lora_key: _builtins.str = ...,
+        strength: _builtins.float = ...,
+        prompt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "epoch", b"epoch", "lora_key", b"lora_key", "prompt", b"prompt", "row", b"row", "strength", b"strength"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerationCell: _TypeAlias = GenerationCell  # noqa: Y015
+
+@_typing.final
+class GenerationAssignment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATION_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
+    CELLS_FIELD_NUMBER: _builtins.int
+    ROW_LABELS_FIELD_NUMBER: _builtins.int
+    COLUMN_LABELS_FIELD_NUMBER: _builtins.int
+    NEGATIVE_PROMPT_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SAMPLER_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    CFG_SCALE_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    CLIP_SKIP_FIELD_NUMBER: _builtins.int
+    OUTPUT_PREFIX_FIELD_NUMBER: _builtins.int
+    generation: _builtins.str
+    """`trainingJobs/{job}/generations/{id}`."""
+    lease_id: _builtins.str
+    lease_seconds: _builtins.float
+    base_model: _builtins.str
+    """The base model's catalog id."""
+    negative_prompt: _builtins.str
+    seed: _builtins.int
+    sampler: _builtins.str
+    steps: _builtins.int
+    cfg_scale: _builtins.float
+    width: _builtins.int
+    height: _builtins.int
+    count: _builtins.int
+    clip_skip: _builtins.int
+    output_prefix: _builtins.str
+    """Object-store prefix the images go under (`images/{k}.png`, `sheet.png`)."""
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___GenerationCell]: ...
+    @_builtins.property
+    def row_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Row and column labels of the sheet; no sheet when there is one cell."""
+
+    @_builtins.property
+    def column_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        generation: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+        lease_seconds: _builtins.float = ...,
+        base_model: _builtins.str = ...,
+        cells: _abc.Iterable[Global___GenerationCell] | None = ...,
+        row_labels: _abc.Iterable[_builtins.str] | None = ...,
+        column_labels: _abc.Iterable[_builtins.str] | None = ...,
+        negative_prompt: _builtins.str = ...,
+        seed: _builtins.int = ...,
+        sampler: _builtins.str = ...,
+        steps: _builtins.int = ...,
+        cfg_scale: _builtins.float = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        count: _builtins.int = ...,
+        clip_skip: _builtins.int = ...,
+        output_prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "cells", b"cells", "cfg_scale", b"cfg_scale", "clip_skip", b"clip_skip", "column_labels", b"column_labels", "count", b"count", "generation", b"generation", "height", b"height", "lease_id", b"lease_id", "lease_seconds", b"lease_seconds", "negative_prompt", b"negative_prompt", "output_prefix", b"output_prefix", "row_labels", b"row_labels", "sampler", b"sampler", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerationAssignment: _TypeAlias = GenerationAssignment  # noqa: Y015
+
+@_typing.final
+class ReportGeneratedImagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATION_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    generation: _builtins.str
+    lease_id: _builtins.str
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[_trainer_pb2.GeneratedImage]:
+        """Each written under output_prefix already; `image.name` is its artifact name."""
+
+    def __init__(
+        self,
+        *,
+        generation: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+        images: _abc.Iterable[_trainer_pb2.GeneratedImage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "images", b"images", "lease_id", b"lease_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportGeneratedImagesRequest: _TypeAlias = ReportGeneratedImagesRequest  # noqa: Y015
+
+@_typing.final
+class ReportGeneratedImagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportGeneratedImagesResponse: _TypeAlias = ReportGeneratedImagesResponse  # noqa: Y015
+
+@_typing.final
+class FinishGenerationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATION_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    SHEET_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    generation: _builtins.str
+    lease_id: _builtins.str
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[_trainer_pb2.GeneratedImage]: ...
+    @_builtins.property
+    def sheet(self) -> _trainer_pb2.Artifact:
+        """The grid's sheet, when there is one."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Set when it failed."""
+
+    def __init__(
+        self,
+        *,
+        generation: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+        images: _abc.Iterable[_trainer_pb2.GeneratedImage] | None = ...,
+        sheet: _trainer_pb2.Artifact | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "sheet", b"sheet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "generation", b"generation", "images", b"images", "lease_id", b"lease_id", "sheet", b"sheet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishGenerationRequest: _TypeAlias = FinishGenerationRequest  # noqa: Y015
+
+@_typing.final
+class FinishGenerationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishGenerationResponse: _TypeAlias = FinishGenerationResponse  # noqa: Y015
 
 @_typing.final
 class WorkerEvent(_message.Message):

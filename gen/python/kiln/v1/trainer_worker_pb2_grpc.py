@@ -55,6 +55,16 @@ class TrainingWorkerServiceStub:
                 request_serializer=kiln_dot_v1_dot_trainer__worker__pb2.FinishTrainingJobRequest.SerializeToString,
                 response_deserializer=kiln_dot_v1_dot_trainer__worker__pb2.FinishTrainingJobResponse.FromString,
                 _registered_method=True)
+        self.ReportGeneratedImages = channel.unary_unary(
+                '/kiln.v1.TrainingWorkerService/ReportGeneratedImages',
+                request_serializer=kiln_dot_v1_dot_trainer__worker__pb2.ReportGeneratedImagesRequest.SerializeToString,
+                response_deserializer=kiln_dot_v1_dot_trainer__worker__pb2.ReportGeneratedImagesResponse.FromString,
+                _registered_method=True)
+        self.FinishGeneration = channel.unary_unary(
+                '/kiln.v1.TrainingWorkerService/FinishGeneration',
+                request_serializer=kiln_dot_v1_dot_trainer__worker__pb2.FinishGenerationRequest.SerializeToString,
+                response_deserializer=kiln_dot_v1_dot_trainer__worker__pb2.FinishGenerationResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingWorkerServiceServicer:
@@ -86,6 +96,19 @@ class TrainingWorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportGeneratedImages(self, request, context):
+        """Images of a claimed generation, as they finish; also renews its lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishGeneration(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingWorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +126,16 @@ def add_TrainingWorkerServiceServicer_to_server(servicer, server):
                     servicer.FinishTrainingJob,
                     request_deserializer=kiln_dot_v1_dot_trainer__worker__pb2.FinishTrainingJobRequest.FromString,
                     response_serializer=kiln_dot_v1_dot_trainer__worker__pb2.FinishTrainingJobResponse.SerializeToString,
+            ),
+            'ReportGeneratedImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportGeneratedImages,
+                    request_deserializer=kiln_dot_v1_dot_trainer__worker__pb2.ReportGeneratedImagesRequest.FromString,
+                    response_serializer=kiln_dot_v1_dot_trainer__worker__pb2.ReportGeneratedImagesResponse.SerializeToString,
+            ),
+            'FinishGeneration': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishGeneration,
+                    request_deserializer=kiln_dot_v1_dot_trainer__worker__pb2.FinishGenerationRequest.FromString,
+                    response_serializer=kiln_dot_v1_dot_trainer__worker__pb2.FinishGenerationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -192,6 +225,60 @@ class TrainingWorkerService:
             '/kiln.v1.TrainingWorkerService/FinishTrainingJob',
             kiln_dot_v1_dot_trainer__worker__pb2.FinishTrainingJobRequest.SerializeToString,
             kiln_dot_v1_dot_trainer__worker__pb2.FinishTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportGeneratedImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.v1.TrainingWorkerService/ReportGeneratedImages',
+            kiln_dot_v1_dot_trainer__worker__pb2.ReportGeneratedImagesRequest.SerializeToString,
+            kiln_dot_v1_dot_trainer__worker__pb2.ReportGeneratedImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishGeneration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.v1.TrainingWorkerService/FinishGeneration',
+            kiln_dot_v1_dot_trainer__worker__pb2.FinishGenerationRequest.SerializeToString,
+            kiln_dot_v1_dot_trainer__worker__pb2.FinishGenerationResponse.FromString,
             options,
             channel_credentials,
             insecure,

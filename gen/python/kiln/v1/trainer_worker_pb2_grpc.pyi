@@ -44,6 +44,9 @@ class TrainingWorkerServiceStub:
     ReportTrainingProgress: _grpc.UnaryUnaryMultiCallable[_trainer_worker_pb2.ReportTrainingProgressRequest, _trainer_worker_pb2.ReportTrainingProgressResponse]
     """Events since the last report; also renews the lease."""
     FinishTrainingJob: _grpc.UnaryUnaryMultiCallable[_trainer_worker_pb2.FinishTrainingJobRequest, _trainer_worker_pb2.FinishTrainingJobResponse]
+    ReportGeneratedImages: _grpc.UnaryUnaryMultiCallable[_trainer_worker_pb2.ReportGeneratedImagesRequest, _trainer_worker_pb2.ReportGeneratedImagesResponse]
+    """Images of a claimed generation, as they finish; also renews its lease."""
+    FinishGeneration: _grpc.UnaryUnaryMultiCallable[_trainer_worker_pb2.FinishGenerationRequest, _trainer_worker_pb2.FinishGenerationResponse]
 
 @_typing.type_check_only
 class TrainingWorkerServiceAsyncStub(TrainingWorkerServiceStub):
@@ -61,6 +64,9 @@ class TrainingWorkerServiceAsyncStub(TrainingWorkerServiceStub):
     ReportTrainingProgress: _aio.UnaryUnaryMultiCallable[_trainer_worker_pb2.ReportTrainingProgressRequest, _trainer_worker_pb2.ReportTrainingProgressResponse]  # type: ignore[assignment]
     """Events since the last report; also renews the lease."""
     FinishTrainingJob: _aio.UnaryUnaryMultiCallable[_trainer_worker_pb2.FinishTrainingJobRequest, _trainer_worker_pb2.FinishTrainingJobResponse]  # type: ignore[assignment]
+    ReportGeneratedImages: _aio.UnaryUnaryMultiCallable[_trainer_worker_pb2.ReportGeneratedImagesRequest, _trainer_worker_pb2.ReportGeneratedImagesResponse]  # type: ignore[assignment]
+    """Images of a claimed generation, as they finish; also renews its lease."""
+    FinishGeneration: _aio.UnaryUnaryMultiCallable[_trainer_worker_pb2.FinishGenerationRequest, _trainer_worker_pb2.FinishGenerationResponse]  # type: ignore[assignment]
 
 class TrainingWorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Between the trainer service and its workers (internal: never exposed by
@@ -93,5 +99,20 @@ class TrainingWorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_worker_pb2.FinishTrainingJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_worker_pb2.FinishTrainingJobResponse, _abc.Awaitable[_trainer_worker_pb2.FinishTrainingJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportGeneratedImages(
+        self,
+        request: _trainer_worker_pb2.ReportGeneratedImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_worker_pb2.ReportGeneratedImagesResponse, _abc.Awaitable[_trainer_worker_pb2.ReportGeneratedImagesResponse]]:
+        """Images of a claimed generation, as they finish; also renews its lease."""
+
+    @_abc_1.abstractmethod
+    def FinishGeneration(
+        self,
+        request: _trainer_worker_pb2.FinishGenerationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_worker_pb2.FinishGenerationResponse, _abc.Awaitable[_trainer_worker_pb2.FinishGenerationResponse]]: ...
 
 def add_TrainingWorkerServiceServicer_to_server(servicer: TrainingWorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
