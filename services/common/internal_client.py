@@ -28,7 +28,7 @@ def credential_metadata(settings: InternalAuthSettings) -> Metadata:
 def internal_aio_channel(address: str, settings: InternalAuthSettings,
                          interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
                          options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    every = [_AioCredentialInterceptor(credential_metadata(settings)), *interceptors]
+    every = [*_aio_credential_interceptors(credential_metadata(settings)), *interceptors]
     credentials = _channel_credentials(settings)
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=list(options), interceptors=every)
@@ -63,24 +63,45 @@ def _with_metadata(details: Any, extra: Metadata) -> Any:
     return details._replace(metadata=metadata)
 
 
-class _AioCredentialInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                                grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, metadata: Metadata) -> None:
         self._metadata = metadata
 
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(_with_metadata(client_call_details, self._metadata), request)
 
+
+class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(_with_metadata(client_call_details, self._metadata), request)
+
+
+class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
 
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
                                      request_iterator: Any) -> Any:
         return await continuation(_with_metadata(client_call_details, self._metadata), request_iterator)
 
+
+class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
                                       request_iterator: Any) -> Any:
         return await continuation(_with_metadata(client_call_details, self._metadata), request_iterator)
+
+
+def _aio_credential_interceptors(metadata: Metadata) -> list[grpc.aio.ClientInterceptor]:
+    """One interceptor per call kind: grpc.aio files each interceptor under the first kind it is
+    an instance of, so one object implementing all four would only ever see unary calls."""
+    return [_AioUnaryUnary(metadata), _AioUnaryStream(metadata), _AioStreamUnary(metadata),
+            _AioStreamStream(metadata)]
 
 
 class _SyncCredentialInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,

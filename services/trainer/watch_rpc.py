@@ -51,18 +51,26 @@ class WatchRpcs(TrainerBase):
             if cursor > row.last_seq:
                 raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, f"after_seq {cursor} is past the job's last event "
                                    f"({row.last_seq})", "SEQ_OUT_OF_RANGE")
+            read_database = True
             while True:
-                events, finished = await self._tx.run(
-                    functools.partial(self._next_events, tenant=tenant, job_id=job_id, cursor=cursor), read_only=True)
+                events = self._hub.after(job_id, cursor)
+                if not events and read_database:
+                    events, finished = await self._tx.run(
+                        functools.partial(self._next_events, tenant=tenant, job_id=job_id, cursor=cursor),
+                        read_only=True)
+                    if finished and not events:
+                        return
                 for event in events:
                     yield event
                     cursor = event.seq
                     if event.HasField("finished"):
                         return
-                if finished and not events:
-                    return
-                if not events:
-                    await woken(wake, self._settings.watch_poll_seconds)
+                if events and read_database:
+                    continue  # catching up from the log
+                # Woken with the news in memory: no database read; woken without it (a write
+                # that didn't publish) or by the poll: read the log.
+                woke = await woken(wake, self._settings.watch_poll_seconds)
+                read_database = not woke or not self._hub.after(job_id, cursor)
 
     def _next_events(self, conn: Connection, tenant: str, job_id: str,
                      cursor: int) -> tuple[list[pb.TrainingEvent], bool]:

@@ -87,11 +87,14 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
         job_id = records.parse_job(request.job, "job")
         _check_events(request.events)
 
+        logged: list[pb.TrainingEvent] = []
+
         def work(conn: Connection) -> wpb.ReportTrainingProgressResponse:
             row = self._queue.leased_job(conn, job_id, request.lease_id)
             if row is None:
                 raise lease_lost(request.job)
-            self._record(conn, row, request.events)
+            # (A retried transaction records again: the list holds the committed attempt's.)
+            logged[:] = self._record(conn, row, request.events)
             self._queue.renew(conn, job_id)
             w = schema.training_workers.c
             conn.execute(schema.training_workers.update().where(w.id == row.worker).values(last_seen=records.now()))
@@ -101,7 +104,7 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
             return wpb.ReportTrainingProgressResponse(cancel_requested=row.cancel_requested, controls=controls)
 
         response = await self._tx.run(work)
-        self._hub.notify(job_id)
+        self._hub.publish(job_id, logged)
         return response
 
     @unary_errors
@@ -137,12 +140,12 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
         self._hub.notify(QUEUE)
         return wpb.FinishTrainingJobResponse()
 
-    def _record(self, conn: Connection, row: Row[Any], events: Sequence[wpb.WorkerEvent]) -> None:
+    def _record(self, conn: Connection, row: Row[Any], events: Sequence[wpb.WorkerEvent]) -> list[pb.TrainingEvent]:
         """The report's events not recorded yet (a resent report repeats some), into the log and
         the job's progress, metrics and results."""
         fresh = [e for e in events if e.index > row.report_index]
         if not fresh:
-            return
+            return []
         at = records.now()
         log: list[pb.TrainingEvent] = []
         values: dict[str, Any] = {"report_index": max(e.index for e in fresh), "update_time": at}
@@ -178,6 +181,7 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
             conn.execute(schema.training_metrics.insert(), _last_per_step(metrics))
         conn.execute(schema.training_jobs.update().where(j.id == row.id).values(values))
         records.append_events(conn, row.id, log, at)
+        return log
 
 
 def _last_per_step(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:

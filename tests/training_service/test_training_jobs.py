@@ -11,10 +11,13 @@ import safetensors.torch
 from PIL import Image
 
 from kiln.v1 import trainer_pb2 as pb
+from kiln.v1 import trainer_pb2_grpc
 from services.common.errors import status_details
+from services.common.internal_client import internal_aio_channel, tenant_metadata
 from services.trainer.engine.generation import GenerationRequest, generate
 from services.trainer.engine.model_store import ModelStore
 from services.trainer.engine.publishing import read_metadata
+from tests.servers import TEST_AUTH
 from tests.training_service.conftest import Tenant, database_of
 
 State = pb.TrainingJob.State
@@ -211,3 +214,30 @@ def test_test_generation_and_a_comparison_grid_run_on_the_worker(tenant, worker)
 def read_png(tenant: Tenant, name: str) -> Image.Image:
     chunks = list(tenant.trainer.ReadArtifact(pb.ReadArtifactRequest(name=name)))
     return Image.open(io.BytesIO(b"".join(c.chunk for c in chunks[1:])))
+
+
+def test_an_internal_asyncio_channel_carries_the_credential_on_every_kind_of_call(aio, trainer):
+    """The gateway will call with grpc.aio: streams must carry the credential as unary calls do."""
+    async def call_both() -> list[grpc.StatusCode]:
+        channel = internal_aio_channel(trainer.address, TEST_AUTH)
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        codes = []
+        try:
+            for call in (lambda: stub.GetTrainingJob(pb.GetTrainingJobRequest(name="trainingJobs/abc"),
+                                                     metadata=tenant_metadata("x")),
+                         lambda: _drain(stub.WatchTrainingJob(pb.WatchTrainingJobRequest(name="trainingJobs/abc"),
+                                                              metadata=tenant_metadata("x")))):
+                try:
+                    await call()
+                except grpc.aio.AioRpcError as err:
+                    codes.append(err.code())
+        finally:
+            await channel.close()
+        return codes
+
+    assert aio.run(call_both()) == [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.NOT_FOUND]
+
+
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass
