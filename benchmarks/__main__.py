@@ -9,7 +9,8 @@ import sys
 
 from benchmarks.runner import failure_summary, run_suites
 
-SUITES = ("dataset_upload", "crop_speed", "oversized_requests", "tagger_throughput", "trainer_step", "training_queue")
+SUITES = ("dataset_upload", "crop_speed", "oversized_requests", "tagger_throughput", "trainer_step", "training_queue",
+          "event_latency")
 
 
 def main(argv: list[str] | None = None, package: str = "benchmarks") -> int:

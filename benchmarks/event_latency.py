@@ -1,26 +1,32 @@
 """Event latency from a worker's report to its watchers, through a real trainer service over gRPC
-(SQLite, SeaweedFS): p50/p99 with 1 and with 100 watchers on one job. The baseline, measured in
-the same run, is the report call's own round trip: what no watcher can beat."""
+(SQLite, SeaweedFS; the service in its own process): p50/p99 with 1 and with 100 watchers on one
+job. The baseline, measured in the same run, is the report call's own round trip: what no
+watcher can beat."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import pathlib
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from typing import Any
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import trainer_pb2_grpc, trainer_worker_pb2_grpc
 from kiln.v1 import trainer_worker_pb2 as wpb
+from services.common.database import create_engine
 from services.common.embedded_s3 import EmbeddedS3
 from services.common.internal_client import internal_aio_channel, tenant_metadata
-from services.common.objectstore import ObjectStore
-from services.common.settings import InternalAuthSettings, ObjectStoreSettings, ServerSettings
+from services.common.ports import free_ports
+from services.common.settings import InternalAuthSettings
 from services.trainer import records, schema
-from services.trainer.server import running_trainer_service
-from services.trainer.service_settings import TrainerServiceSettings
 
 EVENTS = 200
 # Steps reported before the measured ones: the watchers' catch-up reads are over by then.
@@ -91,26 +97,29 @@ async def _main() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         s3 = EmbeddedS3(root / "s3", "bench", "bench-secret").start()
+        port, = free_ports(1)
+        # The service in a process of its own, as deployed: its loop doesn't share the watchers'.
+        env = {**os.environ, "KILN_DATA_DIR": str(root), "KILN_S3__ENDPOINT": s3.endpoint,
+               "KILN_S3__ACCESS_KEY": "bench", "KILN_S3__SECRET_KEY": "bench-secret", "KILN_S3__BUCKET": "bench", "KILN_INTERNAL_AUTH__TOKEN": TOKEN,
+               "KILN_SERVER__PORT": str(port), "KILN_MODELS_DIR": str(root / "models"), "KILN_LOG_LEVEL": "WARNING",
+               "KILN_TRAINING_LEASE_SECONDS": "600", "KILN_METRICS__ENABLED": "false"}
+        service = subprocess.Popen([sys.executable, "-m", "services.trainer"], env=env)
         try:
-            s3_settings = ObjectStoreSettings(endpoint=s3.endpoint, access_key="bench", secret_key="bench-secret",
-                                              bucket="bench")
-            store = ObjectStore(s3_settings)
-            store.ensure_bucket()
+            address = f"127.0.0.1:{port}"
             auth = InternalAuthSettings(token=TOKEN)
-            settings = TrainerServiceSettings(data_dir=root, s3=s3_settings, internal_auth=auth, json_logs=False,
-                                              log_level="WARNING", server=ServerSettings(port=0),
-                                              models_dir=root / "models", training_lease_seconds=600)
-            async with running_trainer_service(settings, store) as service:
-                job, lease = _running_job(service)
-                for watchers in (1, 100):
-                    latencies, trips = await _measure(service.address, job, lease, watchers, auth)
-                    figures[f"p50_ms_{watchers}"] = statistics.median(latencies) * 1000
-                    figures[f"p99_ms_{watchers}"] = _percentile(latencies, 0.99) * 1000
-                    figures[f"report_p50_ms_{watchers}"] = statistics.median(trips) * 1000
+            await _wait_serving(address, auth)
+            job, lease = _running_job(f"sqlite:///{root / 'trainer.db'}")
+            for watchers in (1, 100):
+                latencies, trips = await _measure(address, job, lease, watchers, auth)
+                figures[f"p50_ms_{watchers}"] = statistics.median(latencies) * 1000
+                figures[f"p99_ms_{watchers}"] = _percentile(latencies, 0.99) * 1000
+                figures[f"report_p50_ms_{watchers}"] = statistics.median(trips) * 1000
         finally:
+            service.terminate()
+            service.wait(30)
             s3.stop()
     print(f"event latency, worker report -> watcher ({EVENTS - WARMUP} progress events at 100/s, after "
-          f"{WARMUP} unmeasured):")
+          f"{WARMUP} unmeasured; the service in its own process):")
     for watchers in (1, 100):
         ratio = figures[f"p50_ms_{watchers}"] / figures[f"report_p50_ms_{watchers}"]
         figures[f"p50_vs_report_{watchers}"] = ratio
@@ -120,10 +129,23 @@ async def _main() -> dict[str, float]:
     return figures
 
 
-def _running_job(service: object) -> tuple[str, str]:
+async def _wait_serving(address: str, auth: InternalAuthSettings) -> None:
+    channel = internal_aio_channel(address, auth)
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 60)
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        for _ in range(600):
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await channel.close()
+
+
+def _running_job(database_url: str) -> tuple[str, str]:
     """A job row held by a lease, as if a worker had claimed it (no training needed here)."""
-    components = service.components  # type: ignore[attr-defined]
-    engine = components.deps.transactions.engine
+    engine = create_engine(database_url)
     at = records.now()
     job_id, lease_id = records.new_id(), records.new_id()
     with engine.begin() as conn:
@@ -135,6 +157,7 @@ def _running_job(service: object) -> tuple[str, str]:
             lease_id=lease_id, claimed_at=at, worker="bench", enqueue_time=at, pending_controls=[],
             create_time=at, update_time=at))
         records.append_events(conn, job_id, [pb.TrainingEvent(log=pb.LogEvent(message="benchmark job"))], at)
+    engine.dispose()
     return f"trainingJobs/{job_id}", lease_id
 
 
