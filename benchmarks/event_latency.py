@@ -100,7 +100,8 @@ async def _main() -> dict[str, float]:
         port, = free_ports(1)
         # The service in a process of its own, as deployed: its loop doesn't share the watchers'.
         env = {**os.environ, "KILN_DATA_DIR": str(root), "KILN_S3__ENDPOINT": s3.endpoint,
-               "KILN_S3__ACCESS_KEY": "bench", "KILN_S3__SECRET_KEY": "bench-secret", "KILN_S3__BUCKET": "bench", "KILN_INTERNAL_AUTH__TOKEN": TOKEN,
+               "KILN_S3__ACCESS_KEY": "bench", "KILN_S3__SECRET_KEY": "bench-secret", "KILN_S3__BUCKET": "bench",
+               "KILN_INTERNAL_AUTH__TOKEN": TOKEN,
                "KILN_SERVER__PORT": str(port), "KILN_MODELS_DIR": str(root / "models"), "KILN_LOG_LEVEL": "WARNING",
                "KILN_TRAINING_LEASE_SECONDS": "600", "KILN_METRICS__ENABLED": "false"}
         service = subprocess.Popen([sys.executable, "-m", "services.trainer"], env=env)
