@@ -143,9 +143,12 @@ class TrainingWorker:
                     await self._run_generation(claimed, child)
                     continue
                 assignment = claimed
-                # This one is the job's now. The next job's starts importing at once, beside the
-                # run (a job's process is never reused: nothing of one run may leak into the next).
-                self._child = await asyncio.to_thread(WarmChild, self._settings)
+                # This one is the job's now (a job's process is never reused: nothing of one run may
+                # leak into the next). On a GPU the next job's starts importing at once, beside the
+                # run; on a CPU that would take the training's cores, so it starts after the job.
+                self._child = None
+                if capabilities.device != "cpu":
+                    self._child = await asyncio.to_thread(WarmChild, self._settings)
                 try:
                     await self._run_job(assignment, child, stop)
                 finally:

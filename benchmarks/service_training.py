@@ -1,0 +1,152 @@
+"""A job through the trainer service and a worker process against the engine alone, same run:
+steady-state steps/s (the goal: at most 5 % slower), and the time from submit to the first step.
+
+Both train tiny-sd15 on the same snapshot with the same configuration; the engine-alone run is a
+process that loads the engine and calls `train` directly, the way the engine CLI does."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from google.protobuf import json_format
+
+from kiln.v1 import dataset_pb2 as dpb
+from kiln.v1 import dataset_pb2_grpc, trainer_pb2_grpc
+from kiln.v1 import trainer_pb2 as pb
+from services.common.embedded_s3 import EmbeddedS3
+from services.common.internal_client import internal_channel, tenant_metadata
+from services.common.loop_thread import LoopThread
+from services.common.objectstore import ObjectStore
+from services.common.settings import InternalAuthSettings, ObjectStoreSettings, ServerSettings
+from services.dataset.server import running_dataset_service
+from services.dataset.settings import DatasetSettings
+from services.trainer.server import running_trainer_service
+from services.trainer.service_settings import TrainerServiceSettings
+
+TOKEN, TENANT = "bench-token", "bench"
+IMAGES, REPEAT = 8, 10  # 80 steps at batch 1
+CONFIG = {"epochs": 1, "batch_size": 1, "seed": 9, "network_dim": 8, "network_alpha": 8, "optimizer": "AdamW",
+          "lr_scheduler": "constant", "unet_lr": 1e-3, "text_encoder_lr": 5e-4, "min_bucket_reso": 32,
+          "bucket_reso_steps": 32, "preview": {"count": 0}}
+ENGINE_ALONE = """
+import json, sys, time
+from services.common.object_keys import manifest_key_of
+from services.common.objectstore import ObjectStore
+from services.common.settings import ObjectStoreSettings
+from services.trainer.engine.config import parse_config
+from services.trainer.engine.model_store import ModelStore
+from services.trainer.engine.object_store_io import ObjectStoreReader, ObjectStoreWriter
+from services.trainer.engine.snapshot import load_snapshot
+from services.trainer.engine.trainer import train
+args = json.loads(sys.argv[1])
+store = ObjectStore(ObjectStoreSettings(**args["s3"]))
+reader = ObjectStoreReader(store)
+rates = []
+train(parse_config(args["config"]), load_snapshot(reader, manifest_key_of(args["snapshot"])), reader,
+      ObjectStoreWriter(store, args["prefix"]), store=ModelStore(args["models"]),
+      progress=lambda e: rates.append(e.steps_per_second) if e.phase == "training" and e.steps_per_second else None)
+print(json.dumps({"steps_per_second": rates[-1]}))
+"""
+
+
+def _image(seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def main() -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp)
+        s3 = EmbeddedS3(root / "s3", "bench", "bench-secret").start()
+        loop = LoopThread()
+        try:
+            return _run(root, s3, loop)
+        finally:
+            loop.close()
+            s3.stop()
+
+
+def _run(root: pathlib.Path, s3: EmbeddedS3, loop: LoopThread) -> dict[str, float]:
+    s3_settings = ObjectStoreSettings(endpoint=s3.endpoint, access_key="bench", secret_key="bench-secret",
+                                      bucket="bench")
+    store = ObjectStore(s3_settings)
+    store.ensure_bucket()
+    auth = InternalAuthSettings(token=TOKEN)
+    common: dict[str, Any] = {"s3": s3_settings, "internal_auth": auth, "json_logs": False, "log_level": "WARNING",
+                              "server": ServerSettings(port=0)}
+    models = root / "models"
+    dataset_settings = DatasetSettings(data_dir=root / "d", **common)
+    with loop.context(running_dataset_service(dataset_settings, store)) as dataset, \
+            loop.context(running_trainer_service(TrainerServiceSettings(
+                data_dir=root / "t", models_dir=models, dataset_address=dataset.address, **common),
+                store)) as trainer, \
+            internal_channel(dataset.address, auth) as dataset_channel, \
+            internal_channel(trainer.address, auth) as trainer_channel:
+        metadata = tenant_metadata(TENANT)
+        datasets = dataset_pb2_grpc.DatasetServiceStub(dataset_channel)
+        jobs = trainer_pb2_grpc.TrainerServiceStub(trainer_channel)
+        created = datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+            display_name="bench", family=dpb.MODEL_FAMILY_SD15, default_repeat=REPEAT)), metadata=metadata)
+        for seed in range(IMAGES):
+            datasets.UploadImage(iter([
+                dpb.UploadImageRequest(metadata=dpb.UploadImageMetadata(
+                    parent=created.name, filename=f"{seed}.png", role=dpb.IMAGE_ROLE_TRAINING, tags=["bench"])),
+                dpb.UploadImageRequest(chunk=_image(seed))]), metadata=metadata)
+        env = {**os.environ, "KILN_TRAINER_ADDRESS": trainer.address, "KILN_MODELS_DIR": str(models),
+               "KILN_S3__ENDPOINT": s3.endpoint, "KILN_S3__ACCESS_KEY": "bench", "KILN_S3__SECRET_KEY": "bench-secret",
+               "KILN_S3__BUCKET": "bench", "KILN_INTERNAL_AUTH__TOKEN": TOKEN, "KILN_LOG_LEVEL": "WARNING"}
+        worker = subprocess.Popen([sys.executable, "-m", "services.trainer.worker"], env=env)
+        try:
+            # A first job builds the tiny model and warms the worker up; the second is measured.
+            _submit_and_watch(jobs, created.name, metadata)
+            job, first_step, rate = _submit_and_watch(jobs, created.name, metadata)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        args = {"s3": {"endpoint": s3.endpoint, "access_key": "bench", "secret_key": "bench-secret",
+                       "bucket": "bench"}, "config": {**CONFIG, "base_model": "tiny-sd15"},
+                "snapshot": job.snapshot, "prefix": "trainingJobs/engine-alone", "models": str(models)}
+        alone = json.loads(subprocess.run([sys.executable, "-c", ENGINE_ALONE, json.dumps(args)], env=env,
+                                          check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    figures = {"service_steps_per_second": rate, "engine_steps_per_second": alone["steps_per_second"],
+               "submit_to_first_step_seconds": first_step}
+    figures["service_vs_engine"] = rate / alone["steps_per_second"]
+    print(f"a job through the service and a worker vs the engine alone ({IMAGES * REPEAT} steps, tiny-sd15):")
+    print(f"  engine alone      {figures['engine_steps_per_second']:6.2f} steps/s")
+    print(f"  service + worker  {rate:6.2f} steps/s  = {figures['service_vs_engine']:.2f}x (goal >= 0.95x)")
+    print(f"  submit -> first step {first_step:5.2f} s (worker warm, model cached)")
+    return figures
+
+
+def _submit_and_watch(jobs: Any, dataset: str, metadata: Any) -> tuple[pb.TrainingJob, float, float]:
+    config = json_format.ParseDict({**CONFIG, "base_model": "baseModels/tiny-sd15"}, pb.TrainingConfig())
+    start = time.perf_counter()
+    job = jobs.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=pb.TrainingJob(
+        dataset=dataset, config=config)), metadata=metadata)
+    first_step, rate = 0.0, 0.0
+    for event in jobs.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name), metadata=metadata, timeout=600):
+        if event.HasField("progress") and event.progress.phase == "training":
+            if not first_step:
+                first_step = time.perf_counter() - start
+            rate = event.progress.steps_per_second or rate
+        if event.HasField("finished"):
+            break
+    return job, first_step, rate
+
+
+if __name__ == "__main__":
+    main()
