@@ -137,7 +137,7 @@ def run_job(spec: dict[str, Any], store: Any, models_dir: str, send: Send,
     def on_progress(event: Any) -> None:
         if event.phase == "training" and event.loss is not None:
             epoch_losses.setdefault(event.epoch, []).append(event.loss)
-        send(("progress", dataclasses.asdict(event)))
+        send(("progress", {**dataclasses.asdict(event), "time": time.time()}))
 
     config = parse_config(spec["config_json"])
     writer = ReportingWriter(ObjectStoreWriter(store, spec["output_prefix"]), send, epoch_losses,

@@ -144,11 +144,9 @@ class TrainingWorker:
                     continue
                 assignment = claimed
                 # This one is the job's now (a job's process is never reused: nothing of one run may
-                # leak into the next). On a GPU the next job's starts importing at once, beside the
-                # run; on a CPU that would take the training's cores, so it starts after the job.
-                self._child = None
-                if capabilities.device != "cpu":
-                    self._child = await asyncio.to_thread(WarmChild, self._settings)
+                # leak into the next). The next job's starts importing at once, beside the run: a
+                # few CPU-seconds once, against seconds off every next job's start.
+                self._child = await asyncio.to_thread(WarmChild, self._settings)
                 try:
                     await self._run_job(assignment, child, stop)
                 finally:
@@ -249,6 +247,9 @@ class TrainingWorker:
             while state.outcome is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.news.wait(), heartbeat)
+                # Steps that come faster than this are reported together: each report is a
+                # database write, and a fast run would spend its cores on them.
+                await asyncio.sleep(self._settings.report_interval_seconds)
                 state.news.clear()
                 if state.outcome is not None:
                     break
@@ -359,11 +360,13 @@ async def _mirror(stop: asyncio.Event, stopping: threading.Event) -> None:
 
 
 def _progress(fields: dict[str, Any]) -> pb.TrainingProgress:
-    return pb.TrainingProgress(
+    progress = pb.TrainingProgress(
         phase=fields["phase"], step=fields["step"], total_steps=fields["total_steps"], epoch=fields["epoch"],
         total_epochs=fields["total_epochs"], loss=fields["loss"] or 0.0, smoothed_loss=fields["smoothed_loss"] or 0.0,
         learning_rates=fields["learning_rates"], steps_per_second=fields["steps_per_second"] or 0.0,
         eta_seconds=fields["eta_seconds"] or 0.0, message=fields["message"])
+    progress.time.FromNanoseconds(int(fields["time"] * 1e9))
+    return progress
 
 
 def _previews(job_id: str, fields: dict[str, Any]) -> list[pb.Preview]:

@@ -31,3 +31,5 @@ class WorkerSettings(CommonSettings):
     # The longest the worker stays silent while a job runs (it reports at once when there is news);
     # at most a quarter of the lease, whatever this says.
     heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # News waits this long for more before it is reported: events of faster steps go together.
+    report_interval_seconds: float = Field(default=0.2, ge=0)

@@ -965,6 +965,7 @@ class TrainingProgress(_message.Message):
     STEPS_PER_SECOND_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
     """loading, caching, training, sampling, saving, done."""
     step: _builtins.int
@@ -978,6 +979,10 @@ class TrainingProgress(_message.Message):
     message: _builtins.str
     @_builtins.property
     def learning_rates(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the run got there, by the worker's clock (reports batch fast steps together)."""
+
     def __init__(
         self,
         *,
@@ -992,10 +997,11 @@ class TrainingProgress(_message.Message):
         steps_per_second: _builtins.float = ...,
         eta_seconds: _builtins.float = ...,
         message: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "eta_seconds", b"eta_seconds", "learning_rates", b"learning_rates", "loss", b"loss", "message", b"message", "phase", b"phase", "smoothed_loss", b"smoothed_loss", "step", b"step", "steps_per_second", b"steps_per_second", "total_epochs", b"total_epochs", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "eta_seconds", b"eta_seconds", "learning_rates", b"learning_rates", "loss", b"loss", "message", b"message", "phase", b"phase", "smoothed_loss", b"smoothed_loss", "step", b"step", "steps_per_second", b"steps_per_second", "time", b"time", "total_epochs", b"total_epochs", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
