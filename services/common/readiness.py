@@ -13,7 +13,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from sqlalchemy.engine import Engine
+
 from services.common import call_context
+from services.common.database import READ_ONLY
+from services.common.outages import DATABASE
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +79,14 @@ class Readiness:
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def database_probe(engine: Engine) -> Probe:
+    """SELECT 1 on a read-only connection: on SQLite a writer's transaction would queue for the
+    write lock, and a probe must say whether the database answers, not wait its turn to write."""
+    def check() -> None:
+        with engine.connect() as conn:
+            conn.execution_options(**READ_ONLY)
+            conn.exec_driver_sql("SELECT 1")
+
+    return Probe(DATABASE, check)

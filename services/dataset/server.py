@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from kiln.v1 import dataset_pb2, dataset_pb2_grpc
 from services.common.body_detector import BodyDetector
-from services.common.database import READ_ONLY, create_engine, migrate
+from services.common.database import create_engine, migrate
 from services.common.hosting import Background, Continuous, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
 from services.common.internal_auth import InternalCredential
@@ -24,10 +24,10 @@ from services.common.internal_client import internal_aio_channel
 from services.common.logs import configure_logging
 from services.common.objectstore import ObjectStore
 from services.common.observability import Observability
-from services.common.outages import DATABASE, OBJECT_STORE
+from services.common.outages import OBJECT_STORE
 from services.common.pagination import PageTokens
 from services.common.process import serve_process
-from services.common.readiness import Probe
+from services.common.readiness import Probe, database_probe
 from services.common.server import ServiceBinding, tolerant_binding
 from services.common.transactions import Transactions
 from services.dataset import schema
@@ -70,15 +70,7 @@ class DatasetComponents:
         return work
 
     def probes(self) -> list[Probe]:
-        engine = self.transactions.engine
-
-        def database() -> None:
-            with engine.connect() as conn:
-                # Read-only: on SQLite a writer's transaction would queue for the write lock.
-                conn.execution_options(**READ_ONLY)
-                conn.exec_driver_sql("SELECT 1")
-
-        return [Probe(DATABASE, database), Probe(OBJECT_STORE, self.store.check_reachable)]
+        return [database_probe(self.transactions.engine), Probe(OBJECT_STORE, self.store.check_reachable)]
 
     async def sweep_once(self) -> None:
         """One round of the periodic clean-up. Each step runs even when an earlier one failed."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from kiln.v1 import trainer_pb2, trainer_pb2_grpc, trainer_worker_pb2, trainer_worker_pb2_grpc
-from services.common.database import READ_ONLY, create_engine, migrate
+from services.common.database import create_engine, migrate
 from services.common.hosting import Background, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
 from services.common.internal_auth import InternalCredential
@@ -24,10 +24,10 @@ from services.common.internal_client import internal_aio_channel
 from services.common.logs import configure_logging
 from services.common.objectstore import ObjectStore
 from services.common.observability import Observability
-from services.common.outages import DATABASE, OBJECT_STORE
+from services.common.outages import OBJECT_STORE
 from services.common.pagination import PageTokens
 from services.common.process import serve_process
-from services.common.readiness import Probe
+from services.common.readiness import Probe, database_probe
 from services.common.server import ServiceBinding, tolerant_binding
 from services.common.transactions import Transactions
 from services.trainer import schema
@@ -66,14 +66,7 @@ class TrainerComponents:
         return [Periodic("queue maintenance", self.settings.queue_maintenance_seconds, self.maintain_queue)]
 
     def probes(self) -> list[Probe]:
-        engine = self.deps.transactions.engine
-
-        def database() -> None:
-            with engine.connect() as conn:
-                conn.execution_options(**READ_ONLY)
-                conn.exec_driver_sql("SELECT 1")
-
-        return [Probe(DATABASE, database), Probe(OBJECT_STORE, self.deps.store.check_reachable)]
+        return [database_probe(self.deps.transactions.engine), Probe(OBJECT_STORE, self.deps.store.check_reachable)]
 
     async def maintain_queue(self) -> None:
         """Leases that ran out put their jobs back (or fail them), and the queue's figures are sampled."""
