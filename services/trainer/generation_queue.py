@@ -52,13 +52,18 @@ class GenerationQueue:
         lost = list(conn.execute(sa.select(schema.generations).where(
             g.state == QUEUED, g.lease_id.is_not(None), g.due <= at)))
         for row in lost:
+            if not conn.execute(sa.select(g.id).where(g.id == row.id, g.lease_id == row.lease_id,
+                                                      g.due <= at)).first():
+                continue
             conn.execute(schema.generated_images.delete().where(schema.generated_images.c.generation_id == row.id))
             values: dict[str, Any] = {"lease_id": None, "claimed_at": None, "images": 0, "due": at, "update_time": at}
             if row.claims >= self.max_attempts:
                 error = status_pb2.Status(code=code_pb2.ABORTED, message=f"gave up after {row.claims} attempts: "
                                           f"worker {row.worker} stopped reporting")
                 values.update(state=FAILED, error=error.message, error_status=error.SerializeToString())
-            conn.execute(schema.generations.update().where(g.id == row.id).values(values))
+            # Only while it is still that lease, run out: another replica may have moved it since.
+            conn.execute(schema.generations.update().where(
+                g.id == row.id, g.lease_id == row.lease_id, g.due <= at).values(values))
         return [row.id for row in lost]
 
     def leased_row(self, conn: Connection, generation_id: str, lease_id: str) -> Row[Any] | None:

@@ -117,7 +117,9 @@ class GenerationRpcs(TrainerBase):
 
     def _progress(self, conn: Connection, tenant: str, generation_id: str,
                   after: int) -> tuple[Row[Any], list[pb.GeneratedImage], int]:
-        row = conn.execute(sa.select(schema.generations).where(g.id == generation_id, g.tenant == tenant)).one()
+        row = conn.execute(sa.select(schema.generations).where(g.id == generation_id, g.tenant == tenant)).first()
+        if row is None:  # its job was deleted meanwhile
+            raise not_found(generation_id, "generation")
         images = [pb.GeneratedImage.FromString(r.body) for r in conn.execute(
             sa.select(gi.body).where(gi.generation_id == generation_id, gi.seq > after).order_by(gi.seq))]
         return row, images, self._deps.generations.position(conn, row)
@@ -180,13 +182,23 @@ def _existing(conn: Connection, tenant: str, request_id: str, fingerprint: str) 
 
 def _record_images(conn: Connection, row: Row[Any], images: list[pb.GeneratedImage] | Any) -> None:
     # Images are numbered in the order the worker reports them: a resent report repeats some.
-    fresh = [image for image in images if int(image.image.name.rsplit("/", 1)[1]) >= row.images]
+    numbers = [_image_number(image.image.name) for image in images]
+    fresh = [image for image, number in zip(images, numbers, strict=True) if number >= row.images]
+    if [n for n in numbers if n >= row.images] != list(range(row.images, row.images + len(fresh))):
+        raise invalid([FieldViolation("images", f"numbered on from {row.images}, in order, without gaps")])
     if not fresh:
         return
     conn.execute(schema.generated_images.insert(), [
         {"generation_id": row.id, "seq": row.images + offset + 1, "body": image.SerializeToString()}
         for offset, image in enumerate(fresh)])
     conn.execute(schema.generations.update().where(g.id == row.id).values(images=g.images + len(fresh)))
+
+
+def _image_number(name: str) -> int:
+    tail = name.rsplit("/images/", 1)
+    if len(tail) != 2 or not tail[1].isdigit():
+        raise invalid([FieldViolation("images", "each image named {generation}/images/{n}")])
+    return int(tail[1])
 
 
 def _parse_generation(name: str) -> str:

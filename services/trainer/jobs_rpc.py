@@ -24,6 +24,7 @@ from services.common.errors import (
     unary_errors,
 )
 from services.common.idempotency import check_request_id, request_fingerprint
+from services.common.objectstore import ObjectNotFound
 from services.common.pagination import page_size
 from services.trainer import records, schema
 from services.trainer.configs import (
@@ -128,9 +129,12 @@ class JobRpcs(TrainerBase):
                                              "characters"))
         merged, problems = merge_request(job)
         violations += problems
-        manifest = await self._tx.objects.run(self._store.get_bytes, object_keys.manifest_key_of(job.snapshot))
         try:
+            manifest = await self._tx.objects.run(self._store.get_bytes, object_keys.manifest_key_of(job.snapshot))
             snapshot = DatasetSnapshot.from_json(manifest)
+        except ObjectNotFound:
+            raise failed_precondition(f"the snapshot {job.snapshot} is gone (its dataset was deleted)",
+                                      "SNAPSHOT_GONE", [FieldViolation(snapshot_field, "no longer exists")]) from None
         except SnapshotError as exc:
             raise failed_precondition(f"the snapshot can't be trained on: {exc}", "BAD_SNAPSHOT") from None
         if violations:

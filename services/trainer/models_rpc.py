@@ -18,12 +18,14 @@ from services.common.call_context import current_tenant
 from services.common.errors import (
     FieldViolation,
     already_exists,
+    failed_precondition,
     invalid,
     not_found,
     parsed,
     unary_errors,
 )
 from services.common.idempotency import check_request_id
+from services.common.objectstore import ObjectNotFound
 from services.common.pagination import page_size
 from services.trainer import records, schema
 from services.trainer.artifacts import LORA_TYPE, PNG_TYPE, model_artifact_name, model_key, object_key
@@ -31,7 +33,7 @@ from services.trainer.configs import BASE_MODEL_PREFIX, FAMILY_TO_PROTO
 from services.trainer.engine.captions import split_tags
 from services.trainer.engine.errors import InvalidPublishRequest
 from services.trainer.engine.publishing import publish_metadata
-from services.trainer.engine.snapshot import DatasetSnapshot
+from services.trainer.engine.snapshot import DatasetSnapshot, SnapshotError
 from services.trainer.service_base import TrainerBase
 
 log = logging.getLogger(__name__)
@@ -72,10 +74,14 @@ class ModelRpcs(TrainerBase):
                for i, index in enumerate(showcase) if not 0 <= index < len(result.previews)]
         if bad:
             raise invalid(bad)
-        words = list(spec.trigger_words) or await self._head_tags(job.snapshot)
-        lora = await self._tx.objects.run(self._store.get_bytes, object_key(job_id, "epochs", spec.epoch, None))
-        images = [await self._tx.objects.run(self._store.get_bytes, object_key(job_id, "epochs", spec.epoch, i))
-                  for i in showcase]
+        try:
+            words = list(spec.trigger_words) or await self._head_tags(job.snapshot)
+            lora = await self._tx.objects.run(self._store.get_bytes, object_key(job_id, "epochs", spec.epoch, None))
+            images = [await self._tx.objects.run(self._store.get_bytes, object_key(job_id, "epochs", spec.epoch, i))
+                      for i in showcase]
+        except (ObjectNotFound, SnapshotError) as exc:
+            raise failed_precondition(f"what this epoch was made of is gone: {exc}; give the trigger words "
+                                      "yourself, or publish another epoch", "EPOCH_FILES_GONE") from None
         try:
             published = await self._cpu(lambda: publish_metadata(
                 lora, name=spec.display_name.strip(), description=spec.description, trigger_words=words,

@@ -72,9 +72,12 @@ class TrainerComponents:
         """Leases that ran out put their jobs back (or fail them), and the queue's figures are sampled."""
         queue = self.deps.queue
         lost = await self.deps.transactions.run(queue.expire_leases)
-        lost += await self.deps.transactions.run(self.deps.generations.expire_leases)
         for job_id in lost:
             self.deps.hub.notify(job_id)
+        lost_generations = await self.deps.transactions.run(self.deps.generations.expire_leases)
+        for generation_id in lost_generations:
+            self.deps.hub.notify(f"generation:{generation_id}")
+        lost += lost_generations
         if lost:
             self.deps.hub.notify(QUEUE)
         stats = await self.deps.transactions.run(queue.leased.stats, read_only=True)

@@ -126,6 +126,12 @@ class TrainingQueue:
         lost = list(conn.execute(sa.select(schema.training_jobs).where(
             j.state == schema.QUEUED, j.lease_id.is_not(None), j.due <= at).order_by(j.id)))
         for row in lost:
+            # Still that lease, still run out (a report may have renewed it since the select).
+            still = sa.select(j.id).where(j.id == row.id, j.lease_id == row.lease_id, j.due <= at)
+            if conn.dialect.name == "postgresql":
+                still = still.with_for_update()
+            if conn.execute(still).first() is None:
+                continue
             reason = f"worker {row.worker or '?'} stopped reporting (lease of {self.rules.lease.total_seconds():g} s " \
                      "ran out)"
             self._end_attempt(conn, row, reason, at, backoff=dt.timedelta(0))
@@ -143,7 +149,7 @@ class TrainingQueue:
             message = f"gave up after {row.claims} attempts; the last: {reason}"
             self.finish(conn, row, schema.FAILED, failure_status(message), at)
             return
-        conn.execute(schema.training_jobs.update().where(j.id == row.id).values(
+        conn.execute(schema.training_jobs.update().where(j.id == row.id, j.lease_id == row.lease_id).values(
             lease_id=None, claimed_at=None, due=at + backoff, error=reason, update_time=at))
         records.append_events(conn, row.id, [pb.TrainingEvent(requeued=pb.RequeuedEvent(
             reason=reason, resume_from_epoch=row.last_saved_epoch))], at)

@@ -9,9 +9,14 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
+from kiln.v1 import trainer_worker_pb2 as wpb
+from kiln.v1 import trainer_worker_pb2_grpc
 from services.common.errors import status_details
+from services.common.internal_client import internal_channel
 from services.trainer.queue_order import WaitingJob, finish_times, queue_order
+from tests.servers import TEST_AUTH
 from tests.training_service.test_training_jobs import tiny_job
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -97,3 +102,46 @@ def test_the_per_tenant_queue_limit_is_refused_with_a_quota_failure(tenant, trai
     assert quota.violations[0].subject == f"tenant:{tenant.name}"
     for job in jobs:
         tenant.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+
+
+def test_a_worker_whose_lease_ran_out_can_no_longer_touch_its_job(tenant, trainer):
+    """A worker alive but silent too long (paused, partitioned): once another worker holds the job,
+    every report and outcome of the old one is refused with LEASE_LOST."""
+    dataset = tenant.dataset(images=1)
+    job = tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
+    with internal_channel(trainer.address, TEST_AUTH) as channel:
+        workers = trainer_worker_pb2_grpc.TrainingWorkerServiceStub(channel)
+        capabilities = wpb.WorkerCapabilities(families=[dpb.MODEL_FAMILY_SD15])
+
+        def claim(worker: str) -> wpb.TrainingAssignment:
+            while True:  # other tests' jobs may be ahead in this module's queue: take until ours
+                got = workers.ClaimTrainingJob(wpb.ClaimTrainingJobRequest(
+                    worker_id=worker, capabilities=capabilities, wait_seconds=10), timeout=30).assignment
+                if got.job == job.name:
+                    return got
+                workers.FinishTrainingJob(wpb.FinishTrainingJobRequest(
+                    job=got.job, lease_id=got.lease_id, outcome=wpb.FinishTrainingJobRequest.OUTCOME_CANCELLED))
+
+        stale = claim("paused")
+        workers.ReportTrainingProgress(wpb.ReportTrainingProgressRequest(job=job.name, lease_id=stale.lease_id))
+        # The paused worker stays silent: its lease runs out and the job waits again.
+        stream = tenant.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name), timeout=60)
+        requeued = next(e for e in stream if e.HasField("requeued"))
+        stream.cancel()
+        assert "paused" in requeued.requeued.reason
+        fresh = claim("rescuer")
+        assert fresh.attempt == 2 and fresh.lease_id != stale.lease_id
+        for call, request in [
+            (workers.ReportTrainingProgress, wpb.ReportTrainingProgressRequest(job=job.name, lease_id=stale.lease_id)),
+            (workers.FinishTrainingJob, wpb.FinishTrainingJobRequest(
+                job=job.name, lease_id=stale.lease_id, outcome=wpb.FinishTrainingJobRequest.OUTCOME_SUCCEEDED)),
+        ]:
+            with pytest.raises(grpc.RpcError) as caught:
+                call(request, timeout=30)
+            info, _ = status_details(caught.value)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and info.reason == "LEASE_LOST"
+        assert tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name)).worker == "rescuer"
+        workers.FinishTrainingJob(wpb.FinishTrainingJobRequest(
+            job=job.name, lease_id=fresh.lease_id, outcome=wpb.FinishTrainingJobRequest.OUTCOME_CANCELLED))
+    assert tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name)).state == \
+        pb.TrainingJob.State.STATE_CANCELLED

@@ -117,6 +117,14 @@ def test_another_tenants_job_does_not_exist(tenant, other_tenant):
         (other_tenant.trainer.DeleteTrainingJob, pb.DeleteTrainingJobRequest(name=job.name)),
         (other_tenant.trainer.ListTrainingMetrics, pb.ListTrainingMetricsRequest(name=job.name)),
         (other_tenant.trainer.RetrainTrainingJob, pb.RetrainTrainingJobRequest(name=job.name)),
+        (other_tenant.trainer.SendTrainingControl, pb.SendTrainingControlRequest(
+            name=job.name, control=pb.SendTrainingControlRequest.Control.CONTROL_SAMPLE_NOW)),
+        (other_tenant.trainer.GetArtifactUrl, pb.GetArtifactUrlRequest(name=f"{job.name}/epochs/1/lora")),
+        (lambda r: list(other_tenant.trainer.ReadArtifact(r)),
+         pb.ReadArtifactRequest(name=f"{job.name}/epochs/1/lora")),
+        (lambda r: list(other_tenant.trainer.GenerateImages(r)), pb.GenerateImagesRequest(training_job=job.name)),
+        (other_tenant.trainer.CreateModel, pb.CreateModelRequest(model=pb.Model(
+            display_name="theirs", training_job=job.name, epoch=1))),
     ]:
         with pytest.raises(grpc.RpcError) as caught:
             call(request)

@@ -43,6 +43,7 @@ FAMILIES = {"sd15": dpb.MODEL_FAMILY_SD15, "sdxl": dpb.MODEL_FAMILY_SDXL}
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
               grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED}
 CALL_TIMEOUT = 10.0
+MAX_EVENTS_PER_REPORT = 1000  # what the service accepts in one report
 
 
 class LeaseLost(Exception):
@@ -139,8 +140,11 @@ class TrainingWorker:
                     continue
                 if isinstance(claimed, wpb.GenerationAssignment):
                     # Generations run in the warm process, which stays warm (with its loaded
-                    # models) for the next one; a training there drops them first.
-                    await self._run_generation(claimed, child)
+                    # models) for the next one; a training there drops them first. One given up
+                    # on mid-way may still be rendering: that process goes.
+                    if not await self._run_generation(claimed, child):
+                        await asyncio.to_thread(child.kill)
+                        self._child = None
                     continue
                 assignment = claimed
                 # This one is the job's now (a job's process is never reused: nothing of one run may
@@ -181,7 +185,8 @@ class TrainingWorker:
             return response.generation
         return response.assignment if response.HasField("assignment") else None
 
-    async def _run_generation(self, assignment: wpb.GenerationAssignment, child: WarmChild) -> None:
+    async def _run_generation(self, assignment: wpb.GenerationAssignment, child: WarmChild) -> bool:
+        """Run one generation in `child`; False when it was given up on before the child finished."""
         spec = json_format.MessageToDict(assignment, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True)
         spec["seed"] = assignment.seed
@@ -206,9 +211,16 @@ class TrainingWorker:
         threading.Thread(target=read, daemon=True, name="generation").start()
         images: list[pb.GeneratedImage] = []
         job = assignment.generation.split("/generations/")[0]
+        heartbeat = min(self._settings.heartbeat_seconds, assignment.lease_seconds / 4)
         try:
             while True:
-                message = await messages.get()
+                try:
+                    message = await asyncio.wait_for(messages.get(), heartbeat)
+                except TimeoutError:
+                    # Loading a model can take longer than the lease: an empty report renews it.
+                    await self._call_retrying(self._stub.ReportGeneratedImages, wpb.ReportGeneratedImagesRequest(
+                        generation=assignment.generation, lease_id=assignment.lease_id), job, assignment.lease_seconds)
+                    continue
                 if message[0] == "image":
                     fields = message[1]
                     image = pb.GeneratedImage(
@@ -217,8 +229,9 @@ class TrainingWorker:
                         image=pb.Artifact(name=f"{assignment.generation}/images/{fields['number']}",
                                           content_type="image/png"))
                     images.append(image)
-                    await self._call(self._stub.ReportGeneratedImages, wpb.ReportGeneratedImagesRequest(
-                        generation=assignment.generation, lease_id=assignment.lease_id, images=[image]), job)
+                    await self._call_retrying(self._stub.ReportGeneratedImages, wpb.ReportGeneratedImagesRequest(
+                        generation=assignment.generation, lease_id=assignment.lease_id, images=[image]), job,
+                        assignment.lease_seconds)
                     continue
                 finish = wpb.FinishGenerationRequest(generation=assignment.generation, lease_id=assignment.lease_id)
                 if message[0] == "generated" and message[1] is not None:
@@ -226,10 +239,22 @@ class TrainingWorker:
                                                       size_bytes=message[1]["size"]))
                 elif message[0] == "generation_failed":
                     finish.error.CopyFrom(status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=message[1]))
-                await self._call(self._stub.FinishGeneration, finish, job)
-                return
-        except (LeaseLost, _Unreachable):
+                await self._call_retrying(self._stub.FinishGeneration, finish, job, assignment.lease_seconds)
+                return True
+        except (LeaseLost, _Unreachable, grpc.aio.AioRpcError):
             log.warning("generation abandoned", extra={"fields": {"generation": assignment.generation}})
+            return False
+
+    async def _call_retrying(self, method: Any, request: Any, what: str, within: float) -> Any:
+        """`_call`, retried while the service can't be reached, for as long as a lease lasts."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                return await self._call(method, request, what)
+            except _Unreachable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def _run_job(self, assignment: wpb.TrainingAssignment, child: WarmChild, stop: asyncio.Event) -> None:
         job_id = assignment.job.removeprefix("trainingJobs/")
@@ -273,6 +298,11 @@ class TrainingWorker:
             await self._finish(assignment, state)
         except LeaseLost:
             log.warning("lease lost; the job is another worker's now", extra={"fields": {"job": assignment.job}})
+        except grpc.aio.AioRpcError as err:
+            # A refusal this worker can't act on ends this job's run here, not the worker: the
+            # lease runs out and the job resumes elsewhere.
+            log.error("the trainer service refused a report: %s: %s", err.code().name, err.details(),
+                      extra={"fields": {"job": assignment.job}})
 
     def _read_child(self, child: WarmChild, state: RunState, loop: asyncio.AbstractEventLoop) -> None:
         """Child messages into events, on the loop's thread."""
@@ -312,7 +342,10 @@ class TrainingWorker:
             state.news.set()
 
     async def _report(self, assignment: wpb.TrainingAssignment, state: RunState) -> wpb.ReportTrainingProgressResponse:
-        batch = list(state.pending)
+        # At most what one report may carry; the rest goes with the next (news stays set).
+        batch = list(state.pending[:MAX_EVENTS_PER_REPORT])
+        if len(state.pending) > len(batch):
+            state.news.set()
         request = wpb.ReportTrainingProgressRequest(job=assignment.job, lease_id=assignment.lease_id, events=batch)
         response = await self._call(self._stub.ReportTrainingProgress, request)
         del state.pending[:len(batch)]
@@ -321,6 +354,8 @@ class TrainingWorker:
     async def _finish(self, assignment: wpb.TrainingAssignment, state: RunState) -> None:
         assert state.outcome is not None
         outcome, text = state.outcome
+        while len(state.pending) > MAX_EVENTS_PER_REPORT:
+            await self._report_until_lease(assignment, state)
         request = wpb.FinishTrainingJobRequest(job=assignment.job, lease_id=assignment.lease_id,
                                                outcome=Outcome.Value(f"OUTCOME_{outcome}"), events=state.pending)
         if text and outcome in ("FAILED", "RETRY"):
@@ -331,6 +366,17 @@ class TrainingWorker:
             try:
                 await self._call(self._stub.FinishTrainingJob, request)
                 log.info("job finished", extra={"fields": {"job": assignment.job, "outcome": outcome}})
+                return
+            except _Unreachable:
+                if time.monotonic() > deadline:
+                    raise LeaseLost(assignment.job) from None
+                await asyncio.sleep(0.5)
+
+    async def _report_until_lease(self, assignment: wpb.TrainingAssignment, state: RunState) -> None:
+        deadline = time.monotonic() + assignment.lease_seconds
+        while True:
+            try:
+                await self._report(assignment, state)
                 return
             except _Unreachable:
                 if time.monotonic() > deadline:
