@@ -9,7 +9,8 @@ import sys
 
 from benchmarks.runner import failure_summary, run_suites
 
-SUITES = ("dataset_upload", "crop_speed", "oversized_requests", "tagger_throughput", "trainer_step")
+SUITES = ("dataset_upload", "crop_speed", "oversized_requests", "tagger_throughput", "trainer_step",
+          "trainer_startup")
 
 
 def main(argv: list[str] | None = None, package: str = "benchmarks") -> int:
