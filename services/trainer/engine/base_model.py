@@ -7,10 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .catalog import Family
+from .model_libraries import (
+    AutoencoderKL,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    DDPMScheduler,
+    UNet2DConditionModel,
+)
+from .tokenizers import load_tokenizer
 
 # SDXL's second encoder is the one with the projection (its pooled output conditions the UNet).
 TextEncoder = CLIPTextModel | CLIPTextModelWithProjection
@@ -56,11 +63,11 @@ class BaseModel:
 def load_base_model(family: Family, path: Path) -> BaseModel:
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
-    tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)]
+    tokenizers = [load_tokenizer(Path(path) / "tokenizer")]
     encoders: list[TextEncoder] = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
                                                                  local_files_only=True)]
     if family == "sdxl":
-        tokenizers.append(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True))
+        tokenizers.append(load_tokenizer(Path(path) / "tokenizer_2"))
         encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2",
                                                                     local_files_only=True))
     scheduler_config = dict(DDPMScheduler.load_config(path, subfolder="scheduler", local_files_only=True))

@@ -162,13 +162,12 @@ class ContactSheets:
 
 
 def _train(args: argparse.Namespace, store: ModelStore) -> int:
-    import diffusers
-    import transformers
     from tqdm import tqdm
 
+    from .model_libraries import disable_library_progress_bars
+
     # One bar for the run; the libraries' per-load bars would break it up.
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+    disable_library_progress_bars()
     config = config_from_args(args)
     snapshot, reader = _load_dataset(args, config, store)
     estimate = estimate_training(config, snapshot, store)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
 from PIL import Image, ImageOps
 
 from .buckets import fit_to_bucket
+from .model_libraries import AutoencoderKL
 from .sample_plan import PlannedImage
 from .snapshot import BlobReader, SnapshotImage
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from diffusers import UNet2DConditionModel
-from peft.tuners.lora import LoraLayer
 from torch import nn
+
+from .model_libraries import LoraLayer, UNet2DConditionModel
 
 ADAPTER_NAME = "default"
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}

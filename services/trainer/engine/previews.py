@@ -11,14 +11,19 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image, ImageDraw
 
 from .base_model import BaseModel, encode_prompts
 from .config import PreviewConfig
+from .model_libraries import pipeline_classes
 from .samplers import make_scheduler
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class PreviewSettings:
 
 def build_pipeline(model: BaseModel, sampler: str) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     scheduler = make_scheduler(sampler, model.scheduler_config)
+    StableDiffusionPipeline, StableDiffusionXLPipeline = pipeline_classes()
     if model.family == "sd15":
         pipe = StableDiffusionPipeline(
             vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0], unet=model.unet,

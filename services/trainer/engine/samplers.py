@@ -5,49 +5,51 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSDEScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 
 @dataclass(frozen=True)
 class Sampler:
-    scheduler: type[SchedulerMixin]
+    # The scheduler by module (under diffusers.schedulers) and class: imported only when a
+    # preview uses it, so validating a configuration imports no scheduler at all.
+    module: str
+    class_name: str
     options: dict[str, Any] = field(default_factory=dict)
     requires: tuple[str, ...] = ()  # importable modules the scheduler needs
 
+    def scheduler(self) -> type[SchedulerMixin]:
+        from .model_libraries import scheduler_class, scipy_schedulers_enabled
+
+        if "scipy" in self.requires and not scipy_schedulers_enabled():
+            raise ImportError(f"{self.class_name} needs scipy, which is not installed")
+        return scheduler_class(self.module, self.class_name)
+
 
 SAMPLERS: dict[str, Sampler] = {
-    "euler_a": Sampler(EulerAncestralDiscreteScheduler),
-    "euler": Sampler(EulerDiscreteScheduler),
-    "ddim": Sampler(DDIMScheduler),
-    "pndm": Sampler(PNDMScheduler, {"skip_prk_steps": True}),
-    "heun": Sampler(HeunDiscreteScheduler),
-    "lms": Sampler(LMSDiscreteScheduler, requires=("scipy",)),
-    "dpm2": Sampler(KDPM2DiscreteScheduler),
-    "dpm2_a": Sampler(KDPM2AncestralDiscreteScheduler),
-    "dpm++ 2m": Sampler(DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "euler_a": Sampler("scheduling_euler_ancestral_discrete", "EulerAncestralDiscreteScheduler"),
+    "euler": Sampler("scheduling_euler_discrete", "EulerDiscreteScheduler"),
+    "ddim": Sampler("scheduling_ddim", "DDIMScheduler"),
+    "pndm": Sampler("scheduling_pndm", "PNDMScheduler", {"skip_prk_steps": True}),
+    "heun": Sampler("scheduling_heun_discrete", "HeunDiscreteScheduler"),
+    "lms": Sampler("scheduling_lms_discrete", "LMSDiscreteScheduler", requires=("scipy",)),
+    "dpm2": Sampler("scheduling_k_dpm_2_discrete", "KDPM2DiscreteScheduler"),
+    "dpm2_a": Sampler("scheduling_k_dpm_2_ancestral_discrete", "KDPM2AncestralDiscreteScheduler"),
+    "dpm++ 2m": Sampler("scheduling_dpmsolver_multistep", "DPMSolverMultistepScheduler",
+                        {"algorithm_type": "dpmsolver++"}),
     "dpm++ 2m karras": Sampler(
-        DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}
+        "scheduling_dpmsolver_multistep", "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
     ),
     "dpm++ 2m sde karras": Sampler(
-        DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}
+        "scheduling_dpmsolver_multistep", "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
     ),
-    "dpm++ sde karras": Sampler(DPMSolverSDEScheduler, {"use_karras_sigmas": True}, ("torchsde", "scipy")),
-    "unipc": Sampler(UniPCMultistepScheduler),
+    "dpm++ sde karras": Sampler("scheduling_dpmsolver_sde", "DPMSolverSDEScheduler", {"use_karras_sigmas": True},
+                                ("torchsde", "scipy")),
+    "unipc": Sampler("scheduling_unipc_multistep", "UniPCMultistepScheduler"),
 }
 
 # kohya's --sample_sampler spellings and common A1111 labels.
@@ -94,4 +96,4 @@ def sampler_problem(name: str, importable: Callable[[str], bool] = is_importable
 
 def make_scheduler(name: str, base_config: dict[str, Any]) -> SchedulerMixin:
     sampler = SAMPLERS[sampler_key(name)]
-    return sampler.scheduler.from_config(base_config, **sampler.options)
+    return sampler.scheduler().from_config(base_config, **sampler.options)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from .tokenizers import build_clip_tokenizer
 
 if TYPE_CHECKING:
-    from transformers import CLIPTextModelWithProjection
+    from transformers.models.clip.modeling_clip import CLIPTextModelWithProjection
 
 CONFIG_ROOT = Path(__file__).with_name("model_configs")
 _OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
@@ -34,8 +34,9 @@ def config_folder(family: str, target: Path) -> Path:
 def convert_single_file(checkpoint: Path, target: Path, family: str, config_dir: Path | None = None) -> None:
     """``config_dir``: a diffusers folder whose configs describe the checkpoint, for architectures
     other than the standard SD1.5 / SDXL 1.0 ones (default: the shipped configs)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from .model_libraries import pipeline_classes
 
+    StableDiffusionPipeline, StableDiffusionXLPipeline = pipeline_classes()
     pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     with tempfile.TemporaryDirectory(prefix="kiln-config-") as scratch:
         configs = config_dir or config_folder(family, Path(scratch) / family)
@@ -57,7 +58,8 @@ def _open_clip_text_encoder(checkpoint: Path, configs: Path) -> CLIPTextModelWit
     """
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm, load_single_file_checkpoint
     from safetensors import safe_open
-    from transformers import CLIPTextModelWithProjection
+
+    from .model_libraries import CLIPTextModelWithProjection
 
     if checkpoint.suffix == ".safetensors":
         # Only the encoder's tensors: the whole file is loaded again by from_single_file.

@@ -13,19 +13,11 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from diffusers import (
-    AutoencoderKL,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-from .tokenizers import build_clip_tokenizer
+if TYPE_CHECKING:
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 
 TINY_SEED = 20261125
 # Bump when the build recipe changes in a way the configs below don't show.
@@ -136,6 +128,22 @@ def ensure_tiny_model(name: str, cache_dir: Path) -> Path:
 
 
 def build_tiny_pipeline(name: str) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    # The model libraries only here: the model store knows the tiny models by their configs
+    # above, and a run whose model is already built never needs these imports.
+    import torch
+
+    from .model_libraries import (
+        AutoencoderKL,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        EulerDiscreteScheduler,
+        UNet2DConditionModel,
+        pipeline_classes,
+    )
+    from .tokenizers import build_clip_tokenizer
+
+    StableDiffusionPipeline, StableDiffusionXLPipeline = pipeline_classes()
     config = TINY_CONFIGS[name]
     torch.manual_seed(TINY_SEED)
     unet = UNet2DConditionModel(**config["unet"])

@@ -20,8 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from diffusers.optimization import get_scheduler
 
 from .artifacts import ArtifactKeys, ArtifactWriter
 from .base_model import encode_prompts, load_base_model
@@ -34,6 +32,7 @@ from .images import LatentCache, PreparedImage, encode_latents, prepare_image
 from .kohya_format import SAVE_DTYPES, kohya_state_dict
 from .lora import NetworkShape, lora_config, text_encoder_targets, trainable_lora_parameters, unet_targets
 from .metadata import build_metadata, serialize_lora
+from .model_libraries import AttnProcessor, AttnProcessor2_0, get_scheduler
 from .model_store import ModelStore
 from .noise import all_snr, min_snr_weights, offset_noise, pyramid_noise, sample_timesteps
 from .optimizers import build_optimizer
