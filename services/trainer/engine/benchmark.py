@@ -1,12 +1,15 @@
 """Engine speed against a bare diffusers + peft loop, and cached against uncached latents.
 
-    python -m services.trainer.engine.benchmark [--steps 40] [--size 64] [--batch 2] [--rounds 3]
+    python -m services.trainer.engine.benchmark [--steps 120] [--size 64] [--batch 2] [--rounds 5]
                                                 [--full-size 256] [--full-steps 6] [--full-rounds 2]
 
-Each variant runs in its own process so its peak memory (max RSS) is its own; variants alternate
-for several rounds and the best rate of each counts. Rates are steps per second of the process's
-CPU time (one torch thread by default), so a busy neighbour on a shared machine skews them less.
-Prints ratios; it asserts nothing (issue 4: "ratios in one run, printed; not timed tests").
+Each variant runs in its own process so its peak memory (max RSS) is its own. Readings are made
+to be read, not just taken: a variant's rate is one over the median CPU time of its steps after
+a warm-up (one slow step, when a neighbour on a shared machine takes the core, moves a median
+little and a mean a lot); variants alternate round by round, and a ratio is the median of each
+round's ratio, so both sides of it ran minutes apart at most. Torch runs one intra-op and one
+inter-op thread by default. Prints ratios; it asserts nothing (issue 4: "ratios in one run,
+printed; not timed tests").
 
 Latent caching is measured twice. On ``tiny-sd15`` a step is mostly per-operator overhead and the
 toy VAE (16-32 channels) is a small share of it, so caching saves little there. What caching is
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +38,7 @@ from PIL import Image
 
 VARIANTS = ("bare", "engine", "engine_cached")
 FULL_VARIANTS = ("full", "full_cached")
-WARMUP_STEPS = 3
+WARMUP_STEPS = 10
 FULL_WARMUP_STEPS = 1
 FULL_MODEL_ID = "benchmark-sd15-architecture"
 
@@ -78,7 +82,14 @@ def _engine(
 
     TrainingRun(config, snapshot, reader, LocalDirectoryWriter(workdir / "out"), store=ModelStore(models_dir),
                 progress=on_progress).run(False)
-    return (steps - warmup) / (stamps[steps] - stamps[warmup])
+    return _step_rate(stamps, steps, warmup)
+
+
+def _step_rate(stamps: dict[int, float], steps: int, warmup: int) -> float:
+    """Steps per CPU-second from the CPU clock at the end of each step: one over the median step
+    after ``warmup``."""
+    durations = [stamps[step] - stamps[step - 1] for step in range(warmup + 1, steps + 1)]
+    return 1 / statistics.median(durations)
 
 
 def build_full_sd15(models_dir: Path) -> None:
@@ -148,7 +159,7 @@ def _bare(steps: int, size: int, batch: int, workdir: Path, models_dir: Path) ->
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         stamps[step] = time.process_time()
-    return (steps - WARMUP_STEPS) / (stamps[steps] - stamps[WARMUP_STEPS])
+    return _step_rate(stamps, steps, WARMUP_STEPS)
 
 
 def _peak_rss_mb() -> float:
@@ -164,6 +175,7 @@ def run_variant(variant: str, steps: int, size: int, batch: int, threads: int, m
     import torch
 
     torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         if variant == "bare":
@@ -185,16 +197,29 @@ def _measure(variant: str, steps: int, size: int, batch: int, threads: int, mode
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
-def _best_of(rounds: int, variants: tuple[str, ...], measure: Callable[[str], dict[str, float]]
-             ) -> dict[str, dict[str, float]]:
-    results: dict[str, dict[str, float]] = {}
-    for _ in range(rounds):
-        for variant in variants:
-            measured = measure(variant)
-            best = results.get(variant)
-            if best is None or measured["steps_per_second"] > best["steps_per_second"]:
-                results[variant] = measured
-    return results
+Rounds = list[dict[str, dict[str, float]]]  # per round, each variant's figures
+
+
+def _interleaved(rounds: int, variants: tuple[str, ...], measure: Callable[[str], dict[str, float]]) -> Rounds:
+    """Every variant once per round, in an order that alternates between rounds (so neither side
+    of a ratio always runs first, in the other's wake)."""
+    measured: Rounds = []
+    for index in range(rounds):
+        order = variants if index % 2 == 0 else tuple(reversed(variants))
+        measured.append({variant: measure(variant) for variant in order})
+    return measured
+
+
+def _medians(measured: Rounds) -> dict[str, dict[str, float]]:
+    variants = measured[0].keys()
+    return {variant: {name: statistics.median(r[variant][name] for r in measured) for name in measured[0][variant]}
+            for variant in variants}
+
+
+def _ratio(measured: Rounds, top: str, bottom: str) -> tuple[float, float, float]:
+    """Median, lowest and highest of the rounds' ratios of steps/s."""
+    ratios = [r[top]["steps_per_second"] / r[bottom]["steps_per_second"] for r in measured]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def _print_rates(results: dict[str, dict[str, float]]) -> None:
@@ -204,10 +229,10 @@ def _print_rates(results: dict[str, dict[str, float]]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per variant")
     parser.add_argument("--full-size", type=int, default=256, help="pixels for the SD1.5-architecture run")
     parser.add_argument("--full-steps", type=int, default=6, help="steps of the SD1.5-architecture run (0 skips)")
@@ -232,27 +257,33 @@ def _models_dir(args: argparse.Namespace) -> Path:
 def measure_all(args: argparse.Namespace) -> dict[str, float]:
     """Every variant, printed as it is measured; returns the figures (rates, peaks and ratios)."""
     tiny_models = _models_dir(args)
-    results = _best_of(args.rounds, VARIANTS,
-                       lambda v: _measure(v, args.steps, args.size, args.batch, args.threads, tiny_models))
+    measured = _interleaved(args.rounds, VARIANTS,
+                            lambda v: _measure(v, args.steps, args.size, args.batch, args.threads, tiny_models))
+    results = _medians(measured)
     print(f"tiny-sd15, {args.size}px, batch {args.batch}, {args.steps} steps (first {WARMUP_STEPS} not timed), "
-          f"{args.threads} thread(s), best of {args.rounds} rounds, steps per CPU-second")
+          f"{args.threads} thread(s), median step of each run, median of {args.rounds} interleaved rounds, "
+          "steps per CPU-second")
     _print_rates(results)
-    engine, bare, cached = (results[v]["steps_per_second"] for v in ("engine", "bare", "engine_cached"))
-    print(f"engine / bare loop:      {engine / bare:.2f}x (goal >= 0.95)")
-    print(f"cached / uncached:       {cached / engine:.2f}x (tiny VAE; see the SD1.5 architecture below)")
-    figures = {**_figures(results), "engine_over_bare": engine / bare, "tiny_cached_over_uncached": cached / engine}
+    over_bare, low, high = _ratio(measured, "engine", "bare")
+    cached, cached_low, cached_high = _ratio(measured, "engine_cached", "engine")
+    print(f"engine / bare loop:      {over_bare:.2f}x (rounds {low:.2f}-{high:.2f}; goal >= 0.95)")
+    print(f"cached / uncached:       {cached:.2f}x (rounds {cached_low:.2f}-{cached_high:.2f}; tiny VAE, "
+          "see the SD1.5 architecture below)")
+    figures = {**_figures(results), "engine_over_bare": over_bare, "engine_over_bare_lowest": low,
+               "engine_over_bare_highest": high, "tiny_cached_over_uncached": cached}
     if args.full_steps > FULL_WARMUP_STEPS:
         with tempfile.TemporaryDirectory(prefix="kiln-bench-models-") as models:
             started = time.perf_counter()
             build_full_sd15(Path(models))
             print(f"SD1.5 architecture built from the shipped configs in {time.perf_counter() - started:.0f} s")
-            full = _best_of(args.full_rounds, FULL_VARIANTS, lambda v: _measure(
+            full_measured = _interleaved(args.full_rounds, FULL_VARIANTS, lambda v: _measure(
                 v, args.full_steps, args.full_size, 1, args.full_threads, Path(models)))
+        full = _medians(full_measured)
         print(f"SD1.5 architecture (random weights), {args.full_size}px, batch 1, {args.full_steps} steps "
-              f"(first {FULL_WARMUP_STEPS} not timed), {args.full_threads} thread(s), best of {args.full_rounds} "
-              "rounds, steps per CPU-second")
+              f"(first {FULL_WARMUP_STEPS} not timed), {args.full_threads} thread(s), median of {args.full_rounds} "
+              "interleaved rounds, steps per CPU-second")
         _print_rates(full)
-        ratio = full["full_cached"]["steps_per_second"] / full["full"]["steps_per_second"]
+        ratio, _, _ = _ratio(full_measured, "full_cached", "full")
         print(f"cached / uncached:       {ratio:.2f}x (goal >= 1.3)")
         figures.update(_figures(full), sd15_cached_over_uncached=ratio)
     return figures
