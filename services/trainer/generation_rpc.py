@@ -262,7 +262,6 @@ def _assignment(request: pb.GenerateImagesRequest, job: Row[Any],
         for column, (_, strength, prompt) in enumerate(columns):
             assignment.cells.add(row=row, column=column, epoch=epoch, strength=strength, prompt=prompt,
                                  lora_key=object_key(job.id, "epochs", epoch, None) if epoch else "")
-    assignment.generation = ""  # set once the generation has its id
     return assignment
 
 

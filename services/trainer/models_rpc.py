@@ -98,14 +98,15 @@ class ModelRpcs(TrainerBase):
             await self._tx.delete_quietly(written)
             raise
 
+        visibility = records.VISIBILITY_TO_DB[spec.visibility or Visibility.VISIBILITY_PRIVATE]
+
         def work(conn: Connection, tenant: str) -> pb.Model:
             name = spec.display_name.strip()
             if conn.execute(sa.select(m.id).where(m.tenant == tenant, m.display_name == name)).first():
                 raise _name_taken(name)
             conn.execute(schema.models.insert().values(
                 id=model_id, tenant=tenant, display_name=name, description=spec.description,
-                trigger_words=[w.strip() for w in words], visibility=records.VISIBILITY_TO_DB[spec.visibility or
-                                                                                              Visibility.VISIBILITY_PRIVATE],
+                trigger_words=[w.strip() for w in words], visibility=visibility,
                 job_id=job_id, epoch=spec.epoch, base_model=job.base_model, family=job.family,
                 size_bytes=len(published), sha256=hashlib.sha256(published).hexdigest(),
                 showcase=showcase, create_time=records.now()))

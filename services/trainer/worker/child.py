@@ -158,8 +158,6 @@ def run_job(spec: dict[str, Any], store: Any, models_dir: str, send: Send,
 def run_generation(spec: dict[str, Any], store: Any, cache: Any, send: Send) -> tuple[Any, ...]:
     """One test generation: each image written and announced as it is done, then the sheet of a
     grid. Returns the final message, ("generated", sheet) or ("generation_failed", why)."""
-    import dataclasses as dc
-
     from services.trainer.engine.errors import InvalidGenerationRequest, LoraIncompatible
     from services.trainer.engine.generation import GenerationRequest, comparison_grid, generate
     from services.trainer.engine.previews import png_bytes
@@ -191,7 +189,7 @@ def run_generation(spec: dict[str, Any], store: Any, cache: Any, send: Send) -> 
         row_zero = sorted((c for c in cells if c["row"] == 0), key=lambda c: c["column"])
         by_prompt = len({c["prompt"] for c in row_zero}) > 1
         grid = comparison_grid(
-            dc.replace(request, count=1), [(label, loras.get(c["lora_key"])) for label, c in
+            dataclasses.replace(request, count=1), [(label, loras.get(c["lora_key"])) for label, c in
                                            zip(spec["row_labels"], rows, strict=True)],
             cache.store, strengths=None if by_prompt else [c["strength"] for c in row_zero],
             prompts=[c["prompt"] for c in row_zero] if by_prompt else None, cache=cache,
