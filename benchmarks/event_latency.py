@@ -27,6 +27,7 @@ from services.common.internal_client import internal_aio_channel, tenant_metadat
 from services.common.ports import free_ports
 from services.common.settings import InternalAuthSettings
 from services.trainer import records, schema
+from services.trainer.event_log import EventLog
 
 EVENTS = 200
 # Steps reported before the measured ones: the watchers' catch-up reads are over by then.
@@ -157,7 +158,7 @@ def _running_job(database_url: str) -> tuple[str, str]:
             gpu_seconds=60.0, memory_bytes=0, state=schema.QUEUED, due=at + dt.timedelta(seconds=600),
             lease_id=lease_id, claimed_at=at, worker="bench", enqueue_time=at, pending_controls=[],
             create_time=at, update_time=at))
-        records.append_events(conn, job_id, [pb.TrainingEvent(log=pb.LogEvent(message="benchmark job"))], at)
+        EventLog(keep=1000).append(conn, job_id, [pb.TrainingEvent(log=pb.LogEvent(message="benchmark job"))], at)
     engine.dispose()
     return f"trainingJobs/{job_id}", lease_id
 

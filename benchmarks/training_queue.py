@@ -18,6 +18,7 @@ from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import trainer_worker_pb2 as wpb
 from services.common.database import create_engine, migrate
 from services.trainer import records, schema
+from services.trainer.event_log import EventLog
 from services.trainer.server import MIGRATIONS, VERSION_TABLE
 from services.trainer.training_queue import QueueRules, TrainingQueue
 
@@ -44,7 +45,7 @@ def _median_ms(work: Callable[[], object]) -> float:
 
 def main() -> dict[str, float]:
     queue = TrainingQueue(QueueRules(lease=dt.timedelta(seconds=30), max_attempts=3, max_running_per_tenant=2,
-                                     worker_seen=dt.timedelta(minutes=2)))
+                                     worker_seen=dt.timedelta(minutes=2)), EventLog(keep=20_000))
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(f"sqlite:///{Path(tmp) / 'trainer.db'}")
         migrate(engine, MIGRATIONS, VERSION_TABLE)

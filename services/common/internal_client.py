@@ -20,6 +20,21 @@ def tenant_metadata(tenant: str) -> Metadata:
     return ((TENANT_HEADER, tenant),)
 
 
+# Calls go to every address a target resolves to, in turn, so one replica that dies (or a name
+# with several records) costs only the calls in flight to it; the default sticks to the first.
+ROUND_ROBIN: tuple[tuple[str, Any], ...] = (("grpc.lb_policy_name", "round_robin"),)
+
+
+def replicas_target(addresses: str) -> str:
+    """A channel target for one `host:port`, or several IP `address:port`s separated by commas
+    (the replicas of one service); any other target (`dns:///…`) is passed through."""
+    parts = [part.strip() for part in addresses.split(",") if part.strip()]
+    if len(parts) < 2:
+        return addresses.strip()
+    scheme = "ipv6" if all(part.startswith("[") for part in parts) else "ipv4"
+    return f"{scheme}:{','.join(parts)}"
+
+
 def credential_metadata(settings: InternalAuthSettings) -> Metadata:
     token = settings.token.get_secret_value()
     return ((AUTHORIZATION_HEADER, f"Bearer {token}"),) if token else ()

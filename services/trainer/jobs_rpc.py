@@ -253,7 +253,7 @@ class JobRpcs(TrainerBase):
                 if not row.cancel_requested:
                     conn.execute(schema.training_jobs.update().where(j.id == job_id).values(
                         cancel_requested=True, update_time=at))
-                    records.append_events(conn, job_id, [pb.TrainingEvent(log=pb.LogEvent(
+                    self._events.append(conn, job_id, [pb.TrainingEvent(log=pb.LogEvent(
                         level=pb.LogEvent.LEVEL_INFO, message="cancellation requested; stopping within a step"))],
                         at)
             else:

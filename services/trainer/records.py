@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -102,7 +102,8 @@ def job_message(row: Row[Any], results: list[pb.EpochResult], at: dt.datetime, e
         state=state_of(row, at), queue_position=row.queue_position,
         estimate=pb.TrainingEstimate.FromString(row.estimate), attempt_count=row.claims,
         retrained_from=row.retrained_from, seed=row.seed, eta_seconds=eta,
-        family=FAMILY_TO_PROTO[row.family], epochs=results,
+        family=FAMILY_TO_PROTO[row.family], epochs=results, last_event_seq=row.last_seq,
+        oldest_event_seq=min(row.events_pruned_through + 1, row.last_seq),
     )
     if is_running(row, at):
         message.worker = row.worker
@@ -115,32 +116,6 @@ def job_message(row: Row[Any], results: list[pb.EpochResult], at: dt.datetime, e
         if stamp is not None:
             getattr(message, name).CopyFrom(stamp)
     return message
-
-
-def append_events(conn: Connection, job_id: str, events: Iterable[pb.TrainingEvent],
-                  at: dt.datetime | None = None) -> int:
-    """Add events to the job's log with the next seqs; returns the last seq. The counter lives on
-    the job row, so two writers of one job queue behind each other's row lock."""
-    batch = list(events)
-    if not batch:
-        return 0
-    last = conn.execute(schema.training_jobs.update().where(j.id == job_id)
-                        .values(last_seq=j.last_seq + len(batch)).returning(j.last_seq)).scalar_one()
-    stamp = Timestamp()
-    stamp.FromDatetime(at or now())
-    rows = []
-    for offset, event in enumerate(batch):
-        event.seq = last - len(batch) + offset + 1
-        event.time.CopyFrom(stamp)
-        rows.append({"job_id": job_id, "seq": event.seq, "body": event.SerializeToString()})
-    conn.execute(schema.training_events.insert(), rows)
-    return int(last)
-
-
-def read_events(conn: Connection, job_id: str, after_seq: int, limit: int) -> list[pb.TrainingEvent]:
-    e = schema.training_events.c
-    rows = conn.execute(sa.select(e.body).where(e.job_id == job_id, e.seq > after_seq).order_by(e.seq).limit(limit))
-    return [pb.TrainingEvent.FromString(row.body) for row in rows]
 
 
 def delete_job_records(conn: Connection, job_id: str) -> None:

@@ -56,6 +56,8 @@ training_jobs = sa.Table(
     sa.Column("progress", sa.LargeBinary),
     sa.Column("last_saved_epoch", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_seq", sa.BigInteger, nullable=False, server_default="0"),
+    # Events up to this seq were pruned from the log (services/trainer/event_log.py).
+    sa.Column("events_pruned_through", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("retrained_from", sa.String(64), nullable=False, server_default=""),
     sa.Column("create_time", Timestamp, nullable=False),
     sa.Column("start_time", Timestamp),

@@ -33,6 +33,7 @@ from services.common.transactions import Transactions
 from services.trainer import schema
 from services.trainer.engine.model_store import ModelStore
 from services.trainer.event_hub import QUEUE, EventHub
+from services.trainer.event_log import EventLog
 from services.trainer.generation_queue import GenerationQueue
 from services.trainer.service_base import TrainerDependencies
 from services.trainer.service_settings import TrainerServiceSettings
@@ -113,9 +114,10 @@ async def build_trainer(settings: TrainerServiceSettings, store: ObjectStore,
                        max_attempts=settings.training_max_attempts,
                        max_running_per_tenant=settings.max_running_jobs_per_tenant,
                        worker_seen=dt.timedelta(seconds=settings.worker_seen_seconds))
-    deps = TrainerDependencies(transactions, store, settings, PageTokens.from_settings(settings), TrainingQueue(rules),
-                               ModelStore(settings.models_dir), SnapshotSource(channel), EventHub(),
-                               GenerationQueue(rules.lease, settings.training_max_attempts))
+    events = EventLog(settings.events_kept_per_job)
+    deps = TrainerDependencies(transactions, store, settings, PageTokens.from_settings(settings),
+                               TrainingQueue(rules, events), ModelStore(settings.models_dir), SnapshotSource(channel),
+                               EventHub(), GenerationQueue(rules.lease, settings.training_max_attempts), events)
     return TrainerComponents(settings, deps, TrainerServicer(deps), TrainingWorkerServicer(deps), credential,
                              observability)
 

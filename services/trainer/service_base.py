@@ -15,6 +15,7 @@ from services.common.pagination import PageTokens
 from services.common.transactions import Transactions
 from services.trainer.engine.model_store import ModelStore
 from services.trainer.event_hub import EventHub
+from services.trainer.event_log import EventLog
 from services.trainer.generation_queue import GenerationQueue
 from services.trainer.service_settings import TrainerServiceSettings
 from services.trainer.snapshot_source import SnapshotSource
@@ -34,6 +35,7 @@ class TrainerDependencies:
     snapshots: SnapshotSource
     hub: EventHub
     generations: GenerationQueue
+    events: EventLog
 
 
 class TrainerBase:
@@ -47,6 +49,7 @@ class TrainerBase:
         self._models = deps.models
         self._snapshots = deps.snapshots
         self._hub = deps.hub
+        self._events = deps.events
         # Validation plans buckets for every image: CPU work, off the event loop.
         self._cpu_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trainer-cpu")
 

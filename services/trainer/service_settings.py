@@ -35,6 +35,9 @@ class TrainerServiceSettings(CommonSettings):
     worker_seen_seconds: float = Field(default=120.0, gt=0)
     # The longest a worker's ClaimTrainingJob may wait for a job.
     max_claim_wait_seconds: float = Field(default=30.0, gt=0)
+    # Each job's event log keeps at least its latest this many events (a step is one); older
+    # seqs answer OUT_OF_RANGE. The job, its per-epoch results and its metrics are kept whole.
+    events_kept_per_job: int = Field(default=20_000, ge=10)
     artifact_url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
 
     def database_url(self) -> str:

@@ -23,6 +23,7 @@ from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import trainer_worker_pb2 as wpb
 from services.common.work_queue import LeasedQueue, QueueTable, RetryPolicy
 from services.trainer import records, schema
+from services.trainer.event_log import EventLog
 from services.trainer.queue_order import WaitingJob, finish_times, queue_order
 
 j = schema.training_jobs.c
@@ -53,8 +54,10 @@ def failure_status(message: str, code: int = code_pb2.ABORTED) -> status_pb2.Sta
 
 
 class TrainingQueue:
-    def __init__(self, rules: QueueRules, clock: Callable[[], dt.datetime] = records.now) -> None:
+    def __init__(self, rules: QueueRules, events: EventLog,
+                 clock: Callable[[], dt.datetime] = records.now) -> None:
         self.rules = rules
+        self.events = events
         self._clock = clock
         self.leased = LeasedQueue(
             "training", QueueTable(schema.training_jobs, j.id, j.state, j.due, j.attempts, j.error, j.claimed_at,
@@ -151,7 +154,7 @@ class TrainingQueue:
             return
         conn.execute(schema.training_jobs.update().where(j.id == row.id, j.lease_id == row.lease_id).values(
             lease_id=None, claimed_at=None, due=at + backoff, error=reason, update_time=at))
-        records.append_events(conn, row.id, [pb.TrainingEvent(requeued=pb.RequeuedEvent(
+        self.events.append(conn, row.id, [pb.TrainingEvent(requeued=pb.RequeuedEvent(
             reason=reason, resume_from_epoch=row.last_saved_epoch))], at)
 
     def retry(self, conn: Connection, row: Row[Any], reason: str) -> None:
@@ -171,7 +174,7 @@ class TrainingQueue:
         finished = pb.FinishedEvent(state=records.FINAL_STATES[state])
         if error is not None:
             finished.error.CopyFrom(error)
-        records.append_events(conn, row.id, [pb.TrainingEvent(finished=finished)], at)
+        self.events.append(conn, row.id, [pb.TrainingEvent(finished=finished)], at)
 
     # ----- claims -----
 
@@ -201,7 +204,7 @@ class TrainingQueue:
             conn.execute(schema.training_jobs.update().where(j.id == row.id).values(
                 lease_id=lease_id, worker=worker_id, claims=attempt, report_index=0, pending_controls=[],
                 start_time=row.start_time or at, update_time=at, error=None))
-            records.append_events(conn, row.id, [pb.TrainingEvent(started=pb.StartedEvent(
+            self.events.append(conn, row.id, [pb.TrainingEvent(started=pb.StartedEvent(
                 worker=worker_id, attempt=attempt, resumed_from_epoch=row.last_saved_epoch))], at)
             self.reorder(conn)
             return Claimed(conn.execute(sa.select(schema.training_jobs).where(j.id == row.id)).one(), lease_id)

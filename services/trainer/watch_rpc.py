@@ -27,6 +27,7 @@ from services.common.objectstore import ObjectNotFound
 from services.trainer import records, schema
 from services.trainer.artifacts import ArtifactRef, parse_artifact
 from services.trainer.event_hub import woken
+from services.trainer.event_log import pruned_error
 from services.trainer.service_base import TrainerBase
 
 j = schema.training_jobs.c
@@ -51,6 +52,10 @@ class WatchRpcs(TrainerBase):
             if cursor > row.last_seq:
                 raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, f"after_seq {cursor} is past the job's last event "
                                    f"({row.last_seq})", "SEQ_OUT_OF_RANGE")
+            if cursor == 0:
+                cursor = row.events_pruned_through
+            elif cursor < row.events_pruned_through:
+                raise pruned_error(cursor, row.events_pruned_through, self._events.keep)
             read_database = True
             while True:
                 events = self._hub.after(job_id, cursor)
@@ -74,10 +79,14 @@ class WatchRpcs(TrainerBase):
 
     def _next_events(self, conn: Connection, tenant: str, job_id: str,
                      cursor: int) -> tuple[list[pb.TrainingEvent], bool]:
-        row = conn.execute(sa.select(j.state, j.last_seq).where(j.id == job_id, j.tenant == tenant)).first()
+        row = conn.execute(sa.select(j.state, j.last_seq, j.events_pruned_through).where(
+            j.id == job_id, j.tenant == tenant)).first()
         if row is None:
             raise not_found(records.job_name(job_id), "training job")
-        events = records.read_events(conn, job_id, cursor, EVENTS_PER_READ) if row.last_seq > cursor else []
+        if cursor < row.events_pruned_through:
+            # A watcher that fell further behind than the log keeps.
+            raise pruned_error(cursor, row.events_pruned_through, self._events.keep)
+        events = self._events.read(conn, job_id, cursor, EVENTS_PER_READ) if row.last_seq > cursor else []
         return events, row.state != schema.QUEUED and row.last_seq <= cursor
 
     @unary_errors

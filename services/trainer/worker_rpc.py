@@ -180,7 +180,7 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
                 m.job_id == row.id, m.step.in_([x["step"] for x in metrics])))
             conn.execute(schema.training_metrics.insert(), _last_per_step(metrics))
         conn.execute(schema.training_jobs.update().where(j.id == row.id).values(values))
-        records.append_events(conn, row.id, log, at)
+        self._events.append(conn, row.id, log, at)
         return log
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import dataset_pb2_grpc, trainer_pb2_grpc
@@ -153,6 +154,34 @@ def worker_process(trainer_address: str, s3: ObjectStoreSettings, models_dir: pa
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextlib.contextmanager
+def trainer_process(data_dir: pathlib.Path, database_url: str, s3: ObjectStoreSettings, models_dir: pathlib.Path,
+                    dataset_address: str, port: int, metrics_port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m services.trainer`, as deployed (a replica that can be killed with -9), serving."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KILN_")}
+    env.update({
+        "KILN_DATA_DIR": str(data_dir), "KILN_TRAINER_DATABASE_URL": database_url,
+        "KILN_S3__ENDPOINT": s3.endpoint, "KILN_S3__ACCESS_KEY": s3.access_key,
+        "KILN_S3__SECRET_KEY": s3.secret_key.get_secret_value(), "KILN_S3__BUCKET": s3.bucket,
+        "KILN_MODELS_DIR": str(models_dir), "KILN_DATASET_ADDRESS": dataset_address,
+        "KILN_INTERNAL_AUTH__TOKEN": TEST_INTERNAL_TOKEN, "KILN_JSON_LOGS": "false",
+        "KILN_SERVER__PORT": str(port), "KILN_METRICS__PORT": str(metrics_port),
+        "KILN_TRAINING_LEASE_SECONDS": "4", "KILN_QUEUE_MAINTENANCE_SECONDS": "0.5",
+        "KILN_WATCH_POLL_SECONDS": "0.5"})
+    process = subprocess.Popen([sys.executable, "-m", "services.trainer"], cwd=ROOT, env=env)
+    try:
+        with internal_channel(f"127.0.0.1:{port}", TEST_AUTH) as channel:
+            changes = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(),
+                                                                wait_for_ready=True, timeout=90)
+            next(c for c in changes if c.status == health_pb2.HealthCheckResponse.SERVING)
+            changes.cancel()
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,12 @@ from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import trainer_worker_pb2 as wpb
 from kiln.v1 import trainer_worker_pb2_grpc
 from services.common.internal_client import internal_channel
+from services.common.ports import free_ports
 from services.trainer.server import running_trainer_service
+from tests.common.metrics_helpers import RPC_COUNT, scrape, value
 from tests.servers import TEST_AUTH
-from tests.training_service.conftest import database_of, trainer_settings
-from tests.training_service.test_training_jobs import tiny_job
+from tests.training_service.conftest import Tenant, database_of, trainer_process, trainer_settings, worker_process
+from tests.training_service.test_training_jobs import kinds, tiny_job
 
 JOBS = 12
 
@@ -51,3 +53,37 @@ def test_concurrent_claims_on_two_replicas_take_each_job_once(aio, store, s3_set
     assert sorted(claimed) == sorted(job.name for job in created)
     states = [tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name)) for job in created]
     assert sum(s.state == pb.TrainingJob.State.STATE_RUNNING for s in states) == len(claimed)
+    for job in created:  # their claimers never report: they end when their leases run out
+        tenant.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+
+
+def test_a_replica_killed_mid_run_loses_nothing(trainer, trainer_database, tenant, channels, s3_settings,
+                                                models_dir, dataset_service, tmp_path):
+    """The worker spreads its calls over two replicas; one is killed (-9) while the job trains. The
+    job finishes in its first attempt, a watcher of the other replica sees every event once, and a
+    job created through the dead replica is still there."""
+    port, metrics_port = free_ports(2)
+    dataset = tenant.dataset(images=1)
+    with trainer_process(tmp_path / "doomed", trainer_database, s3_settings, models_dir, dataset_service.address,
+                         port, metrics_port) as doomed, internal_channel(f"127.0.0.1:{port}", TEST_AUTH) as channel:
+        through_doomed = Tenant(channel, channels[1], tenant.name)
+        job = through_doomed.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(
+            training_job=tiny_job(dataset.name, epochs=3)))
+        replicas = f"127.0.0.1:{port},{trainer.address}"
+        with worker_process(replicas, s3_settings, models_dir, "spread"):
+            stream = tenant.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name), timeout=300)
+            events = []
+            for event in stream:
+                events.append(event)
+                if event.HasField("epoch_saved"):
+                    break
+            reports = "/kiln.v1.TrainingWorkerService/ReportTrainingProgress"
+            assert value(scrape(f"http://127.0.0.1:{metrics_port}/metrics"), RPC_COUNT, method=reports) > 0
+            doomed.kill()
+            doomed.wait()
+            events += list(stream)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert kinds(events).count("started") == 1 and "requeued" not in kinds(events)
+    assert events[-1].finished.state == pb.TrainingJob.State.STATE_SUCCEEDED
+    done = tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name))
+    assert done.attempt_count == 1 and [e.epoch for e in done.epochs] == [1, 2, 3]

@@ -20,7 +20,8 @@ def default_worker_id() -> str:
 class WorkerSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="KILN_", env_nested_delimiter="__", extra="ignore")
 
-    # host:port of the trainer service (required).
+    # host:port of the trainer service (required); a name with several records, or several
+    # replicas' IP address:port separated by commas, spreads the calls over all of them.
     trainer_address: str = ""
     models_dir: pathlib.Path = Field(default_factory=user_cache_models)
     worker_id: str = Field(default_factory=default_worker_id)

@@ -846,6 +846,8 @@ class TrainingJob(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     FAMILY_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_SEQ_FIELD_NUMBER: _builtins.int
+    OLDEST_EVENT_SEQ_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`trainingJobs/{id}`."""
     display_name: _builtins.str
@@ -871,6 +873,12 @@ class TrainingJob(_message.Message):
     seed: _builtins.int
     """The seed the run uses (drawn at random when the configuration has none)."""
     family: _dataset_pb2.ModelFamily.ValueType
+    last_event_seq: _builtins.int
+    """The seq of its latest event: watching after it follows the job from now."""
+    oldest_event_seq: _builtins.int
+    """The oldest event its log keeps: 1, unless a long run's oldest events were
+    pruned (its state, results and metrics are kept whole).
+    """
     @_builtins.property
     def basic(self) -> Global___BasicSettings: ...
     @_builtins.property
@@ -921,10 +929,12 @@ class TrainingJob(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         seed: _builtins.int = ...,
         family: _dataset_pb2.ModelFamily.ValueType = ...,
+        last_event_seq: _builtins.int = ...,
+        oldest_event_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["basic", b"basic", "config", b"config", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "estimate", b"estimate", "progress", b"progress", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "basic", b"basic", "config", b"config", "create_time", b"create_time", "dataset", b"dataset", "display_name", b"display_name", "end_time", b"end_time", "epochs", b"epochs", "error", b"error", "estimate", b"estimate", "eta_seconds", b"eta_seconds", "family", b"family", "name", b"name", "preset", b"preset", "progress", b"progress", "queue_position", b"queue_position", "retrained_from", b"retrained_from", "seed", b"seed", "snapshot", b"snapshot", "start_time", b"start_time", "state", b"state", "update_time", b"update_time", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "basic", b"basic", "config", b"config", "create_time", b"create_time", "dataset", b"dataset", "display_name", b"display_name", "end_time", b"end_time", "epochs", b"epochs", "error", b"error", "estimate", b"estimate", "eta_seconds", b"eta_seconds", "family", b"family", "last_event_seq", b"last_event_seq", "name", b"name", "oldest_event_seq", b"oldest_event_seq", "preset", b"preset", "progress", b"progress", "queue_position", b"queue_position", "retrained_from", b"retrained_from", "seed", b"seed", "snapshot", b"snapshot", "start_time", b"start_time", "state", b"state", "update_time", b"update_time", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1536,7 +1546,9 @@ class WatchTrainingJobRequest(_message.Message):
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     after_seq: _builtins.int
-    """The last seq seen; 0: from the first event."""
+    """The last seq seen; 0: from the oldest event kept. A seq whose successor
+    was pruned answers OUT_OF_RANGE.
+    """
     def __init__(
         self,
         *,

@@ -1,0 +1,23 @@
+"""event retention: how far each job's event log was pruned
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-02 18:00:00
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0004'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('training_jobs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('events_pruned_through', sa.BigInteger(), server_default='0', nullable=False))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('training_jobs', schema=None) as batch_op:
+        batch_op.drop_column('events_pruned_through')
