@@ -30,7 +30,7 @@ from services.common.idempotency import check_request_id, request_fingerprint
 from services.trainer import records, schema
 from services.trainer.artifacts import generation_name, generation_prefix, object_key
 from services.trainer.engine.config import parse_config
-from services.trainer.engine.generation import GenerationRequest
+from services.trainer.engine.generation_request import GenerationRequest
 from services.trainer.event_hub import QUEUE, woken
 from services.trainer.generation_queue import DONE, FAILED, QUEUED
 from services.trainer.service_base import TrainerBase
