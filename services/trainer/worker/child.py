@@ -36,6 +36,10 @@ def child_main(conn: Connection, models_dir: str, s3_settings: Any) -> None:
 
     from services.common.objectstore import ObjectStore
     from services.trainer.engine import trainer as _trainer  # noqa: F401  (imports diffusers, peft)
+    from services.trainer.engine.model_libraries import disable_library_progress_bars
+
+    # The worker's output is its log: no loading bars of the model libraries in it.
+    disable_library_progress_bars()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     memory = (torch.cuda.get_device_properties(0).total_memory if device == "cuda"
