@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from kiln.v1 import trainer_pb2 as pb
 from services.trainer.engine.config import TrainingConfig
+from services.trainer.engine.estimate import TrainingEstimate
 from services.trainer.engine.snapshot import DatasetSnapshot
-from services.trainer.engine.trainer import TrainingEstimate
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,15 @@ def gpu_seconds(config: TrainingConfig, estimate: TrainingEstimate, family: str)
     previews = saved_epochs * config.preview.count * config.preview.steps * cost.seconds_per_sample_step * \
         preview_scale
     return round(cost.load_seconds * min(1.0, scale) + training + previews, 1)
+
+
+def required_device(config: TrainingConfig) -> str:
+    """The kind of device a worker needs to run the job ("" for any): the one the configuration
+    names, and CUDA for fp16 mixed precision (bf16 and fp32 run on any device)."""
+    named = (config.device or "").split(":")[0]
+    if named and named != "cpu":
+        return named
+    return "cuda" if config.mixed_precision == "fp16" else ""
 
 
 def memory_bytes(config: TrainingConfig, estimate: TrainingEstimate, family: str, builtin: bool) -> int:

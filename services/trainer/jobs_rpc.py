@@ -37,9 +37,9 @@ from services.trainer.configs import (
 )
 from services.trainer.engine.config import TrainingConfig, parse_config
 from services.trainer.engine.errors import InvalidTrainingConfig
+from services.trainer.engine.estimate import estimate_training
 from services.trainer.engine.snapshot import DatasetSnapshot, SnapshotError
-from services.trainer.engine.trainer import estimate_training
-from services.trainer.estimates import estimate_message, memory_bytes
+from services.trainer.estimates import estimate_message, memory_bytes, required_device
 from services.trainer.event_hub import QUEUE
 from services.trainer.service_base import TrainerBase
 
@@ -61,6 +61,7 @@ class PreparedJob:
     config: TrainingConfig
     estimate: pb.TrainingEstimate
     memory_bytes: int
+    device: str
 
 
 class JobRpcs(TrainerBase):
@@ -147,7 +148,7 @@ class JobRpcs(TrainerBase):
         stored.CopyFrom(job)
         stored.display_name = name
         return PreparedJob(stored, job.snapshot, entry.family, config, message,
-                           memory_bytes(config, estimate, entry.family, entry.builtin))
+                           memory_bytes(config, estimate, entry.family, entry.builtin), required_device(config))
 
     def _resolve(self, merged: MergedConfig, snapshot: DatasetSnapshot) -> tuple[TrainingConfig, Any]:
         try:
@@ -182,7 +183,7 @@ class JobRpcs(TrainerBase):
                 preset=prepared.request.preset, request=prepared.request.SerializeToString(),
                 config=prepared.config.model_dump_json(), seed=prepared.config.seed,
                 estimate=prepared.estimate.SerializeToString(), gpu_seconds=prepared.estimate.gpu_seconds,
-                memory_bytes=prepared.memory_bytes, state=schema.QUEUED, due=at, enqueue_time=at,
+                memory_bytes=prepared.memory_bytes, device=prepared.device, state=schema.QUEUED, due=at, enqueue_time=at,
                 pending_controls=[], retrained_from=retrained_from, create_time=at, update_time=at))
             self._queue.reorder(conn)
             return self._job_message(conn, records.get_job(conn, tenant, job_id))

@@ -36,6 +36,8 @@ training_jobs = sa.Table(
     sa.Column("estimate", sa.LargeBinary, nullable=False),
     sa.Column("gpu_seconds", sa.Float, nullable=False),
     sa.Column("memory_bytes", sa.BigInteger, nullable=False),
+    # The kind of device a worker must train it on: "" any, "cuda", "mps" (estimates.required_device).
+    sa.Column("device", sa.String(8), nullable=False, server_default=""),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("error_status", sa.LargeBinary),

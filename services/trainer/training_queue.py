@@ -76,7 +76,7 @@ class TrainingQueue:
     def _queued_rows(self, conn: Connection) -> list[Row[Any]]:
         return list(conn.execute(sa.select(j.id, j.tenant, j.enqueue_time, j.gpu_seconds, j.lease_id, j.due,
                                            j.queue_position, j.progress, j.state, j.family, j.memory_bytes,
-                                           j.cancel_requested).where(j.state == schema.QUEUED)))
+                                           j.device, j.cancel_requested).where(j.state == schema.QUEUED)))
 
     def live_workers(self, conn: Connection, at: dt.datetime) -> int:
         w = schema.training_workers.c
@@ -190,6 +190,8 @@ class TrainingQueue:
             if families and candidate.family not in families:
                 continue
             if capabilities.memory_bytes and candidate.memory_bytes > capabilities.memory_bytes:
+                continue
+            if candidate.device and candidate.device != capabilities.device:
                 continue
             if busy[candidate.tenant] >= self.rules.max_running_per_tenant:
                 continue

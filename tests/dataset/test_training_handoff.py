@@ -11,11 +11,12 @@ from PIL import Image
 from kiln.v1 import dataset_pb2 as pb
 from services.common import object_keys
 from services.trainer.engine.config import parse_config
+from services.trainer.engine.estimate import estimate_training
 from services.trainer.engine.images import load_source
 from services.trainer.engine.model_store import ModelStore
 from services.trainer.engine.object_store_io import ObjectStoreReader, ObjectStoreWriter
 from services.trainer.engine.snapshot import load_snapshot
-from services.trainer.engine.trainer import estimate_training, train
+from services.trainer.engine.trainer import train
 from tests.dataset.helpers import image_bytes, new_dataset, upload
 
 

@@ -12,9 +12,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from services.trainer.engine.catalog import BASE_MODELS, PRESETS, preset_config
 from services.trainer.engine.config import parse_config
 from services.trainer.engine.errors import BaseModelUnavailable
+from services.trainer.engine.estimate import estimate_training
 from services.trainer.engine.model_store import ModelStore
 from services.trainer.engine.single_file import CONFIG_ROOT, config_folder
-from services.trainer.engine.trainer import estimate_training
 
 SEED_MODELS = {"AnythingV5", "Animagine XL", "Kohaku-XL Delta", "EpiCRealism", "Juggernaut XL", "DreamShaper",
                "GuoFeng3", "DreamShaper XL 1.0", "GuoFeng4 XL", "Stable Diffusion 1.5", "SDXL 1.0 base"}

@@ -251,7 +251,7 @@ def test_uncropped_images_train_in_aspect_buckets_and_crops_at_their_size(
 
 
 def test_bucket_no_upscale_keeps_small_images_small(make_dataset, fast_config, model_store) -> None:
-    from services.trainer.engine.trainer import estimate_training
+    from services.trainer.engine.estimate import estimate_training
 
     small = make_dataset(count=1, sizes=[(40, 40)])
     config = fast_config(bucket_reso_steps=8, min_bucket_reso=16)

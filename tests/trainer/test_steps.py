@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from services.trainer.engine.buckets import BucketRules
+from services.trainer.engine.estimate import estimate_training
 from services.trainer.engine.sample_plan import plan_samples, regularization_repeats
-from services.trainer.engine.trainer import estimate_training
 
 RULES = BucketRules((64, 64), 32, 128, 32)
 

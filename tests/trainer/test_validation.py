@@ -6,8 +6,9 @@ import pytest
 
 from services.trainer.engine.config import parse_config
 from services.trainer.engine.errors import InvalidTrainingConfig
+from services.trainer.engine.estimate import estimate_training
 from services.trainer.engine.model_store import ModelStore
-from services.trainer.engine.trainer import estimate_training, train
+from services.trainer.engine.trainer import train
 from services.trainer.engine.validation import validate_training
 
 

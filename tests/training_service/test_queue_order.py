@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -145,3 +146,27 @@ def test_a_worker_whose_lease_ran_out_can_no_longer_touch_its_job(tenant, traine
             job=job.name, lease_id=fresh.lease_id, outcome=wpb.FinishTrainingJobRequest.OUTCOME_CANCELLED))
     assert tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name)).state == \
         pb.TrainingJob.State.STATE_CANCELLED
+
+
+def test_a_job_that_needs_a_gpu_is_queued_by_a_service_without_one_and_goes_only_to_a_gpu_worker(tenant, trainer):
+    """fp16 needs CUDA: the service (which trains nothing) queues it; a CPU worker is never given it."""
+    job = tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(
+        training_job=tiny_job(tenant.dataset(images=1).name, mixed_precision="fp16")))
+    assert job.config.mixed_precision == "fp16"
+    with internal_channel(trainer.address, TEST_AUTH) as channel:
+        workers = trainer_worker_pb2_grpc.TrainingWorkerServiceStub(channel)
+
+        def claims(device: str) -> Iterator[wpb.TrainingAssignment]:
+            """What a worker with `device` is handed until the queue has nothing more for it."""
+            while True:
+                got = workers.ClaimTrainingJob(wpb.ClaimTrainingJobRequest(
+                    worker_id=f"{device}-worker", wait_seconds=0, capabilities=wpb.WorkerCapabilities(
+                        families=[dpb.MODEL_FAMILY_SD15], device=device)), timeout=30).assignment
+                if not got.job:
+                    return
+                yield got
+                workers.FinishTrainingJob(wpb.FinishTrainingJobRequest(
+                    job=got.job, lease_id=got.lease_id, outcome=wpb.FinishTrainingJobRequest.OUTCOME_CANCELLED))
+
+        assert job.name not in [got.job for got in claims("cpu")]
+        assert job.name in [got.job for got in claims("cuda")]

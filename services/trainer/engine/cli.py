@@ -27,11 +27,12 @@ from .artifacts import ArtifactKeys, LocalDirectoryWriter
 from .catalog import PRESETS, preset_config
 from .config import PreviewConfig, TrainingConfig, parse_config
 from .errors import BaseModelUnavailable, InvalidTrainingConfig, TrainingCancelled
+from .estimate import estimate_training
 from .model_store import ModelStore
 from .previews import contact_sheet, png_bytes
 from .progress import ProgressEvent
 from .snapshot import DatasetSnapshot, LocalDirectoryReader, SnapshotError, snapshot_from_kohya_folders
-from .trainer import TrainingRun, estimate_training
+from .trainer import TrainingRun
 
 _PREVIEW_PREFIX = "preview_"
 

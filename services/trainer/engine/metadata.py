@@ -6,8 +6,6 @@ writes them, so A1111/Civitai/ComfyUI readers show the training details.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
@@ -16,8 +14,10 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from . import lora_hashes
 from .captions import split_tags
 from .config import TrainingConfig
+from .lora_hashes import training_metadata
 from .sample_plan import SamplePlan
 
 BASE_MODEL_VERSIONS = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
@@ -165,21 +165,5 @@ def serialize_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -
 
 
 def addnet_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
-    """``(sshs_model_hash, sshs_legacy_hash)`` as kohya's ``precalculate_safetensors_hashes``: both
-    over the file saved with its ``ss_*`` metadata only, so other metadata (titles, thumbnails) can
-    change without changing them. The model hash covers the tensor bytes alone; the legacy one
-    (A1111's old 8-digit hash, 64 KiB at offset 1 MiB) also sees the header's length."""
-    training_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
-    hashed = safetensors.torch.save(tensors, training_only)
-    return _addnet_hash(hashed), _addnet_legacy_hash(hashed)
-
-
-def _addnet_hash(data: bytes) -> str:
-    header_length = int.from_bytes(data[:8], "little")
-    return hashlib.sha256(data[8 + header_length :]).hexdigest()
-
-
-def _addnet_legacy_hash(data: bytes) -> str:
-    stream = io.BytesIO(data)
-    stream.seek(0x100000)
-    return hashlib.sha256(stream.read(0x10000)).hexdigest()[:8]
+    """``(sshs_model_hash, sshs_legacy_hash)`` of the file these tensors make (see lora_hashes)."""
+    return lora_hashes.addnet_hashes(safetensors.torch.save(tensors, training_metadata(metadata)))

@@ -9,14 +9,19 @@ check instead of the first training step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
+# torch is imported by the functions that build an optimizer, not here: whether a name is
+# known is asked by configuration checks that run where nothing trains (the trainer service).
+OptimizerFactory = Callable[..., "torch.optim.Optimizer"]
 
 
 def _adamw(params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.AdamW(params, **kwargs)
 
 
@@ -54,6 +59,8 @@ def _adafactor(params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
 
 
 def _sgd_nesterov(params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
+    import torch
+
     kwargs.setdefault("momentum", 0.9)  # kohya's default for SGDNesterov
     return torch.optim.SGD(params, nesterov=True, **kwargs)
 
@@ -91,6 +98,8 @@ def probe_optimizer(
 ) -> str | None:
     """None when the optimizer runs on ``device`` with ``args`` and one parameter group per
     learning rate; otherwise why it doesn't."""
+    import torch
+
     try:
         # Big enough that 8-bit optimizers really take their quantized path (>= 4096 elements).
         params = [torch.nn.Parameter(torch.zeros(64, 64, device=device)) for _ in learning_rates or [1e-4]]

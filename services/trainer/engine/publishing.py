@@ -23,13 +23,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from collections.abc import Sequence
+from typing import Any
 
-import safetensors.torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidPublishRequest, Violation
-from .metadata import addnet_hashes
+from .lora_hashes import addnet_hashes, safetensors_file, training_metadata
 
 THUMBNAIL_SIZE = 256
 THUMBNAIL_QUALITY = 85
@@ -140,13 +141,41 @@ def publish_metadata(
         encoded = base64.b64encode(cover).decode("ascii")
         metadata["modelspec.thumbnail"] = f"data:image/jpeg;base64,{encoded}"
         metadata["ssmd_cover_images"] = json.dumps([encoded])
-    try:
-        tensors = safetensors.torch.load(lora)
-    except Exception as error:  # safetensors' own error type for a header that doesn't describe the data
-        raise InvalidPublishRequest([Violation("lora", f"not a safetensors file: {error}")]) from error
-    metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = addnet_hashes(tensors, metadata)
-
     entries = {key: value for key, value in header.items() if key != "__metadata__"}
-    text = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":"), ensure_ascii=True).encode()
-    text += b" " * (-len(text) % 8)  # safetensors pads its header to 8 bytes with spaces
-    return len(text).to_bytes(8, "little") + text + lora[data_start:]
+    tensor_bytes = lora[data_start:]
+    try:
+        check_tensor_layout(entries, len(tensor_bytes))
+    except ValueError as error:
+        raise InvalidPublishRequest([Violation("lora", f"not a safetensors file: {error}")]) from error
+    metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = addnet_hashes(
+        safetensors_file(training_metadata(metadata), entries, tensor_bytes))
+    return safetensors_file(metadata, entries, tensor_bytes)
+
+
+# Bytes per element of the safetensors dtypes.
+_DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def check_tensor_layout(entries: dict[str, Any], data_size: int) -> None:
+    """The header describes the tensor bytes exactly, as the safetensors library checks on load:
+    each tensor's size from its dtype and shape, back to back, ending where the file does."""
+    spans = []
+    for key, info in entries.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+            count = math.prod(int(side) for side in shape)
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"tensor {key!r} has no dtype, shape and data offsets") from None
+        if dtype not in _DTYPE_SIZES:
+            raise ValueError(f"tensor {key!r} has an unknown dtype {dtype!r}")
+        if not isinstance(begin, int) or not isinstance(end, int) or count * _DTYPE_SIZES[dtype] != end - begin:
+            raise ValueError(f"tensor {key!r}: its offsets don't span its {dtype} {shape}")
+        spans.append((begin, end))
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise ValueError("the tensors' bytes are not back to back")
+        position = end
+    if position != data_size:
+        raise ValueError(f"the tensors take {position} bytes; the file holds {data_size}")

@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from .artifacts import ArtifactKeys, ArtifactWriter
 from .base_model import encode_prompts, load_base_model
 from .captions import CaptionPolicy, process_caption
-from .catalog import BaseModelEntry
 from .checkpoint import RandomStreams, latest_checkpoint, load_lora_state, lora_state, save_checkpoint
 from .config import TrainingConfig
 from .errors import InvalidTrainingConfig, TrainingCancelled, Violation
+from .estimate import TrainingEstimate, estimate_of
 from .images import LatentCache, PreparedImage, encode_latents, prepare_image
 from .kohya_format import SAVE_DTYPES, kohya_state_dict
 from .lora import NetworkShape, lora_config, text_encoder_targets, trainable_lora_parameters, unet_targets
@@ -36,12 +36,12 @@ from .model_libraries import AttnProcessor, AttnProcessor2_0, get_scheduler
 from .model_store import ModelStore
 from .noise import all_snr, min_snr_weights, offset_noise, pyramid_noise, sample_timesteps
 from .optimizers import build_optimizer
-from .planning import build_sample_plan, resolution_of, warmup_steps
+from .planning import build_sample_plan
 from .previews import PreviewSettings, png_bytes, render_previews
 from .progress import ProgressCallback, ProgressEvent, ProgressTracker
 from .sample_plan import PlannedImage
 from .snapshot import BlobReader, DatasetSnapshot
-from .validation import ValidationReport, training_device, validate_training
+from .validation import training_device, validate_training
 
 CancelCheck = Callable[[], bool]
 # Asked after every optimizer step: the controls a user sent since (SAMPLE_NOW, SAVE_NOW).
@@ -50,23 +50,6 @@ SAMPLE_NOW, SAVE_NOW = "CONTROL_SAMPLE_NOW", "CONTROL_SAVE_NOW"
 # Configuration fields that may differ between a run and its resumption without changing what
 # is trained (where the output goes, how it is previewed, on what device).
 _RESUME_NEUTRAL_FIELDS = {"preview", "device", "output_name", "save_precision"}
-
-
-@dataclass(frozen=True)
-class TrainingEstimate:
-    """What a run will do, known before it starts (seed 3.2's "total steps" and more)."""
-
-    total_steps: int
-    steps_per_epoch: int
-    batches_per_epoch: int
-    epochs: int
-    num_train_images: int
-    num_reg_images: int
-    samples_per_epoch: int
-    buckets: dict[str, int]
-    resolution: tuple[int, int]
-    warmup_steps: int
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -93,35 +76,6 @@ class TrainingResult:
     step_losses: list[float]  # this process's steps only (a resumed run starts after its checkpoint)
     resumed_from_epoch: int | None
     lora_keys: dict[int, str]
-
-
-def estimate_training(
-    config: TrainingConfig, snapshot: DatasetSnapshot, store: ModelStore, probe_hardware: bool = True
-) -> TrainingEstimate:
-    """Validate (raising with every violation) and compute the step count as kohya does."""
-    report = validate_training(config, snapshot, store, probe_hardware)
-    report.raise_if_invalid()
-    return _estimate(config, snapshot, store.entry(config.base_model), report)
-
-
-def _estimate(
-    config: TrainingConfig, snapshot: DatasetSnapshot, entry: BaseModelEntry | None, report: ValidationReport
-) -> TrainingEstimate:
-    plan = build_sample_plan(config, snapshot, entry)
-    total = plan.total_steps(config.epochs)
-    return TrainingEstimate(
-        total_steps=total,
-        steps_per_epoch=plan.steps_per_epoch,
-        batches_per_epoch=plan.batches_per_epoch,
-        epochs=config.epochs,
-        num_train_images=plan.num_train_images,
-        num_reg_images=plan.num_reg_images,
-        samples_per_epoch=plan.num_samples,
-        buckets={f"{w}x{h}": len(samples) for (w, h), samples in plan.buckets.items()},
-        resolution=resolution_of(config, entry),
-        warmup_steps=warmup_steps(config, total),
-        warnings=list(report.warnings),
-    )
 
 
 def build_lr_scheduler(
@@ -188,7 +142,7 @@ class TrainingRun:
         report.raise_if_invalid()
         entry = self.store.entry(config.base_model)
         assert entry is not None
-        estimate = _estimate(config, self.snapshot, entry, report)
+        estimate = estimate_of(config, self.snapshot, entry, report)
         self.estimate = estimate
         self.tracker = ProgressTracker(estimate.total_steps, config.epochs)
         self._emit(self.tracker.phase_event("loading", 0, 0, f"loading {entry.display_name}"))

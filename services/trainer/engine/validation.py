@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from .captions import count_tags
 from .catalog import BaseModelEntry
@@ -16,6 +15,9 @@ from .optimizers import is_known_optimizer, probe_optimizer
 from .planning import build_sample_plan, resolution_of, warmup_steps
 from .samplers import sampler_problem
 from .snapshot import DatasetSnapshot
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 NOISE_OFFSET_ADVICE = 0.2  # seed 3.3: "keep it below 0.2"
@@ -35,6 +37,8 @@ class ValidationReport:
 
 
 def training_device(config: TrainingConfig) -> torch.device:
+    import torch  # here, not at the top: checks that don't probe hardware run without torch
+
     if config.device:
         return torch.device(config.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,7 +56,10 @@ def validate_training(
     _check_noise(config, report)
     _check_sizes(config, snapshot, resolution_of(config, entry), report)
     _check_preview(config, report)
-    _check_hardware(config, entry.family if entry else snapshot.family, report, probe_hardware)
+    if probe_hardware:
+        # The machine that trains: the one this runs on. A service queueing work for other
+        # machines doesn't probe (a job's device needs are matched to workers when they claim).
+        _check_hardware(config, entry.family if entry else snapshot.family, report)
     if not report.violations:
         _check_schedule(config, snapshot, entry, report)
     return report
@@ -210,7 +217,9 @@ def _check_preview(config: TrainingConfig, report: ValidationReport) -> None:
             report.add(f"preview.{name}", f"must be a positive multiple of 8, got {value}")
 
 
-def _check_hardware(config: TrainingConfig, family: str, report: ValidationReport, probe: bool) -> None:
+def _check_hardware(config: TrainingConfig, family: str, report: ValidationReport) -> None:
+    import torch
+
     try:
         device = training_device(config)
     except RuntimeError as error:
@@ -224,7 +233,7 @@ def _check_hardware(config: TrainingConfig, family: str, report: ValidationRepor
     # Without emulation: emulated bf16 "works" on older cards at a fraction of the speed.
     if config.mixed_precision == "bf16" and device.type == "cuda" and not _has_native_bf16(device):
         report.add("mixed_precision", "this GPU has no bf16; use fp16")
-    if probe and is_known_optimizer(config.optimizer):
+    if is_known_optimizer(config.optimizer):
         # With the real groups' rates: Prodigy and DAdaptation refuse groups with different rates.
         rates = list(config.trained_learning_rates(family).values())
         problem = probe_optimizer(config.optimizer, config.optimizer_args, device, rates)
@@ -235,5 +244,7 @@ def _check_hardware(config: TrainingConfig, family: str, report: ValidationRepor
 
 
 def _has_native_bf16(device: torch.device) -> bool:
+    import torch
+
     with torch.cuda.device(device):
         return torch.cuda.is_bf16_supported(including_emulation=False)

@@ -1,4 +1,4 @@
-"""event retention: how far each job's event log was pruned
+"""event retention: how far each job's event log was pruned; the device a job needs
 
 Revision ID: 0004
 Revises: 0003
@@ -16,8 +16,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('training_jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('events_pruned_through', sa.BigInteger(), server_default='0', nullable=False))
+        batch_op.add_column(sa.Column('device', sa.String(length=8), server_default='', nullable=False))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('training_jobs', schema=None) as batch_op:
+        batch_op.drop_column('device')
         batch_op.drop_column('events_pruned_through')
