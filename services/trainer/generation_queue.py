@@ -72,6 +72,9 @@ class GenerationQueue:
             query = query.with_for_update()
         return conn.execute(query).first()
 
+    def leased_by(self, conn: Connection, lease_id: str) -> Row[Any] | None:
+        return conn.execute(sa.select(schema.generations).where(g.lease_id == lease_id, g.state == QUEUED)).first()
+
     def renew(self, conn: Connection, generation_id: str) -> None:
         conn.execute(schema.generations.update().where(g.id == generation_id).values(due=self._clock() + self.lease))
 

@@ -183,8 +183,8 @@ class JobRpcs(TrainerBase):
                 preset=prepared.request.preset, request=prepared.request.SerializeToString(),
                 config=prepared.config.model_dump_json(), seed=prepared.config.seed,
                 estimate=prepared.estimate.SerializeToString(), gpu_seconds=prepared.estimate.gpu_seconds,
-                memory_bytes=prepared.memory_bytes, device=prepared.device, state=schema.QUEUED, due=at, enqueue_time=at,
-                pending_controls=[], retrained_from=retrained_from, create_time=at, update_time=at))
+                memory_bytes=prepared.memory_bytes, device=prepared.device, state=schema.QUEUED, due=at,
+                enqueue_time=at, pending_controls=[], retrained_from=retrained_from, create_time=at, update_time=at))
             self._queue.reorder(conn)
             return self._job_message(conn, records.get_job(conn, tenant, job_id))
 

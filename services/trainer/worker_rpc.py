@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from services.trainer.training_queue import FAMILY_OF, failure_status
 j = schema.training_jobs.c
 Outcome = wpb.FinishTrainingJobRequest.Outcome
 MAX_EVENTS_PER_REPORT = 1000
+_CLAIM_ID = re.compile(r"[0-9a-z]{8,32}")
 
 
 def lease_lost(job: str) -> Exception:
@@ -44,11 +46,17 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
         request = parsed(request)
         if not request.worker_id or len(request.worker_id) > 128:
             raise invalid([FieldViolation("worker_id", "1..128 characters")])
+        if request.claim_id and not _CLAIM_ID.fullmatch(request.claim_id):
+            raise invalid([FieldViolation("claim_id", "8..32 characters of 0-9 and a-z")])
         wait = min(max(0.0, request.wait_seconds), self._settings.max_claim_wait_seconds)
         deadline = time.monotonic() + wait
+        if request.claim_id:
+            again = await self._tx.run(functools.partial(self._claimed_before, lease_id=request.claim_id))
+            if again is not None:
+                return again
         with self._hub.subscribe(QUEUE) as wake:
             while True:
-                lease_id = records.new_id()
+                lease_id = request.claim_id or records.new_id()
                 generation = await self._tx.run(functools.partial(self._claim_generation, request=request,
                                                                   lease_id=lease_id))
                 if generation is not None:
@@ -63,6 +71,21 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
                     return wpb.ClaimTrainingJobResponse()
                 # New jobs wake us; leases running out and other replicas' jobs need the poll.
                 await woken(wake, min(left, self._settings.queue_maintenance_seconds))
+
+    def _claimed_before(self, conn: Connection, lease_id: str) -> wpb.ClaimTrainingJobResponse | None:
+        """The assignment a claim with this id was given, while its lease holds (renewed: the
+        worker starts on it now)."""
+        row = conn.execute(sa.select(schema.training_jobs).where(
+            j.lease_id == lease_id, j.state == schema.QUEUED)).first()
+        if row is not None:
+            self._queue.renew(conn, row.id)
+            return wpb.ClaimTrainingJobResponse(assignment=self._assignment(row, lease_id))
+        generation = self._deps.generations.leased_by(conn, lease_id)
+        if generation is not None:
+            self._deps.generations.renew(conn, generation.id)
+            return wpb.ClaimTrainingJobResponse(generation=generation_assignment(
+                generation, lease_id, self._queue.rules.lease.total_seconds()))
+        return None
 
     def _claim(self, conn: Connection, request: wpb.ClaimTrainingJobRequest, lease_id: str) -> Row[Any] | None:
         _seen(conn, request.worker_id, request.capabilities)

@@ -170,3 +170,30 @@ def test_a_job_that_needs_a_gpu_is_queued_by_a_service_without_one_and_goes_only
 
         assert job.name not in [got.job for got in claims("cpu")]
         assert job.name in [got.job for got in claims("cuda")]
+
+
+def test_a_claim_asked_again_after_its_answer_was_lost_gets_the_same_assignment(tenant, trainer):
+    job = tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(
+        tenant.dataset(images=1).name)))
+    with internal_channel(trainer.address, TEST_AUTH) as channel:
+        workers = trainer_worker_pb2_grpc.TrainingWorkerServiceStub(channel)
+        capabilities = wpb.WorkerCapabilities(families=[dpb.MODEL_FAMILY_SD15])
+        claim_id = "0123456789abcdef0123456789abcdef"
+
+        def claim(claim_id: str) -> wpb.TrainingAssignment:
+            return workers.ClaimTrainingJob(wpb.ClaimTrainingJobRequest(
+                worker_id="flaky-network", capabilities=capabilities, claim_id=claim_id, wait_seconds=10),
+                timeout=30).assignment
+
+        while (first := claim(claim_id)).job != job.name:  # others' jobs first, each under a new claim
+            workers.FinishTrainingJob(wpb.FinishTrainingJobRequest(
+                job=first.job, lease_id=first.lease_id, outcome=wpb.FinishTrainingJobRequest.OUTCOME_CANCELLED))
+            claim_id = claim_id[1:] + claim_id[0]
+        again = claim(claim_id)
+        assert again == first and first.lease_id == claim_id and first.attempt == 1
+        assert tenant.trainer.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name)).attempt_count == 1
+        with pytest.raises(grpc.RpcError) as caught:
+            claim("NOT-an-id")
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        workers.FinishTrainingJob(wpb.FinishTrainingJobRequest(
+            job=job.name, lease_id=first.lease_id, outcome=wpb.FinishTrainingJobRequest.OUTCOME_CANCELLED))

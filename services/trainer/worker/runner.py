@@ -15,6 +15,7 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import secrets
 import signal
 import threading
 import time
@@ -112,6 +113,7 @@ class TrainingWorker:
         self._settings = settings
         self._stub = stub
         self._child: WarmChild | None = None
+        self._claim_id = secrets.token_hex(16)
         self.jobs_done = 0
 
     def _capabilities(self, child: WarmChild, stop: threading.Event) -> wpb.WorkerCapabilities | None:
@@ -163,8 +165,10 @@ class TrainingWorker:
 
     async def _claim(self, capabilities: wpb.WorkerCapabilities,
                      stop: asyncio.Event) -> wpb.TrainingAssignment | wpb.GenerationAssignment | None:
+        # The same id until something is handed out: a claim whose answer was lost, asked again,
+        # gets that assignment back.
         request = wpb.ClaimTrainingJobRequest(worker_id=self._settings.worker_id, capabilities=capabilities,
-                                              wait_seconds=self._settings.claim_wait_seconds)
+                                              wait_seconds=self._settings.claim_wait_seconds, claim_id=self._claim_id)
         claim = asyncio.ensure_future(self._stub.ClaimTrainingJob(
             request, timeout=self._settings.claim_wait_seconds + CALL_TIMEOUT))
         stopped = asyncio.ensure_future(stop.wait())
@@ -181,6 +185,8 @@ class TrainingWorker:
             log.warning("could not claim a job: %s: %s", err.code().name, err.details())
             await asyncio.sleep(1.0)
             return None
+        if response.HasField("generation") or response.HasField("assignment"):
+            self._claim_id = secrets.token_hex(16)
         if response.HasField("generation"):
             return response.generation
         return response.assignment if response.HasField("assignment") else None

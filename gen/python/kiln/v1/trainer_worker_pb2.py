@@ -28,7 +28,7 @@ from kiln.v1 import dataset_pb2 as kiln_dot_v1_dot_dataset__pb2
 from kiln.v1 import trainer_pb2 as kiln_dot_v1_dot_trainer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ckiln/v1/trainer_worker.proto\x12\x07kiln.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x17google/rpc/status.proto\x1a\x15kiln/v1/dataset.proto\x1a\x15kiln/v1/trainer.proto\"b\n\x12WorkerCapabilities\x12&\n\x08\x66\x61milies\x18\x01 \x03(\x0e\x32\x14.kiln.v1.ModelFamily\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\"\x87\x01\n\x17\x43laimTrainingJobRequest\x12\x17\n\tworker_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x37\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1b.kiln.v1.WorkerCapabilitiesB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cwait_seconds\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01\"\xa7\x01\n\x12TrainingAssignment\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x10\n\x08snapshot\x18\x06 \x01(\t\x12\x15\n\routput_prefix\x18\x07 \x01(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x03\"~\n\x18\x43laimTrainingJobResponse\x12/\n\nassignment\x18\x01 \x01(\x0b\x32\x1b.kiln.v1.TrainingAssignment\x12\x31\n\ngeneration\x18\x02 \x01(\x0b\x32\x1d.kiln.v1.GenerationAssignment\"p\n\x0eGenerationCell\x12\x0b\n\x03row\x18\x01 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12\x10\n\x08lora_key\x18\x04 \x01(\t\x12\x10\n\x08strength\x18\x05 \x01(\x01\x12\x0e\n\x06prompt\x18\x06 \x01(\t\"\xec\x02\n\x14GenerationAssignment\x12\x12\n\ngeneration\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12&\n\x05\x63\x65lls\x18\x05 \x03(\x0b\x32\x17.kiln.v1.GenerationCell\x12\x12\n\nrow_labels\x18\x06 \x03(\t\x12\x15\n\rcolumn_labels\x18\x07 \x03(\t\x12\x17\n\x0fnegative_prompt\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x0f\n\x07sampler\x18\n \x01(\t\x12\r\n\x05steps\x18\x0b \x01(\x05\x12\x11\n\tcfg_scale\x18\x0c \x01(\x01\x12\r\n\x05width\x18\r \x01(\x05\x12\x0e\n\x06height\x18\x0e \x01(\x05\x12\r\n\x05\x63ount\x18\x0f \x01(\x05\x12\x11\n\tclip_skip\x18\x10 \x01(\x05\x12\x15\n\routput_prefix\x18\x11 \x01(\t\"\x7f\n\x1cReportGeneratedImagesRequest\x12\x18\n\ngeneration\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06images\x18\x03 \x03(\x0b\x32\x17.kiln.v1.GeneratedImageB\x04\xe2\x41\x01\x01\"\x1f\n\x1dReportGeneratedImagesResponse\"\xcb\x01\n\x17\x46inishGenerationRequest\x12\x18\n\ngeneration\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06images\x18\x03 \x03(\x0b\x32\x17.kiln.v1.GeneratedImageB\x04\xe2\x41\x01\x01\x12&\n\x05sheet\x18\x04 \x01(\x0b\x32\x11.kiln.v1.ArtifactB\x04\xe2\x41\x01\x01\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x01\"\x1a\n\x18\x46inishGenerationResponse\"\x89\x02\n\x0bWorkerEvent\x12\r\n\x05index\x18\x01 \x01(\x03\x12(\n\x07started\x18\n \x01(\x0b\x32\x15.kiln.v1.StartedEventH\x00\x12-\n\x08progress\x18\x0b \x01(\x0b\x32\x19.kiln.v1.TrainingProgressH\x00\x12+\n\x0b\x65poch_saved\x18\x0c \x01(\x0b\x32\x14.kiln.v1.EpochResultH\x00\x12;\n\x11previews_rendered\x18\r \x01(\x0b\x32\x1e.kiln.v1.PreviewsRenderedEventH\x00\x12 \n\x03log\x18\x0e \x01(\x0b\x32\x11.kiln.v1.LogEventH\x00\x42\x06\n\x04kind\"v\n\x1dReportTrainingProgressRequest\x12\x11\n\x03job\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x14.kiln.v1.WorkerEventB\x04\xe2\x41\x01\x01\"y\n\x1eReportTrainingProgressResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12=\n\x08\x63ontrols\x18\x02 \x03(\x0e\x32+.kiln.v1.SendTrainingControlRequest.Control\"\xd5\x02\n\x18\x46inishTrainingJobRequest\x12\x11\n\x03job\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12@\n\x07outcome\x18\x03 \x01(\x0e\x32).kiln.v1.FinishTrainingJobRequest.OutcomeB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x01\x12*\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x14.kiln.v1.WorkerEventB\x04\xe2\x41\x01\x01\"w\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03\x12\x11\n\rOUTCOME_RETRY\x10\x04\"\x1b\n\x19\x46inishTrainingJobResponse2\xf8\x03\n\x15TrainingWorkerService\x12W\n\x10\x43laimTrainingJob\x12 .kiln.v1.ClaimTrainingJobRequest\x1a!.kiln.v1.ClaimTrainingJobResponse\x12i\n\x16ReportTrainingProgress\x12&.kiln.v1.ReportTrainingProgressRequest\x1a\'.kiln.v1.ReportTrainingProgressResponse\x12Z\n\x11\x46inishTrainingJob\x12!.kiln.v1.FinishTrainingJobRequest\x1a\".kiln.v1.FinishTrainingJobResponse\x12\x66\n\x15ReportGeneratedImages\x12%.kiln.v1.ReportGeneratedImagesRequest\x1a&.kiln.v1.ReportGeneratedImagesResponse\x12W\n\x10\x46inishGeneration\x12 .kiln.v1.FinishGenerationRequest\x1a!.kiln.v1.FinishGenerationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ckiln/v1/trainer_worker.proto\x12\x07kiln.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x17google/rpc/status.proto\x1a\x15kiln/v1/dataset.proto\x1a\x15kiln/v1/trainer.proto\"b\n\x12WorkerCapabilities\x12&\n\x08\x66\x61milies\x18\x01 \x03(\x0e\x32\x14.kiln.v1.ModelFamily\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\"\x9f\x01\n\x17\x43laimTrainingJobRequest\x12\x17\n\tworker_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x37\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1b.kiln.v1.WorkerCapabilitiesB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cwait_seconds\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x16\n\x08\x63laim_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\xa7\x01\n\x12TrainingAssignment\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x10\n\x08snapshot\x18\x06 \x01(\t\x12\x15\n\routput_prefix\x18\x07 \x01(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x03\"~\n\x18\x43laimTrainingJobResponse\x12/\n\nassignment\x18\x01 \x01(\x0b\x32\x1b.kiln.v1.TrainingAssignment\x12\x31\n\ngeneration\x18\x02 \x01(\x0b\x32\x1d.kiln.v1.GenerationAssignment\"p\n\x0eGenerationCell\x12\x0b\n\x03row\x18\x01 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12\x10\n\x08lora_key\x18\x04 \x01(\t\x12\x10\n\x08strength\x18\x05 \x01(\x01\x12\x0e\n\x06prompt\x18\x06 \x01(\t\"\xec\x02\n\x14GenerationAssignment\x12\x12\n\ngeneration\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12&\n\x05\x63\x65lls\x18\x05 \x03(\x0b\x32\x17.kiln.v1.GenerationCell\x12\x12\n\nrow_labels\x18\x06 \x03(\t\x12\x15\n\rcolumn_labels\x18\x07 \x03(\t\x12\x17\n\x0fnegative_prompt\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x0f\n\x07sampler\x18\n \x01(\t\x12\r\n\x05steps\x18\x0b \x01(\x05\x12\x11\n\tcfg_scale\x18\x0c \x01(\x01\x12\r\n\x05width\x18\r \x01(\x05\x12\x0e\n\x06height\x18\x0e \x01(\x05\x12\r\n\x05\x63ount\x18\x0f \x01(\x05\x12\x11\n\tclip_skip\x18\x10 \x01(\x05\x12\x15\n\routput_prefix\x18\x11 \x01(\t\"\x7f\n\x1cReportGeneratedImagesRequest\x12\x18\n\ngeneration\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06images\x18\x03 \x03(\x0b\x32\x17.kiln.v1.GeneratedImageB\x04\xe2\x41\x01\x01\"\x1f\n\x1dReportGeneratedImagesResponse\"\xcb\x01\n\x17\x46inishGenerationRequest\x12\x18\n\ngeneration\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06images\x18\x03 \x03(\x0b\x32\x17.kiln.v1.GeneratedImageB\x04\xe2\x41\x01\x01\x12&\n\x05sheet\x18\x04 \x01(\x0b\x32\x11.kiln.v1.ArtifactB\x04\xe2\x41\x01\x01\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x01\"\x1a\n\x18\x46inishGenerationResponse\"\x89\x02\n\x0bWorkerEvent\x12\r\n\x05index\x18\x01 \x01(\x03\x12(\n\x07started\x18\n \x01(\x0b\x32\x15.kiln.v1.StartedEventH\x00\x12-\n\x08progress\x18\x0b \x01(\x0b\x32\x19.kiln.v1.TrainingProgressH\x00\x12+\n\x0b\x65poch_saved\x18\x0c \x01(\x0b\x32\x14.kiln.v1.EpochResultH\x00\x12;\n\x11previews_rendered\x18\r \x01(\x0b\x32\x1e.kiln.v1.PreviewsRenderedEventH\x00\x12 \n\x03log\x18\x0e \x01(\x0b\x32\x11.kiln.v1.LogEventH\x00\x42\x06\n\x04kind\"v\n\x1dReportTrainingProgressRequest\x12\x11\n\x03job\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x14.kiln.v1.WorkerEventB\x04\xe2\x41\x01\x01\"y\n\x1eReportTrainingProgressResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12=\n\x08\x63ontrols\x18\x02 \x03(\x0e\x32+.kiln.v1.SendTrainingControlRequest.Control\"\xd5\x02\n\x18\x46inishTrainingJobRequest\x12\x11\n\x03job\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12@\n\x07outcome\x18\x03 \x01(\x0e\x32).kiln.v1.FinishTrainingJobRequest.OutcomeB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x01\x12*\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x14.kiln.v1.WorkerEventB\x04\xe2\x41\x01\x01\"w\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03\x12\x11\n\rOUTCOME_RETRY\x10\x04\"\x1b\n\x19\x46inishTrainingJobResponse2\xf8\x03\n\x15TrainingWorkerService\x12W\n\x10\x43laimTrainingJob\x12 .kiln.v1.ClaimTrainingJobRequest\x1a!.kiln.v1.ClaimTrainingJobResponse\x12i\n\x16ReportTrainingProgress\x12&.kiln.v1.ReportTrainingProgressRequest\x1a\'.kiln.v1.ReportTrainingProgressResponse\x12Z\n\x11\x46inishTrainingJob\x12!.kiln.v1.FinishTrainingJobRequest\x1a\".kiln.v1.FinishTrainingJobResponse\x12\x66\n\x15ReportGeneratedImages\x12%.kiln.v1.ReportGeneratedImagesRequest\x1a&.kiln.v1.ReportGeneratedImagesResponse\x12W\n\x10\x46inishGeneration\x12 .kiln.v1.FinishGenerationRequest\x1a!.kiln.v1.FinishGenerationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLAIMTRAININGJOBREQUEST'].fields_by_name['capabilities']._serialized_options = b'\342A\001\002'
   _globals['_CLAIMTRAININGJOBREQUEST'].fields_by_name['wait_seconds']._loaded_options = None
   _globals['_CLAIMTRAININGJOBREQUEST'].fields_by_name['wait_seconds']._serialized_options = b'\342A\001\001'
+  _globals['_CLAIMTRAININGJOBREQUEST'].fields_by_name['claim_id']._loaded_options = None
+  _globals['_CLAIMTRAININGJOBREQUEST'].fields_by_name['claim_id']._serialized_options = b'\342A\001\001'
   _globals['_REPORTGENERATEDIMAGESREQUEST'].fields_by_name['generation']._loaded_options = None
   _globals['_REPORTGENERATEDIMAGESREQUEST'].fields_by_name['generation']._serialized_options = b'\342A\001\002'
   _globals['_REPORTGENERATEDIMAGESREQUEST'].fields_by_name['lease_id']._loaded_options = None
@@ -76,35 +78,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERCAPABILITIES']._serialized_start=145
   _globals['_WORKERCAPABILITIES']._serialized_end=243
   _globals['_CLAIMTRAININGJOBREQUEST']._serialized_start=246
-  _globals['_CLAIMTRAININGJOBREQUEST']._serialized_end=381
-  _globals['_TRAININGASSIGNMENT']._serialized_start=384
-  _globals['_TRAININGASSIGNMENT']._serialized_end=551
-  _globals['_CLAIMTRAININGJOBRESPONSE']._serialized_start=553
-  _globals['_CLAIMTRAININGJOBRESPONSE']._serialized_end=679
-  _globals['_GENERATIONCELL']._serialized_start=681
-  _globals['_GENERATIONCELL']._serialized_end=793
-  _globals['_GENERATIONASSIGNMENT']._serialized_start=796
-  _globals['_GENERATIONASSIGNMENT']._serialized_end=1160
-  _globals['_REPORTGENERATEDIMAGESREQUEST']._serialized_start=1162
-  _globals['_REPORTGENERATEDIMAGESREQUEST']._serialized_end=1289
-  _globals['_REPORTGENERATEDIMAGESRESPONSE']._serialized_start=1291
-  _globals['_REPORTGENERATEDIMAGESRESPONSE']._serialized_end=1322
-  _globals['_FINISHGENERATIONREQUEST']._serialized_start=1325
-  _globals['_FINISHGENERATIONREQUEST']._serialized_end=1528
-  _globals['_FINISHGENERATIONRESPONSE']._serialized_start=1530
-  _globals['_FINISHGENERATIONRESPONSE']._serialized_end=1556
-  _globals['_WORKEREVENT']._serialized_start=1559
-  _globals['_WORKEREVENT']._serialized_end=1824
-  _globals['_REPORTTRAININGPROGRESSREQUEST']._serialized_start=1826
-  _globals['_REPORTTRAININGPROGRESSREQUEST']._serialized_end=1944
-  _globals['_REPORTTRAININGPROGRESSRESPONSE']._serialized_start=1946
-  _globals['_REPORTTRAININGPROGRESSRESPONSE']._serialized_end=2067
-  _globals['_FINISHTRAININGJOBREQUEST']._serialized_start=2070
-  _globals['_FINISHTRAININGJOBREQUEST']._serialized_end=2411
-  _globals['_FINISHTRAININGJOBREQUEST_OUTCOME']._serialized_start=2292
-  _globals['_FINISHTRAININGJOBREQUEST_OUTCOME']._serialized_end=2411
-  _globals['_FINISHTRAININGJOBRESPONSE']._serialized_start=2413
-  _globals['_FINISHTRAININGJOBRESPONSE']._serialized_end=2440
-  _globals['_TRAININGWORKERSERVICE']._serialized_start=2443
-  _globals['_TRAININGWORKERSERVICE']._serialized_end=2947
+  _globals['_CLAIMTRAININGJOBREQUEST']._serialized_end=405
+  _globals['_TRAININGASSIGNMENT']._serialized_start=408
+  _globals['_TRAININGASSIGNMENT']._serialized_end=575
+  _globals['_CLAIMTRAININGJOBRESPONSE']._serialized_start=577
+  _globals['_CLAIMTRAININGJOBRESPONSE']._serialized_end=703
+  _globals['_GENERATIONCELL']._serialized_start=705
+  _globals['_GENERATIONCELL']._serialized_end=817
+  _globals['_GENERATIONASSIGNMENT']._serialized_start=820
+  _globals['_GENERATIONASSIGNMENT']._serialized_end=1184
+  _globals['_REPORTGENERATEDIMAGESREQUEST']._serialized_start=1186
+  _globals['_REPORTGENERATEDIMAGESREQUEST']._serialized_end=1313
+  _globals['_REPORTGENERATEDIMAGESRESPONSE']._serialized_start=1315
+  _globals['_REPORTGENERATEDIMAGESRESPONSE']._serialized_end=1346
+  _globals['_FINISHGENERATIONREQUEST']._serialized_start=1349
+  _globals['_FINISHGENERATIONREQUEST']._serialized_end=1552
+  _globals['_FINISHGENERATIONRESPONSE']._serialized_start=1554
+  _globals['_FINISHGENERATIONRESPONSE']._serialized_end=1580
+  _globals['_WORKEREVENT']._serialized_start=1583
+  _globals['_WORKEREVENT']._serialized_end=1848
+  _globals['_REPORTTRAININGPROGRESSREQUEST']._serialized_start=1850
+  _globals['_REPORTTRAININGPROGRESSREQUEST']._serialized_end=1968
+  _globals['_REPORTTRAININGPROGRESSRESPONSE']._serialized_start=1970
+  _globals['_REPORTTRAININGPROGRESSRESPONSE']._serialized_end=2091
+  _globals['_FINISHTRAININGJOBREQUEST']._serialized_start=2094
+  _globals['_FINISHTRAININGJOBREQUEST']._serialized_end=2435
+  _globals['_FINISHTRAININGJOBREQUEST_OUTCOME']._serialized_start=2316
+  _globals['_FINISHTRAININGJOBREQUEST_OUTCOME']._serialized_end=2435
+  _globals['_FINISHTRAININGJOBRESPONSE']._serialized_start=2437
+  _globals['_FINISHTRAININGJOBRESPONSE']._serialized_end=2464
+  _globals['_TRAININGWORKERSERVICE']._serialized_start=2467
+  _globals['_TRAININGWORKERSERVICE']._serialized_end=2971
 # @@protoc_insertion_point(module_scope)

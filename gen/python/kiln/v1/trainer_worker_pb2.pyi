@@ -57,10 +57,17 @@ class ClaimTrainingJobRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    CLAIM_ID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Stable per worker process, for the job's `worker` field and logs."""
     wait_seconds: _builtins.float
     """0..60."""
+    claim_id: _builtins.str
+    """Names this claim (8..32 of 0-9 a-z; the lease id of what it is given). A claim
+    retried with the same id because its answer was lost gets the same assignment
+    back instead of leaving it leased to nobody; a worker picks a new id after
+    each assignment. Empty: the service picks the lease id.
+    """
     @_builtins.property
     def capabilities(self) -> Global___WorkerCapabilities: ...
     def __init__(
@@ -69,10 +76,11 @@ class ClaimTrainingJobRequest(_message.Message):
         worker_id: _builtins.str = ...,
         capabilities: Global___WorkerCapabilities | None = ...,
         wait_seconds: _builtins.float = ...,
+        claim_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "wait_seconds", b"wait_seconds", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "claim_id", b"claim_id", "wait_seconds", b"wait_seconds", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
