@@ -19,6 +19,7 @@ from services.common.errors import (
     FieldViolation,
     ServiceError,
     already_exists,
+    quota_exceeded,
     failed_precondition,
     invalid,
     not_found,
@@ -76,10 +77,21 @@ class GenerationRpcs(TrainerBase):
         generation_id = records.new_id()
         assignment.output_prefix = generation_prefix(job_id, generation_id)
 
+        limit = self._settings.max_queued_generations_per_tenant
+
         def insert(conn: Connection) -> str:
+            self._queue.lock(conn)  # one count at a time per queue change, as for trainings
             earlier = _existing(conn, tenant, request.request_id, fingerprint) if request.request_id else ""
             if earlier:
                 return earlier
+            waiting = conn.execute(sa.select(sa.func.count()).where(g.tenant == tenant, g.state == QUEUED)).scalar_one()
+            if waiting >= limit:
+                # Generations go before trainings on a free worker: one tenant's pile must not
+                # hold up everyone's tests and trainings.
+                raise quota_exceeded(
+                    f"at most {limit} test generations may wait or run at once per tenant; wait for one to finish",
+                    "GENERATIONS_PER_TENANT", subject=f"tenant:{tenant}",
+                    description="max_queued_generations_per_tenant", limit=str(limit))
             at = records.now()
             conn.execute(schema.generations.insert().values(
                 id=generation_id, tenant=tenant, job_id=job_id, request_key=request.request_id or generation_id,

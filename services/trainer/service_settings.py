@@ -27,6 +27,7 @@ class TrainerServiceSettings(CommonSettings):
     training_max_attempts: int = Field(default=3, ge=1)
     max_queued_jobs_per_tenant: int = Field(default=20, ge=1)
     max_running_jobs_per_tenant: int = Field(default=2, ge=1)
+    max_queued_generations_per_tenant: int = Field(default=4, ge=1)
     # Watchers of a job served by another replica than its worker's see new events this often.
     watch_poll_seconds: float = Field(default=1.0, gt=0)
     # How often leases are checked and queue metrics sampled.

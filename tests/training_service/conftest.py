@@ -63,11 +63,17 @@ def database_of(kind: str, tmp_path_factory: pytest.TempPathFactory, request: py
 
 
 @pytest.fixture(scope="module")
+def trainer_overrides() -> dict[str, Any]:
+    """Settings a module gives its trainer service (a module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def trainer(aio: LoopThread, store: ObjectStore, s3_settings: ObjectStoreSettings, models_dir: pathlib.Path,
-            dataset_service: DatasetService, trainer_database: str,
+            dataset_service: DatasetService, trainer_database: str, trainer_overrides: dict[str, Any],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerService]:
     settings = trainer_settings(tmp_path_factory.mktemp("trainer"), s3_settings, models_dir, dataset_service.address,
-                                trainer_database_url=trainer_database)
+                                trainer_database_url=trainer_database, **trainer_overrides)
     with aio.context(running_trainer_service(settings, store)) as running:
         yield running
 

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import pathlib
-from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -15,13 +14,8 @@ from kiln.v1 import trainer_worker_pb2 as wpb
 from kiln.v1 import trainer_worker_pb2_grpc
 from services.common.errors import status_details
 from services.common.internal_client import internal_channel
-from services.common.loop_thread import LoopThread
-from services.common.objectstore import ObjectStore
-from services.common.settings import ObjectStoreSettings
-from services.dataset.server import DatasetService
-from services.trainer.server import TrainerService, running_trainer_service
+from services.trainer.server import TrainerService
 from tests.servers import TEST_AUTH
-from tests.training_service.conftest import trainer_settings
 from tests.training_service.test_training_jobs import tiny_job
 
 KEEP = 10
@@ -29,12 +23,8 @@ STEPS = 40
 
 
 @pytest.fixture(scope="module")
-def trainer(aio: LoopThread, store: ObjectStore, s3_settings: ObjectStoreSettings, models_dir: pathlib.Path,
-            dataset_service: DatasetService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerService]:
-    settings = trainer_settings(tmp_path_factory.mktemp("trainer"), s3_settings, models_dir, dataset_service.address,
-                                events_kept_per_job=KEEP)
-    with aio.context(running_trainer_service(settings, store)) as running:
-        yield running
+def trainer_overrides() -> dict[str, Any]:
+    return {"events_kept_per_job": KEEP}
 
 
 def progress(step: int) -> wpb.WorkerEvent:
