@@ -14,10 +14,13 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import dataset_pb2_grpc, trainer_pb2_grpc
+from services.common.errors import status_details
 from services.common.internal_client import internal_channel, tenant_metadata
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
@@ -195,3 +198,14 @@ def worker(trainer: TrainerService, s3_settings: ObjectStoreSettings,
            models_dir: pathlib.Path) -> Iterator[subprocess.Popen[bytes]]:
     with worker_process(trainer.address, s3_settings, models_dir, "worker-a") as process:
         yield process
+
+
+def assert_quota_failure(error: grpc.RpcError, reason: str, tenant: str) -> None:
+    """RESOURCE_EXHAUSTED with `reason` and a QuotaFailure naming the tenant."""
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info, _ = status_details(error)
+    assert info is not None and info.reason == reason
+    status = rpc_status.from_call(error)
+    quota = error_details_pb2.QuotaFailure()
+    assert status is not None and any(d.Unpack(quota) for d in status.details if d.Is(quota.DESCRIPTOR))
+    assert quota.violations[0].subject == f"tenant:{tenant}"

@@ -6,11 +6,9 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from kiln.v1 import trainer_pb2 as pb
-from services.common.errors import status_details
+from tests.training_service.conftest import assert_quota_failure
 from tests.training_service.test_training_jobs import tiny_job
 
 LIMIT = 2
@@ -34,13 +32,7 @@ def test_a_tenants_waiting_generations_are_capped_with_a_quota_failure(tenant, o
     assert all(first.HasField("queued") for _, first in waiting)
     with pytest.raises(grpc.RpcError) as caught:
         generate(tenant, jobs[0])
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    info, _ = status_details(caught.value)
-    assert info is not None and info.reason == "GENERATIONS_PER_TENANT"
-    status = rpc_status.from_call(caught.value)
-    quota = error_details_pb2.QuotaFailure()
-    assert status is not None and any(d.Unpack(quota) for d in status.details if d.Is(quota.DESCRIPTOR))
-    assert quota.violations[0].subject == f"tenant:{tenant.name}"
+    assert_quota_failure(caught.value, "GENERATIONS_PER_TENANT", tenant.name)
     # Another tenant is not held to the first one's count.
     theirs, first = generate(other_tenant, jobs[1])
     assert first.HasField("queued")

@@ -7,8 +7,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
@@ -18,6 +16,7 @@ from services.common.errors import status_details
 from services.common.internal_client import internal_channel
 from services.trainer.queue_order import WaitingJob, finish_times, queue_order
 from tests.servers import TEST_AUTH
+from tests.training_service.conftest import assert_quota_failure
 from tests.training_service.test_training_jobs import tiny_job
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -94,13 +93,7 @@ def test_the_per_tenant_queue_limit_is_refused_with_a_quota_failure(tenant, trai
             for _ in range(limit)]
     with pytest.raises(grpc.RpcError) as caught:
         tenant.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    info, _ = status_details(caught.value)
-    assert info is not None and info.reason == "QUEUED_JOBS_PER_TENANT"
-    status = rpc_status.from_call(caught.value)
-    quota = error_details_pb2.QuotaFailure()
-    assert status is not None and any(d.Unpack(quota) for d in status.details if d.Is(quota.DESCRIPTOR))
-    assert quota.violations[0].subject == f"tenant:{tenant.name}"
+    assert_quota_failure(caught.value, "QUEUED_JOBS_PER_TENANT", tenant.name)
     for job in jobs:
         tenant.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
 
