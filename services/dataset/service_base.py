@@ -7,16 +7,13 @@ serialised on SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common.cpu_pool import CpuPool
 from services.common.objectstore import ObjectStore
 from services.common.pagination import PageTokens
 from services.common.transactions import Transactions
@@ -39,16 +36,14 @@ class ServicerBase:
         self._store = store
         self._settings = settings
         self._detector = detector
-        self._image_pool = ThreadPoolExecutor(max_workers=settings.image_workers, thread_name_prefix="dataset-img")
+        self._image_pool = CpuPool(settings.image_workers, "dataset-img")
         self._limits = ImageLimits(settings.max_upload_bytes, settings.max_image_pixels, settings.min_image_side)
 
     def close(self) -> None:
-        self._image_pool.shutdown(wait=False, cancel_futures=True)
+        self._image_pool.close()
 
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        # The call's context goes along, so anything the work reaches keeps the caller's deadline.
-        work = functools.partial(contextvars.copy_context().run, fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(self._image_pool, work)
+        return await self._image_pool.run(fn, *args)
 
     def _dataset_message(self, conn: Connection, row: Row[Any]) -> pb.Dataset:
         return dataset_message(row, records.dataset_counts(conn, [row])[row.id])

@@ -19,11 +19,11 @@ from services.common.errors import (
     FieldViolation,
     ServiceError,
     already_exists,
-    quota_exceeded,
     failed_precondition,
     invalid,
     not_found,
     parsed,
+    quota_exceeded,
     stream_errors,
     unary_errors,
 )

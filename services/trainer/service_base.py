@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from services.common.cpu_pool import CpuPool
 from services.common.objectstore import ObjectStore
 from services.common.pagination import PageTokens
 from services.common.transactions import Transactions
@@ -51,11 +48,10 @@ class TrainerBase:
         self._hub = deps.hub
         self._events = deps.events
         # Validation plans buckets for every image: CPU work, off the event loop.
-        self._cpu_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trainer-cpu")
+        self._cpu_pool = CpuPool(2, "trainer-cpu")
 
     def close(self) -> None:
-        self._cpu_pool.shutdown(wait=False, cancel_futures=True)
+        self._cpu_pool.close()
 
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        work = functools.partial(contextvars.copy_context().run, fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(self._cpu_pool, work)
+        return await self._cpu_pool.run(fn, *args)

@@ -332,7 +332,7 @@ def test_gradient_checkpointing_gives_the_same_weights(make_dataset, fast_config
     plain = run_training(fast_config(save_precision="float"), dataset)
     checkpointed = run_training(fast_config(save_precision="float", gradient_checkpointing=True), dataset)
     assert checkpointed.run.model.unet.is_gradient_checkpointing
-    assert checkpointed.run.model.text_encoders[0].is_gradient_checkpointing
+    assert checkpointed.run.model.text_encoders[0].is_activation_checkpointing
     a, b = _lora(plain), _lora(checkpointed)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 

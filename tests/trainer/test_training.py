@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from peft.tuners.lora import LoraLayer
 from PIL import Image
 
+from services.trainer.engine.artifacts import LocalDirectoryWriter
 from services.trainer.engine.base_model import load_base_model
 from services.trainer.engine.errors import InvalidTrainingConfig, TrainingCancelled
 from services.trainer.engine.evaluation import evaluation_loss
 from services.trainer.engine.previews import render_previews
 from services.trainer.engine.progress import ProgressEvent
+from services.trainer.engine.trainer import train
 
 
 def _tensors(trained, epoch: int = 1) -> dict[str, torch.Tensor]:
@@ -148,3 +151,21 @@ def test_a_random_seed_is_drawn_recorded_and_kept_on_resume(make_dataset, fast_c
         run_training(config, dataset, output=output, resume=True)  # a changed config can't resume
     again = run_training(config.model_copy(update={"epochs": 1}), dataset, output=output, resume=True)
     assert again.result.seed == recorded
+
+
+def test_a_base_model_loaded_ahead_is_trained_on_and_trains_the_same_lora(
+    make_dataset, fast_config, run_training, model_store, tmp_path
+) -> None:
+    """A warm worker process loads the base model before its job arrives; the run takes it (its
+    UNet gets the LoRA layers) and ends with the LoRA a run loading it itself trains."""
+    dataset = make_dataset(count=2)
+    config = fast_config()
+    entry = model_store.entry(config.base_model)
+    loaded = load_base_model(entry.family, model_store.resolve(entry.id).path)
+    writer = LocalDirectoryWriter(tmp_path / "preloaded")
+    train(config, dataset.snapshot, dataset.reader, writer, store=model_store, loaded=loaded)
+    assert any(isinstance(module, LoraLayer) for module in loaded.unet.modules())
+    from_disk = _tensors(run_training(config, dataset))
+    preloaded = safetensors.torch.load(writer.read("epochs/1/lora.safetensors"))
+    assert preloaded.keys() == from_disk.keys()
+    assert all(torch.equal(preloaded[key], from_disk[key]) for key in from_disk)

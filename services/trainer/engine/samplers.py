@@ -31,7 +31,8 @@ class Sampler:
 SAMPLERS: dict[str, Sampler] = {
     "euler_a": Sampler("scheduling_euler_ancestral_discrete", "EulerAncestralDiscreteScheduler"),
     "euler": Sampler("scheduling_euler_discrete", "EulerDiscreteScheduler"),
-    "ddim": Sampler("scheduling_ddim", "DDIMScheduler"),
+    # SD latents are not in [-1, 1]: never clip the predicted sample (kohya and A1111 do not).
+    "ddim": Sampler("scheduling_ddim", "DDIMScheduler", {"clip_sample": False}),
     "pndm": Sampler("scheduling_pndm", "PNDMScheduler", {"skip_prk_steps": True}),
     "heun": Sampler("scheduling_heun_discrete", "HeunDiscreteScheduler"),
     "lms": Sampler("scheduling_lms_discrete", "LMSDiscreteScheduler", requires=("scipy",)),

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import ArtifactKeys, ArtifactWriter
-from .base_model import encode_prompts, load_base_model
+from .base_model import BaseModel, encode_prompts, load_base_model
 from .captions import CaptionPolicy, process_caption
 from .checkpoint import RandomStreams, latest_checkpoint, load_lora_state, lora_state, save_checkpoint
 from .config import TrainingConfig
@@ -103,12 +103,15 @@ def train(
     on_batch: BatchCallback | None = None,
     resume: bool = True,
     controls: ControlSource | None = None,
+    loaded: BaseModel | None = None,
 ) -> TrainingResult:
     """Train; with ``resume`` a run whose writer holds a checkpoint continues from its last epoch.
     ``controls`` is polled after every step: SAMPLE_NOW renders the previews at that step
-    (``steps/{step}/previews/``), SAVE_NOW writes its LoRA (``steps/{step}/lora.safetensors``)."""
+    (``steps/{step}/previews/``), SAVE_NOW writes its LoRA (``steps/{step}/lora.safetensors``).
+    ``loaded``: a base model already in memory (a warm worker process's), trained on (and changed)
+    when it is the one the configuration names; otherwise it is loaded from the store."""
     return TrainingRun(config, snapshot, reader, writer, store, progress, should_cancel, on_batch,
-                       controls).run(resume)
+                       controls, loaded).run(resume)
 
 
 class TrainingRun:
@@ -123,8 +126,10 @@ class TrainingRun:
         should_cancel: CancelCheck | None = None,
         on_batch: BatchCallback | None = None,
         controls: ControlSource | None = None,
+        loaded: BaseModel | None = None,
     ) -> None:
         self.config = config
+        self.loaded = loaded
         self.snapshot = snapshot
         self.reader = reader
         self.writer = writer
@@ -150,7 +155,11 @@ class TrainingRun:
         checkpoint = latest_checkpoint(self.writer) if resume else None
         self.seed = self._resolve_seed(checkpoint)
         self.device = training_device(config)
-        self.model = load_base_model(entry.family, self.store.resolve(entry.id).path)
+        path = self.store.resolve(entry.id).path
+        if self.loaded is not None and self.loaded.path == path:
+            self.model, self.loaded = self.loaded, None
+        else:
+            self.model = load_base_model(entry.family, path)
         self.entry = entry
         self.plan = build_sample_plan(config, self.snapshot, entry)
         self._prepare_model()
@@ -230,7 +239,7 @@ class TrainingRun:
             if name in rates:
                 encoder.add_adapter(lora_config(text_encoder_targets(encoder), NetworkShape(shape.dim, shape.alpha)))
                 if config.gradient_checkpointing:
-                    encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
                 trained[name] = encoder
                 self._add_group(name, encoder, rates[name])
         if "unet" in rates:

@@ -1,11 +1,13 @@
 """The process a job trains in: started before the job arrives, with the libraries imported, so
 a claimed job reaches its first step without paying for the imports.
 
-It talks to its worker over a pipe. Worker -> child: `("job", spec)`, then any of `("cancel",)`
-and `("control", name)`. Child -> worker: `("ready", capabilities)`, then the run's
-`("progress", fields)`, `("epoch", fields)`, `("previews", fields)`, `("log", level, text)` and
-one final `("done", outcome, message)`. When the worker goes away (killed, even with -9) the pipe
-closes and the child exits at once: a job has one trainer at a time.
+It talks to its worker over a pipe. Worker -> child: any number of `("generate", spec)` and
+`("preload", base_model)` (the base model loaded ahead, for a job that names it), then
+`("job", spec)`, then any of `("cancel",)` and `("control", name)`. Child -> worker:
+`("ready", capabilities)`, then the run's `("progress", fields)`, `("epoch", fields)`,
+`("previews", fields)`, `("log", level, text)` and one final `("done", outcome, message)`. When
+the worker goes away (killed, even with -9) the pipe closes and the child exits at once: a job
+has one trainer at a time.
 """
 
 from __future__ import annotations
@@ -53,11 +55,15 @@ def child_main(conn: Connection, models_dir: str, s3_settings: Any) -> None:
             conn.send(item)
 
     generations: Any = None  # the loaded-model cache, kept between test generations
+    preloaded: Any = None  # the base model the next job will likely train (the worker's last one)
     while True:
         try:
             message = conn.recv()
         except EOFError:
             os._exit(0)
+        if message[0] == "preload":
+            preloaded = preload_base_model(models_dir, message[1]) or preloaded
+            continue
         if message[0] == "generate":
             from services.trainer.engine.generation import GenerationCache
             from services.trainer.engine.model_store import ModelStore
@@ -79,7 +85,7 @@ def child_main(conn: Connection, models_dir: str, s3_settings: Any) -> None:
 
     controls = JobControls()
     threading.Thread(target=_listen, args=(conn, controls), daemon=True, name="worker-pipe").start()
-    outcome, text = run_job(spec, store, models_dir, send, controls)
+    outcome, text = run_job(spec, store, models_dir, send, controls, preloaded)
     send(("done", outcome, text))
     conn.close()
 
@@ -124,8 +130,22 @@ def _listen(conn: Connection, controls: JobControls) -> None:
             controls.add(message[1])
 
 
+def preload_base_model(models_dir: str, base_model: str) -> Any:
+    """The base model, loaded ahead of a job that names it; None when it can't be (the job will
+    then load it, and say what is wrong)."""
+    from services.trainer.engine.base_model import load_base_model
+    from services.trainer.engine.model_store import ModelStore
+
+    store = ModelStore(models_dir)
+    entry = store.entry(base_model)
+    try:
+        return load_base_model(entry.family, store.resolve(entry.id).path) if entry is not None else None
+    except Exception:
+        return None
+
+
 def run_job(spec: dict[str, Any], store: Any, models_dir: str, send: Send,
-            controls: JobControls) -> tuple[str, str]:
+            controls: JobControls, preloaded: Any = None) -> tuple[str, str]:
     """Train; returns (outcome, message): SUCCEEDED, CANCELLED, FAILED (can never work) or RETRY."""
     from services.common.object_keys import manifest_key_of
     from services.trainer.engine.config import parse_config
@@ -149,7 +169,7 @@ def run_job(spec: dict[str, Any], store: Any, models_dir: str, send: Send,
     try:
         snapshot = load_snapshot(reader, manifest_key_of(spec["snapshot"]))
         train(config, snapshot, reader, writer, store=ModelStore(models_dir), progress=on_progress,
-              should_cancel=controls.cancelled.is_set, controls=controls.take)
+              should_cancel=controls.cancelled.is_set, controls=controls.take, loaded=preloaded)
     except TrainingCancelled as exc:
         return "CANCELLED", f"cancelled at step {exc.step}"
     except (InvalidTrainingConfig, SnapshotError, BaseModelUnavailable) as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -158,6 +159,11 @@ class TrainingWorker:
                 finally:
                     await asyncio.to_thread(child.kill)
                 self.jobs_done += 1
+                # Between jobs, with the last one's memory freed: the next process loads the base
+                # model this worker last trained, which the next job most likely names too.
+                base_model = json.loads(assignment.config_json).get("base_model")
+                if self._child is not None and base_model:
+                    self._child.send("preload", base_model)
         finally:
             stop_watch.cancel()
             if self._child is not None:
