@@ -21,6 +21,7 @@ from services.common.errors import (
     unary_errors,
 )
 from services.common.idempotency import check_request_id
+from services.common.object_streams import ObjectStream
 from services.common.objectstore import ObjectNotFound
 from services.common.pagination import page_size
 from services.dataset import captions, names, records, schema
@@ -190,11 +191,11 @@ class ImageRpcs(ServicerBase):
         key, content_type, width, height = _variant(row, request.variant)
         with _gone_as_not_found(request.name):
             size = await self._render_derived(row, request.variant) or row.size_bytes
-            # Read before the metadata goes out, so a missing object fails the call cleanly.
-            chunks = await self._tx.objects.run(lambda: list(self._store.iter_chunks(key, READ_CHUNK)))
+            # Started before the metadata goes out, so a missing object fails the call cleanly.
+            stream = await ObjectStream.open(self._tx.objects, self._store, key, READ_CHUNK)
         yield pb.ReadImageResponse(metadata=pb.ReadImageMetadata(
             content_type=content_type, size_bytes=size, width=width, height=height))
-        for chunk in chunks:
+        async for chunk in stream:
             yield pb.ReadImageResponse(chunk=chunk)
 
     @unary_errors

@@ -23,6 +23,7 @@ from services.common.errors import (
     stream_errors,
     unary_errors,
 )
+from services.common.object_streams import ObjectStream
 from services.common.objectstore import ObjectNotFound
 from services.trainer import records, schema
 from services.trainer.artifacts import ArtifactRef, parse_artifact
@@ -159,12 +160,13 @@ class WatchRpcs(TrainerBase):
         ref = parse_artifact(request.name)
         await self._check_owner(ref)
         try:
-            chunks = await self._tx.objects.run(lambda: list(self._store.iter_chunks(ref.key, READ_CHUNK)))
+            size = await self._tx.objects.run(self._store.size, ref.key)
+            stream = await ObjectStream.open(self._tx.objects, self._store, ref.key, READ_CHUNK)
         except ObjectNotFound:
             raise not_found(request.name, "artifact") from None
         yield pb.ReadArtifactResponse(artifact=pb.Artifact(name=request.name, content_type=ref.content_type,
-                                                           size_bytes=sum(len(c) for c in chunks)))
-        for chunk in chunks:
+                                                           size_bytes=size))
+        async for chunk in stream:
             yield pb.ReadArtifactResponse(chunk=chunk)
 
     @unary_errors
