@@ -37,7 +37,7 @@ MessageT = TypeVar("MessageT", bound=Message)
 
 
 class Transactions:
-    def __init__(self, engine: Engine, keys: IdempotencyKeys, store: ObjectStore, *, pool_size: int = 8,
+    def __init__(self, engine: Engine, keys: IdempotencyKeys, store: ObjectStore | None, *, pool_size: int = 8,
                  store_pool_size: int = 16, database_timeout: float = 15.0, store_timeout: float = 60.0,
                  name: str = "db", observer: CallObserver | None = None) -> None:
         self.engine = engine
@@ -160,6 +160,8 @@ class Transactions:
     async def delete_quietly(self, keys: Sequence[str]) -> None:
         if not keys:
             return
+        if self._store is None:
+            raise RuntimeError("objects to delete, but these transactions were given no object store")
         try:
             await asyncio.shield(self.objects.run(self._store.delete_many, list(keys)))
         except Exception:

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-
-from services.common.database import create_engine, migrate
 from services.dataset.schema import metadata
 from services.dataset.server import MIGRATIONS
+from tests.common.migration_helpers import schema_differences
 
 
 def _differences(url: str) -> list[object]:
-    engine = create_engine(url)
-    try:
-        migrate(engine, MIGRATIONS, "alembic_version_dataset")
-        migrate(engine, MIGRATIONS, "alembic_version_dataset")  # a second run changes nothing
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"version_table": "alembic_version_dataset"})
-            return compare_metadata(context, metadata)
-    finally:
-        engine.dispose()
+    return schema_differences(url, MIGRATIONS, "alembic_version_dataset", metadata)
 
 
 def test_sqlite_schema_matches(tmp_path):

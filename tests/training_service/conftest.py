@@ -87,8 +87,8 @@ class Tenant:
     def __init__(self, channel: grpc.Channel, dataset_channel: grpc.Channel, name: str) -> None:
         self.name = name
         self._metadata = tenant_metadata(name)
-        self.trainer = _WithMetadata(trainer_pb2_grpc.TrainerServiceStub(channel), self._metadata)
-        self.datasets = _WithMetadata(dataset_pb2_grpc.DatasetServiceStub(dataset_channel), self._metadata)
+        self.trainer = WithMetadata(trainer_pb2_grpc.TrainerServiceStub(channel), self._metadata)
+        self.datasets = WithMetadata(dataset_pb2_grpc.DatasetServiceStub(dataset_channel), self._metadata)
 
     def dataset(self, images: int = 2, family: int = dpb.MODEL_FAMILY_SD15) -> dpb.Dataset:
         dataset = self.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
@@ -99,7 +99,7 @@ class Tenant:
         return dataset
 
 
-class _WithMetadata:
+class WithMetadata:
     def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
         self._stub = stub
         self._metadata = metadata

@@ -1,27 +1,16 @@
-"""The trainer's migrations build exactly the schema its code declares, on both databases."""
+"""The Alembic migrations build exactly the schema the code declares, on both databases."""
 
 from __future__ import annotations
 
 import uuid
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-
-from services.common.database import create_engine, migrate
 from services.trainer.schema import metadata
 from services.trainer.server import MIGRATIONS, VERSION_TABLE
+from tests.common.migration_helpers import schema_differences
 
 
 def _differences(url: str) -> list[object]:
-    engine = create_engine(url)
-    try:
-        migrate(engine, MIGRATIONS, VERSION_TABLE)
-        migrate(engine, MIGRATIONS, VERSION_TABLE)  # a second run changes nothing
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-            return compare_metadata(context, metadata)
-    finally:
-        engine.dispose()
+    return schema_differences(url, MIGRATIONS, VERSION_TABLE, metadata)
 
 
 def test_sqlite_schema_matches(tmp_path):

@@ -1,0 +1,41 @@
+"""Every public call names its API key (`authorization: Bearer kiln_…`) and acts for that key's
+tenant. Missing, malformed, unknown and revoked keys get one answer, word for word, so it says
+nothing about which keys exist. Health and reflection stay open, as on every Kiln service."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.common.call_context import acting_for
+from services.common.errors import abort_with, unauthenticated
+from services.common.interceptors import OPEN_PREFIXES, AroundCalls
+from services.gateway.key_verifier import KeyVerifier
+
+REFUSED = ("a valid API key is required: send it as `authorization: Bearer kiln_…` (an operator creates one "
+           "with `python -m services.gateway keys create --tenant … --name …`)")
+
+
+def bearer_key(context: grpc.aio.ServicerContext) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == "authorization":
+            text = value if isinstance(value, str) else value.decode(errors="replace")
+            scheme, _, key = text.partition(" ")
+            return key.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def api_key_interceptor(verifier: KeyVerifier) -> AroundCalls:
+    @contextlib.asynccontextmanager
+    async def authenticated(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        presented = bearer_key(context)
+        verified = await verifier.verify(presented) if presented else None
+        if verified is None:
+            await abort_with(context, unauthenticated(REFUSED))
+            return
+        with acting_for(verified.tenant):
+            yield
+
+    return AroundCalls(authenticated, exempt_prefixes=OPEN_PREFIXES)

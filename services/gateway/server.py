@@ -1,0 +1,146 @@
+"""The gateway: the public API on one address. It authenticates API keys and relays each public
+service (datasets, training) to the internal service behind it, acting for the key's tenant."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pathlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from kiln.v1 import dataset_pb2, trainer_pb2
+from services.common.database import create_engine, migrate
+from services.common.errors import ConfigurationError
+from services.common.hosting import Background, Periodic, RunningServer, run_service
+from services.common.idempotency import IdempotencyKeys
+from services.common.interceptors import deadline_interceptor
+from services.common.internal_client import internal_aio_channel
+from services.common.logs import configure_logging
+from services.common.observability import Observability
+from services.common.process import serve_process
+from services.common.readiness import Probe, database_probe
+from services.common.server import MAX_MESSAGE_BYTES, ServiceBinding
+from services.common.transactions import Transactions
+from services.gateway import schema
+from services.gateway.key_auth import api_key_interceptor
+from services.gateway.key_verifier import KeyVerifier
+from services.gateway.relay import relay_handler
+from services.gateway.settings import GatewaySettings
+
+MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_gateway"
+# The public services and the setting naming the internal service behind each.
+PUBLIC_SERVICES = (
+    (dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"], "dataset_address"),
+    (trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"], "trainer_address"),
+)
+_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES))
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GatewayComponents:
+    settings: GatewaySettings
+    transactions: Transactions
+    keys: KeyVerifier
+    channels: dict[str, grpc.aio.Channel]
+    observability: Observability
+
+    def bindings(self) -> list[ServiceBinding]:
+        return [ServiceBinding(service.full_name, _registers(relay_handler(service, self.channels[address_setting])))
+                for service, address_setting in PUBLIC_SERVICES]
+
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        metrics, tracing = self.observability.metrics, self.observability.tracing
+        return [metrics.interceptor(), *tracing.server_interceptors(), deadline_interceptor(),
+                api_key_interceptor(self.keys)]
+
+    def background(self) -> list[Background]:
+        return [Periodic("key use", self.settings.key_use_write_seconds, self.keys.record_uses)]
+
+    def probes(self) -> list[Probe]:
+        return [database_probe(self.transactions.engine)]
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.keys.record_uses()
+        for channel in self.channels.values():
+            await channel.close()
+        self.transactions.close()
+        self.transactions.engine.dispose()
+        self.observability.close()
+
+
+def _registers(handler: grpc.GenericRpcHandler) -> Callable[[grpc.aio.Server], None]:
+    def register(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((handler,))
+
+    return register
+
+
+def open_database(settings: GatewaySettings) -> Transactions:
+    """The gateway's database, migrated to the newest schema (blocking)."""
+    engine = create_engine(settings.database_url(), timeout=settings.database_timeout_seconds,
+                           connect_timeout=settings.database_connect_timeout_seconds,
+                           pool_size=settings.database_pool_size)
+    migrate(engine, MIGRATIONS, VERSION_TABLE)
+    return Transactions(engine, IdempotencyKeys(schema.request_ids), None, pool_size=settings.database_pool_size,
+                        database_timeout=settings.database_timeout_seconds, name="gateway")
+
+
+async def build_gateway(settings: GatewaySettings, observability: Observability | None = None) -> GatewayComponents:
+    missing = [name for _, name in PUBLIC_SERVICES if not getattr(settings, name)]
+    if missing:
+        raise ConfigurationError("the gateway needs the internal services' addresses: set "
+                                 + ", ".join(f"KILN_{name.upper()}=host:port" for name in missing))
+    observability = observability or Observability.for_service("gateway", settings)
+    transactions = await asyncio.to_thread(open_database, settings)
+    channels = {name: internal_aio_channel(getattr(settings, name), settings.internal_auth,
+                                           interceptors=observability.tracing.client_interceptors(),
+                                           options=_CHANNEL_OPTIONS)
+                for _, name in PUBLIC_SERVICES}
+    return GatewayComponents(settings, transactions, KeyVerifier(transactions, settings.key_cache_seconds), channels,
+                             observability)
+
+
+@dataclass
+class GatewayService:
+    server: RunningServer
+    components: GatewayComponents
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: GatewaySettings,
+                          observability: Observability | None = None) -> AsyncIterator[GatewayService]:
+    """Start the gateway on settings.server (port 0 picks a free port) and stop it on exit."""
+    components = await build_gateway(settings, observability)
+    try:
+        async with run_service(components.bindings(), settings=settings.server,
+                               interceptors=components.interceptors(), background=components.background(),
+                               probes=components.probes(), metrics=components.observability.metrics,
+                               metrics_settings=settings.metrics) as server:
+            yield GatewayService(server, components)
+    finally:
+        await components.close()
+
+
+async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
+    async with running_gateway(settings) as service:
+        log.info("gateway ready", extra={"fields": {"address": service.address,
+                                                    "metrics": service.server.metrics_url}})
+        await stop.wait()
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging(settings.log_level, settings.json_logs)
+    serve_process(lambda stop: serve(settings, stop), settings.server.shutdown_grace)

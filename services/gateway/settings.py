@@ -1,0 +1,26 @@
+"""Gateway settings (environment: KILN_…, e.g. KILN_GATEWAY_DATABASE_URL, KILN_DATASET_ADDRESS,
+KILN_TRAINER_ADDRESS)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_", env_nested_delimiter="__", extra="ignore")
+
+    # Default: a SQLite file under data_dir. PostgreSQL: postgresql://user:pass@host/db
+    gateway_database_url: str = ""
+    # host:port of the internal services behind the public API.
+    dataset_address: str = ""
+    trainer_address: str = ""
+    # How long a key's check is remembered: a key revoked on another replica is refused within this.
+    key_cache_seconds: float = Field(default=5.0, ge=0)
+    # How often the keys' last use is written.
+    key_use_write_seconds: float = Field(default=30.0, gt=0)
+
+    def database_url(self) -> str:
+        return self.gateway_database_url or f"sqlite:///{self.data_dir / 'gateway.db'}"

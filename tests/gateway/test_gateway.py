@@ -1,0 +1,89 @@
+"""The public API through the gateway: API keys made with its CLI, each call acting for its key's
+tenant, the internal services' answers (errors with their details, streams both ways) relayed."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from kiln.v1 import dataset_pb2 as dpb
+from kiln.v1 import trainer_pb2 as pb
+from services.gateway.key_auth import REFUSED
+from tests.dataset.helpers import image_bytes, upload
+from tests.gateway.conftest import Client, keys_cli
+from tests.training_service.test_training_jobs import tiny_job
+
+
+def new_key(gateway_dir, tenant: str) -> str:
+    return keys_cli(gateway_dir, "create", "--tenant", tenant, "--name", f"tests for {tenant}")["secret_key"]
+
+
+def test_keys_are_shown_once_listed_without_their_secret_and_revoked(gateway_dir):
+    created = keys_cli(gateway_dir, "create", "--tenant", "listing", "--name", "ci")
+    assert created["secret_key"].startswith(f"kiln_{created['id']}_") and created["key"] == f"kiln_{created['id']}_…"
+    listed = {k["id"]: k for k in keys_cli(gateway_dir, "list", "--tenant", "listing")}
+    assert listed[created["id"]]["revoked"] is None and "secret_key" not in listed[created["id"]]
+    assert created["secret_key"].split("_")[2] not in str(listed)
+    keys_cli(gateway_dir, "revoke", created["key"])
+    assert keys_cli(gateway_dir, "list", "--tenant", "listing")[0]["revoked"] is not None
+
+
+def test_every_call_needs_a_live_key_and_every_refusal_reads_the_same(gateway, gateway_channel, gateway_dir):
+    good = new_key(gateway_dir, "refusals")
+    key_id = good.split("_")[1]
+    revoked = new_key(gateway_dir, "refusals")
+    keys_cli(gateway_dir, "revoke", revoked)
+    presented = [None, "not-a-key", f"kiln_{key_id}_{'x' * 32}", "kiln_0123456789ab_" + "y" * 32, revoked]
+    answers = []
+    for key in presented:
+        with pytest.raises(grpc.RpcError) as caught:
+            Client(gateway_channel, key).datasets.ListDatasets(dpb.ListDatasetsRequest())
+        answers.append((caught.value.code(), caught.value.details()))
+    assert answers == [(grpc.StatusCode.UNAUTHENTICATED, REFUSED)] * len(presented)
+    Client(gateway_channel, good).datasets.ListDatasets(dpb.ListDatasetsRequest())
+    # Health is open, as load balancers ask it without keys.
+    health = health_pb2_grpc.HealthStub(gateway_channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_key_acts_for_its_tenant_only_and_a_claimed_tenant_is_ignored(gateway_channel, gateway_dir):
+    mine = Client(gateway_channel, new_key(gateway_dir, "owner"))
+    created = mine.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="cats", family=dpb.MODEL_FAMILY_SD15)))
+    other_key = new_key(gateway_dir, "stranger")
+    # The internal tenant header, sent by a client, changes nothing: the key's tenant is the one.
+    for theirs in (Client(gateway_channel, other_key), Client(gateway_channel, other_key, ("x-kiln-tenant", "owner"))):
+        answers = []
+        for name in (created.name, "datasets/0123456789abcdef"):
+            with pytest.raises(grpc.RpcError) as caught:
+                theirs.datasets.GetDataset(dpb.GetDatasetRequest(name=name))
+            answers.append((caught.value.code(), caught.value.details().replace(name, "<name>")))
+        assert answers[0] == answers[1] and answers[0][0] == grpc.StatusCode.NOT_FOUND
+    assert mine.datasets.GetDataset(dpb.GetDatasetRequest(name=created.name)).name == created.name
+
+
+def test_errors_keep_their_details_and_streams_are_relayed_both_ways(gateway_channel, gateway_dir):
+    client = Client(gateway_channel, new_key(gateway_dir, "streams"))
+    dataset = client.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="cats", family=dpb.MODEL_FAMILY_SD15, default_repeat=1)))
+    upload(client.datasets, dataset.name, image_bytes(96, 96, seed=1), filename="cat.png", tags=["mytrigger"])
+    # A bad configuration: every violation, as the trainer service named it.
+    with pytest.raises(grpc.RpcError) as caught:
+        client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(
+            dataset.name, network_dim=0, unet_lr=-1.0)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(caught.value)
+    bad = error_details_pb2.BadRequest()
+    assert status is not None and any(d.Unpack(bad) for d in status.details if d.Is(bad.DESCRIPTOR))
+    assert {v.field for v in bad.field_violations} >= {"training_job.config.network_dim",
+                                                        "training_job.config.unet_lr"}
+    # A server stream: the queued job's events, then its end when it is cancelled.
+    job = client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
+    stream = client.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name), timeout=60)
+    assert next(stream).HasField("queued")
+    client.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+    rest = list(stream)
+    assert rest[-1].finished.state == pb.TrainingJob.State.STATE_CANCELLED
