@@ -157,9 +157,9 @@ def _submit_and_watch(jobs: Any, dataset: str, metadata: Any,
     first_step = 0.0
     # When each step was trained, by the worker's clock as its events carry it.
     times: dict[int, float] = {}
-    half_cpu: dict[str, float] = {}
+    half_cpu: dict[str, dict[int, float]] = {}
     cpu: dict[str, float] = {}
-    half = IMAGES * REPEAT // 2
+    half, last_step = IMAGES * REPEAT // 2, IMAGES * REPEAT
     for event in jobs.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name), metadata=metadata, timeout=600):
         if event.HasField("progress") and event.progress.phase == "training":
             if not first_step:
@@ -167,24 +167,27 @@ def _submit_and_watch(jobs: Any, dataset: str, metadata: Any,
             times[event.progress.step] = event.progress.time.ToNanoseconds() / 1e9
             if not half_cpu and event.progress.step >= half:
                 half_cpu = _cpu_seconds(worker_pid)
+            if half_cpu and not cpu and event.progress.step >= last_step:
+                # At the last step, while the training process still runs (it exits when done).
+                cpu = {name: sum(seconds - half_cpu[name].get(pid, 0.0) for pid, seconds in by_pid.items())
+                       for name, by_pid in _cpu_seconds(worker_pid).items()}
         if event.HasField("finished"):
-            cpu = {name: seconds - half_cpu.get(name, 0.0) for name, seconds in _cpu_seconds(worker_pid).items()}
             break
     last, half = max(times), max(times) // 2
     return job, first_step, (last - half) / (times[last] - times[half]), cpu
 
 
-def _cpu_seconds(worker_pid: int) -> dict[str, float]:
-    """CPU used so far by the worker's children (the training, the next warm one), the worker, and
-    this process (the services and the watcher)."""
+def _cpu_seconds(worker_pid: int) -> dict[str, dict[int, float]]:
+    """CPU used so far, by process: the worker's children (the training, the next warm one), the
+    worker, and this process (the services and the watcher)."""
     worker = psutil.Process(worker_pid)
 
     def used(process: psutil.Process) -> float:
         times = process.cpu_times()
         return float(times.user + times.system)
 
-    return {"children": sum(used(c) for c in worker.children()), "worker": used(worker),
-            "services+watcher": used(psutil.Process())}
+    return {"children": {c.pid: used(c) for c in worker.children()}, "worker": {worker.pid: used(worker)},
+            "services+watcher": {os.getpid(): used(psutil.Process())}}
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def time_to_first_step(command: Sequence[str], env: dict[str, str], timeout: flo
         if figures is None:  # it ended: fine for the import-only floor, a failure for the others
             _, status, rusage = os.wait4(process.pid, 0)
             process.returncode = os.waitstatus_to_exitcode(status)
-            if process.returncode != 0 or command[1] != "-c":
+            if process.returncode != 0 or command[1:2] != ["-c"]:
                 raise RuntimeError(f"{command[:4]} ended ({process.returncode}) before a first step:\n"
                                    f"{seen.decode(errors='replace')[-2000:]}")
             # No peak: a child's max RSS after exec starts from what it was forked from.

@@ -172,10 +172,12 @@ def resource_exhausted(message: str, reason: str, **metadata: str) -> ServiceErr
     return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason, metadata=metadata)
 
 
-def quota_exceeded(message: str, reason: str, subject: str, description: str, **metadata: str) -> ServiceError:
-    """RESOURCE_EXHAUSTED with a QuotaFailure naming what ran out, for whom."""
+def quota_exceeded(message: str, reason: str, subject: str, description: str, retry_delay: float | None = None,
+                   **metadata: str) -> ServiceError:
+    """RESOURCE_EXHAUSTED with a QuotaFailure naming what ran out, for whom (and a RetryInfo when
+    waiting `retry_delay` seconds will do)."""
     return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason, metadata=metadata,
-                        quota=[(subject, description)])
+                        quota=[(subject, description)], retry_delay=retry_delay)
 
 
 def already_exists(message: str, reason: str, violations: Iterable[FieldViolation] = ()) -> ServiceError:

@@ -3,12 +3,14 @@ carries the internal credential, over TLS when the settings say so."""
 
 from __future__ import annotations
 
+import ipaddress
 import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
+from services.common.errors import ConfigurationError
 from services.common.internal_auth import AUTHORIZATION_HEADER, TENANT_HEADER
 from services.common.settings import InternalAuthSettings
 
@@ -27,12 +29,29 @@ ROUND_ROBIN: tuple[tuple[str, Any], ...] = (("grpc.lb_policy_name", "round_robin
 
 def replicas_target(addresses: str) -> str:
     """A channel target for one `host:port`, or several IP `address:port`s separated by commas
-    (the replicas of one service); any other target (`dns:///…`) is passed through."""
+    (the replicas of one service, all IPv4 or all IPv6); any other target (`dns:///…`) is passed
+    through. Over TLS a list needs the name the replicas' certificate is for (`tls_name_option`)."""
     parts = [part.strip() for part in addresses.split(",") if part.strip()]
     if len(parts) < 2:
         return addresses.strip()
-    scheme = "ipv6" if all(part.startswith("[") for part in parts) else "ipv4"
-    return f"{scheme}:{','.join(parts)}"
+    families: set[int] = set()
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        try:
+            families.add(ipaddress.ip_address(host.strip("[]")).version)
+        except ValueError:
+            families.add(0)
+        if not port.isdigit() or 0 in families:
+            raise ConfigurationError(f"{part!r} in {addresses!r}: a list of replicas is IP address:port pairs; for "
+                                     "host names use one name that resolves to all of them (dns:///name:port)")
+    if len(families) > 1:
+        raise ConfigurationError(f"{addresses!r} mixes IPv4 and IPv6 addresses: list one kind")
+    return f"{'ipv6' if 6 in families else 'ipv4'}:{','.join(parts)}"
+
+
+def tls_name_option(name: str) -> tuple[tuple[str, Any], ...]:
+    """Channel options checking the servers' certificate against `name` ("": the target's host)."""
+    return (("grpc.ssl_target_name_override", name),) if name else ()
 
 
 def credential_metadata(settings: InternalAuthSettings) -> Metadata:

@@ -37,6 +37,7 @@ class ObjectStream:
                 chunk = await self._objects.run(next, self._chunks, None, operation="get")
         finally:
             # Gives the connection back, also when the caller went away. A read the ceiling gave
-            # up on may still run in its thread: that generator closes when the read ends.
+            # up on may still run in its thread: that generator can't be closed from here and
+            # goes (with its connection) when it is collected.
             with contextlib.suppress(ValueError):
                 self._chunks.close()

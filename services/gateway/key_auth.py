@@ -1,6 +1,6 @@
 """Every public call names its API key (`authorization: Bearer kiln_…`) and acts for that key's
-tenant. Missing, malformed, unknown and revoked keys get one answer, word for word, so it says
-nothing about which keys exist. Health and reflection stay open, as on every Kiln service."""
+tenant, under that key's limits. Missing, malformed, unknown and revoked keys get one answer,
+word for word, so it says nothing about which keys exist. Health and reflection stay open, as on every Kiln service."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.common.call_context import acting_for
-from services.common.errors import abort_with, unauthenticated
+from services.common.errors import ServiceError, abort_with, unauthenticated
 from services.common.interceptors import OPEN_PREFIXES, AroundCalls
 from services.gateway.key_verifier import KeyVerifier
+from services.gateway.limits import KeyLimits
 
 REFUSED = ("a valid API key is required: send it as `authorization: Bearer kiln_…` (an operator creates one "
            "with `python -m services.gateway keys create --tenant … --name …`)")
@@ -27,15 +28,21 @@ def bearer_key(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-def api_key_interceptor(verifier: KeyVerifier) -> AroundCalls:
+def api_key_interceptor(verifier: KeyVerifier, limits: KeyLimits) -> AroundCalls:
     @contextlib.asynccontextmanager
     async def authenticated(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         presented = bearer_key(context)
         verified = await verifier.verify(presented) if presented else None
         if verified is None:
             await abort_with(context, unauthenticated(REFUSED))
-            return
-        with acting_for(verified.tenant):
-            yield
+        try:
+            release = limits.admit(verified.key_id, method)
+        except ServiceError as error:
+            await abort_with(context, error)
+        try:
+            with acting_for(verified.tenant):
+                yield
+        finally:
+            release()
 
     return AroundCalls(authenticated, exempt_prefixes=OPEN_PREFIXES)

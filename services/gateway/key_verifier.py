@@ -21,22 +21,27 @@ class KeyVerifier:
         self._cache_seconds = cache_seconds
         self._max_cached = max_cached
         self._clock = clock
-        # sha256(presented key) -> (answer, until): wrong keys too, so guessing can't load the database.
+        # sha256(presented key) -> (answer, until). Refusals apart, so a flood of wrong keys (a
+        # client misconfigured in a loop, or guessing) can't push the live keys out.
         self._answers: OrderedDict[bytes, tuple[Verified | None, float]] = OrderedDict()
+        self._refusals: OrderedDict[bytes, tuple[Verified | None, float]] = OrderedDict()
         self._used: dict[str, dt.datetime] = {}
 
     async def verify(self, presented: str) -> Verified | None:
         digest = hashlib.sha256(presented.encode()).digest()
         now = self._clock()
-        remembered = self._answers.get(digest)
+        remembered = self._answers.get(digest) or self._refusals.get(digest)
         if remembered is not None and remembered[1] > now:
             verified = remembered[0]
         else:
             verified = await self._tx.run(lambda conn: verify_key(conn, presented), read_only=True)
-            self._answers[digest] = (verified, now + self._cache_seconds)
-            self._answers.move_to_end(digest)
-            while len(self._answers) > self._max_cached:
-                self._answers.popitem(last=False)
+            self._answers.pop(digest, None)
+            self._refusals.pop(digest, None)
+            answers = self._answers if verified is not None else self._refusals
+            answers[digest] = (verified, now + self._cache_seconds)
+            answers.move_to_end(digest)
+            while len(answers) > self._max_cached:
+                answers.popitem(last=False)
         if verified is not None:
             self._used[verified.key_id] = dt.datetime.now(dt.UTC)
         return verified
@@ -44,6 +49,7 @@ class KeyVerifier:
     def forget(self) -> None:
         """Drop every remembered answer (this replica revoked a key: refuse it at once)."""
         self._answers.clear()
+        self._refusals.clear()
 
     async def record_uses(self) -> None:
         """Write when each key used since the last round was last used."""

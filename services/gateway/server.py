@@ -28,6 +28,7 @@ from services.common.transactions import Transactions
 from services.gateway import schema
 from services.gateway.key_auth import api_key_interceptor
 from services.gateway.key_verifier import KeyVerifier
+from services.gateway.limits import KeyLimits
 from services.gateway.relay import relay_handler
 from services.gateway.settings import GatewaySettings
 
@@ -48,6 +49,7 @@ class GatewayComponents:
     settings: GatewaySettings
     transactions: Transactions
     keys: KeyVerifier
+    limits: KeyLimits
     channels: dict[str, grpc.aio.Channel]
     observability: Observability
 
@@ -58,7 +60,7 @@ class GatewayComponents:
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         metrics, tracing = self.observability.metrics, self.observability.tracing
         return [metrics.interceptor(), *tracing.server_interceptors(), deadline_interceptor(),
-                api_key_interceptor(self.keys)]
+                api_key_interceptor(self.keys, self.limits)]
 
     def background(self) -> list[Background]:
         return [Periodic("key use", self.settings.key_use_write_seconds, self.keys.record_uses)]
@@ -104,8 +106,10 @@ async def build_gateway(settings: GatewaySettings, observability: Observability 
                                            interceptors=observability.tracing.client_interceptors(),
                                            options=_CHANNEL_OPTIONS)
                 for _, name in PUBLIC_SERVICES}
-    return GatewayComponents(settings, transactions, KeyVerifier(transactions, settings.key_cache_seconds), channels,
-                             observability)
+    limits = KeyLimits(settings.key_requests_per_second, settings.key_request_burst,
+                       settings.max_watch_streams_per_key)
+    return GatewayComponents(settings, transactions, KeyVerifier(transactions, settings.key_cache_seconds), limits,
+                             channels, observability)
 
 
 @dataclass

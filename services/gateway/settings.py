@@ -19,6 +19,10 @@ class GatewaySettings(CommonSettings):
     trainer_address: str = ""
     # How long a key's check is remembered: a key revoked on another replica is refused within this.
     key_cache_seconds: float = Field(default=5.0, ge=0)
+    # Per key and gateway replica: requests a second (bursts up to the burst), open watch streams.
+    key_requests_per_second: float = Field(default=50.0, gt=0)
+    key_request_burst: int = Field(default=100, ge=1)
+    max_watch_streams_per_key: int = Field(default=20, ge=1)
     # How often the keys' last use is written.
     key_use_write_seconds: float = Field(default=30.0, gt=0)
 

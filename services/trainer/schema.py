@@ -66,6 +66,8 @@ training_jobs = sa.Table(
     sa.Column("end_time", Timestamp),
     sa.Column("update_time", Timestamp, nullable=False),
     sa.Index("ix_training_jobs_queue", "state", "due"),
+    # Unique while held: a claim retried under its id can never end up holding two jobs.
+    sa.UniqueConstraint("lease_id", name="uq_training_jobs_lease_id"),
 )
 
 # The event log WatchTrainingJob reads: one row per TrainingEvent, seq 1, 2, 3 ... per job.
@@ -160,6 +162,7 @@ generations = sa.Table(
     sa.Column("update_time", Timestamp, nullable=False),
     sa.UniqueConstraint("tenant", "request_key", name="uq_generations_tenant_request_key"),
     sa.Index("ix_generations_queue", "state", "due"),
+    sa.UniqueConstraint("lease_id", name="uq_generations_lease_id"),
 )
 
 # The images of a generation as they were reported: GeneratedImage messages, in order.

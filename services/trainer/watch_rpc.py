@@ -58,17 +58,20 @@ class WatchRpcs(TrainerBase):
             elif cursor < row.events_pruned_through:
                 raise pruned_error(cursor, row.events_pruned_through, self._events.keep)
             read_database = True
+            # Asked for the oldest kept and sent nothing yet: a prune meanwhile moves the start.
+            from_oldest = request.after_seq == 0
             while True:
                 events = self._hub.after(job_id, cursor)
                 if not events and read_database:
                     events, finished = await self._tx.run(
-                        functools.partial(self._next_events, tenant=tenant, job_id=job_id, cursor=cursor),
-                        read_only=True)
+                        functools.partial(self._next_events, tenant=tenant, job_id=job_id, cursor=cursor,
+                                          from_oldest=from_oldest), read_only=True)
                     if finished and not events:
                         return
                 for event in events:
                     yield event
                     cursor = event.seq
+                    from_oldest = False
                     if event.HasField("finished"):
                         return
                 if events and read_database:
@@ -78,16 +81,20 @@ class WatchRpcs(TrainerBase):
                 woke = await woken(wake, self._settings.watch_poll_seconds)
                 read_database = not woke or not self._hub.after(job_id, cursor)
 
-    def _next_events(self, conn: Connection, tenant: str, job_id: str,
-                     cursor: int) -> tuple[list[pb.TrainingEvent], bool]:
+    def _next_events(self, conn: Connection, tenant: str, job_id: str, cursor: int,
+                     from_oldest: bool) -> tuple[list[pb.TrainingEvent], bool]:
         row = conn.execute(sa.select(j.state, j.last_seq, j.events_pruned_through).where(
             j.id == job_id, j.tenant == tenant)).first()
         if row is None:
             raise not_found(records.job_name(job_id), "training job")
         if cursor < row.events_pruned_through:
-            # A watcher that fell further behind than the log keeps.
-            raise pruned_error(cursor, row.events_pruned_through, self._events.keep)
+            if not from_oldest:  # a watcher that fell further behind than the log keeps
+                raise pruned_error(cursor, row.events_pruned_through, self._events.keep)
+            cursor = row.events_pruned_through
         events = self._events.read(conn, job_id, cursor, EVENTS_PER_READ) if row.last_seq > cursor else []
+        if events and events[0].seq != cursor + 1 and not from_oldest:
+            # Pruned between the two reads (PostgreSQL sees each statement's own snapshot).
+            raise pruned_error(cursor, events[0].seq - 1, self._events.keep)
         return events, row.state != schema.QUEUED and row.last_seq <= cursor
 
     @unary_errors

@@ -51,9 +51,12 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
         wait = min(max(0.0, request.wait_seconds), self._settings.max_claim_wait_seconds)
         deadline = time.monotonic() + wait
         if request.claim_id:
-            again = await self._tx.run(functools.partial(self._claimed_before, lease_id=request.claim_id))
-            if again is not None:
-                return again
+            # Read first: the poll of an idle worker takes no write lock.
+            held = await self._tx.run(functools.partial(self._held_by, lease_id=request.claim_id), read_only=True)
+            if held:
+                again = await self._tx.run(functools.partial(self._claimed_before, lease_id=request.claim_id))
+                if again is not None:
+                    return again
         with self._hub.subscribe(QUEUE) as wake:
             while True:
                 lease_id = request.claim_id or records.new_id()
@@ -71,6 +74,10 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
                     return wpb.ClaimTrainingJobResponse()
                 # New jobs wake us; leases running out and other replicas' jobs need the poll.
                 await woken(wake, min(left, self._settings.queue_maintenance_seconds))
+
+    def _held_by(self, conn: Connection, lease_id: str) -> bool:
+        return (conn.execute(sa.select(j.id).where(j.lease_id == lease_id, j.state == schema.QUEUED)).first()
+                is not None or self._deps.generations.leased_by(conn, lease_id) is not None)
 
     def _claimed_before(self, conn: Connection, lease_id: str) -> wpb.ClaimTrainingJobResponse | None:
         """The assignment a claim with this id was given, while its lease holds (renewed: the

@@ -38,12 +38,19 @@ def gateway_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
+def gateway_overrides() -> dict[str, Any]:
+    """Settings a module gives its gateway (a module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def gateway(aio: LoopThread, gateway_dir: pathlib.Path, dataset_service: DatasetService,
-            trainer: TrainerService) -> Iterator[GatewayService]:
+            trainer: TrainerService, gateway_overrides: dict[str, Any]) -> Iterator[GatewayService]:
     # Every check reaches the database: a key revoked by the CLI is refused on the next call.
+    values: dict[str, Any] = {"key_cache_seconds": 0, **gateway_overrides}
     settings = GatewaySettings(data_dir=gateway_dir, server=ServerSettings(port=0, shutdown_grace=1.0),
                                json_logs=False, internal_auth=TEST_AUTH, dataset_address=dataset_service.address,
-                               trainer_address=trainer.address, key_cache_seconds=0)
+                               trainer_address=trainer.address, **values)
     with aio.context(running_gateway(settings)) as running:
         yield running
 

@@ -156,10 +156,10 @@ class TrainingRun:
         self.seed = self._resolve_seed(checkpoint)
         self.device = training_device(config)
         path = self.store.resolve(entry.id).path
-        if self.loaded is not None and self.loaded.path == path:
-            self.model, self.loaded = self.loaded, None
-        else:
-            self.model = load_base_model(entry.family, path)
+        matches = self.loaded is not None and self.loaded.path == path
+        model = self.loaded if matches else None
+        self.loaded = None  # either way, the run holds one base model, not two
+        self.model = model if model is not None else load_base_model(entry.family, path)
         self.entry = entry
         self.plan = build_sample_plan(config, self.snapshot, entry)
         self._prepare_model()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
 import threading
@@ -62,7 +63,8 @@ def child_main(conn: Connection, models_dir: str, s3_settings: Any) -> None:
         except EOFError:
             os._exit(0)
         if message[0] == "preload":
-            preloaded = preload_base_model(models_dir, message[1]) or preloaded
+            preloaded = None  # the one before goes first: one base model in memory at a time
+            preloaded = preload_base_model(models_dir, message[1])
             continue
         if message[0] == "generate":
             from services.trainer.engine.generation import GenerationCache
@@ -82,10 +84,12 @@ def child_main(conn: Connection, models_dir: str, s3_settings: Any) -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
     spec = message[1]
+    if preloaded is not None and json.loads(spec["config_json"]).get("base_model") != preloaded[0]:
+        preloaded = None  # another base model: this one's memory is the run's
 
     controls = JobControls()
     threading.Thread(target=_listen, args=(conn, controls), daemon=True, name="worker-pipe").start()
-    outcome, text = run_job(spec, store, models_dir, send, controls, preloaded)
+    outcome, text = run_job(spec, store, models_dir, send, controls, preloaded[1] if preloaded else None)
     send(("done", outcome, text))
     conn.close()
 
@@ -130,16 +134,16 @@ def _listen(conn: Connection, controls: JobControls) -> None:
             controls.add(message[1])
 
 
-def preload_base_model(models_dir: str, base_model: str) -> Any:
-    """The base model, loaded ahead of a job that names it; None when it can't be (the job will
-    then load it, and say what is wrong)."""
+def preload_base_model(models_dir: str, base_model: str) -> tuple[str, Any] | None:
+    """(name, the base model) loaded ahead of a job that names it; None when it can't be (the job
+    will then load it, and say what is wrong)."""
     from services.trainer.engine.base_model import load_base_model
     from services.trainer.engine.model_store import ModelStore
 
     store = ModelStore(models_dir)
     entry = store.entry(base_model)
     try:
-        return load_base_model(entry.family, store.resolve(entry.id).path) if entry is not None else None
+        return (base_model, load_base_model(entry.family, store.resolve(entry.id).path)) if entry is not None else None
     except Exception:
         return None
 

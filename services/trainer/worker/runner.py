@@ -33,7 +33,7 @@ from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import trainer_worker_pb2 as wpb
 from kiln.v1 import trainer_worker_pb2_grpc
 from services.common.errors import ConfigurationError, status_details
-from services.common.internal_client import ROUND_ROBIN, internal_aio_channel, replicas_target
+from services.common.internal_client import ROUND_ROBIN, internal_aio_channel, replicas_target, tls_name_option
 from services.common.logs import configure_logging
 from services.trainer.artifacts import artifact_name
 from services.trainer.worker.child import child_main
@@ -450,7 +450,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     if not settings.trainer_address:
         raise ConfigurationError("a worker needs its trainer service: set KILN_TRAINER_ADDRESS=host:port")
     channel = internal_aio_channel(replicas_target(settings.trainer_address), settings.internal_auth,
-                                   options=ROUND_ROBIN)
+                                   options=ROUND_ROBIN + tls_name_option(settings.trainer_tls_name))
     try:
         worker = TrainingWorker(settings, trainer_worker_pb2_grpc.TrainingWorkerServiceStub(channel))
         await worker.run(stop)

@@ -23,6 +23,8 @@ class WorkerSettings(CommonSettings):
     # host:port of the trainer service (required); a name with several records, or several
     # replicas' IP address:port separated by commas, spreads the calls over all of them.
     trainer_address: str = ""
+    # Over mutual TLS with several replicas listed: the name their certificate is for.
+    trainer_tls_name: str = ""
     models_dir: pathlib.Path = Field(default_factory=user_cache_models)
     worker_id: str = Field(default_factory=default_worker_id)
     # Families this worker trains ("sd15", "sdxl"); empty: both.

@@ -1,0 +1,76 @@
+"""Per-key limits: a request rate with bursts, and open watch streams; refusals say which limit,
+for which key, and (for the rate) when to retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from kiln.v1 import dataset_pb2 as dpb
+from kiln.v1 import trainer_pb2 as pb
+from services.common.errors import ServiceError, status_details
+from services.gateway.limits import KeyLimits
+from tests.dataset.helpers import image_bytes, upload
+from tests.gateway.conftest import Client
+from tests.gateway.test_gateway import new_key
+from tests.training_service.test_training_jobs import tiny_job
+
+WATCHES = 2
+
+
+@pytest.fixture(scope="module")
+def gateway_overrides() -> dict[str, Any]:
+    return {"max_watch_streams_per_key": WATCHES, "key_requests_per_second": 1000.0, "key_request_burst": 1000}
+
+
+def test_the_rate_refills_over_time_and_a_refusal_says_when_to_retry():
+    now = [0.0]
+    limits = KeyLimits(rate=2.0, burst=3, max_watch_streams=1, clock=lambda: now[0])
+    for _ in range(3):
+        limits.admit("k1", "/kiln.v1.DatasetService/ListDatasets")()
+    with pytest.raises(ServiceError) as refused:
+        limits.admit("k1", "/kiln.v1.DatasetService/ListDatasets")
+    assert refused.value.reason == "REQUEST_RATE_PER_KEY" and refused.value.retry_delay == pytest.approx(0.5)
+    assert refused.value.quota == [("key:kiln_k1", "key_requests_per_second")]
+    limits.admit("k2", "/kiln.v1.DatasetService/ListDatasets")()  # another key has its own bucket
+    now[0] = 0.5
+    limits.admit("k1", "/kiln.v1.DatasetService/ListDatasets")()  # one token back after 1/rate
+
+
+def test_watch_streams_are_counted_while_open_and_released_when_they_end():
+    limits = KeyLimits(rate=100.0, burst=100, max_watch_streams=1)
+    release = limits.admit("k", "/kiln.v1.TrainerService/WatchTrainingJob")
+    with pytest.raises(ServiceError) as refused:
+        limits.admit("k", "/kiln.v1.TrainerService/WatchTrainingJob")
+    assert refused.value.reason == "WATCH_STREAMS_PER_KEY"
+    release()
+    limits.admit("k", "/kiln.v1.TrainerService/WatchTrainingJob")()
+
+
+def test_one_watch_too_many_through_the_gateway_is_refused_with_a_quota_failure(gateway_channel, gateway_dir):
+    client = Client(gateway_channel, new_key(gateway_dir, "watcher"))
+    dataset = client.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="cats", family=dpb.MODEL_FAMILY_SD15)))
+    upload(client.datasets, dataset.name, image_bytes(96, 96, seed=3), filename="cat.png", tags=["mytrigger"])
+    job = client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
+    open_streams = [client.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name), timeout=60)
+                    for _ in range(WATCHES)]
+    for stream in open_streams:
+        assert next(stream).HasField("queued")  # each is open and following
+    with pytest.raises(grpc.RpcError) as caught:
+        next(client.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name), timeout=60))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info, _ = status_details(caught.value)
+    assert info is not None and info.reason == "WATCH_STREAMS_PER_KEY"
+    status = rpc_status.from_call(caught.value)
+    quota = error_details_pb2.QuotaFailure()
+    assert status is not None and any(d.Unpack(quota) for d in status.details if d.Is(quota.DESCRIPTOR))
+    assert quota.violations[0].description == "max_watch_streams_per_key"
+    # Other calls of the key go on; the streams end with the job.
+    client.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+    for stream in open_streams:
+        assert list(stream)[-1].finished.state == pb.TrainingJob.State.STATE_CANCELLED
