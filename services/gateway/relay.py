@@ -34,13 +34,13 @@ def relay_handler(service: ServiceDescriptor, channel: grpc.aio.Channel) -> grpc
     for method in service.methods:
         path = f"/{service.full_name}/{method.name}"
         if method.client_streaming and method.server_streaming:
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(_stream_stream(channel.stream_stream(path)))
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(_streamed(channel.stream_stream(path)))
         elif method.client_streaming:
-            handlers[method.name] = grpc.stream_unary_rpc_method_handler(_stream_unary(channel.stream_unary(path)))
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(_single(channel.stream_unary(path)))
         elif method.server_streaming:
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(_unary_stream(channel.unary_stream(path)))
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(_streamed(channel.unary_stream(path)))
         else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unary_unary(channel.unary_unary(path)))
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_single(channel.unary_unary(path)))
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
@@ -49,8 +49,9 @@ def _metadata() -> tuple[tuple[str, str], ...]:
     return tenant_metadata(current_tenant())
 
 
-def _unary_unary(upstream: Any) -> Any:
-    async def relay(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+def _single(upstream: Any) -> Any:
+    """One answer, to one request or to a client stream (passed on as it arrives)."""
+    async def relay(request: Any, context: grpc.aio.ServicerContext) -> bytes:
         try:
             return bytes(await upstream(request, metadata=_metadata(), timeout=context.time_remaining()))
         except grpc.aio.AioRpcError as error:
@@ -60,19 +61,9 @@ def _unary_unary(upstream: Any) -> Any:
     return relay
 
 
-def _stream_unary(upstream: Any) -> Any:
-    async def relay(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
-        try:
-            return bytes(await upstream(requests, metadata=_metadata(), timeout=context.time_remaining()))
-        except grpc.aio.AioRpcError as error:
-            await _abort_like(context, error)
-            raise
-
-    return relay
-
-
-def _unary_stream(upstream: Any) -> Any:
-    async def relay(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+def _streamed(upstream: Any) -> Any:
+    """A server stream, to one request or to a client stream."""
+    async def relay(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         call = upstream(request, metadata=_metadata(), timeout=context.time_remaining())
         try:
             async for message in call:
@@ -81,19 +72,5 @@ def _unary_stream(upstream: Any) -> Any:
             await _abort_like(context, error)
         finally:
             call.cancel()  # the client went away: so does the internal stream
-
-    return relay
-
-
-def _stream_stream(upstream: Any) -> Any:
-    async def relay(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        call = upstream(requests, metadata=_metadata(), timeout=context.time_remaining())
-        try:
-            async for message in call:
-                yield message
-        except grpc.aio.AioRpcError as error:
-            await _abort_like(context, error)
-        finally:
-            call.cancel()
 
     return relay
