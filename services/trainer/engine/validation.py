@@ -15,6 +15,7 @@ from .optimizers import is_known_optimizer, probe_optimizer
 from .planning import build_sample_plan, resolution_of, warmup_steps
 from .samplers import sampler_problem
 from .snapshot import DatasetSnapshot
+from .tiny_models import TINY_CONFIGS
 
 if TYPE_CHECKING:
     import torch
@@ -88,13 +89,21 @@ def _check_base_model(
     if not store.is_available(entry.id):
         report.add("base_model", missing_weights_message(entry, store.root))
     elif entry.family == "sd15" and config.clip_skip > 1:
-        encoder_config = store.resolve(entry.id).path / "text_encoder" / "config.json"
-        layers = json.loads(encoder_config.read_text()).get("num_hidden_layers", 12)
+        layers = _encoder_layers(store, entry)
         if config.clip_skip > layers:
             report.add("clip_skip", f"{config.clip_skip} is more than the text encoder's {layers} layers")
     if not snapshot.training_images:
         report.add("dataset", "the snapshot has no training images")
     return entry
+
+
+def _encoder_layers(store: ModelStore, entry: BaseModelEntry) -> int:
+    """The SD1.5 text encoder's depth. A built-in model's is in its recipe: asking it doesn't build
+    the model (which takes torch, where a service only validates)."""
+    if entry.id in TINY_CONFIGS:
+        return int(TINY_CONFIGS[entry.id]["text_encoder"].get("num_hidden_layers", 12))
+    encoder_config = store.resolve(entry.id).path / "text_encoder" / "config.json"
+    return int(json.loads(encoder_config.read_text()).get("num_hidden_layers", 12))
 
 
 def _check_counts(config: TrainingConfig, report: ValidationReport) -> None:
