@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image, ImageOps
 from pydantic import SecretStr
 
@@ -93,18 +94,32 @@ def dataset_stub(store: ObjectStore, **settings: Any) -> Iterator[dataset_pb2_gr
 def dataset_process_stub(store: ObjectStore) -> Iterator[dataset_pb2_grpc.DatasetServiceStub]:
     """The dataset service as its own process, as deployed: the benchmark's clients don't share
     its interpreter (and its GIL) the way an in-process server would."""
+    with service_process("services.dataset", store) as address, internal_channel(address, BENCH_AUTH) as channel:
+        yield dataset_pb2_grpc.DatasetServiceStub(channel)
+
+
+@contextlib.contextmanager
+def service_process(module: str, store: ObjectStore, *args: str, **env_settings: str) -> Iterator[str]:
+    """`python -m <module> <args>` on a free port with the benchmark's store and internal token
+    (plus KILN_<name> settings), until it is ready; yields its address."""
     s3 = store._settings
     port = free_port()
+    data_dir = env_settings.pop("DATA_DIR", "") or tempfile.mkdtemp(prefix="kiln-bench-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(KILN_DATA_DIR=tempfile.mkdtemp(prefix="kiln-bench-"), KILN_SERVER__PORT=str(port),
+    env.update(KILN_DATA_DIR=data_dir, KILN_SERVER__PORT=str(port),
                KILN_LOG_LEVEL="WARNING", KILN_S3__ENDPOINT=s3.endpoint, KILN_S3__ACCESS_KEY=s3.access_key,
                KILN_S3__SECRET_KEY=s3.secret_key.get_secret_value(), KILN_S3__BUCKET=s3.bucket,
-               KILN_INTERNAL_AUTH__TOKEN=BENCH_TOKEN)
-    process = subprocess.Popen([sys.executable, "-m", "services.dataset"], env=env)
+               KILN_INTERNAL_AUTH__TOKEN=BENCH_TOKEN, KILN_METRICS__ENABLED="false",
+               **{f"KILN_{name}": value for name, value in env_settings.items()})
+    process = subprocess.Popen([sys.executable, "-m", module, *args], env=env)
+    address = f"127.0.0.1:{port}"
     try:
-        with internal_channel(f"127.0.0.1:{port}", BENCH_AUTH) as channel:
-            grpc.channel_ready_future(channel).result(timeout=120)
-            yield dataset_pb2_grpc.DatasetServiceStub(channel)
+        with grpc.insecure_channel(address) as channel:
+            health: Any = health_pb2_grpc.HealthStub(channel)  # its stubs are untyped
+            changes = health.Watch(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=120)
+            next(c for c in changes if c.status == health_pb2.HealthCheckResponse.SERVING)
+            changes.cancel()
+        yield address
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -1,0 +1,102 @@
+"""What the gateway adds: the same calls through it (an API key, then the relay to the internal
+service) and straight to the internal service (the internal credential), same run. Every service
+runs as its own process, as deployed; the clients run in this one.
+
+- unary: GetDataset, p50 and p99 of sequential calls (goal: p50 through the gateway <= 1.3x);
+- upload: 2 MP photos streamed with UploadImage one after another, MB/s (goal >= 0.9x).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from benchmarks.harness import BENCH_AUTH, embedded_store, photos, service_process
+from kiln.v1 import dataset_pb2 as pb
+from kiln.v1 import dataset_pb2_grpc
+from services.common.internal_client import internal_channel, tenant_metadata
+
+CALLS, ROUNDS, UPLOADS = 300, 3, 12
+CHUNK = 1024 * 1024
+
+
+def _messages(parent: str, data: bytes, index: int) -> Iterator[pb.UploadImageRequest]:
+    yield pb.UploadImageRequest(metadata=pb.UploadImageMetadata(
+        parent=parent, role=pb.IMAGE_ROLE_TRAINING, filename=f"{index}.jpg", size_bytes=len(data)))
+    for start in range(0, len(data), CHUNK):
+        yield pb.UploadImageRequest(chunk=data[start:start + CHUNK])
+
+
+def _api_key(gateway_dir: str, tenant: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env.update(KILN_DATA_DIR=gateway_dir)
+    done = subprocess.run([sys.executable, "-m", "services.gateway", "keys", "create", "--tenant", tenant,
+                           "--name", "benchmark", "--json"], env=env, capture_output=True, text=True, check=True)
+    return str(json.loads(done.stdout)["secret_key"])
+
+
+def main() -> dict[str, float]:
+    tenant = "bench"
+    gateway_dir = tempfile.mkdtemp(prefix="kiln-bench-gateway-")
+    key = _api_key(gateway_dir, tenant)
+    with embedded_store() as store, service_process("services.dataset", store) as dataset_address, \
+            service_process("services.trainer", store, DATASET_ADDRESS=dataset_address) as trainer_address, \
+            service_process("services.gateway", store, DATA_DIR=gateway_dir, DATASET_ADDRESS=dataset_address,
+                            TRAINER_ADDRESS=trainer_address, KEY_REQUESTS_PER_SECOND="1000000",
+                            KEY_REQUEST_BURST="1000000") as gateway_address, \
+            internal_channel(dataset_address, BENCH_AUTH) as direct_channel, \
+            grpc.insecure_channel(gateway_address) as gateway_channel:
+        routes = {"direct": (dataset_pb2_grpc.DatasetServiceStub(direct_channel), tenant_metadata(tenant)),
+                  "gateway": (dataset_pb2_grpc.DatasetServiceStub(gateway_channel),
+                              (("authorization", f"Bearer {key}"),))}
+        stub, metadata = routes["direct"]
+        dataset = stub.CreateDataset(pb.CreateDatasetRequest(dataset=pb.Dataset(
+            display_name="bench", family=pb.MODEL_FAMILY_SD15)), metadata=metadata)
+        request = pb.GetDatasetRequest(name=dataset.name)
+        latencies: dict[str, list[float]] = {name: [] for name in routes}
+        rates: dict[str, list[float]] = {name: [] for name in routes}
+        # Distinct photos for every pass: a dataset refuses bytes it already holds.
+        batches = iter([images[i:i + UPLOADS] for images in [photos(UPLOADS * 2 * (ROUNDS + 1))]
+                        for i in range(0, len(images), UPLOADS)])
+        for round_ in range(ROUNDS + 1):  # round 0 warms connections and caches, untimed
+            for name, (stub, metadata) in routes.items():
+                samples = []
+                for _ in range(CALLS):
+                    start = time.perf_counter()
+                    stub.GetDataset(request, metadata=metadata)
+                    samples.append(time.perf_counter() - start)
+                images = next(batches)
+                start = time.perf_counter()
+                for index, data in enumerate(images):
+                    stub.UploadImage(_messages(dataset.name, data, index), metadata=metadata)
+                if round_:
+                    latencies[name].extend(samples)
+                    rates[name].append(sum(map(len, images)) / 1e6 / (time.perf_counter() - start))
+    figures: dict[str, float] = {}
+    for name in routes:
+        ordered = sorted(latencies[name])
+        figures[f"{name}_p50_ms"] = statistics.median(ordered) * 1000
+        figures[f"{name}_p99_ms"] = ordered[int(0.99 * (len(ordered) - 1))] * 1000
+        figures[f"{name}_upload_mb_s"] = statistics.median(rates[name])
+    figures["unary_p50_ratio"] = figures["gateway_p50_ms"] / figures["direct_p50_ms"]
+    figures["upload_ratio"] = figures["gateway_upload_mb_s"] / figures["direct_upload_mb_s"]
+    print(f"the gateway vs the dataset service directly ({ROUNDS} interleaved rounds, services in their own "
+          "processes):")
+    for name in routes:
+        print(f"  {name:8} GetDataset p50 {figures[f'{name}_p50_ms']:6.2f} ms, p99 {figures[f'{name}_p99_ms']:6.2f} "
+              f"ms; upload {UPLOADS} x 2 MP {figures[f'{name}_upload_mb_s']:6.1f} MB/s")
+    print(f"  unary p50 through the gateway: {figures['unary_p50_ratio']:.2f}x (goal <= 1.3x); "
+          f"upload: {figures['upload_ratio']:.2f}x (goal >= 0.9x)")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
