@@ -8,6 +8,7 @@ the same checks lock the parent row (SELECT … FOR UPDATE).
 
 from __future__ import annotations
 
+import datetime as dt
 import pathlib
 import sqlite3
 
@@ -114,3 +115,8 @@ def run_migrations_online(target_metadata: sa.MetaData | None = None) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """A stored time, with its zone: SQLite hands them back naive, and Kiln stores only UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)

@@ -31,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from services.common.database import utc
 from services.common.metrics import QueueStats
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,8 @@ class LeasedQueue:
         now = self._clock()
         depth = conn.execute(sa.select(sa.func.count()).select_from(q.table).where(q.state == q.pending)).scalar_one()
         oldest = conn.execute(sa.select(sa.func.min(q.claimed_at)).where(q.state == q.pending)).scalar_one()
-        if oldest is not None and oldest.tzinfo is None:
-            oldest = oldest.replace(tzinfo=dt.UTC)  # SQLite hands back naive UTC
-        return QueueStats(depth=int(depth), oldest_lease_age=(now - oldest).total_seconds() if oldest else 0.0)
+        age = (now - utc(oldest)).total_seconds() if oldest is not None else 0.0
+        return QueueStats(depth=int(depth), oldest_lease_age=age)
 
 
 class QueueLoop:

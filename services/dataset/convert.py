@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 from sqlalchemy.engine import Row
 
 from kiln.v1 import dataset_pb2 as pb
+from services.common.database import utc
 from services.dataset.records import DatasetCounts
 from services.dataset.tagger_client import auto_tags_message, verdict_message
 
@@ -31,10 +32,8 @@ CROP_SIZES: dict[int, tuple[tuple[int, int], ...]] = {
 
 
 def timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
-        value = value.replace(tzinfo=dt.UTC)
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
+    ts.FromDatetime(utc(value))
     return ts
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Row
 from kiln.v1 import dataset_pb2 as pb
 from services.common import object_keys
 from services.common.call_context import current_tenant
+from services.common.database import utc
 from services.common.errors import (
     FieldViolation,
     already_exists,
@@ -278,8 +279,7 @@ class UploadRpcs(ServicerBase):
         upload = await self._tx.run(load, read_only=True)
         if isinstance(upload, pb.Image):
             return upload
-        expire = upload.expire_time if upload.expire_time.tzinfo else upload.expire_time.replace(tzinfo=dt.UTC)
-        if expire < records.now():
+        if utc(upload.expire_time) < records.now():
             raise failed_precondition("the upload URL has expired; create a new upload", "UPLOAD_EXPIRED")
         data = await self._staged_bytes(upload)
         image = await self._ingest(_Ingest(

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from services.common.database import utc
 from services.common.errors import FieldViolation, invalid, not_found
 from services.gateway import schema
 
@@ -46,12 +47,12 @@ class ApiKey:
 
 
 def _key_of(row: Row[Any]) -> ApiKey:
-    return ApiKey(row.id, row.tenant, row.name, row.create_time.replace(tzinfo=row.create_time.tzinfo or dt.UTC),
-                  _aware(row.revoke_time), _aware(row.last_use_time))
+    return ApiKey(row.id, row.tenant, row.name, utc(row.create_time), _maybe(row.revoke_time),
+                  _maybe(row.last_use_time))
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+def _maybe(value: dt.datetime | None) -> dt.datetime | None:
+    return utc(value) if value is not None else None
 
 
 def secret_digest(secret: str) -> str:

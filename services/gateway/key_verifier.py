@@ -10,6 +10,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from sqlalchemy.engine import Connection
+
 from services.common.transactions import Transactions
 from services.gateway.api_keys import Verified, record_use, verify_key
 
@@ -57,7 +59,7 @@ class KeyVerifier:
         if not used:
             return
 
-        def write(conn):  # type: ignore[no-untyped-def]
+        def write(conn: Connection) -> None:
             for key_id, at in used.items():
                 record_use(conn, key_id, at)
 

@@ -69,8 +69,10 @@ class GatewayComponents:
         return [database_probe(self.transactions.engine)]
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await self.keys.record_uses()
+        except Exception:  # the last uses are a courtesy: shutting down goes on
+            log.exception("could not write the keys' last uses")
         for channel in self.channels.values():
             await channel.close()
         self.transactions.close()

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.engine import Connection, Row
 
 from kiln.v1 import trainer_pb2 as pb
+from services.common.database import utc
 from services.common.errors import invalid_field, not_found
 from services.trainer import schema
 from services.trainer.configs import FAMILY_TO_PROTO, config_message
@@ -28,10 +29,7 @@ def now() -> dt.datetime:
 
 
 def aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
+    return utc(value) if value is not None else None
 
 
 def new_id() -> str:

@@ -114,10 +114,10 @@ async def build_trainer(settings: TrainerServiceSettings, store: ObjectStore,
                        max_attempts=settings.training_max_attempts,
                        max_running_per_tenant=settings.max_running_jobs_per_tenant,
                        worker_seen=dt.timedelta(seconds=settings.worker_seen_seconds))
-    events = EventLog(settings.events_kept_per_job)
-    deps = TrainerDependencies(transactions, store, settings, PageTokens.from_settings(settings),
-                               TrainingQueue(rules, events), ModelStore(settings.models_dir), SnapshotSource(channel),
-                               EventHub(), GenerationQueue(rules.lease, settings.training_max_attempts), events)
+    queue = TrainingQueue(rules, EventLog(settings.events_kept_per_job))
+    deps = TrainerDependencies(transactions, store, settings, PageTokens.from_settings(settings), queue,
+                               ModelStore(settings.models_dir), SnapshotSource(channel), EventHub(),
+                               GenerationQueue(rules.lease, settings.training_max_attempts))
     return TrainerComponents(settings, deps, TrainerServicer(deps), TrainingWorkerServicer(deps), credential,
                              observability)
 

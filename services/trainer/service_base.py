@@ -12,7 +12,6 @@ from services.common.pagination import PageTokens
 from services.common.transactions import Transactions
 from services.trainer.engine.model_store import ModelStore
 from services.trainer.event_hub import EventHub
-from services.trainer.event_log import EventLog
 from services.trainer.generation_queue import GenerationQueue
 from services.trainer.service_settings import TrainerServiceSettings
 from services.trainer.snapshot_source import SnapshotSource
@@ -32,7 +31,6 @@ class TrainerDependencies:
     snapshots: SnapshotSource
     hub: EventHub
     generations: GenerationQueue
-    events: EventLog
 
 
 class TrainerBase:
@@ -46,7 +44,7 @@ class TrainerBase:
         self._models = deps.models
         self._snapshots = deps.snapshots
         self._hub = deps.hub
-        self._events = deps.events
+        self._events = deps.queue.events
         # Validation plans buckets for every image: CPU work, off the event loop.
         self._cpu_pool = CpuPool(2, "trainer-cpu")
 

@@ -53,9 +53,7 @@ class WatchRpcs(TrainerBase):
             if cursor > row.last_seq:
                 raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, f"after_seq {cursor} is past the job's last event "
                                    f"({row.last_seq})", "SEQ_OUT_OF_RANGE")
-            if cursor == 0:
-                cursor = row.events_pruned_through
-            elif cursor < row.events_pruned_through:
+            if 0 < cursor < row.events_pruned_through:
                 raise pruned_error(cursor, row.events_pruned_through, self._events.keep)
             read_database = True
             # Asked for the oldest kept and sent nothing yet: a prune meanwhile moves the start.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -51,12 +51,13 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
         wait = min(max(0.0, request.wait_seconds), self._settings.max_claim_wait_seconds)
         deadline = time.monotonic() + wait
         if request.claim_id:
-            # Read first: the poll of an idle worker takes no write lock.
-            held = await self._tx.run(functools.partial(self._held_by, lease_id=request.claim_id), read_only=True)
-            if held:
-                again = await self._tx.run(functools.partial(self._claimed_before, lease_id=request.claim_id))
-                if again is not None:
-                    return again
+            # Read only: the poll of an idle worker takes no write lock.
+            again = await self._tx.run(functools.partial(self._claimed_before, lease_id=request.claim_id),
+                                       read_only=True)
+            if again is not None:
+                response, renew = again
+                await self._tx.run(renew)  # the worker starts on it now: a lease as long as a fresh claim's
+                return response
         with self._hub.subscribe(QUEUE) as wake:
             while True:
                 lease_id = request.claim_id or records.new_id()
@@ -75,23 +76,19 @@ class WorkerRpcs(TrainerBase, trainer_worker_pb2_grpc.TrainingWorkerServiceServi
                 # New jobs wake us; leases running out and other replicas' jobs need the poll.
                 await woken(wake, min(left, self._settings.queue_maintenance_seconds))
 
-    def _held_by(self, conn: Connection, lease_id: str) -> bool:
-        return (conn.execute(sa.select(j.id).where(j.lease_id == lease_id, j.state == schema.QUEUED)).first()
-                is not None or self._deps.generations.leased_by(conn, lease_id) is not None)
-
-    def _claimed_before(self, conn: Connection, lease_id: str) -> wpb.ClaimTrainingJobResponse | None:
-        """The assignment a claim with this id was given, while its lease holds (renewed: the
-        worker starts on it now)."""
+    def _claimed_before(self, conn: Connection, lease_id: str
+                        ) -> tuple[wpb.ClaimTrainingJobResponse, Callable[[Connection], None]] | None:
+        """The assignment a claim with this id was given while its lease holds, and what renews it."""
         row = conn.execute(sa.select(schema.training_jobs).where(
             j.lease_id == lease_id, j.state == schema.QUEUED)).first()
         if row is not None:
-            self._queue.renew(conn, row.id)
-            return wpb.ClaimTrainingJobResponse(assignment=self._assignment(row, lease_id))
+            return (wpb.ClaimTrainingJobResponse(assignment=self._assignment(row, lease_id)),
+                    functools.partial(self._queue.renew, job_id=row.id))
         generation = self._deps.generations.leased_by(conn, lease_id)
         if generation is not None:
-            self._deps.generations.renew(conn, generation.id)
-            return wpb.ClaimTrainingJobResponse(generation=generation_assignment(
-                generation, lease_id, self._queue.rules.lease.total_seconds()))
+            return (wpb.ClaimTrainingJobResponse(generation=generation_assignment(
+                generation, lease_id, self._queue.rules.lease.total_seconds())),
+                functools.partial(self._deps.generations.renew, generation_id=generation.id))
         return None
 
     def _claim(self, conn: Connection, request: wpb.ClaimTrainingJobRequest, lease_id: str) -> Row[Any] | None:

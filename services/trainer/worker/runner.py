@@ -20,9 +20,9 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -46,6 +46,7 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, gr
               grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED}
 CALL_TIMEOUT = 10.0
 MAX_EVENTS_PER_REPORT = 1000  # what the service accepts in one report
+T = TypeVar("T")
 
 
 class LeaseLost(Exception):
@@ -258,15 +259,7 @@ class TrainingWorker:
             return False
 
     async def _call_retrying(self, method: Any, request: Any, what: str, within: float) -> Any:
-        """`_call`, retried while the service can't be reached, for as long as a lease lasts."""
-        deadline = time.monotonic() + within
-        while True:
-            try:
-                return await self._call(method, request, what)
-            except _Unreachable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
+        return await _retrying(lambda: self._call(method, request, what), within)
 
     async def _run_job(self, assignment: wpb.TrainingAssignment, child: WarmChild, stop: asyncio.Event) -> None:
         job_id = assignment.job.removeprefix("trainingJobs/")
@@ -367,33 +360,20 @@ class TrainingWorker:
         assert state.outcome is not None
         outcome, text = state.outcome
         while len(state.pending) > MAX_EVENTS_PER_REPORT:
-            await self._report_until_lease(assignment, state)
+            try:
+                await _retrying(lambda: self._report(assignment, state), assignment.lease_seconds)
+            except _Unreachable:
+                raise LeaseLost(assignment.job) from None
         request = wpb.FinishTrainingJobRequest(job=assignment.job, lease_id=assignment.lease_id,
                                                outcome=Outcome.Value(f"OUTCOME_{outcome}"), events=state.pending)
         if text and outcome in ("FAILED", "RETRY"):
             request.error.CopyFrom(status_pb2.Status(
                 code=code_pb2.FAILED_PRECONDITION if outcome == "FAILED" else code_pb2.ABORTED, message=text[:2000]))
-        deadline = time.monotonic() + assignment.lease_seconds
-        while True:
-            try:
-                await self._call(self._stub.FinishTrainingJob, request)
-                log.info("job finished", extra={"fields": {"job": assignment.job, "outcome": outcome}})
-                return
-            except _Unreachable:
-                if time.monotonic() > deadline:
-                    raise LeaseLost(assignment.job) from None
-                await asyncio.sleep(0.5)
-
-    async def _report_until_lease(self, assignment: wpb.TrainingAssignment, state: RunState) -> None:
-        deadline = time.monotonic() + assignment.lease_seconds
-        while True:
-            try:
-                await self._report(assignment, state)
-                return
-            except _Unreachable:
-                if time.monotonic() > deadline:
-                    raise LeaseLost(assignment.job) from None
-                await asyncio.sleep(0.5)
+        try:
+            await _retrying(lambda: self._call(self._stub.FinishTrainingJob, request), assignment.lease_seconds)
+        except _Unreachable:
+            raise LeaseLost(assignment.job) from None  # silent for a whole lease: it is someone else's
+        log.info("job finished", extra={"fields": {"job": assignment.job, "outcome": outcome}})
 
     async def _call(self, method: Any, request: Any, what: str = "") -> Any:
         try:
@@ -410,6 +390,19 @@ class TrainingWorker:
 
 class _Unreachable(Exception):
     pass
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]], within: float) -> T:
+    """`attempt`, again every half second while the service can't be reached, for `within` seconds
+    (then _Unreachable)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await attempt()
+        except _Unreachable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 async def _mirror(stop: asyncio.Event, stopping: threading.Event) -> None:
