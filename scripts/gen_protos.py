@@ -1,4 +1,4 @@
-"""Generate the typed Python code for protos/kiln/v1 into gen/python/kiln/v1.
+"""Generate the typed Python code for protos/kiln/v1 into sdk/python/kiln/v1 (the SDK ships it).
 
 Run with `make protos`. tests/test_protos.py regenerates into a temporary
 directory and fails when the committed code differs.
@@ -20,8 +20,9 @@ from grpc_tools import protoc
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 VENDORED_ROOT = ROOT / "third_party" / "googleapis"
-OUT_ROOT = ROOT / "gen" / "python"
-PACKAGE_DIRS = ("kiln", "kiln/v1")
+OUT_ROOT = ROOT / "sdk" / "python"
+# Only kiln/v1 is generated: kiln/ itself is the hand-written SDK around it.
+PACKAGE_DIRS = ("kiln/v1",)
 
 
 def well_known_include() -> str:
@@ -58,15 +59,15 @@ def regenerate_in_place() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         staging = pathlib.Path(tmp)
         generate(staging)
-        target = OUT_ROOT / "kiln"
+        target = OUT_ROOT / "kiln" / "v1"
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(staging / "kiln", target)
+        shutil.copytree(staging / "kiln" / "v1", target)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=pathlib.Path, help="write here instead of gen/python")
+    parser.add_argument("--out", type=pathlib.Path, help="write here instead of sdk/python")
     ns = parser.parse_args()
     if ns.out:
         generate(ns.out)

@@ -27,10 +27,10 @@ def test_generated_code_is_up_to_date(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    committed_root = ROOT / "gen" / "python"
-    committed = sorted(p.relative_to(committed_root) for p in (committed_root / "kiln").rglob("*")
+    committed_root = ROOT / "sdk" / "python"
+    committed = sorted(p.relative_to(committed_root) for p in (committed_root / "kiln" / "v1").rglob("*")
                        if p.is_file() and "__pycache__" not in p.parts)
-    assert fresh == committed, "run `make protos` and commit gen/python"
+    assert fresh == committed, "run `make protos` and commit sdk/python/kiln/v1"
     stale = [str(p) for p in fresh if not filecmp.cmp(tmp_path / p, committed_root / p, shallow=False)]
     assert not stale, f"out of date with protos/: {stale}; run `make protos`"
 
@@ -48,7 +48,7 @@ def test_vendored_google_api_protos_are_the_installed_wheels():
 
 
 def test_no_code_is_generated_for_the_vendored_protos():
-    assert not (ROOT / "gen" / "python" / "google").exists()
+    assert not (ROOT / "sdk" / "python" / "google").exists()
 
 
 def _imports(file: FileDescriptor) -> set[str]:
