@@ -11,6 +11,11 @@ SAMPLES := $(SHARE)/samples/.complete
 SAMPLE_FILES := astronaut.png camera.png chelsea.png coffee.png rocket.jpg motorcycle_left.png
 CLIP_VOCAB := $(SHARE)/bpe_simple_vocab_16e6.txt.gz
 OPEN_CLIP_WHEEL := open_clip_torch==3.3.0
+# The TypeScript SDK (Node 20 and npm), which `make test` builds and drives under Node.
+TS_SDK := sdk/typescript
+TS_INSTALLED := $(TS_SDK)/node_modules/.kiln-installed
+TS_BUILT := $(TS_SDK)/node_modules/.kiln-built
+TS_SOURCES := $(wildcard $(TS_SDK)/tsconfig*.json) $(shell find $(TS_SDK)/src $(TS_SDK)/test $(TS_SDK)/examples -name '*.ts' 2>/dev/null)
 
 .PHONY: setup demo test lint protos proto-baseline bench clean
 
@@ -36,8 +41,9 @@ $(SAMPLES): | $(STAMP)
 	$(PY) scripts/extract_wheel_files.py $(VENV)/wheels scikit_image $(SHARE)/samples $(addprefix skimage/data/,$(SAMPLE_FILES))
 	touch $@
 
-protos: setup
+protos: setup $(TS_INSTALLED)
 	$(PY) scripts/gen_protos.py
+	$(VENV)/bin/buf generate --template buf.gen.typescript.yaml
 
 # The released contracts, which `buf breaking` (tests/test_protos.py) compares the protos
 # with. Run on purpose only, when a release accepts every difference, and commit the file.
@@ -47,8 +53,18 @@ proto-baseline: setup
 demo: setup
 	$(PY) -m services.demo
 
-test: setup
+test: setup $(TS_BUILT)
 	$(PY) -m pytest
+
+# Exactly the lock file's packages, again whenever it changes; then the build,
+# again whenever a source changes.
+$(TS_INSTALLED): $(TS_SDK)/package.json $(TS_SDK)/package-lock.json
+	cd $(TS_SDK) && npm ci --no-audit --no-fund
+	touch $@
+
+$(TS_BUILT): $(TS_INSTALLED) $(TS_SOURCES)
+	cd $(TS_SDK) && npm run --silent build
+	touch $@
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -59,4 +75,4 @@ bench: setup
 	$(PY) -m benchmarks $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(TS_SDK)/node_modules $(TS_SDK)/dist

@@ -1,0 +1,1 @@
+export * from "./gen/kiln/v1/dataset_pb.js";
