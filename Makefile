@@ -75,4 +75,4 @@ bench: setup
 	$(PY) -m benchmarks $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache $(TS_SDK)/node_modules $(TS_SDK)/dist
+	rm -rf $(VENV) .pytest_cache $(TS_SDK)/node_modules $(TS_SDK)/dist $(TS_SDK)/dist-test

@@ -1,0 +1,195 @@
+// The SDK against a live gateway: run by tests/sdk_typescript/test_node_client.py, which
+// starts the services and passes their address, a key and sample images in the environment.
+// Each case also writes what it saw as JSON lines to KILN_TEST_REPORT, for the Python side
+// to check against the services.
+import assert from "node:assert/strict";
+import { appendFileSync, readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import {
+  Code,
+  ConnectError,
+  ImageRole,
+  KilnError,
+  ModelFamily,
+  TrainingJob_State,
+  createKilnClient,
+} from "@kiln/sdk";
+import type { KilnClient, TrainingEvent, TrainingJob } from "@kiln/sdk";
+
+function setting(name: string): string {
+  const value = process.env[name];
+  assert.ok(value, `${name} is not set`);
+  return value;
+}
+
+const baseUrl = setting("KILN_HTTP_URL");
+const apiKey = setting("KILN_API_KEY");
+const imagesDir = setting("KILN_TEST_IMAGES");
+const reportPath = setting("KILN_TEST_REPORT");
+
+function report(record: Record<string, unknown>): void {
+  appendFileSync(reportPath, JSON.stringify(record, (_, v: unknown) => (typeof v === "bigint" ? Number(v) : v)) + "\n");
+}
+
+function summary(event: TrainingEvent): Record<string, unknown> {
+  const kind = event.kind;
+  const line: Record<string, unknown> = { seq: event.seq, kind: kind.case };
+  if (kind.case === "epochSaved") {
+    line.epoch = kind.value.epoch;
+  } else if (kind.case === "progress") {
+    line.phase = kind.value.phase;
+    line.step = kind.value.step;
+  } else if (kind.case === "finished") {
+    line.state = TrainingJob_State[kind.value.state];
+  }
+  return line;
+}
+
+const kiln: KilnClient = createKilnClient({ baseUrl, apiKey });
+let trained: { job: TrainingJob; events: TrainingEvent[] } | undefined;
+
+test("a dataset uploaded through presigned URLs trains, its progress streamed to the end", async () => {
+  const dataset = await kiln.datasets.createDataset({
+    dataset: { displayName: "cats", family: ModelFamily.SD15, defaultRepeat: 1 },
+  });
+  const files = readdirSync(imagesDir).sort();
+  assert.ok(files.length >= 2);
+  for (const [index, file] of files.entries()) {
+    const bytes = readFileSync(join(imagesDir, file));
+    // Bytes from Node and a Blob, as a browser's file input gives.
+    const data = index % 2 === 0 ? new Uint8Array(bytes) : new Blob([bytes]);
+    const image = await kiln.uploadImage(dataset.name, data, file, {
+      tags: ["mytrigger", `pose${index}`],
+      role: ImageRole.TRAINING,
+    });
+    report({ case: "uploaded", dataset: dataset.name, image: image.name, filename: image.filename });
+  }
+
+  const created = await kiln.trainer.createTrainingJob({
+    trainingJob: {
+      displayName: "cat lora",
+      dataset: dataset.name,
+      preset: "presets/demo-tiny-sd15",
+      basic: { epochs: 2, repeat: 1, previewPrompt: "mytrigger, pose0" },
+      config: { seed: 5n, preview: { count: 1, steps: 2 } },
+    },
+  });
+  report({ case: "created", job: created.name, state: TrainingJob_State[created.state] });
+
+  const events: TrainingEvent[] = [];
+  const job = await kiln.waitForJob(created.name, (event) => {
+    events.push(event);
+    report({ case: "event", ...summary(event) });
+  });
+  report({
+    case: "finished",
+    job: job.name,
+    state: TrainingJob_State[job.state],
+    epochs: job.epochs.map((e) => e.epoch),
+    lastEventSeq: job.lastEventSeq,
+  });
+  assert.equal(job.state, TrainingJob_State.SUCCEEDED);
+  trained = { job, events };
+});
+
+test("a watch resumes after the last seq it was given", async () => {
+  assert.ok(trained, "the training case ran first");
+  const resumed: TrainingEvent[] = [];
+  for await (const event of kiln.watchJob(trained.job.name, { afterSeq: 3 })) {
+    resumed.push(event);
+  }
+  report({ case: "resumed", afterSeq: 3, seqs: resumed.map((e) => e.seq) });
+  assert.deepEqual(resumed.map((e) => e.seq), trained.events.slice(3).map((e) => e.seq));
+});
+
+test("a watch whose connection breaks reconnects with its last seq, losing and repeating nothing", async () => {
+  assert.ok(trained, "the training case ran first");
+  let watches = 0;
+  const breakingFirstWatch: typeof fetch = async (input, init) => {
+    const response = await fetch(input, init);
+    const url = input instanceof Request ? input.url : String(input);
+    if (!url.endsWith("/WatchTrainingJob") || watches++ > 0 || !response.body) {
+      return response;
+    }
+    return new Response(brokenAfterFirstMessage(response.body), {
+      status: response.status,
+      headers: response.headers,
+    });
+  };
+  const flaky = createKilnClient({ baseUrl, apiKey, fetch: breakingFirstWatch });
+  const seqs: bigint[] = [];
+  for await (const event of flaky.watchJob(trained.job.name, { retryDelayMs: 50 })) {
+    seqs.push(event.seq);
+  }
+  report({ case: "reconnected", connections: watches, seqs });
+  assert.equal(watches, 2);
+  assert.deepEqual(seqs, trained.events.map((e) => e.seq));
+});
+
+/** The body up to the first Connect envelope and a few bytes into the next, then a reset. */
+function brokenAfterFirstMessage(body: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  let received = new Uint8Array(0);
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (done) {
+        controller.close();
+        return;
+      }
+      const before = received.length;
+      received = new Uint8Array([...received, ...value]);
+      if (received.length < 5) {
+        controller.enqueue(value);
+        return;
+      }
+      const cut = 5 + new DataView(received.buffer).getUint32(1) + 3;
+      if (received.length < cut) {
+        controller.enqueue(value);
+        return;
+      }
+      controller.enqueue(value.subarray(0, cut - before));
+      await reader.cancel();
+      controller.error(new TypeError("connection reset (injected by the test)"));
+    },
+  });
+}
+
+test("binary Protobuf over connect-node reads the same job", async () => {
+  assert.ok(trained, "the training case ran first");
+  const binary = createKilnClient({
+    baseUrl,
+    apiKey,
+    useBinaryFormat: true,
+    transport: (options) => createConnectTransport({ ...options, httpVersion: "1.1" }),
+  });
+  const job = await binary.trainer.getTrainingJob({ name: trained.job.name });
+  report({ case: "binary", job: job.name, state: TrainingJob_State[job.state] });
+  assert.equal(job.lastEventSeq, trained.job.lastEventSeq);
+});
+
+test("an invalid request is a KilnError carrying its field violations", async () => {
+  const error = await kiln.datasets
+    .createDataset({ dataset: { displayName: "", family: ModelFamily.SD15, defaultRepeat: 1 } })
+    .then(() => assert.fail("an empty display name was accepted"), (reason: unknown) => reason);
+  assert.ok(error instanceof KilnError);
+  assert.ok(error instanceof ConnectError);
+  report({
+    case: "invalid",
+    code: Code[error.code],
+    violations: error.violations,
+    reason: error.reason,
+    message: error.message,
+  });
+});
+
+test("a wrong key is refused as unauthenticated", async () => {
+  const stranger = createKilnClient({ baseUrl, apiKey: "kiln_000000000000_not-a-key" });
+  const error = await stranger.datasets
+    .listDatasets({})
+    .then(() => assert.fail("a made-up key was accepted"), (reason: unknown) => reason);
+  assert.ok(error instanceof KilnError);
+  report({ case: "unauthenticated", code: Code[error.code], message: error.message });
+});
