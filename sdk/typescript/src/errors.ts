@@ -62,10 +62,11 @@ export class KilnError extends ConnectError {
 }
 
 function readableMessage(error: KilnError): string {
+  // The server's message often says the first problem already; say each one once.
   const problems = [
     ...error.violations.map((v) => (v.field ? `${v.field}: ${v.description}` : v.description)),
     ...error.quotaViolations.map((q) => `${q.subject}: ${q.description}`),
-  ];
+  ].filter((problem) => !error.rawMessage.includes(problem));
   if (error.retryDelayMs !== undefined) {
     problems.push(`retry in ${(error.retryDelayMs / 1000).toFixed(1)} s`);
   }

@@ -185,6 +185,21 @@ test("an invalid request is a KilnError carrying its field violations", async ()
   });
 });
 
+test("a training configuration with several mistakes names each of them", async () => {
+  assert.ok(trained, "the training case ran first");
+  const error = await kiln.trainer
+    .createTrainingJob({
+      trainingJob: {
+        dataset: trained.job.dataset,
+        preset: "presets/demo-tiny-sd15",
+        config: { networkDim: 0, unetLr: -1 },
+      },
+    })
+    .then(() => assert.fail("a zero network dim was accepted"), (reason: unknown) => reason);
+  assert.ok(error instanceof KilnError);
+  report({ case: "invalid_config", code: Code[error.code], violations: error.violations, message: error.message });
+});
+
 test("a wrong key is refused as unauthenticated", async () => {
   const stranger = createKilnClient({ baseUrl, apiKey: "kiln_000000000000_not-a-key" });
   const error = await stranger.datasets
