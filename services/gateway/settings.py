@@ -1,12 +1,20 @@
 """Gateway settings (environment: KILN_…, e.g. KILN_GATEWAY_DATABASE_URL, KILN_DATASET_ADDRESS,
-KILN_TRAINER_ADDRESS)."""
+KILN_TRAINER_ADDRESS, KILN_HTTP__PORT, KILN_CORS_ALLOWED_ORIGINS='["https://app.example.com"]')."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
+
+
+class HttpSettings(BaseModel):
+    """Where the Connect protocol (HTTP/1.1: browsers, curl, Connect clients) is served. Port 0
+    picks a free port (logged at start)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
 
 
 class GatewaySettings(CommonSettings):
@@ -30,6 +38,11 @@ class GatewaySettings(CommonSettings):
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     # How often the keys' last use is written.
     key_use_write_seconds: float = Field(default=30.0, gt=0)
+    http: HttpSettings = HttpSettings()
+    # Web origins (scheme://host[:port]) whose pages may call the HTTP side from a browser; "*" for any.
+    cors_allowed_origins: list[str] = []
+    # The largest HTTP request body; past it RESOURCE_EXHAUSTED (images go through presigned URLs).
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     def database_url(self) -> str:
         return self.gateway_database_url or f"sqlite:///{self.data_dir / 'gateway.db'}"

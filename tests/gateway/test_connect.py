@@ -1,0 +1,301 @@
+"""The public API over the Connect protocol on HTTP/1.1, as browsers, curl and Connect clients call
+it: the same keys, tenants, limits and errors (with their details) as over gRPC, server streams
+relayed message by message, CORS for the allowed origins, a health check, bodies limited in size."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+
+from kiln.v1 import dataset_pb2 as dpb
+from kiln.v1 import trainer_pb2 as pb
+from services.gateway.key_auth import REFUSED
+from services.gateway.server import GatewayService
+from tests.dataset.helpers import image_bytes, upload
+from tests.gateway.conftest import Client, keys_cli
+from tests.gateway.test_gateway import new_key
+from tests.training_service import conftest as training
+from tests.training_service.test_training_jobs import tiny_job
+
+worker = training.worker
+ALLOWED_ORIGIN = "https://studio.example.com"
+State = pb.TrainingJob.State
+
+
+@pytest.fixture(scope="module")
+def gateway_overrides() -> dict[str, Any]:
+    # One watch stream per key: a stream the client left must have been let go for the next to open.
+    return {"cors_allowed_origins": [ALLOWED_ORIGIN], "max_watch_streams_per_key": 1}
+
+
+@pytest.fixture(scope="module")
+def http(gateway: GatewayService) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://{gateway.http_address}", timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def key(gateway_dir) -> str:
+    return new_key(gateway_dir, "connect")
+
+
+@pytest.fixture(scope="module")
+def dataset(gateway_channel, key) -> dpb.Dataset:
+    client = Client(gateway_channel, key)
+    created = client.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="cats", family=dpb.MODEL_FAMILY_SD15, default_repeat=1)))
+    upload(client.datasets, created.name, image_bytes(96, 96, seed=1), filename="cat.png", tags=["mytrigger"])
+    return created
+
+
+def call(http: httpx.Client, method: str, body: dict[str, Any] | bytes, key: str | None,
+         content_type: str = "application/json", **headers: str) -> httpx.Response:
+    """A unary Connect call, `method` as Service/Method of kiln.v1."""
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return http.post(f"/kiln.v1.{method}", content=content, headers={"content-type": content_type, **headers})
+
+
+def as_message(data: dict[str, Any], message: Message) -> Any:
+    return json_format.ParseDict(data, message)
+
+
+def details(answer: dict[str, Any]) -> dict[str, Message]:
+    """The google.rpc details of a Connect error, by type name."""
+    kinds = {"google.rpc.BadRequest": error_details_pb2.BadRequest, "google.rpc.QuotaFailure":
+             error_details_pb2.QuotaFailure, "google.rpc.ErrorInfo": error_details_pb2.ErrorInfo,
+             "google.rpc.RetryInfo": error_details_pb2.RetryInfo}
+    return {d["type"]: kinds[d["type"]].FromString(base64.b64decode(d["value"] + "==")) for d in answer["details"]}
+
+
+def envelope(message: bytes, flags: int = 0) -> bytes:
+    return struct.pack(">BI", flags, len(message)) + message
+
+
+def envelopes(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(flags, message) of each Connect envelope, as soon as it has arrived whole."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= 5 and len(buffer) >= 5 + struct.unpack(">I", buffer[1:5])[0]:
+            size = struct.unpack(">I", buffer[1:5])[0]
+            yield buffer[0], buffer[5:5 + size]
+            buffer = buffer[5 + size:]
+
+
+def watch(http: httpx.Client, key: str, job: str, after_seq: int = 0,
+          timeout_ms: int = 300_000) -> tuple[list[pb.TrainingEvent], dict[str, Any]]:
+    """A WatchTrainingJob server stream in application/connect+json: its events and its end message."""
+    request = envelope(json.dumps({"name": job, "afterSeq": str(after_seq)}).encode())
+    events: list[pb.TrainingEvent] = []
+    with http.stream("POST", "/kiln.v1.TrainerService/WatchTrainingJob", content=request, timeout=300, headers={
+            "content-type": "application/connect+json", "authorization": f"Bearer {key}",
+            "connect-timeout-ms": str(timeout_ms)}) as response:
+        assert response.status_code == 200 and response.headers["content-type"] == "application/connect+json"
+        for flags, message in envelopes(response.iter_bytes()):
+            if flags & 0x02:  # the end of the stream
+                return events, json.loads(message)
+            events.append(as_message(json.loads(message), pb.TrainingEvent()))
+    raise AssertionError("the stream ended without its end message")
+
+
+def test_unary_calls_in_json_and_in_binary(http, key):
+    created = call(http, "DatasetService/CreateDataset", {"dataset": {
+        "displayName": "dogs", "family": "MODEL_FAMILY_SD15", "defaultRepeat": 2}}, key)
+    assert created.status_code == 200 and created.headers["content-type"] == "application/json"
+    name = created.json()["name"]
+    assert name.startswith("datasets/") and created.json()["displayName"] == "dogs"
+    got = call(http, "DatasetService/GetDataset", dpb.GetDatasetRequest(name=name).SerializeToString(), key,
+               content_type="application/proto")
+    assert got.status_code == 200 and got.headers["content-type"] == "application/proto"
+    dataset = dpb.Dataset.FromString(got.content)
+    assert (dataset.name, dataset.display_name, dataset.default_repeat) == (name, "dogs", 2)
+    listed = call(http, "DatasetService/ListDatasets", {}, key).json()
+    assert name in [d["name"] for d in listed["datasets"]]
+
+
+def test_every_refused_key_gets_the_same_answer(http, gateway_dir):
+    good = new_key(gateway_dir, "connect-refusals")
+    revoked = new_key(gateway_dir, "connect-refusals")
+    keys_cli(gateway_dir, "revoke", revoked)
+    key_id = good.split("_")[1]
+    answers = []
+    for presented in (None, "not-a-key", f"kiln_{key_id}_{'x' * 32}", "kiln_0123456789ab_" + "y" * 32, revoked):
+        answer = call(http, "DatasetService/ListDatasets", {}, presented)
+        answers.append((answer.status_code, answer.json()["code"], answer.json()["message"]))
+    assert answers == [(401, "unauthenticated", REFUSED)] * 5
+    # A scheme other than Bearer is no key either.
+    basic = call(http, "DatasetService/ListDatasets", {}, None, authorization=f"Basic {good}")
+    assert (basic.status_code, basic.json()["message"]) == (401, REFUSED)
+    assert call(http, "DatasetService/ListDatasets", {}, good).status_code == 200
+
+
+def test_another_tenants_resources_answer_as_missing_ones(http, gateway_dir, dataset, gateway_channel, key):
+    job = Client(gateway_channel, key).trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(
+        training_job=tiny_job(dataset.name), validate_only=True))
+    stranger = new_key(gateway_dir, "connect-stranger")
+    for method, field, name in (("DatasetService/GetDataset", "name", dataset.name),
+                                ("DatasetService/ListImages", "parent", dataset.name),
+                                ("TrainerService/GetTrainingJob", "name", "trainingJobs/0123456789abcdef")):
+        theirs = call(http, method, {field: name}, stranger)
+        missing = call(http, method, {field: name[:-6] + "000000"}, stranger)
+        assert theirs.status_code == missing.status_code == 404, method
+        assert theirs.json()["code"] == "not_found"
+        assert theirs.json()["message"].replace(name, "<name>") == \
+            missing.json()["message"].replace(name[:-6] + "000000", "<name>")
+    assert job.dataset == dataset.name  # the owner still sees it
+
+
+def test_invalid_fields_come_back_as_bad_request_violations(http, key, dataset):
+    job = json_format.MessageToDict(tiny_job(dataset.name, network_dim=0, unet_lr=-1.0))
+    answer = call(http, "TrainerService/CreateTrainingJob", {"trainingJob": job}, key)
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid_argument"
+    found = details(answer.json())
+    assert found["google.rpc.ErrorInfo"].domain == "kiln.dev"
+    assert {v.field for v in found["google.rpc.BadRequest"].field_violations} >= {
+        "training_job.config.network_dim", "training_job.config.unet_lr"}
+
+
+def test_bad_requests_get_precise_answers(http, key):
+    wrong_type = call(http, "DatasetService/ListDatasets", b"{}", key, content_type="text/plain")
+    assert wrong_type.status_code == 415
+    broken = call(http, "DatasetService/GetDataset", b'{"name": ', key)
+    assert broken.status_code == 400 and broken.json()["code"] == "invalid_argument"
+    assert details(broken.json())["google.rpc.BadRequest"].field_violations[0].reason == "MALFORMED"
+    unknown = call(http, "DatasetService/GetDataset", {"name": "datasets/x", "colour": "red"}, key)
+    assert unknown.status_code == 400 and unknown.json()["code"] == "invalid_argument"
+    assert "colour" in unknown.json()["message"]
+    not_binary = call(http, "DatasetService/GetDataset", b"\xff\xff\xff", key, content_type="application/proto")
+    assert not_binary.status_code == 400 and not_binary.json()["code"] == "invalid_argument"
+    for path in ("/kiln.v1.DatasetService/NoSuchMethod", "/kiln.v1.NoSuchService/Get", "/"):
+        assert http.post(path, content=b"{}", headers={"content-type": "application/json",
+                                                        "authorization": f"Bearer {key}"}).status_code == 404
+    # Client streams: browsers can't send them; the answer says what to do instead.
+    uploading = call(http, "DatasetService/UploadImage", {}, key)
+    assert uploading.status_code == 501 and uploading.json()["code"] == "unimplemented"
+    assert "CreateImageUpload" in uploading.json()["message"]
+
+
+def test_a_body_over_the_limit_is_refused_with_a_quota_failure(http, key, gateway):
+    limit = gateway.components.settings.max_request_bytes
+    assert limit == 4 * 1024 * 1024  # the default
+    started = time.monotonic()
+    answer = call(http, "DatasetService/GetDataset", {"name": "d" * limit}, key)
+    assert answer.status_code == 429 and answer.json()["code"] == "resource_exhausted"
+    quota = details(answer.json())["google.rpc.QuotaFailure"]
+    assert quota.violations[0].description == "max_request_bytes"
+    assert time.monotonic() - started < 10  # answered, not left hanging
+    # Sent without a length up front (chunked), it is refused as it is read.
+    chunked = http.post("/kiln.v1.DatasetService/GetDataset", content=iter([b'{"name": "', b"d" * limit, b'"}']),
+                        headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
+    assert chunked.status_code == 429 and chunked.json()["code"] == "resource_exhausted"
+    assert call(http, "DatasetService/ListDatasets", {}, key).status_code == 200  # still serving
+
+
+@pytest.fixture(scope="module")
+def trained(http, key, dataset, gateway_channel, worker) -> tuple[str, list[pb.TrainingEvent]]:
+    """A tiny training, watched through Connect from its start to its final event."""
+    job = Client(gateway_channel, key).trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(
+        training_job=tiny_job(dataset.name, epochs=1)))
+    events, end = watch(http, key, job.name)
+    assert "error" not in end, end
+    return job.name, events
+
+
+def test_a_training_is_watched_to_its_end_and_resumed_from_a_seq(http, key, trained):
+    job, events = trained
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[0].HasField("queued") and events[-1].finished.state == State.STATE_SUCCEEDED
+    assert any(e.HasField("progress") for e in events)
+    middle = len(events) // 2
+    resumed, end = watch(http, key, job, after_seq=middle)
+    assert resumed == events[middle:] and "error" not in end
+
+
+def test_a_client_that_leaves_a_stream_releases_it(http, key, dataset, gateway_channel):
+    client = Client(gateway_channel, key)
+    job = client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
+    request = envelope(json.dumps({"name": job.name}).encode())
+    headers = {"content-type": "application/connect+json", "authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=http.base_url, timeout=60) as leaving, \
+            leaving.stream("POST", "/kiln.v1.TrainerService/WatchTrainingJob", content=request,
+                           headers=headers) as response:
+        received = envelopes(response.iter_bytes())  # kept: closing it would close the stream
+        flags, first = next(received)
+        assert flags == 0 and "queued" in json.loads(first)
+        # The key's one watch stream is this one: another is refused while it is open.
+        with pytest.raises(grpc.RpcError) as refused:
+            next(client.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name)))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # The connection is closed: the gateway ends the call (and its internal stream), freeing the slot.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert next(client.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name))).seq == 1
+            break
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+    client.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+
+
+def test_the_callers_deadline_ends_a_stream(http, key, dataset, gateway_channel):
+    client = Client(gateway_channel, key)
+    job = client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
+    try:
+        _, end = watch(http, key, job.name, timeout_ms=500)
+        assert end["error"]["code"] == "deadline_exceeded"
+    finally:
+        client.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+
+
+def test_cors_preflights_and_answers(http, key):
+    asked = {"access-control-request-method": "POST",
+             "access-control-request-headers": "authorization, content-type, connect-protocol-version"}
+    allowed = http.options("/kiln.v1.DatasetService/ListDatasets", headers={"origin": ALLOWED_ORIGIN, **asked})
+    assert allowed.status_code == 204 and allowed.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    assert {"authorization", "content-type", "connect-protocol-version", "connect-timeout-ms"} <= {
+        h.strip() for h in allowed.headers["access-control-allow-headers"].split(",")}
+    refused = http.options("/kiln.v1.DatasetService/ListDatasets", headers={"origin": "https://evil.example", **asked})
+    assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+    answered = call(http, "DatasetService/ListDatasets", {}, key, origin=ALLOWED_ORIGIN)
+    assert answered.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "grpc-status-details-bin" in answered.headers["access-control-expose-headers"]
+    elsewhere = call(http, "DatasetService/ListDatasets", {}, key, origin="https://evil.example")
+    assert "access-control-allow-origin" not in elsewhere.headers
+
+
+def test_healthz_answers_the_gateways_readiness(http):
+    answer = http.get("/healthz")
+    assert (answer.status_code, answer.json()) == (200, {"status": "SERVING"})
+
+
+def test_curl_calls_it_as_a_user_would(gateway, key, dataset, trained):
+    base = f"http://{gateway.http_address}"
+    unary = subprocess.run(["curl", "-sS", "--fail-with-body", "-H", f"Authorization: Bearer {key}", "-H",
+                            "Content-Type: application/json", "-d", json.dumps({"name": dataset.name}),
+                            f"{base}/kiln.v1.DatasetService/GetDataset"], capture_output=True, check=True, timeout=60)
+    assert json.loads(unary.stdout)["name"] == dataset.name
+    # A stream: the request and the answer are Connect envelopes (5 bytes: flags, length).
+    name, events = trained
+    streamed = subprocess.run(["curl", "-sS", "--fail-with-body", "-N", "-H", f"Authorization: Bearer {key}", "-H",
+                               "Content-Type: application/connect+json", "--data-binary", "@-",
+                               f"{base}/kiln.v1.TrainerService/WatchTrainingJob"],
+                              input=envelope(json.dumps({"name": name}).encode()), capture_output=True, timeout=60)
+    assert streamed.returncode == 0, streamed.stderr
+    received = list(envelopes(iter([streamed.stdout])))
+    assert [flags for flags, _ in received] == [0] * len(events) + [2]
+    assert [as_message(json.loads(m), pb.TrainingEvent()) for _, m in received[:-1]] == events
