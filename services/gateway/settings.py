@@ -41,8 +41,6 @@ class GatewaySettings(CommonSettings):
     http: HttpSettings = HttpSettings()
     # Web origins (scheme://host[:port]) whose pages may call the HTTP side from a browser; "*" for any.
     cors_allowed_origins: list[str] = []
-    # The largest HTTP request body; past it RESOURCE_EXHAUSTED (images go through presigned URLs).
-    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     def database_url(self) -> str:
         return self.gateway_database_url or f"sqlite:///{self.data_dir / 'gateway.db'}"
