@@ -129,6 +129,14 @@ def test_an_invalid_request_is_an_error_with_its_field_violations(report: Report
     assert "dataset.display_name: 1..200 printable characters" in invalid["message"]
 
 
+def test_a_refused_presigned_put_is_an_error_and_files_nothing(report: Report, client: Client) -> None:
+    refused = one(report, "refused_put")
+    assert refused["code"] == "PermissionDenied"
+    assert refused["message"].startswith("[permission_denied] uploading to the presigned URL failed with HTTP 403: ")
+    listed = client.datasets.ListImages(dpb.ListImagesRequest(parent=refused["dataset"]))
+    assert "tampered.png" not in {i.filename for i in listed.images}
+
+
 def test_a_wrong_key_is_unauthenticated(report: Report) -> None:
     assert one(report, "unauthenticated")["code"] == "Unauthenticated"
 

@@ -28,7 +28,7 @@ export async function uploadImage(
   filename: string,
   options: UploadImageOptions = {},
 ): Promise<Image> {
-  const requestId = options.requestId ?? globalThis.crypto.randomUUID();
+  const requestId = options.requestId ?? newRequestId();
   const size = data instanceof Uint8Array ? data.byteLength : data.size;
   const upload = await datasets.createImageUpload(
     {
@@ -54,6 +54,12 @@ export async function uploadImage(
     { name: upload.name, requestId: `${requestId}/finalize` },
     { signal: options.signal },
   );
+}
+
+/** 32 random hex digits (crypto.randomUUID is missing from pages served over plain http). */
+function newRequestId(): string {
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** fetch takes bytes in an ArrayBuffer only; a view of shared memory is copied out. */

@@ -200,6 +200,25 @@ test("a training configuration with several mistakes names each of them", async 
   report({ case: "invalid_config", code: Code[error.code], violations: error.violations, message: error.message });
 });
 
+test("an upload the object store refuses is a KilnError saying why", async () => {
+  assert.ok(trained, "the training case ran first");
+  const tampering: typeof fetch = (input, init) => {
+    if (init?.method !== "PUT") {
+      return fetch(input, init);
+    }
+    const url = new URL(String(input));
+    url.searchParams.set("X-Amz-Signature", "0".repeat(64));
+    return fetch(url, init);
+  };
+  const client = createKilnClient({ baseUrl, apiKey, fetch: tampering });
+  const bytes = readFileSync(join(imagesDir, readdirSync(imagesDir).sort()[0] ?? ""));
+  const error = await client
+    .uploadImage(trained.job.dataset, bytes, "tampered.png")
+    .then(() => assert.fail("a PUT with a forged signature was stored"), (reason: unknown) => reason);
+  assert.ok(error instanceof KilnError);
+  report({ case: "refused_put", dataset: trained.job.dataset, code: Code[error.code], message: error.message });
+});
+
 test("a wrong key is refused as unauthenticated", async () => {
   const stranger = createKilnClient({ baseUrl, apiKey: "kiln_000000000000_not-a-key" });
   const error = await stranger.datasets
