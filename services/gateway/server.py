@@ -61,9 +61,8 @@ class GatewayComponents:
                 for service, address_setting in PUBLIC_SERVICES]
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        metrics, tracing = self.observability.metrics, self.observability.tracing
-        return [metrics.interceptor(), *tracing.server_interceptors(), deadline_interceptor(),
-                api_key_interceptor(self.keys, self.limits)]
+        return self.observability.server_interceptors(deadline_interceptor(),
+                                                      api_key_interceptor(self.keys, self.limits))
 
     def background(self) -> list[Background]:
         return [Periodic("key use", self.settings.key_use_write_seconds, self.keys.record_uses)]
