@@ -67,9 +67,8 @@ class GatewayComponents:
                 for service, address_setting in PUBLIC_SERVICES]
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        metrics, tracing = self.observability.metrics, self.observability.tracing
-        return [metrics.interceptor(), *tracing.server_interceptors(), deadline_interceptor(),
-                api_key_interceptor(self.keys, self.limits)]
+        return self.observability.server_interceptors(deadline_interceptor(),
+                                                      api_key_interceptor(self.keys, self.limits))
 
     def http_app(self, serving: Callable[[], bool]) -> ASGIApp:
         """Every public service over Connect, behind CORS; `serving` answers /healthz."""
