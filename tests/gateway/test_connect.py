@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,13 +21,15 @@ import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
+from services.common.ports import free_port
 from services.gateway.key_auth import REFUSED
 from services.gateway.server import GatewayService
 from tests.dataset.helpers import image_bytes, upload
-from tests.gateway.conftest import Client, keys_cli
+from tests.gateway.conftest import ROOT, Client, keys_cli
 from tests.gateway.test_gateway import new_key
 from tests.training_service import conftest as training
 from tests.training_service.test_training_jobs import tiny_job
@@ -299,3 +304,30 @@ def test_curl_calls_it_as_a_user_would(gateway, key, dataset, trained):
     received = list(envelopes(iter([streamed.stdout])))
     assert [flags for flags, _ in received] == [0] * len(events) + [2]
     assert [as_message(json.loads(m), pb.TrainingEvent()) for _, m in received[:-1]] == events
+
+
+def test_the_gateway_process_serves_both_sides_and_sigterm_stops_them(tmp_path):
+    """`python -m services.gateway` with no arguments: gRPC and HTTP, both gone on SIGTERM."""
+    grpc_port, http_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env.update(KILN_DATA_DIR=str(tmp_path), KILN_INTERNAL_AUTH__TOKEN="token", KILN_JSON_LOGS="false",
+               KILN_DATASET_ADDRESS="127.0.0.1:9", KILN_TRAINER_ADDRESS="127.0.0.1:9",
+               KILN_SERVER__PORT=str(grpc_port), KILN_HTTP__PORT=str(http_port), KILN_METRICS__ENABLED="false",
+               KILN_SERVER__SHUTDOWN_GRACE="5")
+    process = subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            changes = health.Watch(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=60)
+            next(c for c in changes if c.status == health_pb2.HealthCheckResponse.SERVING)
+            changes.cancel()
+        assert httpx.get(f"http://127.0.0.1:{http_port}/healthz").json() == {"status": "SERVING"}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{http_port}/healthz")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
