@@ -18,6 +18,9 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.protocol import ProtocolType
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
@@ -25,6 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
+from kiln.v1.dataset_connect import DatasetServiceClientSync
+from kiln.v1.trainer_connect import TrainerServiceClientSync
 from services.common.ports import free_port
 from services.gateway.key_auth import REFUSED
 from services.gateway.server import GatewayService
@@ -331,3 +336,24 @@ def test_the_gateway_process_serves_both_sides_and_sigterm_stops_them(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("protocol", [ProtocolType.CONNECT, ProtocolType.GRPC_WEB])
+def test_the_generated_connect_clients_call_it(gateway, key, dataset, trained, protocol):
+    """kiln.v1's generated Connect clients (binary, gzip), over Connect and over gRPC-Web."""
+    address, job = f"http://{gateway.http_address}", trained[0]
+    headers = {"authorization": f"Bearer {key}"}
+    with DatasetServiceClientSync(address, protocol=protocol) as datasets, \
+            TrainerServiceClientSync(address, protocol=protocol) as trainer:
+        assert datasets.get_dataset(dpb.GetDatasetRequest(name=dataset.name), headers=headers).name == dataset.name
+        assert list(trainer.watch_training_job(pb.WatchTrainingJobRequest(name=job), headers=headers)) == trained[1]
+        with pytest.raises(ConnectError) as caught:
+            trainer.create_training_job(pb.CreateTrainingJobRequest(training_job=tiny_job(
+                dataset.name, network_dim=0)), headers=headers)
+        assert caught.value.code == Code.INVALID_ARGUMENT
+        bad = [error_details_pb2.BadRequest.FromString(d.message_bytes) for d in caught.value.details
+               if d.type_name == "google.rpc.BadRequest"]
+        assert [v.field for v in bad[0].field_violations] == ["training_job.config.network_dim"]
+        with pytest.raises(ConnectError) as refused:
+            datasets.list_datasets(dpb.ListDatasetsRequest())
+        assert (refused.value.code, refused.value.message) == (Code.UNAUTHENTICATED, REFUSED)
