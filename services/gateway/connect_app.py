@@ -1,7 +1,8 @@
 """The public services over the Connect protocol (JSON and binary, unary and server streams), for
 browsers, curl and Connect clients: each service is the ASGI application its generated
 `*_connect.py` defines, implemented by a relay that calls the internal service over the same
-gRPC channels as the gRPC side, acting for the key's tenant, with the caller's deadline.
+gRPC channels as the gRPC side, acting for the key's tenant, with the caller's deadline, after
+the same request size checks.
 
 Every call passes the same key check and per-key limits as on gRPC (a connectrpc metadata
 interceptor, so a refused call is answered before its body is read). Errors keep their code,
@@ -33,6 +34,7 @@ from services.gateway.connect_errors import from_rpc_error, from_service_error
 from services.gateway.key_auth import REFUSED, key_of_authorization
 from services.gateway.key_verifier import KeyVerifier
 from services.gateway.limits import KeyLimits
+from services.gateway.request_sizes import RequestSizes
 
 # What a client-streaming method answers on HTTP: browsers can't stream a request body, and the
 # Connect protocol would need it for these; the gRPC side serves them.
@@ -111,11 +113,18 @@ def _timeout(ctx: RequestContext[Any, Any]) -> float | None:
     return max(0.0, remaining / 1000) if remaining is not None else None
 
 
-def _serialize(message: Any) -> bytes:
-    return bytes(message.SerializeToString())
+def _checked(path: str, request: Any, sizes: RequestSizes) -> bytes:
+    """The request as the internal service takes it, after the gateway's size checks (as on gRPC)."""
+    raw = bytes(request.SerializeToString())
+    try:
+        sizes.check_request(path, raw)
+    except ServiceError as error:
+        raise from_service_error(error) from None
+    return raw
 
 
-def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc.aio.Channel) -> Callable[..., Any]:
+def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc.aio.Channel,
+             sizes: RequestSizes) -> Callable[..., Any]:
     path = f"/{service.full_name}/{method.name}"
     output = message_factory.GetMessageClass(method.output_type)
     if method.client_streaming:
@@ -124,10 +133,11 @@ def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc
 
         return refuse
     if method.server_streaming:
-        open_stream = channel.unary_stream(path, request_serializer=_serialize, response_deserializer=output.FromString)
+        open_stream: grpc.aio.UnaryStreamMultiCallable[bytes, Any] = channel.unary_stream(
+            path, response_deserializer=output.FromString)
 
         async def stream(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
-            call = open_stream(request, metadata=_metadata(), timeout=_timeout(ctx))
+            call = open_stream(_checked(path, request, sizes), metadata=_metadata(), timeout=_timeout(ctx))
             try:
                 async for message in call:
                     yield message
@@ -137,11 +147,13 @@ def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc
                 call.cancel()  # the client went away (or the stream ended): so does the internal stream
 
         return stream
-    single = channel.unary_unary(path, request_serializer=_serialize, response_deserializer=output.FromString)
+    single: grpc.aio.UnaryUnaryMultiCallable[bytes, Any] = channel.unary_unary(
+        path, response_deserializer=output.FromString)
 
     async def unary(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+        raw = _checked(path, request, sizes)
         try:
-            return await single(request, metadata=_metadata(), timeout=_timeout(ctx))
+            return await single(raw, metadata=_metadata(), timeout=_timeout(ctx))
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
 
@@ -153,8 +165,8 @@ class Relay:
     The generated application names methods in snake case (`get_image_url` for GetImageUrl):
     they are looked up by name, so a service needs nothing written for it here."""
 
-    def __init__(self, service: ServiceDescriptor, channel: grpc.aio.Channel) -> None:
-        self._methods = {method.name.lower(): _relayed(service, method, channel) for method in service.methods}
+    def __init__(self, service: ServiceDescriptor, channel: grpc.aio.Channel, sizes: RequestSizes) -> None:
+        self._methods = {method.name.lower(): _relayed(service, method, channel, sizes) for method in service.methods}
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any] | AsyncIterator[Any]]:
         try:
@@ -172,6 +184,7 @@ def generated_application(service: ServiceDescriptor) -> Callable[..., ConnectAS
 
 
 def connect_application(service: ServiceDescriptor, channel: grpc.aio.Channel, key_check: KeyCheck,
-                        max_request_bytes: int) -> ConnectASGIApplication[Any]:
-    return generated_application(service)(Relay(service, channel), interceptors=[key_check],
-                                          read_max_bytes=max_request_bytes, codecs=CODECS)
+                        sizes: RequestSizes) -> ConnectASGIApplication[Any]:
+    # read_max_bytes bounds a message after decompression (http_app.py bounds the body as sent).
+    return generated_application(service)(Relay(service, channel, sizes), interceptors=[key_check],
+                                          read_max_bytes=sizes.max_request_bytes, codecs=CODECS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Mapping
 
+from services.common.call_context import current_tenant
 from services.common.errors import quota_exceeded
 from services.gateway.asgi import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.connect_app import streamed_request_message
@@ -64,10 +65,11 @@ class LimitedBody:
         return message
 
     def _too_large(self) -> Exception:
+        # Bodies are read after the key check (a connectrpc metadata interceptor): the tenant is known.
         return from_service_error(quota_exceeded(
             f"the request body is over the gateway's limit of {self._limit} bytes; send less in one request "
-            "(images upload through CreateImageUpload's presigned URL)", "REQUEST_TOO_LARGE", subject="request",
-            description="max_request_bytes", limit=str(self._limit)))
+            "(images upload through CreateImageUpload's presigned URL)", "REQUEST_TOO_LARGE",
+            subject=f"tenant:{current_tenant()}", description="max_request_bytes", limit=str(self._limit)))
 
 
 def _declared_length(scope: Scope) -> int | None:

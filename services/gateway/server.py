@@ -74,7 +74,7 @@ class GatewayComponents:
         """Every public service over Connect, behind CORS; `serving` answers /healthz."""
         key_check = KeyCheck(self.keys, self.limits)
         services = {service.full_name: connect_application(service, self.channels[address_setting], key_check,
-                                                           self.settings.max_request_bytes)
+                                                           self.sizes)
                     for service, address_setting in PUBLIC_SERVICES}
         streamed_requests = {f"/{service.full_name}/{method.name}" for service, _ in PUBLIC_SERVICES
                              for method in service.methods if method.client_streaming}

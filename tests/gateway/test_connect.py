@@ -206,13 +206,23 @@ def test_a_body_over_the_limit_is_refused_with_a_quota_failure(http, key, gatewa
     answer = call(http, "DatasetService/GetDataset", {"name": "d" * limit}, key)
     assert answer.status_code == 429 and answer.json()["code"] == "resource_exhausted"
     quota = details(answer.json())["google.rpc.QuotaFailure"]
-    assert quota.violations[0].description == "max_request_bytes"
+    assert (quota.violations[0].subject, quota.violations[0].description) == ("tenant:connect", "max_request_bytes")
     assert time.monotonic() - started < 10  # answered, not left hanging
     # Sent without a length up front (chunked), it is refused as it is read.
     chunked = http.post("/kiln.v1.DatasetService/GetDataset", content=iter([b'{"name": "', b"d" * limit, b'"}']),
                         headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
     assert chunked.status_code == 429 and chunked.json()["code"] == "resource_exhausted"
     assert call(http, "DatasetService/ListDatasets", {}, key).status_code == 200  # still serving
+
+
+def test_a_browser_upload_url_for_too_large_an_image_is_refused(http, key, dataset, gateway):
+    limit = gateway.components.settings.max_upload_bytes
+    asked = {"parent": dataset.name, "role": "IMAGE_ROLE_TRAINING", "filename": "big.png"}
+    answer = call(http, "DatasetService/CreateImageUpload", {**asked, "sizeBytes": str(limit + 1)}, key)
+    assert answer.status_code == 429 and answer.json()["code"] == "resource_exhausted"
+    assert details(answer.json())["google.rpc.QuotaFailure"].violations[0].description == "max_upload_bytes"
+    granted = call(http, "DatasetService/CreateImageUpload", {**asked, "sizeBytes": "1000"}, key)
+    assert granted.status_code == 200 and granted.json()["uploadUrl"].startswith("http")
 
 
 @pytest.fixture(scope="module")
