@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -32,8 +33,9 @@ from kiln.v1.dataset_connect import DatasetServiceClientSync
 from kiln.v1.trainer_connect import TrainerServiceClientSync
 from services.common.ports import free_port
 from services.gateway.key_auth import REFUSED
-from services.gateway.server import GatewayService
+from services.gateway.server import PUBLIC_SERVICES, GatewayService
 from tests.dataset.helpers import image_bytes, upload
+from tests.gateway import test_tenant_matrix as matrix
 from tests.gateway.conftest import ROOT, Client, keys_cli
 from tests.gateway.test_gateway import new_key
 from tests.training_service import conftest as training
@@ -367,3 +369,49 @@ def test_the_generated_connect_clients_call_it(gateway, key, dataset, trained, p
         with pytest.raises(ConnectError) as refused:
             datasets.list_datasets(dpb.ListDatasetsRequest())
         assert (refused.value.code, refused.value.message) == (Code.UNAUTHENTICATED, REFUSED)
+
+
+def _connect_answer(http: httpx.Client, key: str, method: str, request: Message) -> tuple[str, str]:
+    """(code, message with ids blanked) of one call over Connect JSON; ("ok", "") when it succeeds."""
+    service, descriptor = next((s, s.methods_by_name[method]) for s, _ in PUBLIC_SERVICES
+                               if method in s.methods_by_name)
+    if isinstance(request, Iterator):  # a client stream (UploadImage): its first message stands for it
+        request = next(request)
+    body = json.dumps(json_format.MessageToDict(request)).encode()
+    path = f"/{service.full_name}/{method}"
+    auth = {"authorization": f"Bearer {key}"}
+    if descriptor.server_streaming:
+        with http.stream("POST", path, content=envelope(body),
+                         headers={**auth, "content-type": "application/connect+json"}) as response:
+            flags, first = next(envelopes(response.iter_bytes()))
+            answer = json.loads(first).get("error", {"code": "ok", "message": ""}) if flags & 0x02 else \
+                {"code": "ok", "message": ""}
+    else:
+        answer = http.post(path, content=body, headers={**auth, "content-type": "application/json"}).json()
+        answer = answer if "code" in answer else {"code": "ok", "message": ""}
+    return answer["code"], re.sub(r"[0-9a-f]{8,64}", "<id>", answer["message"])
+
+
+def test_every_method_over_connect_answers_another_tenants_resources_as_missing_ones(http, gateway_channel,
+                                                                                     gateway_dir):
+    owner = Client(gateway_channel, new_key(gateway_dir, "connect-matrix-owner"))
+    created = owner.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="mine", family=dpb.MODEL_FAMILY_SD15, default_repeat=1)))
+    image = upload(owner.datasets, created.name, image_bytes(96, 96, seed=7), filename="a.png", tags=["mytrigger"])
+    pending = owner.datasets.CreateImageUpload(dpb.CreateImageUploadRequest(
+        parent=created.name, role=dpb.IMAGE_ROLE_TRAINING, filename="b.png", size_bytes=1000))
+    snapshot = owner.datasets.CreateSnapshot(dpb.CreateSnapshotRequest(parent=created.name))
+    job = owner.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(created.name)))
+    names = matrix.Names(created.name, image.name, pending.name, snapshot.name, job.name)
+    missing = matrix.Names(*(matrix._missing(value) for value in vars(names).values()))
+    stranger = new_key(gateway_dir, "connect-matrix-stranger")
+    try:
+        answers = {method: (_connect_answer(http, stranger, method, build(names)),
+                            _connect_answer(http, stranger, method, build(missing)))
+                   for method, build in sorted(matrix.REQUESTS.items())}
+    finally:
+        owner.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+    assert {m: a for m, a in answers.items() if a[0] != a[1]} == {}
+    assert {m: a[0][0] for m, a in answers.items() if a[0][0] != "not_found"} == {
+        "RetagImages": "failed_precondition", "UploadImage": "unimplemented"}
+    assert owner.datasets.GetDataset(dpb.GetDatasetRequest(name=names.dataset)).display_name == "mine"
