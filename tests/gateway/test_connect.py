@@ -5,6 +5,7 @@ relayed message by message, CORS for the allowed origins, a health check, bodies
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -410,7 +411,8 @@ def test_every_method_over_connect_answers_another_tenants_resources_as_missing_
                             _connect_answer(http, stranger, method, build(missing)))
                    for method, build in sorted(matrix.REQUESTS.items())}
     finally:
-        owner.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+        with contextlib.suppress(grpc.RpcError):  # the worker may have trained it already
+            owner.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
     assert {m: a for m, a in answers.items() if a[0] != a[1]} == {}
     assert {m: a[0][0] for m, a in answers.items() if a[0][0] != "not_found"} == {
         "RetagImages": "failed_precondition", "UploadImage": "unimplemented"}
