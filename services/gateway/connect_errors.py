@@ -17,6 +17,12 @@ _CODES: dict[grpc.StatusCode, Code] = {
     status: Code.CANCELED if status is grpc.StatusCode.CANCELLED else Code(status.name.lower())
     for status in grpc.StatusCode if status is not grpc.StatusCode.OK}
 _BY_NUMBER = {status.value[0]: code for status, code in _CODES.items()}
+_NAMES = {code: status.name for status, code in _CODES.items()}
+
+
+def grpc_code_name(code: Code) -> str:
+    """The gRPC name of a Connect code (CANCELLED for "canceled")."""
+    return _NAMES.get(code, "UNKNOWN")
 
 
 def from_status(status: status_pb2.Status) -> ConnectError:

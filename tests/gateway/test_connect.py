@@ -301,6 +301,20 @@ def test_cors_preflights_and_answers(http, key):
     assert "access-control-allow-origin" not in elsewhere.headers
 
 
+def test_calls_over_http_are_counted_in_the_gateways_metrics(gateway, http, key):
+    def counted(code: str) -> float:
+        scraped = httpx.get(gateway.server.metrics_url).text
+        pattern = (rf'kiln_rpc_duration_seconds_count\{{code="{code}",'
+                   r'method="/kiln.v1.DatasetService/GetDataset",service="gateway"\} (\S+)')
+        found = re.search(pattern, scraped)
+        return float(found.group(1)) if found else 0.0
+
+    before = counted("UNAUTHENTICATED"), counted("NOT_FOUND")
+    call(http, "DatasetService/GetDataset", {"name": "datasets/0123456789abcdef"}, None)
+    call(http, "DatasetService/GetDataset", {"name": "datasets/0123456789abcdef"}, key)
+    assert (counted("UNAUTHENTICATED"), counted("NOT_FOUND")) == (before[0] + 1, before[1] + 1)
+
+
 def test_healthz_answers_the_gateways_readiness(http):
     answer = http.get("/healthz")
     assert (answer.status_code, answer.json()) == (200, {"status": "SERVING"})
