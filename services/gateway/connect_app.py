@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -142,9 +143,14 @@ def _checked(path: str, request: Any, sizes: RequestSizes) -> bytes:
     return raw
 
 
+def _words(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).lower()
+
+
 def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc.aio.Channel,
              sizes: RequestSizes) -> Callable[..., Any]:
     path = f"/{service.full_name}/{method.name}"
+    dependency = _words(service.name)  # "dataset service", named in errors of the channel
     output = message_factory.GetMessageClass(method.output_type)
     if method.client_streaming:
         async def refuse(requests: AsyncIterator[Any], ctx: RequestContext[Any, Any]) -> Any:
@@ -161,7 +167,7 @@ def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc
                 async for message in call:
                     yield message
             except grpc.aio.AioRpcError as error:
-                raise from_rpc_error(error) from None
+                raise from_rpc_error(error, dependency) from None
             finally:
                 call.cancel()  # the client went away (or the stream ended): so does the internal stream
 
@@ -174,7 +180,7 @@ def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc
         try:
             return await single(raw, metadata=_metadata(), timeout=_timeout(ctx))
         except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, dependency) from None
 
     return unary
 

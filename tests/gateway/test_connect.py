@@ -339,7 +339,8 @@ def test_curl_calls_it_as_a_user_would(gateway, key, dataset, trained):
 
 
 def test_the_gateway_process_serves_both_sides_and_sigterm_stops_them(tmp_path):
-    """`python -m services.gateway` with no arguments: gRPC and HTTP, both gone on SIGTERM."""
+    """`python -m services.gateway` with no arguments: gRPC and HTTP, both gone on SIGTERM (its
+    internal services are never started here)."""
     grpc_port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     env.update(KILN_DATA_DIR=str(tmp_path), KILN_INTERNAL_AUTH__TOKEN="token", KILN_JSON_LOGS="false",
@@ -355,6 +356,13 @@ def test_the_gateway_process_serves_both_sides_and_sigterm_stops_them(tmp_path):
             next(c for c in changes if c.status == health_pb2.HealthCheckResponse.SERVING)
             changes.cancel()
         assert httpx.get(f"http://127.0.0.1:{http_port}/healthz").json() == {"status": "SERVING"}
+        # The internal services are down: the caller is told which, and to retry, not their addresses.
+        key = keys_cli(tmp_path, "create", "--tenant", "alone", "--name", "down")["secret_key"]
+        down = httpx.post(f"http://127.0.0.1:{http_port}/kiln.v1.DatasetService/ListDatasets", content=b"{}",
+                          headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
+        assert down.status_code == 503 and down.json()["code"] == "unavailable"
+        assert down.json()["message"] == "the dataset service is unavailable; retry later"
+        assert set(details(down.json())) == {"google.rpc.ErrorInfo", "google.rpc.RetryInfo"}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
         with pytest.raises(httpx.ConnectError):
