@@ -37,9 +37,32 @@ def gateway_http_app(services: Mapping[str, ASGIApp], streamed_requests: Collect
             body = json.dumps({"code": "unimplemented", "message": streamed_request_message(path)}).encode()
             await _answer(send, 501, b"application/json", body)
         else:
-            await service(scope, LimitedBody(receive, max_request_bytes, _declared_length(scope)), send)
+            await service(scope, LimitedBody(receive, max_request_bytes, _declared_length(scope)), sized(send))
 
     return app
+
+
+def sized(send: Send) -> Send:
+    """`send` with the response's start held back to its first body part: an answer sent whole (every
+    unary answer) then goes out with its Content-Length, in two writes, instead of chunked in three,
+    each a wake-up of the client."""
+    held: Message | None = None
+
+    async def send_sized(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start":
+            held = message
+            return
+        if held is not None:
+            start, held = held, None
+            whole = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if whole and all(name.lower() != b"content-length" for name, _ in start.get("headers", ())):
+                body_length = str(len(message.get("body", b""))).encode()
+                start = {**start, "headers": [*start.get("headers", ()), (b"content-length", body_length)]}
+            await send(start)
+        await send(message)
+
+    return send_sized
 
 
 class LimitedBody:
