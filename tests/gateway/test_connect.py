@@ -35,6 +35,7 @@ from kiln.v1.trainer_connect import TrainerServiceClientSync
 from services.common.ports import free_port
 from services.gateway.key_auth import REFUSED
 from services.gateway.server import PUBLIC_SERVICES, GatewayService
+from tests.common.metrics_helpers import RPC_COUNT, scrape, value, wait_until_served
 from tests.dataset.helpers import image_bytes, upload
 from tests.gateway import test_tenant_matrix as matrix
 from tests.gateway.conftest import ROOT, Client, keys_cli
@@ -248,8 +249,10 @@ def test_a_training_is_watched_to_its_end_and_resumed_from_a_seq(http, key, trai
     assert resumed == events[middle:] and "error" not in end
 
 
-def test_a_client_that_leaves_a_stream_releases_it(http, key, dataset, gateway_channel):
+def test_a_client_that_leaves_a_stream_releases_it(http, key, dataset, gateway_channel, trainer):
     client = Client(gateway_channel, key)
+    watches = "/kiln.v1.TrainerService/WatchTrainingJob"
+    cancelled = value(scrape(trainer.server.metrics_url), RPC_COUNT, method=watches, code="CANCELLED")
     job = client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
     request = envelope(json.dumps({"name": job.name}).encode())
     headers = {"content-type": "application/connect+json", "authorization": f"Bearer {key}"}
@@ -263,7 +266,9 @@ def test_a_client_that_leaves_a_stream_releases_it(http, key, dataset, gateway_c
         with pytest.raises(grpc.RpcError) as refused:
             next(client.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name)))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    # The connection is closed: the gateway ends the call (and its internal stream), freeing the slot.
+    # The connection is closed: the gateway cancels the internal stream (the trainer service counts
+    # it CANCELLED) and ends the call, freeing the key's slot.
+    wait_until_served(trainer.server.metrics_url, watches, cancelled + 1, code="CANCELLED")
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -303,11 +308,8 @@ def test_cors_preflights_and_answers(http, key):
 
 def test_calls_over_http_are_counted_in_the_gateways_metrics(gateway, http, key):
     def counted(code: str) -> float:
-        scraped = httpx.get(gateway.server.metrics_url).text
-        pattern = (rf'kiln_rpc_duration_seconds_count\{{code="{code}",'
-                   r'method="/kiln.v1.DatasetService/GetDataset",service="gateway"\} (\S+)')
-        found = re.search(pattern, scraped)
-        return float(found.group(1)) if found else 0.0
+        return value(scrape(gateway.server.metrics_url), RPC_COUNT, method="/kiln.v1.DatasetService/GetDataset",
+                     code=code)
 
     before = counted("UNAUTHENTICATED"), counted("NOT_FOUND")
     call(http, "DatasetService/GetDataset", {"name": "datasets/0123456789abcdef"}, None)
