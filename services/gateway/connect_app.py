@@ -1,7 +1,8 @@
 """The public services over the Connect protocol (JSON and binary, unary and server streams), for
 browsers, curl and Connect clients: each service is the ASGI application its generated
 `*_connect.py` defines, implemented by a relay that calls the internal service over the same
-gRPC channels as the gRPC side, acting for the key's tenant, with the caller's deadline.
+gRPC channels as the gRPC side, acting for the key's tenant, with the caller's deadline, after
+the same request size checks.
 
 Every call passes the same key check and per-key limits as on gRPC (a connectrpc metadata
 interceptor, so a refused call is answered before its body is read). Errors keep their code,
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -29,10 +32,12 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from services.common.call_context import acting_for, current_tenant
 from services.common.errors import FieldViolation, ServiceError, invalid
 from services.common.internal_client import tenant_metadata
-from services.gateway.connect_errors import from_rpc_error, from_service_error
+from services.common.metrics import ServiceMetrics
+from services.gateway.connect_errors import from_rpc_error, from_service_error, grpc_code_name
 from services.gateway.key_auth import REFUSED, key_of_authorization
 from services.gateway.key_verifier import KeyVerifier
 from services.gateway.limits import KeyLimits
+from services.gateway.request_sizes import RequestSizes
 
 # What a client-streaming method answers on HTTP: browsers can't stream a request body, and the
 # Connect protocol would need it for these; the gRPC side serves them.
@@ -75,6 +80,23 @@ CODECS: Sequence[Codec] = (StrictCodec(google_protobuf_binary_codec()),
                            StrictCodec(google_protobuf_json_codec(ignore_unknown_fields=False)))
 
 
+class CallMetrics:
+    """Each call's time and status code in the service's `kiln_rpc_duration_seconds`, as gRPC
+    calls are counted (the same method names and code names). First of the interceptors, so
+    refused calls are counted too."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    async def on_start(self, ctx: RequestContext[Any, Any]) -> float:
+        return time.perf_counter()
+
+    async def on_end(self, started: float, ctx: RequestContext[Any, Any], error: Exception | None) -> None:
+        code = "OK" if error is None else grpc_code_name(error.code) if isinstance(error, ConnectError) else "UNKNOWN"
+        self._metrics.rpc_duration.labels(self._metrics.service, f"/{ctx.method.service_name}/{ctx.method.name}",
+                                          code).observe(time.perf_counter() - started)
+
+
 class KeyCheck:
     """The API key check and per-key limits, as a connectrpc metadata interceptor: it runs before
     the body is read, and the call then acts for the key's tenant until it ends."""
@@ -111,12 +133,24 @@ def _timeout(ctx: RequestContext[Any, Any]) -> float | None:
     return max(0.0, remaining / 1000) if remaining is not None else None
 
 
-def _serialize(message: Any) -> bytes:
-    return bytes(message.SerializeToString())
+def _checked(path: str, request: Any, sizes: RequestSizes) -> bytes:
+    """The request as the internal service takes it, after the gateway's size checks (as on gRPC)."""
+    raw = bytes(request.SerializeToString())
+    try:
+        sizes.check_request(path, raw)
+    except ServiceError as error:
+        raise from_service_error(error) from None
+    return raw
 
 
-def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc.aio.Channel) -> Callable[..., Any]:
+def _words(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).lower()
+
+
+def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc.aio.Channel,
+             sizes: RequestSizes) -> Callable[..., Any]:
     path = f"/{service.full_name}/{method.name}"
+    dependency = _words(service.name)  # "dataset service", named in errors of the channel
     output = message_factory.GetMessageClass(method.output_type)
     if method.client_streaming:
         async def refuse(requests: AsyncIterator[Any], ctx: RequestContext[Any, Any]) -> Any:
@@ -124,26 +158,29 @@ def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc
 
         return refuse
     if method.server_streaming:
-        open_stream = channel.unary_stream(path, request_serializer=_serialize, response_deserializer=output.FromString)
+        open_stream: grpc.aio.UnaryStreamMultiCallable[bytes, Any] = channel.unary_stream(
+            path, response_deserializer=output.FromString)
 
         async def stream(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
-            call = open_stream(request, metadata=_metadata(), timeout=_timeout(ctx))
+            call = open_stream(_checked(path, request, sizes), metadata=_metadata(), timeout=_timeout(ctx))
             try:
                 async for message in call:
                     yield message
             except grpc.aio.AioRpcError as error:
-                raise from_rpc_error(error) from None
+                raise from_rpc_error(error, dependency) from None
             finally:
                 call.cancel()  # the client went away (or the stream ended): so does the internal stream
 
         return stream
-    single = channel.unary_unary(path, request_serializer=_serialize, response_deserializer=output.FromString)
+    single: grpc.aio.UnaryUnaryMultiCallable[bytes, Any] = channel.unary_unary(
+        path, response_deserializer=output.FromString)
 
     async def unary(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+        raw = _checked(path, request, sizes)
         try:
-            return await single(request, metadata=_metadata(), timeout=_timeout(ctx))
+            return await single(raw, metadata=_metadata(), timeout=_timeout(ctx))
         except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, dependency) from None
 
     return unary
 
@@ -153,8 +190,8 @@ class Relay:
     The generated application names methods in snake case (`get_image_url` for GetImageUrl):
     they are looked up by name, so a service needs nothing written for it here."""
 
-    def __init__(self, service: ServiceDescriptor, channel: grpc.aio.Channel) -> None:
-        self._methods = {method.name.lower(): _relayed(service, method, channel) for method in service.methods}
+    def __init__(self, service: ServiceDescriptor, channel: grpc.aio.Channel, sizes: RequestSizes) -> None:
+        self._methods = {method.name.lower(): _relayed(service, method, channel, sizes) for method in service.methods}
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any] | AsyncIterator[Any]]:
         try:
@@ -171,7 +208,9 @@ def generated_application(service: ServiceDescriptor) -> Callable[..., ConnectAS
     return application
 
 
-def connect_application(service: ServiceDescriptor, channel: grpc.aio.Channel, key_check: KeyCheck,
-                        max_request_bytes: int) -> ConnectASGIApplication[Any]:
-    return generated_application(service)(Relay(service, channel), interceptors=[key_check],
-                                          read_max_bytes=max_request_bytes, codecs=CODECS)
+def connect_application(service: ServiceDescriptor, channel: grpc.aio.Channel, interceptors: Sequence[Any],
+                        sizes: RequestSizes) -> ConnectASGIApplication[Any]:
+    """`interceptors`: connectrpc interceptors, in order (CallMetrics, then KeyCheck)."""
+    # read_max_bytes bounds a message after decompression (http_app.py bounds the body as sent).
+    return generated_application(service)(Relay(service, channel, sizes), interceptors=interceptors,
+                                          read_max_bytes=sizes.max_request_bytes, codecs=CODECS)

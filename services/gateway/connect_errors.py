@@ -10,13 +10,19 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 from protobuf.wkt import Any as ConnectAny
 
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, deadline_exceeded, unavailable
 
 # Connect names the codes as gRPC does, lower-cased, but for one spelling: CANCELLED is "canceled".
 _CODES: dict[grpc.StatusCode, Code] = {
     status: Code.CANCELED if status is grpc.StatusCode.CANCELLED else Code(status.name.lower())
     for status in grpc.StatusCode if status is not grpc.StatusCode.OK}
 _BY_NUMBER = {status.value[0]: code for status, code in _CODES.items()}
+_NAMES = {code: status.name for status, code in _CODES.items()}
+
+
+def grpc_code_name(code: Code) -> str:
+    """The gRPC name of a Connect code (CANCELLED for "canceled")."""
+    return _NAMES.get(code, "UNKNOWN")
 
 
 def from_status(status: status_pb2.Status) -> ConnectError:
@@ -25,11 +31,17 @@ def from_status(status: status_pb2.Status) -> ConnectError:
     return ConnectError(_BY_NUMBER.get(status.code, Code.UNKNOWN), status.message, details)
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError) -> ConnectError:
-    """An internal service's error, with the details of its status trailer."""
+def from_rpc_error(error: grpc.aio.AioRpcError, dependency: str) -> ConnectError:
+    """An internal service's error, with the details of its status trailer. Kiln's services give
+    every error details; one without them came from the channel (the service down or slow), and
+    its text would name internal addresses: the caller is told which service, and to retry."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     if status is not None:
         return from_status(status)
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        return from_service_error(unavailable(dependency, f"the {dependency} is unavailable; retry later"))
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return from_service_error(deadline_exceeded(dependency))
     return ConnectError(_CODES.get(error.code(), Code.UNKNOWN), error.details() or "")
 
 

@@ -35,12 +35,20 @@ class HttpServer:
 
 
 def _listen(host: str, port: int) -> socket.socket:
+    # Made with IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on connections of such a
+    # socket, and without it every answer (headers and body are written apart) waits for the
+    # client's delayed ACK, about 40 ms.
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                              socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                    backlog=2048)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host.strip("[]"), port))
+        listening.listen(2048)
     except OSError as error:
+        listening.close()
         raise ConfigurationError(f"the gateway cannot serve HTTP on {host}:{port} ({error}): set KILN_HTTP__HOST "
                                  "and KILN_HTTP__PORT (0 picks a free port)") from None
+    return listening
 
 
 async def start_http(app: ASGIApp, host: str, port: int) -> HttpServer:

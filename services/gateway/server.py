@@ -28,7 +28,7 @@ from services.common.server import MAX_MESSAGE_BYTES, ServiceBinding
 from services.common.transactions import Transactions
 from services.gateway import schema
 from services.gateway.asgi import ASGIApp
-from services.gateway.connect_app import KeyCheck, connect_application
+from services.gateway.connect_app import CallMetrics, KeyCheck, connect_application
 from services.gateway.cors import CorsPolicy, with_cors
 from services.gateway.http_app import gateway_http_app
 from services.gateway.http_server import HttpServer, start_http
@@ -72,9 +72,9 @@ class GatewayComponents:
 
     def http_app(self, serving: Callable[[], bool]) -> ASGIApp:
         """Every public service over Connect, behind CORS; `serving` answers /healthz."""
-        key_check = KeyCheck(self.keys, self.limits)
-        services = {service.full_name: connect_application(service, self.channels[address_setting], key_check,
-                                                           self.settings.max_request_bytes)
+        interceptors = (CallMetrics(self.observability.metrics), KeyCheck(self.keys, self.limits))
+        services = {service.full_name: connect_application(service, self.channels[address_setting], interceptors,
+                                                           self.sizes)
                     for service, address_setting in PUBLIC_SERVICES}
         streamed_requests = {f"/{service.full_name}/{method.name}" for service, _ in PUBLIC_SERVICES
                              for method in service.methods if method.client_streaming}

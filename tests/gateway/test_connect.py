@@ -5,9 +5,14 @@ relayed message by message, CORS for the allowed origins, a health check, bodies
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import re
+import signal
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,16 +20,25 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.protocol import ProtocolType
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
+from kiln.v1.dataset_connect import DatasetServiceClientSync
+from kiln.v1.trainer_connect import TrainerServiceClientSync
+from services.common.ports import free_port
 from services.gateway.key_auth import REFUSED
-from services.gateway.server import GatewayService
+from services.gateway.server import PUBLIC_SERVICES, GatewayService
+from tests.common.metrics_helpers import RPC_COUNT, scrape, value, wait_until_served
 from tests.dataset.helpers import image_bytes, upload
-from tests.gateway.conftest import Client, keys_cli
+from tests.gateway import test_tenant_matrix as matrix
+from tests.gateway.conftest import ROOT, Client, keys_cli
 from tests.gateway.test_gateway import new_key
 from tests.training_service import conftest as training
 from tests.training_service.test_training_jobs import tiny_job
@@ -196,13 +210,23 @@ def test_a_body_over_the_limit_is_refused_with_a_quota_failure(http, key, gatewa
     answer = call(http, "DatasetService/GetDataset", {"name": "d" * limit}, key)
     assert answer.status_code == 429 and answer.json()["code"] == "resource_exhausted"
     quota = details(answer.json())["google.rpc.QuotaFailure"]
-    assert quota.violations[0].description == "max_request_bytes"
+    assert (quota.violations[0].subject, quota.violations[0].description) == ("tenant:connect", "max_request_bytes")
     assert time.monotonic() - started < 10  # answered, not left hanging
     # Sent without a length up front (chunked), it is refused as it is read.
     chunked = http.post("/kiln.v1.DatasetService/GetDataset", content=iter([b'{"name": "', b"d" * limit, b'"}']),
                         headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
     assert chunked.status_code == 429 and chunked.json()["code"] == "resource_exhausted"
     assert call(http, "DatasetService/ListDatasets", {}, key).status_code == 200  # still serving
+
+
+def test_a_browser_upload_url_for_too_large_an_image_is_refused(http, key, dataset, gateway):
+    limit = gateway.components.settings.max_upload_bytes
+    asked = {"parent": dataset.name, "role": "IMAGE_ROLE_TRAINING", "filename": "big.png"}
+    answer = call(http, "DatasetService/CreateImageUpload", {**asked, "sizeBytes": str(limit + 1)}, key)
+    assert answer.status_code == 429 and answer.json()["code"] == "resource_exhausted"
+    assert details(answer.json())["google.rpc.QuotaFailure"].violations[0].description == "max_upload_bytes"
+    granted = call(http, "DatasetService/CreateImageUpload", {**asked, "sizeBytes": "1000"}, key)
+    assert granted.status_code == 200 and granted.json()["uploadUrl"].startswith("http")
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +249,10 @@ def test_a_training_is_watched_to_its_end_and_resumed_from_a_seq(http, key, trai
     assert resumed == events[middle:] and "error" not in end
 
 
-def test_a_client_that_leaves_a_stream_releases_it(http, key, dataset, gateway_channel):
+def test_a_client_that_leaves_a_stream_releases_it(http, key, dataset, gateway_channel, trainer):
     client = Client(gateway_channel, key)
+    watches = "/kiln.v1.TrainerService/WatchTrainingJob"
+    cancelled = value(scrape(trainer.server.metrics_url), RPC_COUNT, method=watches, code="CANCELLED")
     job = client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
     request = envelope(json.dumps({"name": job.name}).encode())
     headers = {"content-type": "application/connect+json", "authorization": f"Bearer {key}"}
@@ -240,7 +266,9 @@ def test_a_client_that_leaves_a_stream_releases_it(http, key, dataset, gateway_c
         with pytest.raises(grpc.RpcError) as refused:
             next(client.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name)))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    # The connection is closed: the gateway ends the call (and its internal stream), freeing the slot.
+    # The connection is closed: the gateway cancels the internal stream (the trainer service counts
+    # it CANCELLED) and ends the call, freeing the key's slot.
+    wait_until_served(trainer.server.metrics_url, watches, cancelled + 1, code="CANCELLED")
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -278,6 +306,17 @@ def test_cors_preflights_and_answers(http, key):
     assert "access-control-allow-origin" not in elsewhere.headers
 
 
+def test_calls_over_http_are_counted_in_the_gateways_metrics(gateway, http, key):
+    def counted(code: str) -> float:
+        return value(scrape(gateway.server.metrics_url), RPC_COUNT, method="/kiln.v1.DatasetService/GetDataset",
+                     code=code)
+
+    before = counted("UNAUTHENTICATED"), counted("NOT_FOUND")
+    call(http, "DatasetService/GetDataset", {"name": "datasets/0123456789abcdef"}, None)
+    call(http, "DatasetService/GetDataset", {"name": "datasets/0123456789abcdef"}, key)
+    assert (counted("UNAUTHENTICATED"), counted("NOT_FOUND")) == (before[0] + 1, before[1] + 1)
+
+
 def test_healthz_answers_the_gateways_readiness(http):
     answer = http.get("/healthz")
     assert (answer.status_code, answer.json()) == (200, {"status": "SERVING"})
@@ -299,3 +338,106 @@ def test_curl_calls_it_as_a_user_would(gateway, key, dataset, trained):
     received = list(envelopes(iter([streamed.stdout])))
     assert [flags for flags, _ in received] == [0] * len(events) + [2]
     assert [as_message(json.loads(m), pb.TrainingEvent()) for _, m in received[:-1]] == events
+
+
+def test_the_gateway_process_serves_both_sides_and_sigterm_stops_them(tmp_path):
+    """`python -m services.gateway` with no arguments: gRPC and HTTP, both gone on SIGTERM (its
+    internal services are never started here)."""
+    grpc_port, http_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env.update(KILN_DATA_DIR=str(tmp_path), KILN_INTERNAL_AUTH__TOKEN="token", KILN_JSON_LOGS="false",
+               KILN_DATASET_ADDRESS="127.0.0.1:9", KILN_TRAINER_ADDRESS="127.0.0.1:9",
+               KILN_SERVER__PORT=str(grpc_port), KILN_HTTP__PORT=str(http_port), KILN_METRICS__ENABLED="false",
+               KILN_SERVER__SHUTDOWN_GRACE="5")
+    process = subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            changes = health.Watch(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=60)
+            next(c for c in changes if c.status == health_pb2.HealthCheckResponse.SERVING)
+            changes.cancel()
+        assert httpx.get(f"http://127.0.0.1:{http_port}/healthz").json() == {"status": "SERVING"}
+        # The internal services are down: the caller is told which, and to retry, not their addresses.
+        key = keys_cli(tmp_path, "create", "--tenant", "alone", "--name", "down")["secret_key"]
+        down = httpx.post(f"http://127.0.0.1:{http_port}/kiln.v1.DatasetService/ListDatasets", content=b"{}",
+                          headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
+        assert down.status_code == 503 and down.json()["code"] == "unavailable"
+        assert down.json()["message"] == "the dataset service is unavailable; retry later"
+        assert set(details(down.json())) == {"google.rpc.ErrorInfo", "google.rpc.RetryInfo"}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{http_port}/healthz")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("protocol", [ProtocolType.CONNECT, ProtocolType.GRPC_WEB])
+def test_the_generated_connect_clients_call_it(gateway, key, dataset, trained, protocol):
+    """kiln.v1's generated Connect clients (binary, gzip), over Connect and over gRPC-Web."""
+    address, job = f"http://{gateway.http_address}", trained[0]
+    headers = {"authorization": f"Bearer {key}"}
+    with DatasetServiceClientSync(address, protocol=protocol) as datasets, \
+            TrainerServiceClientSync(address, protocol=protocol) as trainer:
+        assert datasets.get_dataset(dpb.GetDatasetRequest(name=dataset.name), headers=headers).name == dataset.name
+        assert list(trainer.watch_training_job(pb.WatchTrainingJobRequest(name=job), headers=headers)) == trained[1]
+        with pytest.raises(ConnectError) as caught:
+            trainer.create_training_job(pb.CreateTrainingJobRequest(training_job=tiny_job(
+                dataset.name, network_dim=0)), headers=headers)
+        assert caught.value.code == Code.INVALID_ARGUMENT
+        bad = [error_details_pb2.BadRequest.FromString(d.message_bytes) for d in caught.value.details
+               if d.type_name == "google.rpc.BadRequest"]
+        assert [v.field for v in bad[0].field_violations] == ["training_job.config.network_dim"]
+        with pytest.raises(ConnectError) as refused:
+            datasets.list_datasets(dpb.ListDatasetsRequest())
+        assert (refused.value.code, refused.value.message) == (Code.UNAUTHENTICATED, REFUSED)
+
+
+def _connect_answer(http: httpx.Client, key: str, method: str, request: Message) -> tuple[str, str]:
+    """(code, message with ids blanked) of one call over Connect JSON; ("ok", "") when it succeeds."""
+    service, descriptor = next((s, s.methods_by_name[method]) for s, _ in PUBLIC_SERVICES
+                               if method in s.methods_by_name)
+    if isinstance(request, Iterator):  # a client stream (UploadImage): its first message stands for it
+        request = next(request)
+    body = json.dumps(json_format.MessageToDict(request)).encode()
+    path = f"/{service.full_name}/{method}"
+    auth = {"authorization": f"Bearer {key}"}
+    if descriptor.server_streaming:
+        with http.stream("POST", path, content=envelope(body),
+                         headers={**auth, "content-type": "application/connect+json"}) as response:
+            flags, first = next(envelopes(response.iter_bytes()))
+            answer = json.loads(first).get("error", {"code": "ok", "message": ""}) if flags & 0x02 else \
+                {"code": "ok", "message": ""}
+    else:
+        answer = http.post(path, content=body, headers={**auth, "content-type": "application/json"}).json()
+        answer = answer if "code" in answer else {"code": "ok", "message": ""}
+    return answer["code"], re.sub(r"[0-9a-f]{8,64}", "<id>", answer["message"])
+
+
+def test_every_method_over_connect_answers_another_tenants_resources_as_missing_ones(http, gateway_channel,
+                                                                                     gateway_dir):
+    owner = Client(gateway_channel, new_key(gateway_dir, "connect-matrix-owner"))
+    created = owner.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="mine", family=dpb.MODEL_FAMILY_SD15, default_repeat=1)))
+    image = upload(owner.datasets, created.name, image_bytes(96, 96, seed=7), filename="a.png", tags=["mytrigger"])
+    pending = owner.datasets.CreateImageUpload(dpb.CreateImageUploadRequest(
+        parent=created.name, role=dpb.IMAGE_ROLE_TRAINING, filename="b.png", size_bytes=1000))
+    snapshot = owner.datasets.CreateSnapshot(dpb.CreateSnapshotRequest(parent=created.name))
+    job = owner.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(created.name)))
+    names = matrix.Names(created.name, image.name, pending.name, snapshot.name, job.name)
+    missing = matrix.Names(*(matrix._missing(value) for value in vars(names).values()))
+    stranger = new_key(gateway_dir, "connect-matrix-stranger")
+    try:
+        answers = {method: (_connect_answer(http, stranger, method, build(names)),
+                            _connect_answer(http, stranger, method, build(missing)))
+                   for method, build in sorted(matrix.REQUESTS.items())}
+    finally:
+        with contextlib.suppress(grpc.RpcError):  # the worker may have trained it already
+            owner.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
+    assert {m: a for m, a in answers.items() if a[0] != a[1]} == {}
+    assert {m: a[0][0] for m, a in answers.items() if a[0][0] != "not_found"} == {
+        "RetagImages": "failed_precondition", "UploadImage": "unimplemented"}
+    assert owner.datasets.GetDataset(dpb.GetDatasetRequest(name=names.dataset)).display_name == "mine"
