@@ -72,6 +72,9 @@ class Stack:
     api_key: str = ""
     tenant: str = TENANT
     processes: list[ManagedProcess] = field(default_factory=list)
+    guard: subprocess.Popen[str] | None = None
+    # SeaweedFS, in a session of its own below the s3 process.
+    s3_server_pid: int | None = None
     _changed: threading.Event = field(default_factory=threading.Event)
     _died: list[ManagedProcess] = field(default_factory=list)
 
@@ -82,6 +85,12 @@ class Stack:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
+
+    def guard_group(self, group: int) -> None:
+        """Tell the guard a process group to end should the stack die."""
+        if self.guard is not None and self.guard.stdin is not None:
+            self.guard.stdin.write(f"group {group}\n")
+            self.guard.stdin.flush()
 
     def on_exit(self, process: ManagedProcess) -> None:
         if not process.stopping:
@@ -154,6 +163,7 @@ def _start_s3(stack: Stack, env: dict[str, str], deadline: float) -> str:
     process = ManagedProcess("s3", [sys.executable, "-m", "services.stack_s3", str(stack.data_dir / "s3")], s3_env,
                              stack.logs_dir / "s3.log", stack.on_exit, stdout=subprocess.PIPE)
     stack.processes.append(process)
+    stack.guard_group(process.pid)
     assert process.process.stdout is not None
     line = process.process.stdout.readline()  # one line once it serves, or EOF if it failed
     if not line:
@@ -162,7 +172,10 @@ def _start_s3(stack: Stack, env: dict[str, str], deadline: float) -> str:
                          f"{process.log_tail()}")
     if time.monotonic() > deadline:
         raise StackError("the embedded S3 server took too long to start")
-    return str(json.loads(line)["endpoint"])
+    started = json.loads(line)
+    stack.s3_server_pid = int(started["pid"])
+    stack.guard_group(stack.s3_server_pid)  # SeaweedFS runs in a session of its own
+    return str(started["endpoint"])
 
 
 def _create_key(gateway_dir: pathlib.Path, tenant: str) -> str:
@@ -188,6 +201,9 @@ def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, mo
     deadline = time.monotonic() + START_TIMEOUT
     token = secrets.token_urlsafe(32)
     stack.data_dir.mkdir(parents=True, exist_ok=True)
+    # Outlives the stack if it is killed, and then ends what the stack started.
+    stack.guard = subprocess.Popen([sys.executable, "-m", "services.stack_guard"], stdin=subprocess.PIPE,
+                                   text=True, start_new_session=True)
     report(f"starting the object store (embedded SeaweedFS) in {stack.data_dir / 's3'}")
     env = _base_environment(token, "")
     s3_endpoint = _start_s3(stack, env, deadline)
@@ -209,6 +225,7 @@ def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, mo
         process = ManagedProcess(name, [sys.executable, "-m", *module], service_env, stack.logs_dir / f"{name}.log",
                                  stack.on_exit)
         stack.processes.append(process)
+        stack.guard_group(process.pid)
         return process
 
     # All at once: their imports take most of the start-up, and each waits for what it calls.
@@ -246,7 +263,17 @@ def _stop(stack: Stack, report: Report) -> None:
     for process in sorted(stack.processes, key=lambda p: order[p.name.split("-")[0]]):
         if process.returncode is None:
             report(f"  stopping {process.name}")
-        process.stop(grace=SHUTDOWN_GRACE + 10)
+        code = process.stop(grace=SHUTDOWN_GRACE + 10)
+        if process.name == "s3" and code != 0 and stack.s3_server_pid is not None:
+            # It did not stop SeaweedFS itself.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(stack.s3_server_pid, signal.SIGKILL)
+    if stack.guard is not None:
+        with contextlib.suppress(BrokenPipeError):
+            assert stack.guard.stdin is not None
+            stack.guard.stdin.write("done\n")
+            stack.guard.stdin.close()
+        stack.guard.wait()
 
 
 @contextlib.contextmanager

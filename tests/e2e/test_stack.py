@@ -112,3 +112,36 @@ def test_the_command_stops_the_rest_when_one_dies(stack_cli):
     assert process.returncode == 1
     assert "dataset exited with code -9; stopping the rest" in err
     assert survivors(started) == []
+
+
+STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+            "time.sleep(600)")
+
+
+def stubborn_process() -> subprocess.Popen[str]:
+    """A process in a session of its own that ignores SIGTERM, as a service stuck on a dead dependency."""
+    process = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    return process
+
+
+@pytest.mark.parametrize("finish", ["stack dies", "done"])
+def test_the_guard_ends_what_is_left_only_when_the_stack_dies(finish):
+    guard = subprocess.Popen([sys.executable, "-m", "services.stack_guard", "1"], cwd=ROOT, stdin=subprocess.PIPE,
+                             text=True)
+    stubborn = stubborn_process()
+    try:
+        assert guard.stdin is not None
+        guard.stdin.write(f"group {stubborn.pid}\n")
+        if finish == "done":
+            guard.stdin.write("done\n")
+        guard.stdin.close()  # what the kernel does when the stack dies
+        assert guard.wait(30) == 0
+        if finish == "done":
+            assert stubborn.poll() is None
+        else:
+            assert stubborn.wait(30) == -signal.SIGKILL
+    finally:
+        stubborn.kill()
+        stubborn.wait()
