@@ -1,0 +1,70 @@
+"""Artifacts (LoRA files, previews, generated images) streamed to files, checked against their sha256."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import pathlib
+
+import grpc
+
+from kiln.errors import KilnError
+from kiln.v1 import trainer_pb2 as pb
+from kiln.v1 import trainer_pb2_grpc
+
+_EXTENSIONS = {"application/octet-stream": ".safetensors", "image/png": ".png", "image/jpeg": ".jpg",
+               "image/webp": ".webp"}
+
+
+def extension_of(artifact: pb.Artifact) -> str:
+    if artifact.name.endswith("/lora"):
+        return ".safetensors"
+    return _EXTENSIONS.get(artifact.content_type, "")
+
+
+def save_artifact(stub: trainer_pb2_grpc.TrainerServiceStub, name: str, path: pathlib.Path,
+                  expected_sha256: str = "") -> tuple[pathlib.Path, pb.Artifact]:
+    """Streams the artifact to `path` (written whole or not at all); raises DATA_LOSS when its bytes
+    don't hash to what the artifact (and `expected_sha256`, when given) says."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    digest = hashlib.sha256()
+    artifact: pb.Artifact | None = None
+    responses = stub.ReadArtifact(pb.ReadArtifactRequest(name=name))
+    try:
+        with partial.open("wb") as out:
+            for response in responses:
+                if response.HasField("artifact"):
+                    artifact = response.artifact
+                else:
+                    digest.update(response.chunk)
+                    out.write(response.chunk)
+        if artifact is None:
+            raise KilnError(grpc.StatusCode.DATA_LOSS, f"the stream of {name} carried no artifact description")
+        received = digest.hexdigest()
+        wanted = {sha for sha in (artifact.sha256, expected_sha256) if sha}
+        if wanted != {received}:
+            raise KilnError(grpc.StatusCode.DATA_LOSS,
+                            f"{name} arrived with sha256 {received}, not {' / '.join(sorted(wanted))}",
+                            hint="download it again")
+        partial.replace(path)
+    finally:
+        responses.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    return path, artifact
+
+
+def epoch_result(job: pb.TrainingJob, epoch: int) -> pb.EpochResult:
+    for result in job.epochs:
+        if result.epoch == epoch and not result.on_request:
+            return result
+    saved = ", ".join(str(r.epoch) for r in job.epochs if not r.on_request) or "none yet"
+    raise KilnError(grpc.StatusCode.NOT_FOUND, f"{job.name} has no saved epoch {epoch}",
+                    [("epoch", f"one of the saved epochs: {saved}")],
+                    hint="pick a saved epoch (kiln jobs get shows them) or wait for the job to save it")
+
+
+def epoch_file_name(job: pb.TrainingJob, epoch: int) -> str:
+    stem = job.config.output_name or job.name.rsplit("/", 1)[-1]
+    return f"{stem}-epoch{epoch:03d}.safetensors"

@@ -1,0 +1,191 @@
+"""The Kiln client: the public API's stubs over one channel to the gateway, and the helpers people
+reach for (upload a folder, follow a job, download an epoch)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterator
+from types import ModuleType, TracebackType
+from typing import Any
+
+import grpc
+
+from kiln import artifacts, jobs, uploads
+from kiln.channel import Target, open_channel
+from kiln.errors import KilnError
+from kiln.v1 import dataset_pb2 as dpb
+from kiln.v1 import dataset_pb2_grpc, trainer_pb2_grpc
+from kiln.v1 import trainer_pb2 as tpb
+
+URL_VARIABLE = "KILN_URL"
+KEY_VARIABLE = "KILN_API_KEY"
+FAMILIES = {"sd15": dpb.MODEL_FAMILY_SD15, "sdxl": dpb.MODEL_FAMILY_SDXL}
+ROLES = {"training": dpb.IMAGE_ROLE_TRAINING, "regularization": dpb.IMAGE_ROLE_REGULARIZATION}
+
+FamilyArg = str | int
+RoleArg = str | int
+PathArg = str | os.PathLike[str]
+
+
+def family_of(value: FamilyArg) -> dpb.ModelFamily.ValueType:
+    """"sd15", "sdxl", "MODEL_FAMILY_SDXL" or the enum's number."""
+    if isinstance(value, int):
+        return dpb.ModelFamily.ValueType(value)
+    key = value.lower().removeprefix("model_family_").replace(".", "").replace("-", "")
+    if key not in FAMILIES:
+        raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown model family {value!r}",
+                        [("family", "one of: " + ", ".join(FAMILIES))])
+    return FAMILIES[key]
+
+
+def role_of(value: RoleArg) -> dpb.ImageRole.ValueType:
+    """"training", "regularization", "IMAGE_ROLE_TRAINING" or the enum's number."""
+    if isinstance(value, int):
+        return dpb.ImageRole.ValueType(value)
+    key = value.lower().removeprefix("image_role_")
+    if key not in ROLES:
+        raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown image role {value!r}",
+                        [("role", "one of: " + ", ".join(ROLES))])
+    return ROLES[key]
+
+
+def resource(collection: str, name: str) -> str:
+    """`abc` or `datasets/abc` → `datasets/abc`: the id alone is enough where the kind is known."""
+    return name if "/" in name else f"{collection}/{name}"
+
+
+class Client:
+    """Calls the gateway at `url` ("host:port", "grpc://…", "grpcs://…" for TLS; default $KILN_URL)
+    with `api_key` (default $KILN_API_KEY). Every call raises KilnError when it fails."""
+
+    def __init__(self, url: str | None = None, api_key: str | None = None) -> None:
+        url = url or os.environ.get(URL_VARIABLE, "")
+        api_key = api_key or os.environ.get(KEY_VARIABLE, "")
+        missing = [(arg, f"pass {arg}=… or set {variable}") for arg, variable, value in
+                   (("url", URL_VARIABLE, url), ("api_key", KEY_VARIABLE, api_key)) if not value]
+        if missing:
+            code = grpc.StatusCode.UNAUTHENTICATED if not api_key else grpc.StatusCode.INVALID_ARGUMENT
+            raise KilnError(code, "the client needs the gateway's address and an API key: "
+                            + " and ".join(arg for arg, _ in missing) + " missing", missing,
+                            hint=f"Client(url='host:port', api_key='kiln_…'), or set {URL_VARIABLE} and "
+                                 f"{KEY_VARIABLE} (an operator creates keys with `kiln keys create`)")
+        self.target = Target.parse(url)
+        self._raw_channel, self.channel = open_channel(self.target, api_key)
+        self.datasets = dataset_pb2_grpc.DatasetServiceStub(self.channel)
+        self.trainer = trainer_pb2_grpc.TrainerServiceStub(self.channel)
+        self._webhooks: Any = None
+
+    @property
+    def webhooks(self) -> Any:
+        """The WebhookService stub, where this version of the API has one."""
+        if self._webhooks is None:
+            self._webhooks = webhook_stubs().WebhookServiceStub(self.channel)
+        return self._webhooks
+
+    def close(self) -> None:
+        self._raw_channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- datasets and images
+
+    def create_dataset(self, display_name: str, family: FamilyArg = "sd15", default_repeat: int = 0,
+                       description: str = "", request_id: str = "") -> dpb.Dataset:
+        dataset = dpb.Dataset(display_name=display_name, family=family_of(family), default_repeat=default_repeat,
+                              description=description)
+        return self.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dataset, request_id=request_id))
+
+    def get_dataset(self, name: str) -> dpb.Dataset:
+        return self.datasets.GetDataset(dpb.GetDatasetRequest(name=resource("datasets", name)))
+
+    def list_datasets(self) -> Iterator[dpb.Dataset]:
+        token = ""
+        while True:
+            page = self.datasets.ListDatasets(dpb.ListDatasetsRequest(page_size=100, page_token=token))
+            yield from page.datasets
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_images(self, dataset: str, role: RoleArg = dpb.IMAGE_ROLE_UNSPECIFIED) -> Iterator[dpb.Image]:
+        token = ""
+        while True:
+            page = self.datasets.ListImages(dpb.ListImagesRequest(
+                parent=resource("datasets", dataset), role=role_of(role), page_size=1000, page_token=token))
+            yield from page.images
+            token = page.next_page_token
+            if not token:
+                return
+
+    def upload_file(self, dataset: str, path: PathArg, role: RoleArg = dpb.IMAGE_ROLE_TRAINING) -> dpb.Image:
+        """One PNG/JPEG file (with the tags of a caption .txt beside it); a retry is idempotent."""
+        return uploads.upload_image(self.datasets, resource("datasets", dataset),
+                                    uploads.local_image(uploads.as_path(path)), role_of(role))
+
+    def upload_folder(self, dataset: str, folder: PathArg, role: RoleArg = dpb.IMAGE_ROLE_TRAINING,
+                      progress: bool = True) -> list[dpb.Image]:
+        """The folder's PNG/JPEG files the dataset doesn't hold yet (by sha256), with a progress bar;
+        returns the images uploaded now. A folder with other files is refused before any upload."""
+        return uploads.upload_folder(self.datasets, self._list_for_upload, resource("datasets", dataset),
+                                     uploads.as_path(folder), role_of(role), progress)
+
+    def _list_for_upload(self, parent: str, role: int) -> Iterator[dpb.Image]:
+        return self.list_images(parent, role)
+
+    # ---------------------------------------------------------------- training
+
+    def create_job(self, dataset: str, preset: str = "", *, epochs: int | None = None, repeat: int | None = None,
+                   preview_prompt: str | None = None, config: tpb.TrainingConfig | None = None,
+                   display_name: str = "", validate_only: bool = False, request_id: str = "") -> tpb.TrainingJob:
+        """A training of the dataset (snapshotted now) with a preset and its basic settings, and/or
+        pro-mode `config` fields. `validate_only` answers with the estimate and queues nothing."""
+        basic = tpb.BasicSettings(epochs=epochs, repeat=repeat, preview_prompt=preview_prompt)
+        job = tpb.TrainingJob(display_name=display_name, dataset=resource("datasets", dataset),
+                              preset=resource("presets", preset) if preset else "", basic=basic, config=config)
+        return self.trainer.CreateTrainingJob(tpb.CreateTrainingJobRequest(
+            training_job=job, validate_only=validate_only, request_id=request_id))
+
+    def get_job(self, name: str) -> tpb.TrainingJob:
+        return self.trainer.GetTrainingJob(tpb.GetTrainingJobRequest(name=resource("trainingJobs", name)))
+
+    def watch_job(self, name: str, after_seq: int = 0) -> Iterator[tpb.TrainingEvent]:
+        """The job's events after `after_seq` until its final one; a dropped stream is resumed from the
+        last event seen, so none is missed or repeated."""
+        return jobs.watch_job(self.trainer, resource("trainingJobs", name), after_seq)
+
+    def wait_for_job(self, name: str, progress: bool = True) -> tpb.TrainingJob:
+        """Follows the job with a progress bar (loss and epoch beside it, saved epochs printed) and
+        returns it once over; a FAILED job raises JobFailed with its reason."""
+        return jobs.wait_for_job(self.trainer, resource("trainingJobs", name), progress)
+
+    def download_epoch(self, job: str, epoch: int, path: PathArg) -> pathlib.Path:
+        """The LoRA the job saved at `epoch`, written to `path` (a folder: a file named after the job),
+        checked against its sha256."""
+        found = self.get_job(job)
+        result = artifacts.epoch_result(found, epoch)
+        target = uploads.as_path(path)
+        if target.is_dir():
+            target = target / artifacts.epoch_file_name(found, epoch)
+        saved, _ = artifacts.save_artifact(self.trainer, result.lora.name, target, result.lora.sha256)
+        return saved
+
+    def save_artifact(self, name: str, path: PathArg) -> pathlib.Path:
+        """Any artifact (a preview, a generated image, a sheet) streamed to `path`, checked against its sha256."""
+        saved, _ = artifacts.save_artifact(self.trainer, name, uploads.as_path(path))
+        return saved
+
+
+def webhook_stubs() -> ModuleType:
+    try:
+        from kiln.v1 import webhooks_pb2_grpc  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        raise KilnError(grpc.StatusCode.UNIMPLEMENTED, "webhooks are not available in this version of kiln",
+                        hint="upgrade kiln to a version whose API has the WebhookService") from None
+    module: ModuleType = webhooks_pb2_grpc
+    return module
