@@ -39,9 +39,9 @@ def client(gateway: GatewayService, api_key: str) -> Iterator[Client]:
 
 
 def photo_folder(folder: pathlib.Path, count: int, first_seed: int = 0) -> pathlib.Path:
-    """`count` distinct PNG photos (with a caption beside the first)."""
+    """`count` distinct PNG photos, each with its caption beside it (kohya-style)."""
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(count):
         (folder / f"photo{k}.png").write_bytes(image_bytes(96, 96, seed=first_seed + k))
-    (folder / "photo0.txt").write_text("mytrigger, pose0\n")
+        (folder / f"photo{k}.txt").write_text(f"mytrigger, pose{k}\n")
     return folder

@@ -165,6 +165,8 @@ def open_channel(target: Target, api_key: str) -> tuple[grpc.Channel, grpc.Chann
         # connection. Servers refuse pings more often than every 5 minutes by default.
         ("grpc.keepalive_time_ms", 300_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # A restarted gateway is found again within seconds, not gRPC's default two minutes.
+        ("grpc.max_reconnect_backoff_ms", 5_000),
         ("grpc.service_config", _retry_config()),
         ("grpc.enable_retries", 1),
     ]

@@ -1,0 +1,135 @@
+"""Training through the SDK and a real gateway, on a real worker process: following a job (events in
+order, a progress bar, a watch resumed across a gateway restart) and downloading its epochs."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from kiln import Client, KilnError
+from kiln.jobs import Reconnects, watch_job
+from kiln.v1 import trainer_pb2 as tpb
+from services.common.loop_thread import LoopThread
+from services.common.settings import ServerSettings
+from services.gateway.server import GatewayService, running_gateway
+from services.gateway.settings import GatewaySettings
+from tests.sdk.conftest import photo_folder
+from tests.servers import TEST_AUTH
+from tests.training_service.conftest import worker  # noqa: F401  (a real worker process for the module)
+
+State = tpb.TrainingJob.State
+
+
+def tiny_config() -> tpb.TrainingConfig:
+    return tpb.TrainingConfig(seed=5, preview=tpb.PreviewConfig(count=2, steps=2))
+
+
+@pytest.fixture(scope="module")
+def dataset(client: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
+    created = client.create_dataset("cats", "sd15", default_repeat=1)
+    client.upload_folder(created.name, photo_folder(tmp_path_factory.mktemp("cats"), 2), progress=False)
+    return created.name
+
+
+@pytest.fixture(scope="module")
+def job(client: Client, dataset: str, worker) -> str:  # noqa: F811
+    return client.create_job(dataset, "demo-tiny-sd15", epochs=2, repeat=1, preview_prompt="mytrigger",
+                             config=tiny_config(), request_id="sdk-training").name
+
+
+def test_wait_for_job_shows_progress_and_returns_the_job_it_ended_as(client, job, capsys):
+    finished = client.wait_for_job(job)
+    assert finished.state == State.STATE_SUCCEEDED and [e.epoch for e in finished.epochs] == [1, 2]
+    shown = capsys.readouterr().err
+    assert "epoch 1 saved at step 2" in shown and "epoch 2 saved at step 4" in shown
+    assert "4/4" in shown and "epoch=2/2" in shown and "loss=" in shown
+    assert "finished: succeeded" in shown
+
+
+def test_watch_job_yields_every_event_once_in_order(client, job):
+    events = list(client.watch_job(job))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    kinds = [e.WhichOneof("kind") for e in events]
+    assert kinds[0] == "queued" and "started" in kinds and kinds[-1] == "finished"
+    assert events[-1].finished.state == State.STATE_SUCCEEDED
+    assert [e.epoch_saved.epoch for e in events if e.HasField("epoch_saved")] == [1, 2]
+    assert list(client.watch_job(job, after_seq=3)) == events[3:]
+    assert list(client.watch_job(job, after_seq=len(events))) == []
+
+
+def test_download_epoch_writes_the_lora_its_sha256_names(client, job, tmp_path):
+    finished = client.wait_for_job(job, progress=False)
+    path = client.download_epoch(job, 2, tmp_path)
+    lora = finished.epochs[1].lora
+    assert path.parent == tmp_path and path.name.endswith("-epoch002.safetensors")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == lora.sha256 and path.stat().st_size == lora.size_bytes
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial file left
+    named = client.download_epoch(job, 1, tmp_path / "mine.safetensors")
+    assert hashlib.sha256(named.read_bytes()).hexdigest() == finished.epochs[0].lora.sha256
+    with pytest.raises(KilnError) as caught:
+        client.download_epoch(job, 7, tmp_path)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND and caught.value.violations == [
+        ("epoch", "one of the saved epochs: 1, 2")]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def gateway_on(aio: LoopThread, port: int, gateway: GatewayService) -> Iterator[GatewayService]:
+    """Another gateway replica on the module's database, at a fixed port (so it can come back there)."""
+    base = gateway.components.settings
+    settings = GatewaySettings(data_dir=base.data_dir, server=ServerSettings(host="127.0.0.1", port=port,
+                                                                             shutdown_grace=0.5),
+                               json_logs=False, internal_auth=TEST_AUTH, dataset_address=base.dataset_address,
+                               trainer_address=base.trainer_address, key_cache_seconds=0)
+    with aio.context(running_gateway(settings)) as running:
+        yield running
+
+
+def test_a_watch_resumes_from_its_last_event_when_the_gateway_restarts(aio, gateway, client, api_key, dataset,
+                                                                      worker):  # noqa: F811
+    job = client.create_job(dataset, "demo-tiny-sd15", epochs=1, repeat=1, config=tiny_config()).name
+    port = free_port()
+    seen: list[tpb.TrainingEvent] = []
+    pauses: list[float] = []
+    first, done = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def pause(seconds: float) -> None:  # the watch's own backoff, recorded
+        pauses.append(seconds)
+        time.sleep(seconds)
+
+    def follow(watcher: Client) -> None:
+        try:
+            for event in watch_job(watcher.trainer, job, reconnects=Reconnects(sleep=pause)):
+                seen.append(event)
+                first.set()
+        except BaseException as error:
+            failure.append(error)
+        finally:
+            done.set()
+
+    with Client(f"127.0.0.1:{port}", api_key) as watcher:
+        with gateway_on(aio, port, gateway):
+            thread = threading.Thread(target=follow, args=(watcher,))
+            thread.start()
+            assert first.wait(60)
+        # The gateway is gone: the watcher's stream broke; a new gateway comes up at the same address.
+        with gateway_on(aio, port, gateway):
+            assert done.wait(300)
+        thread.join()
+    assert not failure
+    assert pauses, "the watch never had to reconnect"
+    assert seen == list(client.watch_job(job))
+    assert seen[-1].finished.state == State.STATE_SUCCEEDED
