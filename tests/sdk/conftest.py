@@ -3,8 +3,14 @@ gateway's keys CLI."""
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -36,6 +42,34 @@ def api_key(gateway_dir: pathlib.Path) -> str:
 def client(gateway: GatewayService, api_key: str) -> Iterator[Client]:
     with Client(gateway.address, api_key) as client:
         yield client
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Cli:
+    """`python -m kiln.cli …` as a user runs it, against the gateway with a key (from the environment)."""
+
+    url: str
+    api_key: str
+
+    def __call__(self, *args: str | pathlib.Path, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+        environment.update({"PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "sdk" / "python"))),
+                            "KILN_URL": self.url, "KILN_API_KEY": self.api_key, **env})
+        return subprocess.run([sys.executable, "-m", "kiln.cli", *map(str, args)], cwd=ROOT, env=environment,
+                              capture_output=True, text=True, timeout=300)
+
+    def json(self, *args: str | pathlib.Path) -> Any:
+        done = self(*args, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def cli(gateway: GatewayService, api_key: str) -> Cli:
+    return Cli(gateway.address, api_key)
 
 
 def photo_folder(folder: pathlib.Path, count: int, first_seed: int = 0) -> pathlib.Path:
