@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import pathlib
 import socket
 import threading
 import time
@@ -133,3 +135,32 @@ def test_a_watch_resumes_from_its_last_event_when_the_gateway_restarts(aio, gate
     assert pauses, "the watch never had to reconnect"
     assert seen == list(client.watch_job(job))
     assert seen[-1].finished.state == State.STATE_SUCCEEDED
+
+
+def test_the_cli_follows_retrains_publishes_generates_and_downloads(cli, client, job, tmp_path):
+    watched = cli("jobs", "watch", job)
+    assert watched.returncode == 0, watched.stderr
+    assert "epoch 2 saved at step 4" in watched.stderr and "succeeded" in watched.stdout
+    lines = [json.loads(line) for line in cli("jobs", "watch", job, "--json", "--after-seq", "2").stdout.splitlines()]
+    assert [int(event["seq"]) for event in lines] == list(range(3, len(lines) + 3))
+    assert lines[-1]["finished"]["state"] == "STATE_SUCCEEDED"
+
+    retrain = cli.json("jobs", "retrain", job, "--set", "config.epochs=1", "--set", "config.preview.prompt=a cat",
+                       "--validate-only")
+    assert retrain["config"]["epochs"] == 1 and retrain["config"]["preview"]["prompt"] == "a cat"
+    bad = cli("jobs", "retrain", job, "--set", "config.epochz=1")
+    assert bad.returncode == 1 and "epochz" in bad.stderr and "Traceback" not in bad.stderr
+
+    downloaded = cli.json("jobs", "download", job, "--out", tmp_path)
+    lora = client.get_job(job).epochs[1].lora
+    assert downloaded["epoch"] == 2
+    assert hashlib.sha256(pathlib.Path(downloaded["path"]).read_bytes()).hexdigest() == lora.sha256
+
+    model = cli.json("models", "publish", job, "--epoch", "2", "--name", "cat lora", "--trigger", "mytrigger")
+    assert model["trainingJob"] == job and model["triggerWords"] == ["mytrigger"]
+    assert [m["name"] for m in cli.json("models", "list")["models"]] == [model["name"]]
+
+    generated = cli.json("generate", job, "--epoch", "2", "--steps", "2", "--size", "64x64", "--out",
+                         tmp_path / "generated")
+    (image,) = generated["files"]
+    assert pathlib.Path(image["path"]).read_bytes().startswith(b"\x89PNG")
