@@ -3,9 +3,11 @@ gateway's keys CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,10 +17,14 @@ from typing import Any
 import pytest
 
 from kiln import Client
-from services.gateway.server import GatewayService
+from services.common.loop_thread import LoopThread
+from services.common.settings import ServerSettings
+from services.gateway.server import GatewayService, running_gateway
+from services.gateway.settings import GatewaySettings
 from tests.dataset.helpers import image_bytes
 from tests.gateway import conftest as gateway_fixtures
 from tests.gateway.conftest import keys_cli
+from tests.servers import TEST_AUTH
 
 dataset_service = gateway_fixtures.dataset_service
 trainer = gateway_fixtures.trainer
@@ -42,6 +48,24 @@ def api_key(gateway_dir: pathlib.Path) -> str:
 def client(gateway: GatewayService, api_key: str) -> Iterator[Client]:
     with Client(gateway.address, api_key) as client:
         yield client
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def gateway_on(aio: LoopThread, port: int, gateway: GatewayService, **overrides: Any) -> Iterator[GatewayService]:
+    """Another gateway replica on the module's database, at a fixed port (so it can come back there)."""
+    base = gateway.components.settings
+    settings = GatewaySettings(data_dir=base.data_dir, server=ServerSettings(host="127.0.0.1", port=port,
+                                                                             shutdown_grace=0.5),
+                               json_logs=False, internal_auth=TEST_AUTH, dataset_address=base.dataset_address,
+                               trainer_address=base.trainer_address, **{"key_cache_seconds": 0, **overrides})
+    with aio.context(running_gateway(settings)) as running:
+        yield running
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from kiln import Client, KilnError
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as tpb
 from services.gateway.key_auth import REFUSED
-from tests.sdk.conftest import new_key, photo_folder
+from tests.sdk.conftest import free_port, gateway_on, new_key, photo_folder
 from tests.training_service.test_training_jobs import tiny_job
 
 
@@ -62,6 +62,20 @@ def test_an_invalid_request_raises_kiln_error_with_every_violation(client, tmp_p
     with pytest.raises(KilnError) as unknown:
         client.get_dataset("0123456789abcdef")
     assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_refused_rate_carries_its_quota_and_when_to_retry(aio, gateway, api_key):
+    port = free_port()
+    with gateway_on(aio, port, gateway, key_requests_per_second=0.1, key_request_burst=1), \
+            Client(f"127.0.0.1:{port}", api_key) as client:
+        list(client.list_datasets())
+        with pytest.raises(KilnError) as caught:
+            list(client.list_datasets())
+    error = caught.value
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.quota
+    assert error.quota[0].subject.startswith("key:")
+    assert error.retry_delay is not None and 0 < error.retry_delay <= 10
+    assert f"How to fix: retry in {error.retry_delay:g} s" in str(error)
 
 
 def test_upload_folder_shows_progress_and_a_second_run_skips_what_is_there(client, tmp_path, capsys):

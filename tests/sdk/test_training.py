@@ -3,14 +3,11 @@ order, a progress bar, a watch resumed across a gateway restart) and downloading
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import pathlib
-import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -18,12 +15,7 @@ import pytest
 from kiln import Client, KilnError
 from kiln.jobs import Reconnects, watch_job
 from kiln.v1 import trainer_pb2 as tpb
-from services.common.loop_thread import LoopThread
-from services.common.settings import ServerSettings
-from services.gateway.server import GatewayService, running_gateway
-from services.gateway.settings import GatewaySettings
-from tests.sdk.conftest import photo_folder
-from tests.servers import TEST_AUTH
+from tests.sdk.conftest import free_port, gateway_on, photo_folder
 from tests.training_service.conftest import worker  # noqa: F401  (a real worker process for the module)
 
 State = tpb.TrainingJob.State
@@ -79,24 +71,6 @@ def test_download_epoch_writes_the_lora_its_sha256_names(client, job, tmp_path):
         client.download_epoch(job, 7, tmp_path)
     assert caught.value.code == grpc.StatusCode.NOT_FOUND and caught.value.violations == [
         ("epoch", "one of the saved epochs: 1, 2")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def gateway_on(aio: LoopThread, port: int, gateway: GatewayService) -> Iterator[GatewayService]:
-    """Another gateway replica on the module's database, at a fixed port (so it can come back there)."""
-    base = gateway.components.settings
-    settings = GatewaySettings(data_dir=base.data_dir, server=ServerSettings(host="127.0.0.1", port=port,
-                                                                             shutdown_grace=0.5),
-                               json_logs=False, internal_auth=TEST_AUTH, dataset_address=base.dataset_address,
-                               trainer_address=base.trainer_address, key_cache_seconds=0)
-    with aio.context(running_gateway(settings)) as running:
-        yield running
 
 
 def test_a_watch_resumes_from_its_last_event_when_the_gateway_restarts(aio, gateway, client, api_key, dataset,
