@@ -138,3 +138,15 @@ def test_the_cli_follows_retrains_publishes_generates_and_downloads(cli, client,
                          tmp_path / "generated")
     (image,) = generated["files"]
     assert pathlib.Path(image["path"]).read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_cancelled_job_is_returned_as_it_ended_and_watching_it_exits_non_zero(cli, client, dataset,
+                                                                                worker):  # noqa: F811
+    # fp16 needs a CUDA worker: on this CPU worker the job waits in the queue until it is cancelled.
+    config = tiny_config()
+    config.mixed_precision = "fp16"
+    job = client.create_job(dataset, "demo-tiny-sd15", epochs=1, repeat=1, config=config).name
+    assert cli.json("jobs", "cancel", job)["state"] == "STATE_CANCELLED"
+    assert client.wait_for_job(job, progress=False).state == State.STATE_CANCELLED
+    watched = cli("jobs", "watch", job)
+    assert watched.returncode == 1 and "cancelled" in watched.stdout and "Traceback" not in watched.stderr
