@@ -123,3 +123,20 @@ def test_a_folder_with_files_that_are_not_images_is_refused_before_any_upload(cl
         str(folder / "notes.pdf"): "not a PNG or JPEG file (.png, .jpg, .jpeg): move it out of the folder"}
     assert "nothing was uploaded" in str(error)
     assert list(client.list_images(dataset.name)) == []
+
+
+def test_a_dataset_is_prepared_with_the_sdks_helpers(client, tmp_path):
+    dataset = client.create_dataset("prepared", "sd15", default_repeat=2)
+    client.upload_folder(dataset.name, photo_folder(tmp_path / "prepared", 2), progress=False)
+    images = client.wait_for_tagging(dataset.name, progress=False)
+    assert len(images) == 2 and all(i.auto_tagging.state != dpb.TAGGING_STATE_PENDING for i in images)
+    summary = client.crop_images(dataset.name, "focus", progress=False)
+    assert (summary.done, summary.total) == (2, 2)
+    assert {(i.crop.target_width, i.crop.target_height) for i in client.list_images(dataset.name)} == {(512, 512)}
+    assert client.add_tag(dataset.name, "kilnsample", head=True) == 2
+    repeated = client.set_repeat(images[0].name, 4)
+    assert repeated.effective_repeat == 4 and repeated.tags[0] == "kilnsample"
+    assert client.get_dataset(dataset.name).total_repeated_images == 4 + 2
+    with pytest.raises(KilnError) as caught:
+        client.crop_images(dataset.name, "sideways")
+    assert caught.value.violations == [("mode", "focus or center")]

@@ -10,8 +10,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from kiln import JobFailed, KilnError
 from kiln.channel import Target
-from kiln.cli.training_config import overrides
 from kiln.jobs import job_error
+from kiln.training_config import overrides
 from kiln.v1 import trainer_pb2 as tpb
 
 

@@ -73,6 +73,21 @@ def test_download_epoch_writes_the_lora_its_sha256_names(client, job, tmp_path):
         ("epoch", "one of the saved epochs: 1, 2")]
 
 
+def test_a_comparison_grid_is_saved_and_a_retrain_takes_its_overrides(client, job, tmp_path):
+    client.wait_for_job(job, progress=False)
+    saved: list[pathlib.Path] = []
+    files = client.generate_images(job, tmp_path, epochs=[1, 2], strengths=[0.5, 1.0], steps=2, width=64, height=64,
+                                   on_saved=saved.append)
+    assert files == saved and len(files) == 5 and files[-1].name == "grid.png"
+    assert sorted(f.name.split("-r")[0] for f in files[:-1]) == [
+        "epoch1-strength0.5", "epoch1-strength1", "epoch2-strength0.5", "epoch2-strength1"]
+    assert all(f.read_bytes().startswith(b"\x89PNG") for f in files)
+
+    planned = client.retrain_job(job, {"config.epochs": 1, "display_name": "shorter"}, validate_only=True)
+    assert planned.config.epochs == 1 and planned.display_name == "shorter"
+    assert planned.config.network_dim == client.get_job(job).config.network_dim
+
+
 def test_a_watch_resumes_from_its_last_event_when_the_gateway_restarts(aio, gateway, client, api_key, dataset,
                                                                       worker):  # noqa: F811
     job = client.create_job(dataset, "demo-tiny-sd15", epochs=1, repeat=1, config=tiny_config()).name
@@ -137,7 +152,7 @@ def test_the_cli_follows_retrains_publishes_generates_and_downloads(cli, client,
     generated = cli.json("generate", job, "--epoch", "2", "--steps", "2", "--size", "64x64", "--out",
                          tmp_path / "generated")
     (image,) = generated["files"]
-    assert pathlib.Path(image["path"]).read_bytes().startswith(b"\x89PNG")
+    assert pathlib.Path(image).read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_cancelled_job_is_returned_as_it_ended_and_watching_it_exits_non_zero(cli, client, dataset,

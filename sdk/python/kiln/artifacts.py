@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import pathlib
+from collections.abc import Callable
 
 import grpc
 
@@ -68,3 +69,25 @@ def epoch_result(job: pb.TrainingJob, epoch: int) -> pb.EpochResult:
 def epoch_file_name(job: pb.TrainingJob, epoch: int) -> str:
     stem = job.config.output_name or job.name.rsplit("/", 1)[-1]
     return f"{stem}-epoch{epoch:03d}.safetensors"
+
+
+def generate(stub: trainer_pb2_grpc.TrainerServiceStub, request: pb.GenerateImagesRequest, folder: pathlib.Path,
+             on_saved: Callable[[pathlib.Path], None] | None = None) -> list[pathlib.Path]:
+    """Runs a test generation, saving each image (and a grid's sheet, last) into `folder` as it comes."""
+    saved: list[pathlib.Path] = []
+    for answer in stub.GenerateImages(request):
+        kind = answer.WhichOneof("content")
+        if kind == "image":
+            image = answer.image
+            name = (f"epoch{image.epoch}-strength{image.strength:g}-r{image.row}c{image.column}-{image.index}"
+                    f"-seed{image.seed}{extension_of(image.image) or '.png'}")
+            path, _ = save_artifact(stub, image.image.name, folder / name, image.image.sha256)
+        elif kind == "sheet":
+            path, _ = save_artifact(stub, answer.sheet.name, folder / f"grid{extension_of(answer.sheet) or '.png'}",
+                                    answer.sheet.sha256)
+        else:
+            continue  # queued: waiting for a worker
+        saved.append(path)
+        if on_saved is not None:
+            on_saved(path)
+    return saved

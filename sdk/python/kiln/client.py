@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import ModuleType, TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
 
-from kiln import artifacts, jobs, uploads
+from kiln import artifacts, curation, jobs, training_config, uploads
 from kiln.channel import Target, open_channel
 from kiln.errors import KilnError
 from kiln.v1 import dataset_pb2 as dpb
@@ -48,6 +49,17 @@ def role_of(value: RoleArg) -> dpb.ImageRole.ValueType:
         raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown image role {value!r}",
                         [("role", "one of: " + ", ".join(ROLES))])
     return ROLES[key]
+
+
+def visibility_of(value: str | int) -> tpb.Model.Visibility.ValueType:
+    """"private", "tenant", "public", "VISIBILITY_PUBLIC" or the enum's number."""
+    if isinstance(value, int):
+        return tpb.Model.Visibility.ValueType(value)
+    key = value.upper() if value.upper().startswith("VISIBILITY_") else f"VISIBILITY_{value.upper()}"
+    if key == "VISIBILITY_UNSPECIFIED" or key not in set(tpb.Model.Visibility.keys()):
+        raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown visibility {value!r}",
+                        [("visibility", "one of: private, tenant, public")])
+    return tpb.Model.Visibility.Value(key)
 
 
 def resource(collection: str, name: str) -> str:
@@ -138,6 +150,29 @@ class Client:
     def _list_for_upload(self, parent: str, role: int) -> Iterator[dpb.Image]:
         return self.list_images(parent, role)
 
+    def crop_images(self, dataset: str, mode: str = "focus", width: int = 0, height: int = 0,
+                    images: Sequence[str] = (), progress: bool = True) -> dpb.CropImagesResponse:
+        """Crops the dataset's images (or `images`) around their subject ("focus") or in the middle
+        ("center") to a training size (default: the family's square), with a progress bar; the summary."""
+        return curation.crop_images(self.datasets, self.get_dataset(dataset), mode, width, height, images, progress)
+
+    def wait_for_tagging(self, dataset: str, timeout: float = 300.0, progress: bool = True) -> list[dpb.Image]:
+        """Waits until the background tagger has answered for every image of the dataset; its images."""
+        return curation.wait_for_tagging(lambda: list(self.list_images(dataset)), timeout, progress)
+
+    def add_tag(self, dataset: str, tag: str, head: bool = False, images: Sequence[str] = ()) -> int:
+        """Adds `tag` to every caption (or those of `images`): at the head for a trigger word. How
+        many captions changed."""
+        edit = dpb.BatchEditTagsRequest.AddTag(tag=tag, position=dpb.TAG_POSITION_HEAD if head else
+                                               dpb.TAG_POSITION_TAIL)
+        return self.datasets.BatchEditTags(dpb.BatchEditTagsRequest(
+            parent=resource("datasets", dataset), names=images, add=edit)).changed_count
+
+    def set_repeat(self, image: str, repeat: int) -> dpb.Image:
+        """The image's own repeat (0: the dataset's default)."""
+        return self.datasets.UpdateImage(dpb.UpdateImageRequest(image=dpb.Image(name=image, repeat=repeat),
+                                                                update_mask=FieldMask(paths=["repeat"])))
+
     # ---------------------------------------------------------------- training
 
     def create_job(self, dataset: str, preset: str = "", *, epochs: int | None = None, repeat: int | None = None,
@@ -174,6 +209,35 @@ class Client:
             target = target / artifacts.epoch_file_name(found, epoch)
         saved, _ = artifacts.save_artifact(self.trainer, result.lora.name, target, result.lora.sha256)
         return saved
+
+    def retrain_job(self, name: str, overrides: Mapping[str, Any] | None = None, validate_only: bool = False,
+                    request_id: str = "") -> tpb.TrainingJob:
+        """A new job from `name`'s snapshot and configuration with `overrides` by field path, e.g.
+        {"config.epochs": 3, "config.preview.prompt": "a cat"}."""
+        job, paths = training_config.overrides_of(dict(overrides or {}))
+        return self.trainer.RetrainTrainingJob(tpb.RetrainTrainingJobRequest(
+            name=resource("trainingJobs", name), training_job=job, update_mask=FieldMask(paths=paths),
+            validate_only=validate_only, request_id=request_id))
+
+    def generate_images(self, job: str, folder: PathArg, *, epochs: Sequence[int] = (),
+                        strengths: Sequence[float] = (), prompts: Sequence[str] = (), negative_prompt: str = "",
+                        seed: int | None = None, steps: int = 0, width: int = 0, height: int = 0, count: int = 0,
+                        on_saved: Callable[[pathlib.Path], None] | None = None) -> list[pathlib.Path]:
+        """Test images of saved epochs (several epochs, strengths or prompts: a comparison grid, whose
+        sheet comes last), each saved into `folder` as it finishes; the files."""
+        request = tpb.GenerateImagesRequest(
+            training_job=resource("trainingJobs", job), epochs=epochs, strengths=strengths, prompts=prompts,
+            negative_prompt=negative_prompt, seed=seed, steps=steps, width=width, height=height, count=count)
+        return artifacts.generate(self.trainer, request, uploads.as_path(folder), on_saved)
+
+    def publish_model(self, job: str, epoch: int, display_name: str, *, description: str = "",
+                      trigger_words: Sequence[str] = (), visibility: str | int = "private",
+                      showcase_previews: Sequence[int] = (), request_id: str = "") -> tpb.Model:
+        """Publishes one saved epoch of a job as a model ("private", "tenant" or "public")."""
+        model = tpb.Model(display_name=display_name, description=description, trigger_words=trigger_words,
+                          visibility=visibility_of(visibility), training_job=resource("trainingJobs", job),
+                          epoch=epoch, showcase_previews=showcase_previews)
+        return self.trainer.CreateModel(tpb.CreateModelRequest(model=model, request_id=request_id))
 
     def save_artifact(self, name: str, path: PathArg) -> pathlib.Path:
         """Any artifact (a preview, a generated image, a sheet) streamed to `path`, checked against its sha256."""

@@ -6,8 +6,6 @@ import argparse
 import pathlib
 
 from kiln.cli.context import Context
-from kiln.client import resource
-from kiln.v1 import trainer_pb2 as tpb
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -35,28 +33,9 @@ def generate_images(ctx: Context) -> int:
 
     args = ctx.args
     width, height = parse_size(args.size) if args.size else (0, 0)
-    request = tpb.GenerateImagesRequest(
-        training_job=resource("trainingJobs", args.job), epochs=args.epochs, strengths=args.strengths,
-        prompts=args.prompts, negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
-        width=width, height=height, count=args.count)
-    saved: list[dict[str, object]] = []
-    for answer in ctx.client.trainer.GenerateImages(request):
-        kind = answer.WhichOneof("content")
-        if kind == "queued":
-            if ctx.progress:
-                ctx.out.note(f"waiting for a worker: position {answer.queued.position}")
-            continue
-        if kind == "image":
-            image = answer.image
-            file = args.out / (f"epoch{image.epoch}-strength{image.strength:g}-r{image.row}c{image.column}"
-                               f"-{image.index}-seed{image.seed}.png")
-            path = ctx.client.save_artifact(image.image.name, file)
-            record: dict[str, object] = {"path": str(path), "image": image}
-        else:
-            path = ctx.client.save_artifact(answer.sheet.name, args.out / "grid.png")
-            record = {"path": str(path), "sheet": answer.sheet}
-        saved.append(record)
-        if ctx.progress:
-            ctx.out.note(f"saved {path}")
-    ctx.out.result({"files": saved}, f"{len(saved)} file(s) in {args.out}")
+    files = ctx.client.generate_images(
+        args.job, args.out, epochs=args.epochs, strengths=args.strengths, prompts=args.prompts,
+        negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps, width=width, height=height,
+        count=args.count, on_saved=(lambda path: ctx.out.note(f"saved {path}")) if ctx.progress else None)
+    ctx.out.result({"files": [str(path) for path in files]}, f"{len(files)} file(s) in {args.out}")
     return 0

@@ -7,17 +7,13 @@ import pathlib
 
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
-from tqdm import tqdm
 
 from kiln.cli import describe
 from kiln.cli.context import Context
-from kiln.client import ROLES, family_of
+from kiln.client import ROLES
+from kiln.curation import CROP_MODES
 from kiln.errors import KilnError
 from kiln.v1 import dataset_pb2 as dpb
-
-CROP_MODES = {"focus": dpb.CROP_MODE_FOCUS, "center": dpb.CROP_MODE_CENTER}
-# The square size of each family, the crop without --size.
-SQUARE = {dpb.MODEL_FAMILY_SD15: 512, dpb.MODEL_FAMILY_SDXL: 1024}
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -104,20 +100,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def crop_images(ctx: Context) -> int:
-    args, client = ctx.args, ctx.client
-    dataset = client.get_dataset(args.dataset)
-    if args.size:
-        width, height = parse_size(args.size)
-    else:
-        width = height = SQUARE[family_of(dataset.family)]
-    last = dpb.CropImagesResponse()
-    with tqdm(desc=f"{args.mode} crop {width}x{height}", unit="img", disable=not ctx.progress) as bar:
-        for last in client.datasets.CropImages(dpb.CropImagesRequest(
-                parent=dataset.name, names=args.images, mode=CROP_MODES[args.mode], target_width=width,
-                target_height=height)):
-            bar.total = last.total
-            bar.n = last.done
-            bar.refresh()
-    ctx.out.result(last, f"cropped {last.done} of {last.total} images to {width}x{height}, "
-                         f"{last.upscaled_count} upscaled (originals kept)")
+    args = ctx.args
+    width, height = parse_size(args.size) if args.size else (0, 0)
+    last = ctx.client.crop_images(args.dataset, args.mode, width, height, args.images, progress=ctx.progress)
+    ctx.out.result(last, f"cropped {last.done} of {last.total} images ({last.upscaled_count} upscaled; "
+                         "originals kept)")
     return 0

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from google.protobuf.field_mask_pb2 import FieldMask
-
 from kiln.cli import describe
 from kiln.cli.context import Context
-from kiln.cli.training_config import load_config, overrides
 from kiln.client import FAMILIES, family_of, resource
 from kiln.jobs import describe_epoch
+from kiln.training_config import load_config, parse_assignments
 from kiln.v1 import trainer_pb2 as tpb
 
 State = tpb.TrainingJob.State
@@ -96,10 +94,8 @@ def create_job(ctx: Context) -> int:
 
 def retrain_job(ctx: Context) -> int:
     args = ctx.args
-    changes, paths = overrides(args.assignments)
-    job = ctx.client.trainer.RetrainTrainingJob(tpb.RetrainTrainingJobRequest(
-        name=resource("trainingJobs", args.job), training_job=changes, update_mask=FieldMask(paths=paths),
-        request_id=args.request_id, validate_only=args.validate_only))
+    job = ctx.client.retrain_job(args.job, parse_assignments(args.assignments), args.validate_only,
+                                 args.request_id)
     return _created(ctx, job, args.validate_only, args.watch)
 
 

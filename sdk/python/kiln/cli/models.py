@@ -43,10 +43,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
 
 def publish_model(ctx: Context) -> int:
     args = ctx.args
-    model = ctx.client.trainer.CreateModel(tpb.CreateModelRequest(model=tpb.Model(
-        display_name=args.name, description=args.description, trigger_words=args.trigger_words,
-        visibility=VISIBILITIES[args.visibility], training_job=resource("trainingJobs", args.job), epoch=args.epoch,
-        showcase_previews=args.showcase)))
+    model = ctx.client.publish_model(args.job, args.epoch, args.name, description=args.description,
+                                     trigger_words=args.trigger_words, visibility=args.visibility,
+                                     showcase_previews=args.showcase)
     ctx.out.result(model, f"published {describe.model(model)}")
     return 0
 

@@ -1,4 +1,5 @@
-"""Training settings from files and `--set` overrides, checked against the messages they fill."""
+"""Training settings from TOML/JSON files and overrides by field path, checked against the messages
+they fill."""
 
 from __future__ import annotations
 
@@ -51,25 +52,37 @@ def _value(text: str) -> Any:
         return text  # a bare word: a string
 
 
-def overrides(assignments: list[str]) -> tuple[tpb.TrainingJob, list[str]]:
-    """`config.epochs=3`, `config.preview.prompt=a cat`, `display_name=v2` → the job holding those
-    values and the field mask naming them."""
+def overrides_of(values: dict[str, Any]) -> tuple[tpb.TrainingJob, list[str]]:
+    """{"config.epochs": 3, "config.preview.prompt": "a cat", "display_name": "v2"} → the job holding
+    those values and the field mask naming them."""
     data: dict[str, Any] = {}
-    paths: list[str] = []
+    for path, value in values.items():
+        *parents, leaf = path.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"{path} sets a field inside a value",
+                                [(path, f"{part} is set as a whole and field by field")])
+        node[leaf] = value
+    job = parse_message(data, tpb.TrainingJob(), "the overrides")
+    return job, list(values)
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """`config.epochs=3`, `config.preview.prompt=a cat` → {path: value}; values read as JSON where
+    they are (numbers, true/false, lists), else as text."""
+    values: dict[str, Any] = {}
     for assignment in assignments:
         path, equals, text = assignment.partition("=")
         path = path.strip()
         if not equals or not path:
             raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"{assignment!r} is not FIELD=VALUE",
                             [("--set", "FIELD=VALUE, e.g. config.epochs=3")])
-        *parents, leaf = path.split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"{path} is set twice",
-                                [("--set", f"{path}: set a field once")])
-        node[leaf] = _value(text)
-        paths.append(path)
-    job = parse_message(data, tpb.TrainingJob(), "--set")
-    return job, paths
+        values[path] = _value(text)
+    return values
+
+
+def overrides(assignments: list[str]) -> tuple[tpb.TrainingJob, list[str]]:
+    """`--set` arguments: the job and the field mask."""
+    return overrides_of(parse_assignments(assignments))
