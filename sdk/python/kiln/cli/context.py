@@ -38,9 +38,12 @@ def _client_for(args: argparse.Namespace) -> Client:
     try:
         return Client(args.url, args.api_key)
     except KilnError as error:
-        if error.violations:  # what is missing, named as this command line takes it
-            error.violations = [("--" + name.replace("_", "-"), f"pass --{name.replace('_', '-')} or set "
-                                 f"{URL_VARIABLE if name == 'url' else KEY_VARIABLE}") for name, _ in error.violations]
+        # What is missing, named as this command line takes it.
+        flags = {"url": ("--url", URL_VARIABLE), "api_key": ("--api-key", KEY_VARIABLE)}
+        missing = [flags[name] for name, description in error.violations
+                   if name in flags and description.startswith(f"pass {name}=")]
+        if missing:
+            error.violations = [(flag, f"pass {flag} or set {variable}") for flag, variable in missing]
             error.hint = (f"pass --url HOST:PORT and --api-key kiln_…, or set {URL_VARIABLE} and {KEY_VARIABLE} "
                           "(an operator creates keys with `kiln keys create`)")
         raise

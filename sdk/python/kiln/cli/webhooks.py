@@ -32,7 +32,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     group = commands.add_parser("webhooks", help="endpoints told of your jobs and models").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     create = group.add_parser("create", parents=[common], help="register an endpoint (its secret is shown once)")
-    create.add_argument("url", help="http(s)://… on a public address")
+    create.add_argument("endpoint_url", metavar="URL", help="http(s)://… on a public address")
     create.add_argument("--event", dest="event_types", action="append", choices=EVENT_TYPES, default=[],
                         help="an event type to send (repeatable; default: all)")
     create.add_argument("--description", default="")
@@ -84,7 +84,7 @@ def create_endpoint(ctx: Context) -> int:
     pb = messages()
     args = ctx.args
     endpoint = ctx.client.webhooks.CreateWebhookEndpoint(pb.CreateWebhookEndpointRequest(
-        webhook_endpoint=pb.WebhookEndpoint(url=args.url, event_types=args.event_types or EVENT_TYPES,
+        webhook_endpoint=pb.WebhookEndpoint(url=args.endpoint_url, event_types=args.event_types or EVENT_TYPES,
                                             description=args.description)))
     ctx.out.result(endpoint, [f"created {describe_endpoint(endpoint)}",
                               f"its signing secret, shown only now: {endpoint.secret}"])
