@@ -14,16 +14,15 @@ from kiln.cli.context import Context
 from kiln.errors import KilnError
 
 
+# These commands' arguments are the server's own commands' (`args.passed_on`), parsed there.
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     keys = commands.add_parser("keys", add_help=False,
                                help="API keys: create --tenant T --name N | list | revoke KEY (operators; on the "
                                     "gateway's database)")
-    keys.add_argument("rest", nargs=argparse.REMAINDER)
-    keys.set_defaults(run=keys_command)
+    keys.set_defaults(run=keys_command, passthrough=True)
     up = commands.add_parser("up", add_help=False,
                              help="start the whole stack here (object store, services, a worker, the gateway)")
-    up.add_argument("rest", nargs=argparse.REMAINDER)
-    up.set_defaults(run=up_command)
+    up.set_defaults(run=up_command, passthrough=True)
 
 
 def server_module(name: str, command: str) -> ModuleType:
@@ -38,16 +37,21 @@ def server_module(name: str, command: str) -> ModuleType:
                              "machine that runs the gateway") from None
 
 
-def keys_command(ctx: Context) -> int:
-    gateway_cli = server_module("services.gateway.cli", "keys")
-    rest = list(ctx.args.rest)
+def _passed_on(ctx: Context) -> list[str]:
+    """The command's own arguments, with `--json` where it came before the command's name."""
+    rest = list(ctx.args.passed_on)
     if ctx.out.json and "--json" not in rest:
         rest.append("--json")
-    status: int = gateway_cli.main(["keys", *rest])
+    return rest
+
+
+def keys_command(ctx: Context) -> int:
+    gateway_cli = server_module("services.gateway.cli", "keys")
+    status: int = gateway_cli.main(["keys", *_passed_on(ctx)])
     return status
 
 
 def up_command(ctx: Context) -> int:
     stack = server_module("services.stack", "up")
-    status: int = stack.main(list(ctx.args.rest))
+    status: int = stack.main(_passed_on(ctx))
     return status
