@@ -51,6 +51,8 @@ def test_images_upload_a_folder_with_progress_and_skip_it_the_second_time(cli, t
     (folder / "readme.md").write_text("not an image")
     refused = cli("images", "upload", dataset, folder)
     assert_clean_failure(refused, "INVALID_ARGUMENT", f"{folder / 'readme.md'}: not a PNG or JPEG file")
+    missing = tmp_path / "missing.png"
+    assert_clean_failure(cli("images", "upload", dataset, missing), f"{missing}: no such file")
 
 
 def test_a_job_config_file_is_validated_with_its_estimate_and_nothing_queued(cli, tmp_path):

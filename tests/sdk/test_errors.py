@@ -11,7 +11,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from kiln import JobFailed, KilnError
 from kiln.channel import Target
 from kiln.jobs import job_error
-from kiln.training_config import overrides
+from kiln.training_config import load_config, overrides
 from kiln.v1 import trainer_pb2 as tpb
 
 
@@ -76,3 +76,12 @@ def test_set_overrides_become_a_job_and_its_field_mask():
         with pytest.raises(KilnError) as caught:
             overrides(wrong)
         assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and caught.value.violations
+
+
+def test_a_config_file_takes_kohyas_resolution_spellings(tmp_path):
+    for text, size in (("resolution = 512", (512, 512)), ('resolution = "512,768"', (512, 768)),
+                       ("[resolution]\nwidth = 640\nheight = 512", (640, 512))):
+        path = tmp_path / "config.toml"
+        path.write_text(f"epochs = 2\n{text}\n")
+        config = load_config(path)
+        assert (config.resolution.width, config.resolution.height) == size and config.epochs == 2

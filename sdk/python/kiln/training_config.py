@@ -29,7 +29,21 @@ def load_config(path: pathlib.Path) -> tpb.TrainingConfig:
         kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
         raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"{path} is not valid {kind}",
                         [(str(path), str(error))], hint=f"fix the {kind} syntax at the place named") from None
-    return parse_message(data, tpb.TrainingConfig(), str(path))
+    return parse_message(with_resolution_shorthand(data), tpb.TrainingConfig(), str(path))
+
+
+def with_resolution_shorthand(data: Any) -> Any:
+    """kohya writes `resolution = 512` or `resolution = "512,768"`; the message wants {width, height}."""
+    if not isinstance(data, dict):
+        return data
+    value = data.get("resolution")
+    if isinstance(value, int):
+        return {**data, "resolution": {"width": value, "height": value}}
+    if isinstance(value, str):
+        width, _, height = value.replace("x", ",").partition(",")
+        if width.strip().isdigit() and (height or width).strip().isdigit():
+            return {**data, "resolution": {"width": int(width), "height": int(height or width)}}
+    return data
 
 
 def parse_message(data: Any, message: Any, source: str) -> Any:

@@ -62,6 +62,9 @@ def image_problem(path: pathlib.Path) -> str | None:
 
 
 def local_image(path: pathlib.Path) -> LocalImage:
+    if not path.is_file():
+        raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"{path} is not a file",
+                        [(str(path), "no such file: give a PNG or JPEG file, or a folder of them")])
     problem = image_problem(path)
     if problem:
         raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"{path} can't be uploaded", [(str(path), problem)],

@@ -53,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KilnError as error:
         ctx.out.error(error)
         return 1
+    except OSError as error:  # a local file: unreadable, unwritable, a folder that can't be made
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
