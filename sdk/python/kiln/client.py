@@ -144,11 +144,8 @@ class Client:
                       progress: bool = True) -> list[dpb.Image]:
         """The folder's PNG/JPEG files the dataset doesn't hold yet (by sha256), with a progress bar;
         returns the images uploaded now. A folder with other files is refused before any upload."""
-        return uploads.upload_folder(self.datasets, self._list_for_upload, resource("datasets", dataset),
+        return uploads.upload_folder(self.datasets, self.list_images, resource("datasets", dataset),
                                      uploads.as_path(folder), role_of(role), progress)
-
-    def _list_for_upload(self, parent: str, role: int) -> Iterator[dpb.Image]:
-        return self.list_images(parent, role)
 
     def crop_images(self, dataset: str, mode: str = "focus", width: int = 0, height: int = 0,
                     images: Sequence[str] = (), progress: bool = True) -> dpb.CropImagesResponse:

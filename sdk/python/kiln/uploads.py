@@ -125,15 +125,11 @@ def _deleted(stub: dataset_pb2_grpc.DatasetServiceStub, name: str) -> bool:
     return False
 
 
-def dataset_hashes(list_images: Callable[[str, int], Iterator[pb.Image]], parent: str, role: int) -> set[str]:
-    return {image.sha256 for image in list_images(parent, role)}
-
-
 def upload_folder(stub: dataset_pb2_grpc.DatasetServiceStub, list_images: Callable[[str, int], Iterator[pb.Image]],
                   parent: str, folder: pathlib.Path, role: int, progress: bool) -> list[pb.Image]:
     """Uploads the folder's images the dataset lacks; returns those uploaded now."""
     images = folder_images(folder)
-    held = dataset_hashes(list_images, parent, role)
+    held = {image.sha256 for image in list_images(parent, role)}
     missing: list[LocalImage] = []
     for image in images:  # a file twice in the folder is uploaded once
         if image.sha256 not in held:
