@@ -202,8 +202,10 @@ def run_workflow(client: Client, out_dir: pathlib.Path, settings: DemoSettings, 
         for result in job.epochs:
             say(f"  epoch {result.epoch}: loss {result.loss:.4f}, LoRA {result.lora.size_bytes / 1024:.0f} KiB, "
                 f"{len(result.previews)} previews")
-        rows: list[tuple[str, list[Image.Image]]] = [(f"epoch {result.epoch}", [Image.open(io.BytesIO(read_artifact(client, p.image.name)))
-                                           for p in result.previews]) for result in job.epochs]
+        rows: list[tuple[str, list[Image.Image]]] = [
+            (f"epoch {result.epoch}", [Image.open(io.BytesIO(read_artifact(client, p.image.name)))
+                                       for p in result.previews])
+            for result in job.epochs]
         previews_sheet = out_dir / "previews.png"
         contact_sheet(rows).save(previews_sheet)
 
