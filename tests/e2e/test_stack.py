@@ -12,11 +12,12 @@ import sys
 from collections.abc import Iterator
 
 import grpc
+import httpx
 import pytest
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import dataset_pb2_grpc
-from services.stack import running_stack
+from services.stack import gateway_serves_http, running_stack
 from tests.e2e.processes import survivors, tree
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -48,6 +49,10 @@ def test_running_stack_serves_through_the_gateway_and_leaves_nothing(tmp_path, m
             list_datasets(stack.grpc_address, stack.api_key + "x")
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert stack.environment() == {"KILN_URL": stack.grpc_address, "KILN_API_KEY": stack.api_key}
+        # The HTTP side, where this gateway has one, answers on its own port.
+        assert (stack.http_address is not None) == gateway_serves_http()
+        if stack.http_address is not None:
+            assert httpx.get(f"http://{stack.http_address}/healthz", timeout=10).status_code == 200
         assert stack.dead() is None
         for name in ("gateway", "dataset", "trainer", "tagger"):
             assert (stack.logs_dir / f"{name}.log").stat().st_size > 0
