@@ -332,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     def report(line: str) -> None:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
-    # SIGTERM ends the stack as Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM ends the stack as Ctrl-C does; SIGINT too when started where it was ignored (`… &`).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.default_int_handler)
     try:
         with running_stack(args.data_dir, grpc_port=args.grpc_port, http_port=args.http_port,
                            workers=args.workers, models_dir=models_dir, report=report) as stack:
