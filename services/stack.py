@@ -196,8 +196,22 @@ def _create_key(gateway_dir: pathlib.Path, tenant: str) -> str:
     return secret
 
 
+def _check_free(port: int, flag: str) -> None:
+    if not port:
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise StackError(f"{flag} {port}: the port is taken ({error.strerror}); pick another, or 0 for a "
+                             "free one") from None
+
+
 def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, models_dir: pathlib.Path | None,
            worker_env: dict[str, str], report: Report) -> None:
+    _check_free(grpc_port, "--grpc-port")
+    if http_port:
+        _check_free(http_port, "--http-port")
     deadline = time.monotonic() + START_TIMEOUT
     token = secrets.token_urlsafe(32)
     stack.data_dir.mkdir(parents=True, exist_ok=True)

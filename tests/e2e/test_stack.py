@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -150,3 +151,23 @@ def test_the_guard_ends_what_is_left_only_when_the_stack_dies(finish):
     finally:
         stubborn.kill()
         stubborn.wait()
+
+
+@pytest.mark.parametrize("flag", ["--grpc-port", "--http-port"])
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path, stack_env, flag):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "services.stack", "--data-dir", str(tmp_path / "kiln"), flag,
+                               str(port)], cwd=ROOT, env=stack_env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout.strip() == f"error: {flag} {port}: the port is taken (Address already in use); pick another, " \
+                                  "or 0 for a free one"
+    assert not (tmp_path / "kiln").exists()
+
+
+def test_a_negative_worker_count_is_refused():
+    done = subprocess.run([sys.executable, "-m", "services.stack", "--workers", "-1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--workers must be 0 or more" in done.stderr
