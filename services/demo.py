@@ -36,7 +36,7 @@ from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import tagging_types_pb2 as ttpb
 from kiln.v1 import trainer_pb2 as tpb
 from services.common.bundled_data import samples_dir
-from services.stack import running_stack
+from services.stack import StackError, running_stack
 
 TRIGGER = "kilnsample"
 PRESET = "presets/demo-tiny-sd15"
@@ -288,8 +288,11 @@ def main(argv: list[str] | None = None) -> int:
                 say("stopping the stack")
                 stopping = time.perf_counter()
         phases.record("stop the stack", time.perf_counter() - stopping)
-    except KilnError as error:
+    except (KilnError, StackError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if temporary:
+            print(f"the services' logs are kept in {data_dir / 'logs'}", file=sys.stderr)
+            temporary = False
         return 1
     except KeyboardInterrupt:
         print("interrupted; the stack is stopped", file=sys.stderr)
@@ -297,11 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if temporary:
             shutil.rmtree(data_dir, ignore_errors=True)
+    last = result.job.epochs[-1].epoch
     say("\nwhat it made:")
-    say(f"  LoRA (epoch {result.job.epochs[-1].epoch}, kohya format)  {result.lora_path}")
-    say(f"  previews of each epoch             {result.previews_sheet}")
-    say(f"  comparison grid (epochs x strengths) {result.grid_sheet}")
-    say(f"  published model                    {result.model.name}")
+    for what, where in ((f"LoRA of epoch {last} (kohya format)", result.lora_path),
+                        ("previews of each epoch", result.previews_sheet),
+                        ("comparison grid, epochs x strengths", result.grid_sheet),
+                        ("published model", result.model.name)):
+        say(f"  {what:36s} {where}")
     say("tiny-sd15's weights are seeded random numbers, so every picture is noise: the point is the "
         "workflow. Import real weights with `python -m services.trainer.engine import-model` for real pictures.")
     say("time of each phase:\n" + phases.table())
