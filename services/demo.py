@@ -26,8 +26,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from google.protobuf.field_mask_pb2 import FieldMask
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -89,7 +89,7 @@ class WorkflowResult:
 
     dataset: dpb.Dataset
     uploaded: list[dpb.Image]
-    crops: list[dpb.CropImagesResponse]
+    crop: dpb.CropImagesResponse
     images: list[dpb.Image]
     repeated_image: str
     estimate: tpb.TrainingJob
@@ -120,27 +120,12 @@ def contact_sheet(rows: list[tuple[str, list[Image.Image]]], cell: int = 160) ->
     return sheet
 
 
-def wait_for_tagging(client: Client, dataset: str, timeout: float) -> list[dpb.Image]:
-    """Until the background tagger has done every image (the API tells tagging state per image)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        images = list(client.datasets.ListImages(dpb.ListImagesRequest(parent=dataset, page_size=100)).images)
-        pending = [i for i in images if i.auto_tagging.state == dpb.TAGGING_STATE_PENDING]
-        if not pending:
-            return images
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(pending)} images still waiting for the tagger after {timeout:.0f}s")
-        time.sleep(0.5)  # a client can only ask again; the tagger works in the background
-
-
-def training_job(dataset: str, settings: DemoSettings) -> tpb.TrainingJob:
-    return tpb.TrainingJob(
-        display_name="Demo character", dataset=dataset, preset=PRESET,
-        basic=tpb.BasicSettings(epochs=settings.epochs, repeat=1, preview_prompt=f"{TRIGGER}, smile"),
-        config=tpb.TrainingConfig(
-            resolution=tpb.Resolution(width=settings.resolution, height=settings.resolution),
-            batch_size=settings.batch_size, seed=42, cache_latents=True,
-            preview=tpb.PreviewConfig(count=settings.preview_count, steps=settings.preview_steps)))
+def training_config(settings: DemoSettings) -> tpb.TrainingConfig:
+    """Beside the preset's: a low resolution and few preview steps, so a CPU trains it in seconds."""
+    return tpb.TrainingConfig(
+        resolution=tpb.Resolution(width=settings.resolution, height=settings.resolution),
+        batch_size=settings.batch_size, seed=42, cache_latents=True,
+        preview=tpb.PreviewConfig(count=settings.preview_count, steps=settings.preview_steps))
 
 
 def run_workflow(client: Client, out_dir: pathlib.Path, settings: DemoSettings, say: Say,
@@ -148,8 +133,7 @@ def run_workflow(client: Client, out_dir: pathlib.Path, settings: DemoSettings, 
     """The seed's whole session through the gateway; writes its pictures and the LoRA to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with phases.phase("create a dataset, upload photos"):
-        dataset = client.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
-            display_name="Demo character", family=dpb.MODEL_FAMILY_SD15, default_repeat=2)))
+        dataset = client.create_dataset("Demo character", "sd15", default_repeat=2)
         say(f"created {dataset.name} (SD1.5, default repeat {dataset.default_repeat})")
         uploaded = client.upload_folder(dataset.name, samples_dir(), progress=True)
         for image in uploaded:
@@ -157,46 +141,39 @@ def run_workflow(client: Client, out_dir: pathlib.Path, settings: DemoSettings, 
                 f"sha256 {image.sha256[:12]}…")
 
     with phases.phase("focus crop to 512x512"):
-        crops: list[dpb.CropImagesResponse] = []
-        bar = tqdm(total=len(uploaded), desc="focus crop 512x512", unit="img")
-        for event in client.datasets.CropImages(dpb.CropImagesRequest(
-                parent=dataset.name, mode=dpb.CROP_MODE_FOCUS, target_width=512, target_height=512)):
-            crops.append(event)
-            bar.n = event.done
-            bar.refresh()
-        bar.close()
-        say(f"cropped {crops[-1].done} images around what matters, {crops[-1].upscaled_count} upscaled "
-            "(originals kept)")
+        crop = client.crop_images(dataset.name, "focus", 512, 512, progress=True)
+        say(f"cropped {crop.done} images around what matters, {crop.upscaled_count} upscaled (originals kept)")
 
     with phases.phase("wait for automatic tags"):
         say("waiting for the background tagger (tags and screening)…")
-        for image in wait_for_tagging(client, dataset.name, settings.tagging_timeout):
+        for image in client.wait_for_tagging(dataset.name, settings.tagging_timeout, progress=True):
             verdict = ttpb.ModerationDecision.Name(image.screening.decision).removeprefix("MODERATION_DECISION_")
             tags = ", ".join(f"{t.name} {t.score:.2f}" for t in image.auto_tagging.tags[:4]) or "(no tags)"
             say(f"  {image.filename:22s} [{verdict.lower()}] {tags}")
 
     with phases.phase("trigger word, a repeat"):
-        changed = client.datasets.BatchEditTags(dpb.BatchEditTagsRequest(
-            parent=dataset.name, add=dpb.BatchEditTagsRequest.AddTag(tag=TRIGGER, position=dpb.TAG_POSITION_HEAD)))
-        say(f"trigger word {TRIGGER!r} put at the head of {changed.changed_count} captions")
+        changed = client.add_tag(dataset.name, TRIGGER, head=True)
+        say(f"trigger word {TRIGGER!r} put at the head of {changed} captions")
         repeated = uploaded[0].name
-        client.datasets.UpdateImage(dpb.UpdateImageRequest(image=dpb.Image(name=repeated, repeat=3),
-                                                           update_mask=FieldMask(paths=["repeat"])))
-        images = list(client.datasets.ListImages(dpb.ListImagesRequest(parent=dataset.name, page_size=100)).images)
+        client.set_repeat(repeated, 3)
+        images = list(client.list_images(dataset.name))
         for image in images:
             say(f"  {image.filename:22s} repeat {image.effective_repeat}  \"{', '.join(image.tags[:5])}…\"")
-        dataset = client.datasets.GetDataset(dpb.GetDatasetRequest(name=dataset.name))
+        dataset = client.get_dataset(dataset.name)
+
+    def create_job(**extra: Any) -> tpb.TrainingJob:
+        return client.create_job(dataset.name, PRESET, epochs=settings.epochs, repeat=1,
+                                 preview_prompt=f"{TRIGGER}, smile", config=training_config(settings),
+                                 display_name="Demo character", **extra)
 
     with phases.phase("estimate"):
-        estimate = client.trainer.CreateTrainingJob(tpb.CreateTrainingJobRequest(
-            training_job=training_job(dataset.name, settings), validate_only=True))
+        estimate = create_job(validate_only=True)
         figures = estimate.estimate
         say(f"estimate: {figures.training_images} images, {figures.steps_per_epoch} steps an epoch x "
             f"{figures.epochs} epochs = {figures.total_steps} steps, about {figures.gpu_seconds:.0f} s on a GPU")
 
     with phases.phase("train (tiny-sd15, live progress)"):
-        job = client.trainer.CreateTrainingJob(tpb.CreateTrainingJobRequest(
-            training_job=training_job(dataset.name, settings), request_id=f"demo-train-{dataset.name}"))
+        job = create_job(request_id=f"demo-train-{dataset.name}")
         say(f"training {job.name} on {job.snapshot}")
         job = client.wait_for_job(job.name, progress=True)
         for result in job.epochs:
@@ -217,8 +194,7 @@ def run_workflow(client: Client, out_dir: pathlib.Path, settings: DemoSettings, 
         cells = [r.image for r in grid if r.HasField("image")]
         say(f"comparison grid: {len(epochs)} rows (base model, then each epoch) x "
             f"{len(settings.grid_strengths)} strengths = {len(cells)} images")
-        grid_sheet = out_dir / "comparison-grid.png"
-        grid_sheet.write_bytes(read_artifact(client, grid[-1].sheet.name))
+        grid_sheet = client.save_artifact(grid[-1].sheet.name, out_dir / "comparison-grid.png")
 
     with phases.phase("download, publish"):
         last = job.epochs[-1].epoch
@@ -226,20 +202,17 @@ def run_workflow(client: Client, out_dir: pathlib.Path, settings: DemoSettings, 
             old.unlink()
         lora_path = client.download_epoch(job.name, last, out_dir)
         say(f"downloaded epoch {last}'s LoRA (kohya format): {lora_path}")
-        model = client.trainer.CreateModel(tpb.CreateModelRequest(model=tpb.Model(
-            display_name=f"Demo character {job.name.rsplit('/', 1)[-1][:8]}", training_job=job.name, epoch=last,
-            description="made by `make demo`", visibility=tpb.Model.Visibility.VISIBILITY_PRIVATE),
-            request_id=f"demo-publish-{job.name}"))
+        model = client.publish_model(job.name, last, f"Demo character {job.name.rsplit('/', 1)[-1][:8]}",
+                                     description="made by `make demo`", request_id=f"demo-publish-{job.name}")
         say(f"published {model.name} ({model.display_name!r}, trigger words {list(model.trigger_words)})")
 
     with phases.phase("retrain with one override"):
-        retrained = client.trainer.RetrainTrainingJob(tpb.RetrainTrainingJobRequest(
-            name=job.name, training_job=tpb.TrainingJob(config=tpb.TrainingConfig(unet_lr=settings.retrain_unet_lr)),
-            update_mask=FieldMask(paths=["config.unet_lr"]), request_id=f"demo-retrain-{job.name}"))
+        retrained = client.retrain_job(job.name, {"config.unet_lr": settings.retrain_unet_lr},
+                                       request_id=f"demo-retrain-{job.name}")
         say(f"retraining as {retrained.name} with unet_lr {retrained.config.unet_lr:g} "
             f"(was {job.config.unet_lr:g})")
         retrained = client.wait_for_job(retrained.name, progress=True)
-    return WorkflowResult(dataset, uploaded, crops, images, repeated, estimate, job, grid, lora_path, model,
+    return WorkflowResult(dataset, uploaded, crop, images, repeated, estimate, job, grid, lora_path, model,
                           retrained, previews_sheet, grid_sheet)
 
 
@@ -288,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 say("stopping the stack")
                 stopping = time.perf_counter()
         phases.record("stop the stack", time.perf_counter() - stopping)
-    except (KilnError, StackError, TimeoutError) as error:
+    except (KilnError, StackError) as error:
         print(f"error: {error}", file=sys.stderr)
         if temporary:
             print(f"the services' logs are kept in {data_dir / 'logs'}", file=sys.stderr)

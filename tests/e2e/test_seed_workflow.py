@@ -38,7 +38,7 @@ def session(tmp_path_factory: pytest.TempPathFactory,
 def test_the_dataset_holds_the_samples_cropped_tagged_with_the_trigger_first(session):
     client, result, _ = session
     assert sorted(i.filename for i in result.uploaded) == SAMPLES
-    assert result.crops[-1].done == result.crops[-1].total == len(SAMPLES)
+    assert result.crop.done == result.crop.total == len(SAMPLES)
     images = list(client.list_images(result.dataset.name))
     assert len(images) == len(SAMPLES)
     for image in images:
