@@ -17,7 +17,7 @@ TS_INSTALLED := $(TS_SDK)/node_modules/.kiln-installed
 TS_BUILT := $(TS_SDK)/node_modules/.kiln-built
 TS_SOURCES := $(wildcard $(TS_SDK)/tsconfig*.json) $(shell find $(TS_SDK)/src $(TS_SDK)/test $(TS_SDK)/examples -name '*.ts' 2>/dev/null)
 
-.PHONY: setup demo test lint protos proto-baseline bench clean
+.PHONY: setup demo up test lint protos proto-baseline bench clean
 
 setup: $(STAMP) $(CLIP_VOCAB) $(SAMPLES)
 
@@ -50,8 +50,13 @@ protos: setup $(TS_INSTALLED)
 proto-baseline: setup
 	$(VENV)/bin/buf build protos --exclude-source-info -o protos/baseline.binpb
 
+# The whole stack as processes, then a user's session through the gateway with the Python SDK.
 demo: setup
-	$(PY) -m services.demo
+	$(PY) -m services.demo $(ARGS)
+
+# The whole stack on embedded defaults until Ctrl-C (what `kiln up` runs).
+up: setup
+	$(PY) -m services.stack $(ARGS)
 
 test: setup $(TS_BUILT)
 	$(PY) -m pytest

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from services.gateway.key_auth import REFUSED, key_of_authorization
 from services.gateway.key_verifier import KeyVerifier
 from services.gateway.limits import KeyLimits
 from services.gateway.request_sizes import RequestSizes
+from services.gateway.upstream_errors import dependency_name
 
 # What a client-streaming method answers on HTTP: browsers can't stream a request body, and the
 # Connect protocol would need it for these; the gRPC side serves them.
@@ -143,14 +143,10 @@ def _checked(path: str, request: Any, sizes: RequestSizes) -> bytes:
     return raw
 
 
-def _words(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).lower()
-
-
 def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc.aio.Channel,
              sizes: RequestSizes) -> Callable[..., Any]:
     path = f"/{service.full_name}/{method.name}"
-    dependency = _words(service.name)  # "dataset service", named in errors of the channel
+    dependency = dependency_name(service)
     output = message_factory.GetMessageClass(method.output_type)
     if method.client_streaming:
         async def refuse(requests: AsyncIterator[Any], ctx: RequestContext[Any, Any]) -> Any:

@@ -10,7 +10,8 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 from protobuf.wkt import Any as ConnectAny
 
-from services.common.errors import ServiceError, deadline_exceeded, unavailable
+from services.common.errors import ServiceError
+from services.gateway.upstream_errors import channel_failure
 
 # Connect names the codes as gRPC does, lower-cased, but for one spelling: CANCELLED is "canceled".
 _CODES: dict[grpc.StatusCode, Code] = {
@@ -32,16 +33,14 @@ def from_status(status: status_pb2.Status) -> ConnectError:
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError, dependency: str) -> ConnectError:
-    """An internal service's error, with the details of its status trailer. Kiln's services give
-    every error details; one without them came from the channel (the service down or slow), and
-    its text would name internal addresses: the caller is told which service, and to retry."""
+    """An internal service's error, with the details of its status trailer (upstream_errors.py says
+    what a failure of the channel itself becomes)."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     if status is not None:
         return from_status(status)
-    if error.code() == grpc.StatusCode.UNAVAILABLE:
-        return from_service_error(unavailable(dependency, f"the {dependency} is unavailable; retry later"))
-    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return from_service_error(deadline_exceeded(dependency))
+    failure = channel_failure(error.code(), dependency)
+    if failure is not None:
+        return from_service_error(failure)
     return ConnectError(_CODES.get(error.code(), Code.UNKNOWN), error.details() or "")
 
 
