@@ -95,6 +95,7 @@ class WebhookDispatcher:
         self._loop = QueueLoop(self._round, settings.webhook_poll_seconds, "webhooks")
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # endpoint id -> its attempt
         self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
 
     @property
     def name(self) -> str:
@@ -105,9 +106,18 @@ class WebhookDispatcher:
         if self._concurrency == 0:
             return
         self._event_loop = asyncio.get_running_loop()
+        self._stopping = False
+        rounds = asyncio.create_task(self._loop.run_forever(), name="webhook rounds")
         try:
-            await self._loop.run_forever()
+            await asyncio.shield(rounds)
         finally:
+            # Python 3.11's asyncio.wait_for returns a result that arrives together with a
+            # cancellation instead of raising it, so a busy loop could miss its cancel; the flag
+            # stops it at its next round whatever happens to the cancel.
+            self._stopping = True
+            rounds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rounds
             tasks = list(self._in_flight.values())
             for task in tasks:
                 task.cancel()
@@ -122,6 +132,8 @@ class WebhookDispatcher:
                 loop.call_soon_threadsafe(self._loop.wake)
 
     async def _round(self) -> bool:
+        if self._stopping:
+            raise asyncio.CancelledError
         free = self._concurrency - len(self._in_flight)
         if free <= 0:
             return False
