@@ -15,6 +15,7 @@ from google.protobuf import field_mask_pb2
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
+from kiln.v1 import webhooks_pb2 as wpb
 from services.gateway.server import PUBLIC_SERVICES
 from tests.dataset.helpers import image_bytes, upload, upload_messages
 from tests.gateway.conftest import Client
@@ -23,7 +24,7 @@ from tests.training_service.test_training_jobs import tiny_job
 
 # Methods with no resource of another tenant to name: they act in the caller's own space.
 OWN_SPACE = {"CreateDataset", "ListDatasets", "ListBaseModels", "GetBaseModel", "ListPresets", "GetPreset",
-             "ListTrainingJobs", "ListModels"}
+             "ListTrainingJobs", "ListModels", "CreateWebhookEndpoint", "ListWebhookEndpoints"}
 # Published models are reached through GetModel/DeleteModel; this module trains nothing to publish, so
 # those are left to the trainer service's own tenant tests.
 NOT_HERE = {"GetModel", "DeleteModel"}
@@ -41,6 +42,8 @@ class Names:
     upload: str
     snapshot: str
     job: str
+    webhook_endpoint: str
+    webhook_delivery: str
 
 
 Request = Callable[[Names], Any]
@@ -88,6 +91,15 @@ REQUESTS: dict[str, Request] = {
     "GenerateImages": lambda n: pb.GenerateImagesRequest(training_job=n.job, epochs=[0]),
     "CreateModel": lambda n: pb.CreateModelRequest(model=pb.Model(display_name="stolen", training_job=n.job,
                                                                   epoch=1)),
+    "GetWebhookEndpoint": lambda n: wpb.GetWebhookEndpointRequest(name=n.webhook_endpoint),
+    "UpdateWebhookEndpoint": lambda n: wpb.UpdateWebhookEndpointRequest(
+        webhook_endpoint=wpb.WebhookEndpoint(name=n.webhook_endpoint, description="intruder", enabled=False),
+        update_mask=field_mask_pb2.FieldMask(paths=["description", "enabled"])),
+    "DeleteWebhookEndpoint": lambda n: wpb.DeleteWebhookEndpointRequest(name=n.webhook_endpoint),
+    "RotateWebhookSecret": lambda n: wpb.RotateWebhookSecretRequest(name=n.webhook_endpoint),
+    "ListWebhookDeliveries": lambda n: wpb.ListWebhookDeliveriesRequest(parent=n.webhook_endpoint),
+    "ReplayWebhookDelivery": lambda n: wpb.ReplayWebhookDeliveryRequest(name=n.webhook_delivery),
+    "SendTestWebhook": lambda n: wpb.SendTestWebhookRequest(name=n.webhook_endpoint),
 }
 
 
@@ -97,7 +109,7 @@ def _missing(name: str) -> str:
 
 
 def _answer(client: Client, method: str, request: Any) -> tuple[grpc.StatusCode, str]:
-    stub = client.trainer if method in _TRAINER else client.datasets
+    stub = client.trainer if method in _TRAINER else client.webhooks if method in _WEBHOOKS else client.datasets
     try:
         reply = getattr(stub, method)(request)
         if isinstance(reply, Iterator):
@@ -108,6 +120,14 @@ def _answer(client: Client, method: str, request: Any) -> tuple[grpc.StatusCode,
 
 
 _TRAINER = {m.name for service, _ in PUBLIC_SERVICES if service.name == "TrainerService" for m in service.methods}
+_WEBHOOKS = {m.name for service, _ in PUBLIC_SERVICES if service.name == "WebhookService" for m in service.methods}
+
+
+@pytest.fixture(scope="module")
+def trainer_overrides() -> dict[str, Any]:
+    # The owner's endpoint is on loopback (registrable here); this replica sends nothing, so its
+    # test delivery stays as it was made.
+    return {"webhook_allow_private_networks": True, "webhook_concurrency": 0}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +140,12 @@ def owner(gateway_channel, gateway_dir) -> tuple[Client, Names]:
         parent=dataset.name, role=dpb.IMAGE_ROLE_TRAINING, filename="b.png", size_bytes=1000))
     snapshot = client.datasets.CreateSnapshot(dpb.CreateSnapshotRequest(parent=dataset.name))
     job = client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
-    return client, Names(dataset.name, image.name, pending.name, snapshot.name, job.name)
+    endpoint = client.webhooks.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(
+        webhook_endpoint=wpb.WebhookEndpoint(url="http://127.0.0.1:9/hook", event_types=["training.succeeded"],
+                                             description="mine")))
+    delivery = client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+    return client, Names(dataset.name, image.name, pending.name, snapshot.name, job.name, endpoint.name,
+                         delivery.name)
 
 
 def test_every_method_covers_the_api():
@@ -144,4 +169,8 @@ def test_another_tenants_resources_answer_as_missing_ones_and_stay_untouched(own
         pb.TrainingJob.State.STATE_QUEUED
     assert [s.name for s in client.datasets.ListSnapshots(dpb.ListSnapshotsRequest(parent=names.dataset)).snapshots] \
         == [names.snapshot]
+    endpoint = client.webhooks.GetWebhookEndpoint(wpb.GetWebhookEndpointRequest(name=names.webhook_endpoint))
+    assert endpoint.description == "mine" and endpoint.enabled and not endpoint.HasField("previous_secret_expire_time")
+    deliveries = client.webhooks.ListWebhookDeliveries(wpb.ListWebhookDeliveriesRequest(parent=endpoint.name))
+    assert [(d.name, d.attempt_count) for d in deliveries.deliveries] == [(names.webhook_delivery, 0)]
     client.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=names.job))
