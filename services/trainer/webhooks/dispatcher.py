@@ -143,13 +143,15 @@ class WebhookDispatcher:
             self._in_flight[endpoint_id] = asyncio.create_task(self._deliver(item), name=f"webhook {endpoint_id}")
         return bool(claimed)
 
-    def _claim(self, conn: Connection, limit: int, busy: set[str]) -> list[Claimed]:
+    def _claim(self, conn: Connection, limit: int, busy: set[str], only: str | None = None) -> list[Claimed]:
+        """The oldest due delivery of up to `limit` endpoints not `busy` (or of endpoint `only`), leased."""
         at = self._clock()
         enabled = sa.select(e.id).where(e.enabled.is_(True))
         due = sa.and_(d.state == PENDING, sa.or_(d.due.is_(None), d.due <= at), d.endpoint_id.in_(enabled))
-        if busy:
+        if only is not None:
+            due = sa.and_(due, d.endpoint_id == only)
+        elif busy:
             due = sa.and_(due, d.endpoint_id.not_in(list(busy)))
-        # The oldest due delivery of each endpoint.
         first: dict[str, str] = {}
         for row in conn.execute(sa.select(d.id, d.endpoint_id).where(due).order_by(d.create_time, d.id)
                                 .limit(limit * 20)):
@@ -167,18 +169,30 @@ class WebhookDispatcher:
         return [Claimed(row, endpoints[row.endpoint_id], secrets[row.endpoint_id]) for row in rows]
 
     async def _deliver(self, item: Claimed) -> None:
-        delivery = item.delivery
+        """Send `item`, then each next due delivery of its endpoint: the outcome of one and the
+        claim of the next share a transaction."""
+        endpoint_id = item.delivery.endpoint_id
+        next_item: Claimed | None = item
         try:
-            attempt = await self._sender.send(item.url, delivery.event_id, delivery.payload, item.secrets)
-            await self._tx.run(functools.partial(self._record, claimed=delivery, attempt=attempt))
+            while next_item is not None and not self._stopping:
+                delivery = next_item.delivery
+                attempt = await self._sender.send(next_item.url, delivery.event_id, delivery.payload,
+                                                  next_item.secrets)
+                next_item = await self._tx.run(functools.partial(self._record_and_claim_next, claimed=delivery,
+                                                                 attempt=attempt))
         except asyncio.CancelledError:
             raise
         except Exception:
             # Its lease runs out and it is sent again: at least once, never lost.
-            log.exception("could not record a webhook attempt", extra={"fields": {"delivery": delivery.id}})
+            log.exception("could not record a webhook attempt", extra={"fields": {"endpoint": endpoint_id}})
         finally:
-            self._in_flight.pop(delivery.endpoint_id, None)
+            self._in_flight.pop(endpoint_id, None)
             self._loop.wake()
+
+    def _record_and_claim_next(self, conn: Connection, claimed: Row[Any], attempt: Attempt) -> Claimed | None:
+        self._record(conn, claimed, attempt)
+        following = self._claim(conn, 1, set(), only=claimed.endpoint_id)
+        return following[0] if following else None
 
     def _record(self, conn: Connection, claimed: Row[Any], attempt: Attempt) -> None:
         at = self._clock()
