@@ -100,6 +100,8 @@ class TrainerComponents:
             self.deps.hub.notify(QUEUE)
         stats = await self.deps.transactions.run(queue.leased.stats, read_only=True)
         self.observability.metrics.record_queue(queue.leased.name, stats)
+        outbox = await self.deps.transactions.run(self.dispatcher.queue.stats, read_only=True)
+        self.observability.metrics.record_queue(self.dispatcher.queue.name, outbox)
 
     async def close(self) -> None:
         self.servicer.close()

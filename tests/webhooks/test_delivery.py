@@ -102,6 +102,17 @@ def test_a_failed_attempt_is_retried_with_the_same_webhook_id(client, receiver):
     assert done.attempt_count == 2 and done.status_code == 200 and done.name == sent.name
 
 
+def test_the_checked_address_is_connected_to_under_the_urls_own_host_name(client, receiver):
+    path = "/by-name"
+    endpoint = client.webhooks.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(
+        webhook_endpoint=wpb.WebhookEndpoint(url=receiver.url(path, host="localhost"),
+                                             event_types=["model.published"])))
+    client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+    [got] = receiver.wait_for(path, 1)
+    assert got.headers["host"] == f"localhost:{receiver.port}"
+    assert verify(got.body, got.headers, endpoint.secret)["data"] == {"name": endpoint.name}
+
+
 def test_deliveries_show_each_failure_and_when_the_next_attempt_is_due(client, receiver):
     endpoint, path = register(client, receiver)
     hold = Answer(503)

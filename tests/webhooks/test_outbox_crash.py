@@ -1,10 +1,11 @@
 """The outbox survives the trainer service: a replica killed with -9 while it sends a delivery
 loses nothing. The event was committed with its delivery; the claim's lease runs out and the
-restarted service sends it, under the same webhook-id."""
+restarted service sends it, under the same webhook-id. On PostgreSQL, as replicas run."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -34,8 +35,8 @@ def datasets(dataset_service) -> Iterator[grpc.Channel]:
 
 
 def test_a_delivery_in_flight_when_the_service_is_killed_is_sent_after_the_restart(
-        dataset_service, datasets, receiver, s3_settings, models_dir, tmp_path):
-    database = f"sqlite:///{tmp_path / 'trainer.db'}"
+        dataset_service, datasets, receiver, s3_settings, models_dir, postgres, tmp_path):
+    database = str(postgres.create_database(f"hooks_{uuid.uuid4().hex[:8]}"))
     held = threading.Event()
     receiver.script("/crash", Answer(200, hold=held))
     tenant_name = "crash"

@@ -76,8 +76,8 @@ class AddressPolicy:
         if not address.is_global:
             raise RefusedAddress(f"{address} is a reserved address, not a public one")
 
-    async def resolve(self, target: Target) -> IPAddress:
-        """The address to connect to: the host's first one, once every one it has passed."""
+    async def resolve(self, target: Target) -> list[IPAddress]:
+        """The addresses to connect to, in the resolver's order, once every one has passed."""
         try:
             return self._checked([ipaddress.ip_address(target.host)])
         except ValueError:
@@ -92,9 +92,9 @@ class AddressPolicy:
             raise RefusedAddress(f"the host {target.host!r} has no address")
         return self._checked(addresses)
 
-    def _checked(self, addresses: list[IPAddress]) -> IPAddress:
+    def _checked(self, addresses: list[IPAddress]) -> list[IPAddress]:
         # Every address, not just the first: a name answering one public and one inside address
         # could be reached on either.
         for address in addresses:
             self.check(address)
-        return addresses[0]
+        return addresses

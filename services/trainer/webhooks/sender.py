@@ -59,23 +59,27 @@ class WebhookSender:
     async def _send(self, url: str, event_id: str, body: str, secrets: Sequence[str], started: float) -> Attempt:
         try:
             target = parse_url(url)
-            address = await self._policy.resolve(target)
+            addresses = await self._policy.resolve(target)
         except RefusedAddress as exc:
             return Attempt(0, time.monotonic() - started, f"refused: {exc}")
-        request_url = httpx.URL(url).copy_with(host=str(address))
         default_port = 443 if target.scheme == "https" else 80
         host_header = _bracketed(target.host) + ("" if target.port == default_port else f":{target.port}")
         headers = signing.headers(secrets, event_id, dt.datetime.now(dt.UTC), body)
         headers["host"] = host_header
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        try:
-            request = self._client.build_request("POST", request_url, content=body.encode(), headers=headers,
-                                                 extensions=extensions)
-            response = await self._client.send(request, stream=True)
-            await response.aclose()  # the answer's body is never read: its status is all that counts
-        except httpx.HTTPError as exc:
-            return Attempt(0, time.monotonic() - started, _clip(f"{type(exc).__name__}: {exc}" if str(exc)
-                                                                else type(exc).__name__))
+        for index, address in enumerate(addresses):
+            request = self._client.build_request("POST", httpx.URL(url).copy_with(host=str(address)),
+                                                 content=body.encode(), headers=headers, extensions=extensions)
+            try:
+                response = await self._client.send(request, stream=True)
+                await response.aclose()  # the answer's body is never read: its status is all that counts
+                break
+            except httpx.ConnectError as exc:
+                if index + 1 < len(addresses):
+                    continue  # the name's next checked address
+                return Attempt(0, time.monotonic() - started, _clip(_describe(exc)))
+            except httpx.HTTPError as exc:
+                return Attempt(0, time.monotonic() - started, _clip(_describe(exc)))
         latency = time.monotonic() - started
         code = response.status_code
         if 200 <= code < 300:
@@ -86,6 +90,10 @@ class WebhookSender:
                                                 "register the final URL"))
         return Attempt(code, latency, _clip(f"answered {code} {response.reason_phrase}".rstrip()),
                        retry_after=_retry_after(response.headers.get("retry-after")))
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _bracketed(host: str) -> str:
