@@ -6,7 +6,6 @@ watcher can beat."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import pathlib
 import statistics
@@ -18,16 +17,14 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.harness import leased_job
 from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import trainer_pb2_grpc, trainer_worker_pb2_grpc
 from kiln.v1 import trainer_worker_pb2 as wpb
-from services.common.database import create_engine
 from services.common.embedded_s3 import EmbeddedS3
 from services.common.internal_client import internal_aio_channel, tenant_metadata
 from services.common.ports import free_ports
 from services.common.settings import InternalAuthSettings
-from services.trainer import records, schema
-from services.trainer.event_log import EventLog
 
 EVENTS = 200
 # Steps reported before the measured ones: the watchers' catch-up reads are over by then.
@@ -110,7 +107,7 @@ async def _main() -> dict[str, float]:
             address = f"127.0.0.1:{port}"
             auth = InternalAuthSettings(token=TOKEN)
             await _wait_serving(address, auth)
-            job, lease = _running_job(f"sqlite:///{root / 'trainer.db'}")
+            job, lease = leased_job(f"sqlite:///{root / 'trainer.db'}", TENANT)
             for watchers in (1, 100):
                 latencies, trips = await _measure(address, job, lease, watchers, auth)
                 figures[f"p50_ms_{watchers}"] = statistics.median(latencies) * 1000
@@ -143,24 +140,6 @@ async def _wait_serving(address: str, auth: InternalAuthSettings) -> None:
             await asyncio.sleep(0.1)
     finally:
         await channel.close()
-
-
-def _running_job(database_url: str) -> tuple[str, str]:
-    """A job row held by a lease, as if a worker had claimed it (no training needed here)."""
-    engine = create_engine(database_url)
-    at = records.now()
-    job_id, lease_id = records.new_id(), records.new_id()
-    with engine.begin() as conn:
-        conn.execute(schema.training_jobs.insert().values(
-            id=job_id, tenant=TENANT, display_name="bench", dataset="datasets/d", snapshot="datasets/d/snapshots/x",
-            family="sd15", base_model="tiny-sd15", preset="", request=pb.TrainingJob().SerializeToString(),
-            config='{"base_model": "tiny-sd15"}', seed=1, estimate=pb.TrainingEstimate().SerializeToString(),
-            gpu_seconds=60.0, memory_bytes=0, state=schema.QUEUED, due=at + dt.timedelta(seconds=600),
-            lease_id=lease_id, claimed_at=at, worker="bench", enqueue_time=at, pending_controls=[],
-            create_time=at, update_time=at))
-        EventLog(keep=1000).append(conn, job_id, [pb.TrainingEvent(log=pb.LogEvent(message="benchmark job"))], at)
-    engine.dispose()
-    return f"trainingJobs/{job_id}", lease_id
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the dataset service in-process, and honest timing."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import os
 import pathlib
@@ -25,7 +26,9 @@ from PIL import Image, ImageOps
 from pydantic import SecretStr
 
 from kiln.v1 import dataset_pb2_grpc
+from kiln.v1 import trainer_pb2 as tpb
 from services.common.bundled_data import samples_dir
+from services.common.database import create_engine
 from services.common.embedded_s3 import EmbeddedS3
 from services.common.internal_client import internal_channel
 from services.common.loop_thread import LoopThread
@@ -34,6 +37,9 @@ from services.common.ports import free_port
 from services.common.settings import InternalAuthSettings, ObjectStoreSettings, ServerSettings
 from services.dataset.server import running_dataset_service
 from services.dataset.settings import DatasetSettings
+from services.trainer import records as trainer_records
+from services.trainer import schema as trainer_schema
+from services.trainer.event_log import EventLog
 
 TWO_MEGAPIXELS = (1732, 1155)
 # The benchmark is the services' only client, as the gateway would be.
@@ -158,3 +164,26 @@ def timed(rounds: int, run: Callable[[], None]) -> Timing:
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
+
+
+def leased_job(database_url: str, tenant: str, progress_events: int = 0) -> tuple[str, str]:
+    """A job row of a trainer service's database held by a lease, as if a worker had claimed it (no
+    training needed), with its first event and `progress_events` step events after it; returns the
+    job's name and lease id."""
+    engine = create_engine(database_url)
+    at = trainer_records.now()
+    job_id, lease_id = trainer_records.new_id(), trainer_records.new_id()
+    events = [tpb.TrainingEvent(log=tpb.LogEvent(message="benchmark job"))]
+    events += [tpb.TrainingEvent(progress=tpb.TrainingProgress(phase="training", step=step, total_steps=10**6,
+                                                               loss=0.1)) for step in range(1, progress_events + 1)]
+    with engine.begin() as conn:
+        conn.execute(trainer_schema.training_jobs.insert().values(
+            id=job_id, tenant=tenant, display_name="bench", dataset="datasets/d", snapshot="datasets/d/snapshots/x",
+            family="sd15", base_model="tiny-sd15", preset="", request=tpb.TrainingJob().SerializeToString(),
+            config='{"base_model": "tiny-sd15"}', seed=1, estimate=tpb.TrainingEstimate().SerializeToString(),
+            gpu_seconds=60.0, memory_bytes=0, state=trainer_schema.QUEUED, due=at + dt.timedelta(seconds=600),
+            lease_id=lease_id, claimed_at=at, worker="bench", enqueue_time=at, pending_controls=[],
+            create_time=at, update_time=at))
+        EventLog(keep=max(1000, 2 * len(events))).append(conn, job_id, events, at)
+    engine.dispose()
+    return f"trainingJobs/{job_id}", lease_id

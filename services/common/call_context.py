@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Iterator
+from typing import Any
 
 _TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("kiln_tenant")
 # time.monotonic() by which the caller wants its answer; None: the caller set no deadline.
@@ -36,7 +37,7 @@ def acting_for(tenant: str) -> Iterator[None]:
     try:
         yield
     finally:
-        _TENANT.reset(token)
+        _restore(_TENANT, token)
 
 
 def deadline() -> float | None:
@@ -72,4 +73,11 @@ def deadline_at(limit: float | None) -> Iterator[None]:
     try:
         yield
     finally:
-        _DEADLINE.reset(token)
+        _restore(_DEADLINE, token)
+
+
+def _restore(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> None:
+    # A streaming handler whose client went away is closed by the event loop's generator finalizer,
+    # in a context of its own: the value was never set there, so there is nothing to undo.
+    with contextlib.suppress(ValueError):
+        var.reset(token)

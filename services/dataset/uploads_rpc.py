@@ -27,7 +27,7 @@ from services.common.errors import (
     invalid_field,
     not_found,
     parsed,
-    resource_exhausted,
+    quota_exceeded,
     unary_errors,
 )
 from services.common.idempotency import check_request_id, request_fingerprint
@@ -216,9 +216,10 @@ class UploadRpcs(ServicerBase):
         limit = (self._settings.max_training_images if role == records.ROLE_TRAINING
                  else self._settings.max_regularization_images)
         if records.count_by_role(conn, dataset_id, role) >= limit:
-            raise resource_exhausted(
+            raise quota_exceeded(
                 f"the dataset already holds the maximum of {limit} {role} images; delete some before adding more",
-                "IMAGE_LIMIT_REACHED", limit=str(limit), role=role,
+                "IMAGE_LIMIT_REACHED", subject=f"datasets/{dataset_id}",
+                description=f"max_{role}_images", limit=str(limit), role=role,
             )
 
     def _check_duplicate(self, conn: Connection, dataset_id: str, sha256: str) -> None:

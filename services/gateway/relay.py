@@ -3,10 +3,12 @@ bytes are not decoded here; the internal service checks them) to the internal se
 implements it, acting for the caller's tenant, with the caller's deadline. Server streams are
 relayed message by message, never buffered: a slow client holds up only its own stream. Errors
 come back as the internal service gave them, with their details (field violations, quota
-failures) and nothing else of its metadata."""
+failures) and nothing else of its metadata. Requests over the gateway's size limits stop here
+(request_sizes.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +16,9 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from services.common.call_context import current_tenant
+from services.common.errors import ServiceError, abort_with
 from services.common.internal_client import tenant_metadata
+from services.gateway.request_sizes import RequestSizes
 
 # The one trailer of an internal service's error a client may see: its google.rpc.Status details.
 _DETAILS_TRAILER = "grpc-status-details-bin"
@@ -28,19 +32,23 @@ async def _abort_like(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcE
     await context.abort(error.code(), error.details() or "", trailing_metadata=_trailer_of(error))
 
 
-def relay_handler(service: ServiceDescriptor, channel: grpc.aio.Channel) -> grpc.GenericRpcHandler:
+def relay_handler(service: ServiceDescriptor, channel: grpc.aio.Channel, sizes: RequestSizes) -> grpc.GenericRpcHandler:
     """A handler for every method of `service`, forwarding to `channel`."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         path = f"/{service.full_name}/{method.name}"
         if method.client_streaming and method.server_streaming:
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(_streamed(channel.stream_stream(path)))
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _streamed(channel.stream_stream(path), _ClientStream(path, sizes)))
         elif method.client_streaming:
-            handlers[method.name] = grpc.stream_unary_rpc_method_handler(_single(channel.stream_unary(path)))
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                _single(channel.stream_unary(path), _ClientStream(path, sizes)))
         elif method.server_streaming:
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(_streamed(channel.unary_stream(path)))
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _streamed(channel.unary_stream(path), _OneRequest(path, sizes)))
         else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_single(channel.unary_unary(path)))
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _single(channel.unary_unary(path), _OneRequest(path, sizes)))
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
@@ -49,27 +57,86 @@ def _metadata() -> tuple[tuple[str, str], ...]:
     return tenant_metadata(current_tenant())
 
 
-def _single(upstream: Any) -> Any:
+class _OneRequest:
+    """A single request message: checked whole before it goes on."""
+
+    def __init__(self, path: str, sizes: RequestSizes) -> None:
+        self._path = path
+        self._sizes = sizes
+
+    def admit(self, request: bytes) -> Any:
+        self._sizes.check_request(self._path, request)
+        return request
+
+
+class _ClientStream:
+    """A client stream: each message checked as it passes. A refusal ends the internal call (so the
+    service writes nothing) and is remembered, to be the answer instead of that call's cancellation."""
+
+    def __init__(self, path: str, sizes: RequestSizes) -> None:
+        self._path = path
+        self._sizes = sizes
+
+    def admit(self, requests: AsyncIterator[bytes]) -> _CheckedStream:
+        return _CheckedStream(self._sizes.checked_stream(self._path, requests))
+
+
+class _CheckedStream:
+    def __init__(self, messages: AsyncIterator[bytes]) -> None:
+        self._messages = messages
+        self.refusal: ServiceError | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._relayed()
+
+    async def _relayed(self) -> AsyncIterator[bytes]:
+        try:
+            async for message in self._messages:
+                yield message
+        except ServiceError as error:
+            self.refusal = error
+            raise
+
+
+async def _answer_failure(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError | asyncio.CancelledError,
+                          request: Any) -> None:
+    # A refused client stream cancels the internal call: the refusal is the answer.
+    if isinstance(request, _CheckedStream) and request.refusal is not None:
+        await abort_with(context, request.refusal)
+    if isinstance(error, asyncio.CancelledError):
+        raise error
+    await _abort_like(context, error)
+
+
+def _single(upstream: Any, requests: _OneRequest | _ClientStream) -> Any:
     """One answer, to one request or to a client stream (passed on as it arrives)."""
     async def relay(request: Any, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return bytes(await upstream(request, metadata=_metadata(), timeout=context.time_remaining()))
-        except grpc.aio.AioRpcError as error:
-            await _abort_like(context, error)
+            checked = requests.admit(request)
+        except ServiceError as error:
+            await abort_with(context, error)
+        try:
+            return bytes(await upstream(checked, metadata=_metadata(), timeout=context.time_remaining()))
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+            await _answer_failure(context, error, checked)
             raise  # not reached: abort raises
 
     return relay
 
 
-def _streamed(upstream: Any) -> Any:
+def _streamed(upstream: Any, requests: _OneRequest | _ClientStream) -> Any:
     """A server stream, to one request or to a client stream."""
     async def relay(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        call = upstream(request, metadata=_metadata(), timeout=context.time_remaining())
+        try:
+            checked = requests.admit(request)
+        except ServiceError as error:
+            await abort_with(context, error)
+        call = upstream(checked, metadata=_metadata(), timeout=context.time_remaining())
         try:
             async for message in call:
                 yield message
-        except grpc.aio.AioRpcError as error:
-            await _abort_like(context, error)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+            await _answer_failure(context, error, checked)
         finally:
             call.cancel()  # the client went away: so does the internal stream
 

@@ -30,6 +30,7 @@ from services.gateway.key_auth import api_key_interceptor
 from services.gateway.key_verifier import KeyVerifier
 from services.gateway.limits import KeyLimits
 from services.gateway.relay import relay_handler
+from services.gateway.request_sizes import RequestSizes
 from services.gateway.settings import GatewaySettings
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
@@ -51,17 +52,18 @@ class GatewayComponents:
     transactions: Transactions
     keys: KeyVerifier
     limits: KeyLimits
+    sizes: RequestSizes
     channels: dict[str, grpc.aio.Channel]
     observability: Observability
 
     def bindings(self) -> list[ServiceBinding]:
-        return [ServiceBinding(service.full_name, _registers(relay_handler(service, self.channels[address_setting])))
+        return [ServiceBinding(service.full_name, _registers(relay_handler(service, self.channels[address_setting],
+                                                                         self.sizes)))
                 for service, address_setting in PUBLIC_SERVICES]
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        metrics, tracing = self.observability.metrics, self.observability.tracing
-        return [metrics.interceptor(), *tracing.server_interceptors(), deadline_interceptor(),
-                api_key_interceptor(self.keys, self.limits)]
+        return self.observability.server_interceptors(deadline_interceptor(),
+                                                      api_key_interceptor(self.keys, self.limits))
 
     def background(self) -> list[Background]:
         return [Periodic("key use", self.settings.key_use_write_seconds, self.keys.record_uses)]
@@ -111,8 +113,9 @@ async def build_gateway(settings: GatewaySettings, observability: Observability 
                 for name in dict.fromkeys(name for _, name in PUBLIC_SERVICES)}  # one per internal service
     limits = KeyLimits(settings.key_requests_per_second, settings.key_request_burst,
                        settings.max_watch_streams_per_key)
+    sizes = RequestSizes(settings.max_request_bytes, settings.max_upload_bytes)
     return GatewayComponents(settings, transactions, KeyVerifier(transactions, settings.key_cache_seconds), limits,
-                             channels, observability)
+                             sizes, channels, observability)
 
 
 @dataclass

@@ -8,6 +8,8 @@ from collections.abc import Iterator, Sequence
 
 import grpc
 import numpy as np
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from PIL import Image
 
 from kiln.v1 import dataset_pb2 as pb
@@ -63,6 +65,15 @@ def failure(call: object, *args: object, **kwargs: object) -> tuple[grpc.StatusC
         assert info.domain == "kiln.dev"
         return err.code(), info.reason, [v.field for v in violations]
     raise AssertionError("the call succeeded")
+
+
+def quota_failure(error: grpc.RpcError) -> error_details_pb2.QuotaFailure:
+    """The QuotaFailure a RESOURCE_EXHAUSTED answer carries in its details."""
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+    status = rpc_status.from_call(error)
+    quota = error_details_pb2.QuotaFailure()
+    assert status is not None and any(d.Unpack(quota) for d in status.details if d.Is(quota.DESCRIPTOR)), status
+    return quota
 
 
 def names_of(images: Sequence[pb.Image]) -> list[str]:

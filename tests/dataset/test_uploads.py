@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from kiln.v1 import dataset_pb2 as pb
-from tests.dataset.helpers import failure, image_bytes, new_dataset, upload, upload_messages
+from tests.dataset.helpers import failure, image_bytes, new_dataset, quota_failure, upload, upload_messages
 
 
 @pytest.fixture
@@ -133,8 +133,12 @@ def test_thousand_and_first_training_image(stub, store, dataset, dataset_setting
     data = [image_bytes(64, 64, seed=10_000 + i) for i in range(limit + 1)]
     for i in range(limit):
         upload(stub, dataset.name, data[i], filename=f"{i}.png")
+    with pytest.raises(grpc.RpcError) as refused:
+        upload(stub, dataset.name, data[limit])
     code, reason, _ = failure(upload, stub, dataset.name, data[limit])
     assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "IMAGE_LIMIT_REACHED")
+    quota = quota_failure(refused.value)
+    assert [(v.subject, v.description) for v in quota.violations] == [(dataset.name, "max_training_images")]
     assert stub.GetDataset(pb.GetDatasetRequest(name=dataset.name)).training_image_count == limit
     assert len(store.list_keys(dataset.name + "/images/")) == limit
     # Regularization images have their own limit.

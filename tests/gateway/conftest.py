@@ -30,6 +30,8 @@ dataset_service = training.dataset_service
 trainer = training.trainer
 trainer_database = training.trainer_database
 trainer_overrides = training.trainer_overrides
+# A worker process training for the trainer service behind the gateway (requested by the tests that train).
+worker = training.worker
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,12 @@ from grpc_status import rpc_status
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
+from kiln.v1 import trainer_pb2_grpc
+from services.common.internal_client import internal_channel, tenant_metadata
 from services.gateway.key_auth import REFUSED
 from tests.dataset.helpers import image_bytes, upload
 from tests.gateway.conftest import Client, keys_cli
+from tests.servers import TEST_AUTH
 from tests.training_service.test_training_jobs import tiny_job
 
 
@@ -87,3 +90,27 @@ def test_errors_keep_their_details_and_streams_are_relayed_both_ways(gateway_cha
     client.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
     rest = list(stream)
     assert rest[-1].finished.state == pb.TrainingJob.State.STATE_CANCELLED
+
+
+def test_a_stalled_watcher_holds_nobody_up_and_a_watch_resumes_exactly_as_directly(gateway_channel, gateway_dir,
+                                                                                   trainer, worker):
+    client = Client(gateway_channel, new_key(gateway_dir, "watchers"))
+    dataset = client.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="cats", family=dpb.MODEL_FAMILY_SD15, default_repeat=1)))
+    upload(client.datasets, dataset.name, image_bytes(96, 96, seed=2), filename="cat.png", tags=["mytrigger"])
+    job = client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
+    watch = pb.WatchTrainingJobRequest(name=job.name)
+    stalled = client.trainer.WatchTrainingJob(watch, timeout=300)
+    first = next(stalled)  # open and following; not read again until the job is over
+    events = list(client.trainer.WatchTrainingJob(watch, timeout=300))
+    assert events[-1].finished.state == pb.TrainingJob.State.STATE_SUCCEEDED
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [first, *stalled] == events  # everything, in order, once the stalled reader reads
+    # Reconnecting from a seq: exactly the rest, through the gateway as straight from the service.
+    middle = events[len(events) // 2].seq
+    through_gateway = list(client.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(
+        name=job.name, after_seq=middle), timeout=60))
+    with internal_channel(trainer.address, TEST_AUTH) as channel:
+        direct = list(trainer_pb2_grpc.TrainerServiceStub(channel).WatchTrainingJob(pb.WatchTrainingJobRequest(
+            name=job.name, after_seq=middle), metadata=tenant_metadata("watchers"), timeout=60))
+    assert through_gateway == direct == events[middle:]

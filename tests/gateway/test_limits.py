@@ -1,5 +1,6 @@
 """Per-key limits: a request rate with bursts, and open watch streams; refusals say which limit,
-for which key, and (for the rate) when to retry."""
+for which key, and (for the rate) when to retry. Request and upload sizes: refused at the gateway
+with a QuotaFailure naming the setting, before anything is stored."""
 
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
 from services.common.errors import ServiceError, status_details
 from services.gateway.limits import KeyLimits
-from tests.dataset.helpers import image_bytes, upload
+from tests.dataset.helpers import image_bytes, quota_failure, upload, upload_messages
 from tests.gateway.conftest import Client
 from tests.gateway.test_gateway import new_key
 from tests.training_service.test_training_jobs import tiny_job
 
 WATCHES = 2
+MAX_REQUEST, MAX_UPLOAD = 4096, 200_000
 
 
 @pytest.fixture(scope="module")
 def gateway_overrides() -> dict[str, Any]:
-    return {"max_watch_streams_per_key": WATCHES, "key_requests_per_second": 1000.0, "key_request_burst": 1000}
+    return {"max_watch_streams_per_key": WATCHES, "key_requests_per_second": 1000.0, "key_request_burst": 1000,
+            "max_request_bytes": MAX_REQUEST, "max_upload_bytes": MAX_UPLOAD}
 
 
 def test_the_rate_refills_over_time_and_a_refusal_says_when_to_retry():
@@ -74,3 +77,40 @@ def test_one_watch_too_many_through_the_gateway_is_refused_with_a_quota_failure(
     client.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name))
     for stream in open_streams:
         assert list(stream)[-1].finished.state == pb.TrainingJob.State.STATE_CANCELLED
+
+
+def _refused_for_size(call: Any, *args: Any) -> tuple[str, list[tuple[str, str]]]:
+    with pytest.raises(grpc.RpcError) as refused:
+        call(*args)
+    info, _ = status_details(refused.value)
+    assert info is not None, (refused.value.code(), refused.value.details())
+    return info.reason, [(v.subject, v.description) for v in quota_failure(refused.value).violations]
+
+
+def test_a_request_over_the_size_limit_is_refused_and_the_gateway_goes_on(gateway_channel, gateway_dir):
+    client = Client(gateway_channel, new_key(gateway_dir, "sizes"))
+    huge = dpb.CreateDatasetRequest(dataset=dpb.Dataset(display_name="x" * MAX_REQUEST,
+                                                        family=dpb.MODEL_FAMILY_SD15))
+    assert _refused_for_size(client.datasets.CreateDataset, huge) == (
+        "REQUEST_TOO_LARGE", [("tenant:sizes", "max_request_bytes")])
+    assert client.datasets.ListDatasets(dpb.ListDatasetsRequest()).datasets == []  # nothing was created
+
+
+def test_uploads_over_the_size_limit_are_refused_whether_declared_or_streamed(gateway_channel, gateway_dir):
+    client = Client(gateway_channel, new_key(gateway_dir, "uploads"))
+    dataset = client.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="big", family=dpb.MODEL_FAMILY_SD15)))
+    big = image_bytes(320, 320, seed=5)
+    assert len(big) > MAX_UPLOAD
+    expected = ("UPLOAD_TOO_LARGE", [("tenant:uploads", "max_upload_bytes")])
+    declared = upload_messages(dataset.name, big, filename="big.png", size_bytes=len(big))
+    assert _refused_for_size(client.datasets.UploadImage, declared) == expected
+    # Declaring nothing doesn't help: the streamed bytes are counted, and the upload stops there.
+    assert _refused_for_size(client.datasets.UploadImage, upload_messages(dataset.name, big, "big.png")) == expected
+    browser = dpb.CreateImageUploadRequest(parent=dataset.name, role=dpb.IMAGE_ROLE_TRAINING, filename="big.png",
+                                           size_bytes=len(big))
+    assert _refused_for_size(client.datasets.CreateImageUpload, browser) == expected
+    assert client.datasets.ListImages(dpb.ListImagesRequest(parent=dataset.name)).total_size == 0
+    # An image within the limit goes through the same checks.
+    upload(client.datasets, dataset.name, image_bytes(96, 96, seed=6), filename="small.png")
+    assert client.datasets.ListImages(dpb.ListImagesRequest(parent=dataset.name)).total_size == 1

@@ -25,9 +25,8 @@ from tests.training_service.test_training_jobs import tiny_job
 # Methods with no resource of another tenant to name: they act in the caller's own space.
 OWN_SPACE = {"CreateDataset", "ListDatasets", "ListBaseModels", "GetBaseModel", "ListPresets", "GetPreset",
              "ListTrainingJobs", "ListModels", "CreateWebhookEndpoint", "ListWebhookEndpoints"}
-# Published models are reached through GetModel/DeleteModel; this module trains nothing to publish, so
-# those are left to the trainer service's own tenant tests.
-NOT_HERE = {"GetModel", "DeleteModel"}
+# Published models need a trained epoch: their own test below trains one.
+PUBLISHED = {"GetModel", "DeleteModel"}
 
 
 # The dataset service here has no tagger: re-tagging is refused before any record is looked up,
@@ -150,7 +149,7 @@ def owner(gateway_channel, gateway_dir) -> tuple[Client, Names]:
 
 def test_every_method_covers_the_api():
     every = {m.name for service, _ in PUBLIC_SERVICES for m in service.methods}
-    assert every == set(REQUESTS) | OWN_SPACE | NOT_HERE
+    assert every == set(REQUESTS) | OWN_SPACE | PUBLISHED
 
 
 def test_another_tenants_resources_answer_as_missing_ones_and_stay_untouched(owner, gateway_channel, gateway_dir):
@@ -174,3 +173,26 @@ def test_another_tenants_resources_answer_as_missing_ones_and_stay_untouched(own
     deliveries = client.webhooks.ListWebhookDeliveries(wpb.ListWebhookDeliveriesRequest(parent=endpoint.name))
     assert [(d.name, d.attempt_count) for d in deliveries.deliveries] == [(names.webhook_delivery, 0)]
     client.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=names.job))
+
+
+def test_another_tenants_published_model_answers_as_a_missing_one(gateway_channel, gateway_dir, worker):
+    owner = Client(gateway_channel, new_key(gateway_dir, "publisher"))
+    stranger = Client(gateway_channel, new_key(gateway_dir, "model-stranger"))
+    dataset = owner.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="published", family=dpb.MODEL_FAMILY_SD15, default_repeat=1)))
+    upload(owner.datasets, dataset.name, image_bytes(96, 96, seed=8), filename="a.png", tags=["mytrigger"])
+    job = owner.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name, epochs=1)))
+    events = list(owner.trainer.WatchTrainingJob(pb.WatchTrainingJobRequest(name=job.name), timeout=300))
+    assert events[-1].finished.state == pb.TrainingJob.State.STATE_SUCCEEDED
+    model = owner.trainer.CreateModel(pb.CreateModelRequest(model=pb.Model(
+        display_name="private cat", training_job=job.name, epoch=1)))
+    requests = {"GetModel": lambda name: pb.GetModelRequest(name=name),
+                "DeleteModel": lambda name: pb.DeleteModelRequest(name=name)}
+    assert set(requests) == PUBLISHED
+    answers = {method: (_answer(stranger, method, build(model.name)), _answer(stranger, method,
+                                                                              build(_missing(model.name))))
+               for method, build in requests.items()}
+    assert {m: a[0] for m, a in answers.items()} == {m: a[1] for m, a in answers.items()}
+    assert {a[0][0] for a in answers.values()} == {grpc.StatusCode.NOT_FOUND}
+    assert model.name not in [m.name for m in stranger.trainer.ListModels(pb.ListModelsRequest()).models]
+    assert owner.trainer.GetModel(pb.GetModelRequest(name=model.name)) == model

@@ -1,0 +1,84 @@
+"""Request and upload sizes the gateway admits, checked before anything reaches an internal service.
+
+A request message over `max_request_bytes`, an upload that declares or streams more than
+`max_upload_bytes`, and a browser upload URL asked for a larger file are refused with
+RESOURCE_EXHAUSTED and a QuotaFailure naming the limit. Only the two upload methods are decoded
+here (their size fields); every other request stays the bytes the client sent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from kiln.v1 import dataset_pb2
+from services.common.call_context import current_tenant
+from services.common.errors import ServiceError, parsed, quota_exceeded
+from services.common.malformed import tolerant
+
+UPLOAD_METHOD = "/kiln.v1.DatasetService/UploadImage"
+UPLOAD_URL_METHOD = "/kiln.v1.DatasetService/CreateImageUpload"
+# A chunk message is its bytes plus a field tag and a length varint: at most this many bytes more.
+_CHUNK_FRAMING_BYTES = 6
+_M = TypeVar("_M", bound=Message)
+
+
+class RequestSizes:
+    def __init__(self, max_request_bytes: int, max_upload_bytes: int) -> None:
+        self.max_request_bytes = max_request_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    def check_request(self, method: str, raw: bytes) -> None:
+        """One request message, as it came (raises a ServiceError past a limit)."""
+        if len(raw) > self.max_request_bytes:
+            raise self._too_large(f"this request is {len(raw)} bytes; requests may be at most "
+                                  f"{self.max_request_bytes} bytes", "REQUEST_TOO_LARGE", "max_request_bytes",
+                                  self.max_request_bytes)
+        if method == UPLOAD_URL_METHOD:
+            self._check_declared(_parsed(dataset_pb2.CreateImageUploadRequest, raw).size_bytes)
+
+    def checked_stream(self, method: str, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A client stream passed on message by message, each checked, and an upload's total."""
+        if method == UPLOAD_METHOD:
+            return self._checked_upload(requests)
+        return self._checked_messages(method, requests)
+
+    async def _checked_messages(self, method: str, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for raw in requests:
+            self.check_request(method, raw)
+            yield raw
+
+    async def _checked_upload(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        first = True
+        streamed = 0
+        async for raw in requests:
+            if first:
+                first = False
+                self.check_request(UPLOAD_METHOD, raw)
+                message = _parsed(dataset_pb2.UploadImageRequest, raw)
+                if message.WhichOneof("content") == "metadata":
+                    self._check_declared(message.metadata.size_bytes)
+                    yield raw
+                    continue
+            streamed += max(0, len(raw) - _CHUNK_FRAMING_BYTES)
+            if streamed > self.max_upload_bytes:
+                raise self._too_large(f"this upload streamed more than {self.max_upload_bytes} bytes, the most one "
+                                      "image may have", "UPLOAD_TOO_LARGE", "max_upload_bytes", self.max_upload_bytes)
+            yield raw
+
+    def _check_declared(self, size_bytes: int) -> None:
+        if size_bytes > self.max_upload_bytes:
+            raise self._too_large(f"an image may be at most {self.max_upload_bytes} bytes; this one declares "
+                                  f"{size_bytes}", "UPLOAD_TOO_LARGE", "max_upload_bytes", self.max_upload_bytes)
+
+    @staticmethod
+    def _too_large(message: str, reason: str, setting: str, limit: int) -> ServiceError:
+        return quota_exceeded(message, reason, subject=f"tenant:{current_tenant()}", description=setting,
+                              limit=str(limit))
+
+
+def _parsed(kind: type[_M], raw: bytes) -> _M:
+    """The message, or INVALID_ARGUMENT naming what is wrong with its bytes (as the service would say)."""
+    message: _M = parsed(tolerant(kind.FromString, kind)(raw))
+    return message
