@@ -140,7 +140,8 @@ async def build_trainer(settings: TrainerServiceSettings, store: ObjectStore,
                                ModelStore(settings.models_dir), SnapshotSource(channel), EventHub(),
                                GenerationQueue(rules.lease, settings.training_max_attempts), outbox)
     policy = AddressPolicy(settings.webhook_allow_private_networks, settings.webhook_blocked_networks)
-    dispatcher = WebhookDispatcher(transactions, settings, WebhookSender(policy, settings.webhook_timeout_seconds))
+    sender = WebhookSender(policy, settings.webhook_timeout_seconds, settings.webhook_ca_file)
+    dispatcher = WebhookDispatcher(transactions, settings, sender)
     outbox.wake_on_commit(dispatcher.wake)
     webhooks = WebhookRpcs(transactions, page_tokens, settings, policy, outbox)
     return TrainerComponents(settings, deps, TrainerServicer(deps), TrainingWorkerServicer(deps), webhooks,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ class Answer:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._changed = threading.Condition()
         self._received: list[Received] = []
         self._scripts: dict[str, collections.deque[Answer]] = collections.defaultdict(collections.deque)
@@ -61,6 +62,13 @@ class Receiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        # The names clients asked for in their TLS handshakes (SNI).
+        self.server_names: list[str] = []
+        self._scheme = "http"
+        if tls is not None:
+            tls.sni_callback = lambda _socket, name, _context: self.server_names.append(name or "")
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self._scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
 
     @property
@@ -68,7 +76,7 @@ class Receiver:
         return int(self._server.server_address[1])
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self._scheme}://{host}:{self.port}{path}"
 
     def script(self, path: str, *answers: Answer, then: Answer | None = None) -> None:
         """Answer the next requests to `path` with `answers`, in order, then with `then` (200)."""

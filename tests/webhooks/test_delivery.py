@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import pathlib
+import ssl
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -17,14 +21,43 @@ from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import webhooks_pb2 as wpb
 from kiln.webhooks import BadSignature, verify
 from tests.dataset.helpers import image_bytes, upload
+from tests.dataset.test_mutual_tls import openssl
 from tests.gateway.conftest import Client
 from tests.gateway.test_gateway import new_key
 from tests.training_service.test_training_jobs import tiny_job
+from tests.webhooks.conftest import QUICK_WEBHOOKS
 from tests.webhooks.receiver import Answer, Receiver, wait_until
 
 Delivery = wpb.WebhookDelivery
 TRAINING = ["training.queued", "training.started", "training.epoch_saved", "training.succeeded",
             "training.failed", "training.cancelled", "model.published"]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> pathlib.Path:
+    """A CA, and a receiver's certificate it signed for the name `localhost` only (no IP address)."""
+    root = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=on-premises CA", cwd=root)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "receiver.key", "-out", "receiver.csr",
+            "-subj", "/CN=receiver", cwd=root)
+    (root / "receiver.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "receiver.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "receiver.pem", "-days", "1", "-extfile", "receiver.ext", cwd=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trainer_overrides(pki) -> dict[str, Any]:
+    return {**QUICK_WEBHOOKS, "webhook_ca_file": pki / "ca.pem"}
+
+
+@pytest.fixture(scope="module")
+def https_receiver(pki) -> Iterator[Receiver]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki / "receiver.pem", pki / "receiver.key")
+    with Receiver(tls=context) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +144,27 @@ def test_the_checked_address_is_connected_to_under_the_urls_own_host_name(client
     [got] = receiver.wait_for(path, 1)
     assert got.headers["host"] == f"localhost:{receiver.port}"
     assert verify(got.body, got.headers, endpoint.secret)["data"] == {"name": endpoint.name}
+
+
+def test_https_is_verified_against_the_urls_name_while_connecting_to_the_checked_address(client, https_receiver):
+    """The certificate names only `localhost`: the attempt connects to 127.0.0.1 (the address it
+    checked) and still verifies the certificate against the URL's name, sent as SNI."""
+    path = "/tls"
+    endpoint = client.webhooks.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(
+        webhook_endpoint=wpb.WebhookEndpoint(url=https_receiver.url(path, host="localhost"),
+                                             event_types=["model.published"])))
+    client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+    [got] = https_receiver.wait_for(path, 1)
+    assert got.headers["host"] == f"localhost:{https_receiver.port}" and "localhost" in https_receiver.server_names
+    assert settled(client, endpoint, Delivery.State.STATE_SUCCEEDED).status_code == 200
+
+    # By its address the same receiver's certificate doesn't match: the attempt fails, nothing is sent.
+    by_address = client.webhooks.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(
+        webhook_endpoint=wpb.WebhookEndpoint(url=https_receiver.url("/tls-ip"), event_types=["model.published"])))
+    client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=by_address.name))
+    failed = wait_until(lambda: next((d for d in deliveries(client, by_address) if d.attempt_count), None))
+    assert failed.status_code == 0 and "certificate" in failed.error.lower(), failed.error
+    assert https_receiver.received("/tls-ip") == []
 
 
 def test_deliveries_show_each_failure_and_when_the_next_attempt_is_due(client, receiver):

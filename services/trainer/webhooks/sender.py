@@ -8,10 +8,13 @@ import asyncio
 import datetime as dt
 import email.utils
 import ipaddress
+import pathlib
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import certifi
 import httpx
 
 from services.trainer.webhooks import signing
@@ -39,11 +42,14 @@ class Attempt:
 
 
 class WebhookSender:
-    def __init__(self, policy: AddressPolicy, timeout: float) -> None:
+    def __init__(self, policy: AddressPolicy, timeout: float, ca_file: pathlib.Path | None = None) -> None:
         self._policy = policy
         self._timeout = timeout
+        trusted = ssl.create_default_context(cafile=certifi.where())
+        if ca_file is not None:
+            trusted.load_verify_locations(cafile=str(ca_file))
         # trust_env off: a proxy from the environment would connect on our behalf, past the check.
-        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=timeout,
+        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=timeout, verify=trusted,
                                          limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Self
 
 from pydantic import Field, model_validator
@@ -33,6 +34,9 @@ class WebhookSettings(CommonSettings):
     # How often deliveries due later (retries, other replicas' events) are looked for.
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
     max_webhook_endpoints_per_tenant: int = Field(default=20, ge=1)
+    # PEM file of further CAs that may sign receivers' certificates (an on-premises CA), trusted
+    # beside the public ones.
+    webhook_ca_file: pathlib.Path | None = None
 
     @model_validator(mode="after")
     def _lease_outlasts_an_attempt(self) -> Self:
