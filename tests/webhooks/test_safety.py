@@ -26,7 +26,7 @@ Delivery = wpb.WebhookDelivery
 
 @pytest.fixture(scope="module")
 def trainer_overrides() -> dict[str, Any]:
-    return {**QUICK_WEBHOOKS, "webhook_allow_private_networks": False}
+    return {**QUICK_WEBHOOKS, "webhook_allow_private_networks": False, "webhook_blocked_networks": ["192.0.2.0/24"]}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,7 @@ def _refusal(client: Client, url: str, types: tuple[str, ...] = ("training.succe
     ("http://169.254.169.254/latest/meta-data", "link-local"),
     ("http://0.0.0.0/hook", "unspecified"),
     ("http://224.0.0.1/hook", "multicast"),
+    ("http://192.0.2.7/hook", "a network Kiln's own services use"),
     ("not a url", "no spaces"),
     ("https:///hook", "no host"),
 ])

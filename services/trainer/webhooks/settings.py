@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import pathlib
 from typing import Self
 
@@ -45,4 +46,10 @@ class WebhookSettings(CommonSettings):
                              "would be sent a second time while it runs")
         if any(wait < 0 for wait in self.webhook_retry_schedule):
             raise ValueError("webhook_retry_schedule: waits in seconds, none negative")
+        for network in self.webhook_blocked_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"webhook_blocked_networks: {network!r} is not a network (CIDR, e.g. "
+                                 "10.20.0.0/16)") from None
         return self
