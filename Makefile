@@ -12,7 +12,7 @@ SAMPLE_FILES := astronaut.png camera.png chelsea.png coffee.png rocket.jpg motor
 CLIP_VOCAB := $(SHARE)/bpe_simple_vocab_16e6.txt.gz
 OPEN_CLIP_WHEEL := open_clip_torch==3.3.0
 
-.PHONY: setup demo test lint protos proto-baseline bench clean
+.PHONY: setup demo up test lint protos proto-baseline bench clean
 
 setup: $(STAMP) $(CLIP_VOCAB) $(SAMPLES)
 
@@ -44,8 +44,13 @@ protos: setup
 proto-baseline: setup
 	$(VENV)/bin/buf build protos --exclude-source-info -o protos/baseline.binpb
 
+# The whole stack as processes, then a user's session through the gateway with the Python SDK.
 demo: setup
-	$(PY) -m services.demo
+	$(PY) -m services.demo $(ARGS)
+
+# The whole stack on embedded defaults until Ctrl-C (what `kiln up` runs).
+up: setup
+	$(PY) -m services.stack $(ARGS)
 
 test: setup
 	$(PY) -m pytest

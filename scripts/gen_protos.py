@@ -1,5 +1,8 @@
 """Generate the typed Python code for protos/kiln/v1 into sdk/python/kiln/v1 (the SDK ships it).
 
+Besides the messages and gRPC stubs it writes the Connect code (`*_connect.py`, from
+protoc-gen-connectrpc over the same google.protobuf messages), which the gateway serves over HTTP.
+
 Run with `make protos`. tests/test_protos.py regenerates into a temporary
 directory and fails when the committed code differs.
 
@@ -41,10 +44,14 @@ def generate(out_root: pathlib.Path) -> None:
         f"-I{well_known_include()}",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
+        f"--plugin=protoc-gen-connectrpc={bin_dir / 'protoc-gen-connectrpc'}",
         f"--python_out={out_root}",
         f"--grpc_python_out={out_root}",
         f"--mypy_out={out_root}",
         f"--mypy_grpc_out={out_root}",
+        # Over google.protobuf's messages (the default is the separate protobuf-py runtime).
+        "--connectrpc_opt=protobuf=google",
+        f"--connectrpc_out={out_root}",
         *protos,
     ]
     if protoc.main(args) != 0:

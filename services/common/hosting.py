@@ -80,6 +80,10 @@ class RunningServer:
     names: list[str]
     readiness: Readiness | None = None
     metrics: MetricsEndpoint | None = None
+    # What health reports for the service: ready, and not shutting down (for other protocols'
+    # health checks, e.g. an HTTP /healthz beside the gRPC server).
+    serving: bool = False
+    stopping: bool = False
 
     @property
     def address(self) -> str:
@@ -92,12 +96,14 @@ class RunningServer:
         return self.metrics.url if self.metrics is not None else ""
 
     async def set_ready(self, ready: bool) -> None:
+        self.serving = ready and not self.stopping
         for name in [*self.names, ""]:
             await self.health.set(name, _SERVING if ready else _NOT_SERVING)
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING first so load balancers drain us, then let calls finish. From here on
         nothing (a readiness probe that just succeeded) can report SERVING again."""
+        self.stopping, self.serving = True, False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(drain_time(grace))
 

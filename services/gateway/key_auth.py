@@ -22,10 +22,14 @@ REFUSED = ("a valid API key is required: send it as `authorization: Bearer kiln_
 def bearer_key(context: grpc.aio.ServicerContext) -> str | None:
     for name, value in context.invocation_metadata() or ():
         if name == "authorization":
-            text = value if isinstance(value, str) else value.decode(errors="replace")
-            scheme, _, key = text.partition(" ")
-            return key.strip() if scheme.lower() == "bearer" else None
+            return key_of_authorization(value if isinstance(value, str) else value.decode(errors="replace"))
     return None
+
+
+def key_of_authorization(value: str) -> str | None:
+    """The key of an `authorization: Bearer <key>` value (gRPC metadata or an HTTP header)."""
+    scheme, _, key = value.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else None
 
 
 def api_key_interceptor(verifier: KeyVerifier, limits: KeyLimits) -> AroundCalls:

@@ -3,7 +3,8 @@ bytes are not decoded here; the internal service checks them) to the internal se
 implements it, acting for the caller's tenant, with the caller's deadline. Server streams are
 relayed message by message, never buffered: a slow client holds up only its own stream. Errors
 come back as the internal service gave them, with their details (field violations, quota
-failures) and nothing else of its metadata. Requests over the gateway's size limits stop here
+failures) and nothing else of its metadata; a failure of the channel itself is named by service
+(upstream_errors.py), never by its internal address. Requests over the gateway's size limits stop here
 (request_sizes.py)."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from services.common.call_context import current_tenant
 from services.common.errors import ServiceError, abort_with
 from services.common.internal_client import tenant_metadata
 from services.gateway.request_sizes import RequestSizes
+from services.gateway.upstream_errors import channel_failure, dependency_name
 
 # The one trailer of an internal service's error a client may see: its google.rpc.Status details.
 _DETAILS_TRAILER = "grpc-status-details-bin"
@@ -28,27 +30,32 @@ def _trailer_of(error: grpc.aio.AioRpcError) -> tuple[tuple[str, Any], ...]:
     return tuple((key, value) for key, value in (error.trailing_metadata() or ()) if key == _DETAILS_TRAILER)
 
 
-async def _abort_like(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError) -> None:
-    await context.abort(error.code(), error.details() or "", trailing_metadata=_trailer_of(error))
+async def _abort_like(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, dependency: str) -> None:
+    trailer = _trailer_of(error)
+    failure = None if trailer else channel_failure(error.code(), dependency)
+    if failure is not None:
+        await abort_with(context, failure)
+    await context.abort(error.code(), error.details() or "", trailing_metadata=trailer)
 
 
 def relay_handler(service: ServiceDescriptor, channel: grpc.aio.Channel, sizes: RequestSizes) -> grpc.GenericRpcHandler:
     """A handler for every method of `service`, forwarding to `channel`."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
+    dependency = dependency_name(service)
     for method in service.methods:
         path = f"/{service.full_name}/{method.name}"
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _streamed(channel.stream_stream(path), _ClientStream(path, sizes)))
+                _streamed(channel.stream_stream(path), _ClientStream(path, sizes), dependency))
         elif method.client_streaming:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                _single(channel.stream_unary(path), _ClientStream(path, sizes)))
+                _single(channel.stream_unary(path), _ClientStream(path, sizes), dependency))
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _streamed(channel.unary_stream(path), _OneRequest(path, sizes)))
+                _streamed(channel.unary_stream(path), _OneRequest(path, sizes), dependency))
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _single(channel.unary_unary(path), _OneRequest(path, sizes)))
+                _single(channel.unary_unary(path), _OneRequest(path, sizes), dependency))
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
@@ -99,16 +106,16 @@ class _CheckedStream:
 
 
 async def _answer_failure(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError | asyncio.CancelledError,
-                          request: Any) -> None:
+                          request: Any, dependency: str) -> None:
     # A refused client stream cancels the internal call: the refusal is the answer.
     if isinstance(request, _CheckedStream) and request.refusal is not None:
         await abort_with(context, request.refusal)
     if isinstance(error, asyncio.CancelledError):
         raise error
-    await _abort_like(context, error)
+    await _abort_like(context, error, dependency)
 
 
-def _single(upstream: Any, requests: _OneRequest | _ClientStream) -> Any:
+def _single(upstream: Any, requests: _OneRequest | _ClientStream, dependency: str) -> Any:
     """One answer, to one request or to a client stream (passed on as it arrives)."""
     async def relay(request: Any, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -118,13 +125,13 @@ def _single(upstream: Any, requests: _OneRequest | _ClientStream) -> Any:
         try:
             return bytes(await upstream(checked, metadata=_metadata(), timeout=context.time_remaining()))
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
-            await _answer_failure(context, error, checked)
+            await _answer_failure(context, error, checked, dependency)
             raise  # not reached: abort raises
 
     return relay
 
 
-def _streamed(upstream: Any, requests: _OneRequest | _ClientStream) -> Any:
+def _streamed(upstream: Any, requests: _OneRequest | _ClientStream, dependency: str) -> Any:
     """A server stream, to one request or to a client stream."""
     async def relay(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         try:
@@ -136,7 +143,7 @@ def _streamed(upstream: Any, requests: _OneRequest | _ClientStream) -> Any:
             async for message in call:
                 yield message
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
-            await _answer_failure(context, error, checked)
+            await _answer_failure(context, error, checked, dependency)
         finally:
             call.cancel()  # the client went away: so does the internal stream
 

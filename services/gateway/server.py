@@ -1,5 +1,6 @@
-"""The gateway: the public API on one address. It authenticates API keys and relays each public
-service (datasets, training) to the internal service behind it, acting for the key's tenant."""
+"""The gateway: the public API, over gRPC and over the Connect protocol on HTTP/1.1 (browsers,
+curl), in one process. It authenticates API keys and relays each public service (datasets,
+training) to the internal service behind it, acting for the key's tenant."""
 
 from __future__ import annotations
 
@@ -21,11 +22,16 @@ from services.common.interceptors import deadline_interceptor
 from services.common.internal_client import internal_aio_channel
 from services.common.logs import configure_logging
 from services.common.observability import Observability
-from services.common.process import serve_process
+from services.common.process import drain_time, serve_process
 from services.common.readiness import Probe, database_probe
 from services.common.server import MAX_MESSAGE_BYTES, ServiceBinding
 from services.common.transactions import Transactions
 from services.gateway import schema
+from services.gateway.asgi import ASGIApp
+from services.gateway.connect_app import CallMetrics, KeyCheck, connect_application
+from services.gateway.cors import CorsPolicy, with_cors
+from services.gateway.http_app import gateway_http_app
+from services.gateway.http_server import HttpServer, start_http
 from services.gateway.key_auth import api_key_interceptor
 from services.gateway.key_verifier import KeyVerifier
 from services.gateway.limits import KeyLimits
@@ -64,6 +70,17 @@ class GatewayComponents:
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return self.observability.server_interceptors(deadline_interceptor(),
                                                       api_key_interceptor(self.keys, self.limits))
+
+    def http_app(self, serving: Callable[[], bool]) -> ASGIApp:
+        """Every public service over Connect, behind CORS; `serving` answers /healthz."""
+        interceptors = (CallMetrics(self.observability.metrics), KeyCheck(self.keys, self.limits))
+        services = {service.full_name: connect_application(service, self.channels[address_setting], interceptors,
+                                                           self.sizes)
+                    for service, address_setting in PUBLIC_SERVICES}
+        streamed_requests = {f"/{service.full_name}/{method.name}" for service, _ in PUBLIC_SERVICES
+                             for method in service.methods if method.client_streaming}
+        app = gateway_http_app(services, streamed_requests, self.settings.max_request_bytes, serving)
+        return with_cors(app, CorsPolicy(self.settings.cors_allowed_origins))
 
     def background(self) -> list[Background]:
         return [Periodic("key use", self.settings.key_use_write_seconds, self.keys.record_uses)]
@@ -121,31 +138,47 @@ async def build_gateway(settings: GatewaySettings, observability: Observability 
 @dataclass
 class GatewayService:
     server: RunningServer
+    http: HttpServer
     components: GatewayComponents
 
     @property
     def address(self) -> str:
+        """The gRPC side's host:port."""
         return self.server.address
+
+    @property
+    def http_address(self) -> str:
+        """The HTTP (Connect) side's host:port."""
+        return self.http.address
 
 
 @contextlib.asynccontextmanager
 async def running_gateway(settings: GatewaySettings,
                           observability: Observability | None = None) -> AsyncIterator[GatewayService]:
-    """Start the gateway on settings.server (port 0 picks a free port) and stop it on exit."""
+    """Start the gateway, gRPC on settings.server and HTTP on settings.http (port 0 picks a free
+    port), and stop it on exit."""
     components = await build_gateway(settings, observability)
     try:
         async with run_service(components.bindings(), settings=settings.server,
                                interceptors=components.interceptors(), background=components.background(),
                                probes=components.probes(), metrics=components.observability.metrics,
                                metrics_settings=settings.metrics) as server:
-            yield GatewayService(server, components)
+            http = await start_http(components.http_app(lambda: server.serving), settings.http.host,
+                                    settings.http.port)
+            try:
+                yield GatewayService(server, http, components)
+            finally:
+                # Both sides drain at once, within the one grace period (health says NOT_SERVING on both
+                # from the start); run_service's own stop then finds the gRPC side stopped.
+                grace = settings.server.shutdown_grace
+                await asyncio.gather(http.stop(drain_time(grace)), server.stop(grace))
     finally:
         await components.close()
 
 
 async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     async with running_gateway(settings) as service:
-        log.info("gateway ready", extra={"fields": {"address": service.address,
+        log.info("gateway ready", extra={"fields": {"address": service.address, "http": service.http_address,
                                                     "metrics": service.server.metrics_url}})
         await stop.wait()
 

@@ -1,12 +1,20 @@
 """Gateway settings (environment: KILN_…, e.g. KILN_GATEWAY_DATABASE_URL, KILN_DATASET_ADDRESS,
-KILN_TRAINER_ADDRESS)."""
+KILN_TRAINER_ADDRESS, KILN_HTTP__PORT, KILN_CORS_ALLOWED_ORIGINS='["https://app.example.com"]')."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
+
+
+class HttpSettings(BaseModel):
+    """Where the Connect protocol (HTTP/1.1: browsers, curl, Connect clients) is served. Port 0
+    picks a free port (logged at start)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
 
 
 class GatewaySettings(CommonSettings):
@@ -23,13 +31,16 @@ class GatewaySettings(CommonSettings):
     key_requests_per_second: float = Field(default=50.0, gt=0)
     key_request_burst: int = Field(default=100, ge=1)
     max_watch_streams_per_key: int = Field(default=20, ge=1)
-    # The largest request message (past it: RESOURCE_EXHAUSTED with a QuotaFailure), and the largest image an
-    # upload may declare or stream, or a browser upload URL be asked for. Messages past the transport's own
-    # 8 MiB ceiling are refused by gRPC itself, without details.
+    # The largest request message or HTTP request body (past it: RESOURCE_EXHAUSTED with a QuotaFailure), and
+    # the largest image an upload may declare or stream, or a browser upload URL be asked for. Messages past
+    # the transport's own 8 MiB ceiling are refused by gRPC itself, without details.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     # How often the keys' last use is written.
     key_use_write_seconds: float = Field(default=30.0, gt=0)
+    http: HttpSettings = HttpSettings()
+    # Web origins (scheme://host[:port]) whose pages may call the HTTP side from a browser; "*" for any.
+    cors_allowed_origins: list[str] = []
 
     def database_url(self) -> str:
         return self.gateway_database_url or f"sqlite:///{self.data_dir / 'gateway.db'}"

@@ -24,11 +24,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
 
 
-def wait_until_served(url: str, method: str, count: float, timeout: float = 30) -> None:
-    """Until the service has finished `count` calls of `method`, whatever their outcome: a call the
-    client gave up on goes on in the service, and only its metrics say when it is over."""
+def wait_until_served(url: str, method: str, count: float, timeout: float = 30, **labels: str) -> None:
+    """Until the service has finished `count` calls of `method` (with `labels`, e.g. code="CANCELLED";
+    else whatever their outcome): a call the client gave up on goes on in the service, and only its
+    metrics say when it is over."""
     deadline = time.monotonic() + timeout
-    while value(scrape(url), RPC_COUNT, method=method) < count:
+    while value(scrape(url), RPC_COUNT, method=method, **labels) < count:
         if time.monotonic() > deadline:
             raise AssertionError(f"the service did not finish {count:g} {method} calls in {timeout:g}s")
         time.sleep(0.02)  # the scrape is the only signal a finished call leaves outside the service

@@ -12,8 +12,13 @@ from grpc_status import rpc_status
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import trainer_pb2_grpc
+from services.common.errors import status_details
 from services.common.internal_client import internal_channel, tenant_metadata
+from services.common.ports import free_port
+from services.common.settings import ServerSettings
 from services.gateway.key_auth import REFUSED
+from services.gateway.server import running_gateway
+from services.gateway.settings import GatewaySettings
 from tests.dataset.helpers import image_bytes, upload
 from tests.gateway.conftest import Client, keys_cli
 from tests.servers import TEST_AUTH
@@ -114,3 +119,20 @@ def test_a_stalled_watcher_holds_nobody_up_and_a_watch_resumes_exactly_as_direct
         direct = list(trainer_pb2_grpc.TrainerServiceStub(channel).WatchTrainingJob(pb.WatchTrainingJobRequest(
             name=job.name, after_seq=middle), metadata=tenant_metadata("watchers"), timeout=60))
     assert through_gateway == direct == events[middle:]
+
+
+def test_an_internal_service_that_is_down_is_named_never_its_address(aio, tmp_path, trainer):
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    settings = GatewaySettings(data_dir=tmp_path, server=ServerSettings(port=0, shutdown_grace=1.0), json_logs=False,
+                               internal_auth=TEST_AUTH, dataset_address=down, trainer_address=trainer.address)
+    key = new_key(tmp_path, "outage")
+    with aio.context(running_gateway(settings)) as gateway, grpc.insecure_channel(gateway.address) as channel:
+        client = Client(channel, key)
+        with pytest.raises(grpc.RpcError) as caught:
+            client.datasets.ListDatasets(dpb.ListDatasetsRequest(), timeout=20)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.details() == "the dataset service is unavailable; retry later"
+        info, _ = status_details(caught.value)
+        assert info is not None and info.reason == "DEPENDENCY_UNAVAILABLE"
+        # The services that are up answer as ever.
+        assert client.trainer.ListPresets(pb.ListPresetsRequest()).presets

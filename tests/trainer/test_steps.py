@@ -41,6 +41,18 @@ def test_batches_are_counted_per_bucket_with_ceil(make_dataset) -> None:
     assert accumulated.steps_per_epoch == 3 and accumulated.total_steps(epochs=2) == 6
 
 
+def test_crops_train_at_their_size_unless_past_the_largest_bucket(make_dataset) -> None:
+    # RULES: resolution 64, buckets up to 128 px. A 96x64 crop is trained as it is.
+    fitting = make_dataset(count=1, sizes=[(300, 200)], crop_to=(96, 64))
+    plan = plan_samples(fitting.snapshot, RULES, 1, batch_size=1, gradient_accumulation_steps=1)
+    assert list(plan.buckets) == [(96, 64)]
+    # A 512x512 crop (the dataset's SD1.5 size) for a job at 64 px: scaled down to the resolution.
+    large = make_dataset(count=1, sizes=[(640, 480)], crop_to=(512, 512))
+    plan = plan_samples(large.snapshot, RULES, 1, batch_size=1, gradient_accumulation_steps=1)
+    assert list(plan.buckets) == [(64, 64)]
+    assert plan.images[0].choice.resized == (64, 64)
+
+
 def test_regularization_is_balanced_like_kohya(make_dataset) -> None:
     dataset = make_dataset(count=2, repeat=5, reg_count=3, reg_repeat=1)
     reg = dataset.snapshot.regularization_images

@@ -118,9 +118,11 @@ def plan_samples(
 
 def _choose(image: SnapshotImage, rules: BucketRules, enable_bucket: bool) -> BucketChoice:
     width, height = image.source_size
-    if image.crop is not None:
+    if image.crop is not None and max(width, height) <= rules.max_size:
         # Cropped by the dataset service to its target size: trained exactly as it is.
         return BucketChoice((width, height), (width, height))
+    # A crop with a side past the largest bucket (a 512 px crop trained at 128 px) is bucketed
+    # as any image: scaled down to the job's resolution.
     if not enable_bucket:
         # kohya without buckets: every image resized to cover the resolution and centre-cropped.
         target = rules.resolution
