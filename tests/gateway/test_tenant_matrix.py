@@ -122,11 +122,23 @@ _TRAINER = {m.name for service, _ in PUBLIC_SERVICES if service.name == "Trainer
 _WEBHOOKS = {m.name for service, _ in PUBLIC_SERVICES if service.name == "WebhookService" for m in service.methods}
 
 
+# The owner's webhook endpoint is on loopback (registrable here); the trainer sends nothing, so
+# its test delivery stays as it was made.
+WEBHOOK_OWNER_SETTINGS = {"webhook_allow_private_networks": True, "webhook_concurrency": 0}
+
+
 @pytest.fixture(scope="module")
 def trainer_overrides() -> dict[str, Any]:
-    # The owner's endpoint is on loopback (registrable here); this replica sends nothing, so its
-    # test delivery stays as it was made.
-    return {"webhook_allow_private_networks": True, "webhook_concurrency": 0}
+    return WEBHOOK_OWNER_SETTINGS
+
+
+def owned_webhook(client: Client) -> tuple[str, str]:
+    """The names of a webhook endpoint of the client's tenant and of a delivery to it."""
+    endpoint = client.webhooks.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(
+        webhook_endpoint=wpb.WebhookEndpoint(url="http://127.0.0.1:9/hook", event_types=["training.succeeded"],
+                                             description="mine")))
+    delivery = client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+    return endpoint.name, delivery.name
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +151,7 @@ def owner(gateway_channel, gateway_dir) -> tuple[Client, Names]:
         parent=dataset.name, role=dpb.IMAGE_ROLE_TRAINING, filename="b.png", size_bytes=1000))
     snapshot = client.datasets.CreateSnapshot(dpb.CreateSnapshotRequest(parent=dataset.name))
     job = client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
-    endpoint = client.webhooks.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(
-        webhook_endpoint=wpb.WebhookEndpoint(url="http://127.0.0.1:9/hook", event_types=["training.succeeded"],
-                                             description="mine")))
-    delivery = client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
-    return client, Names(dataset.name, image.name, pending.name, snapshot.name, job.name, endpoint.name,
-                         delivery.name)
+    return client, Names(dataset.name, image.name, pending.name, snapshot.name, job.name, *owned_webhook(client))
 
 
 def test_every_method_covers_the_api():
