@@ -81,7 +81,7 @@ class TrainerComponents:
 
     def background(self) -> list[Background]:
         return [Periodic("queue maintenance", self.settings.queue_maintenance_seconds, self.maintain_queue),
-                self.dispatcher]
+                self.dispatcher, self.dispatcher.retention()]
 
     def probes(self) -> list[Probe]:
         return [database_probe(self.deps.transactions.engine), Probe(OBJECT_STORE, self.deps.store.check_reachable)]

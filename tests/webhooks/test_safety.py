@@ -4,6 +4,8 @@ delivery time, on the address the dispatcher would connect to."""
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from typing import Any
 
 import grpc
@@ -22,11 +24,14 @@ from tests.webhooks.conftest import QUICK_WEBHOOKS
 from tests.webhooks.receiver import wait_until
 
 Delivery = wpb.WebhookDelivery
+# Settled deliveries are deleted this long after their last attempt.
+KEPT_SECONDS = 4.0
 
 
 @pytest.fixture(scope="module")
 def trainer_overrides() -> dict[str, Any]:
-    return {**QUICK_WEBHOOKS, "webhook_allow_private_networks": False, "webhook_blocked_networks": ["192.0.2.0/24"]}
+    return {**QUICK_WEBHOOKS, "webhook_allow_private_networks": False, "webhook_blocked_networks": ["192.0.2.0/24"],
+            "webhook_deliveries_kept_days": KEPT_SECONDS / 86400}
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +99,25 @@ def test_a_name_resolving_to_loopback_is_refused_at_delivery_time(aio, store, tr
     delivery = wait_until(attempted)
     assert delivery.status_code == 0 and delivery.error.startswith("refused: ") and "loopback" in delivery.error
     assert receiver.received("/inside") == []
+
+
+def test_settled_deliveries_are_listed_for_the_retention_then_deleted(aio, store, trainer, client):
+    """An endpoint on loopback, which this replica refuses: its delivery fails every attempt, is
+    listed for the retention after its last one, then deleted."""
+    settings = trainer.components.settings.model_copy(update={
+        "webhook_allow_private_networks": True, "webhook_concurrency": 0})
+    with aio.context(running_trainer_service(settings, store)) as permissive, \
+            internal_channel(permissive.address, TEST_AUTH) as channel:
+        lenient = WithMetadata(webhooks_pb2_grpc.WebhookServiceStub(channel), tenant_metadata("safety"))
+        endpoint = lenient.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(
+            webhook_endpoint=wpb.WebhookEndpoint(url="http://127.0.0.1:9/retention", event_types=["training.queued"])))
+        sent = lenient.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+
+    def listed() -> list[Delivery]:
+        return list(client.webhooks.ListWebhookDeliveries(
+            wpb.ListWebhookDeliveriesRequest(parent=endpoint.name)).deliveries)
+
+    failed = wait_until(lambda: next((d for d in listed() if d.state == Delivery.State.STATE_FAILED), None))
+    assert failed.name == sent.name and failed.attempt_count == 3
+    wait_until(lambda: listed() == [], timeout=30)
+    assert (time.time() - failed.last_attempt_time.ToDatetime(dt.UTC).timestamp()) >= KEPT_SECONDS - 0.5

@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from services.common.hosting import Periodic
 from services.common.transactions import Transactions
 from services.common.work_queue import LeasedQueue, QueueLoop, QueueTable, RetryPolicy
 from services.trainer import schema
@@ -86,6 +87,7 @@ class WebhookDispatcher:
         self._sender = sender
         self._concurrency = settings.webhook_concurrency
         self._schedule = RetrySchedule(settings.webhook_retry_schedule, settings.webhook_retry_jitter)
+        self._kept = dt.timedelta(days=settings.webhook_deliveries_kept_days)
         self._clock = clock
         self.queue = LeasedQueue(
             "webhooks", QueueTable(schema.webhook_deliveries, d.id, d.state, d.due, d.attempts, d.error,
@@ -100,6 +102,21 @@ class WebhookDispatcher:
     @property
     def name(self) -> str:
         return "webhook deliveries"
+
+    def retention(self) -> Periodic:
+        """The background round that deletes settled deliveries past the retention."""
+        return Periodic("webhook retention", min(3600.0, self._kept.total_seconds() / 4), self._prune)
+
+    async def _prune(self) -> None:
+        deleted = await self._tx.run(self.prune)
+        if deleted:
+            log.info("old webhook deliveries deleted", extra={"fields": {"deleted": deleted}})
+
+    def prune(self, conn: Connection) -> int:
+        """Deletes deliveries settled longer ago than the retention; returns how many."""
+        before = self._clock() - self._kept
+        return int(conn.execute(schema.webhook_deliveries.delete().where(
+            d.state.in_([SUCCEEDED, FAILED]), d.last_attempt_time < before)).rowcount)
 
     async def run(self) -> None:
         """Deliver until cancelled (a Background of the service)."""

@@ -35,6 +35,9 @@ class WebhookSettings(CommonSettings):
     # How often deliveries due later (retries, other replicas' events) are looked for.
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
     max_webhook_endpoints_per_tenant: int = Field(default=20, ge=1)
+    # Deliveries that succeeded or failed for good are listed for this long after their last
+    # attempt, then deleted (pending ones are kept whatever their age).
+    webhook_deliveries_kept_days: float = Field(default=30.0, gt=0)
     # PEM file of further CAs that may sign receivers' certificates (an on-premises CA), trusted
     # beside the public ones.
     webhook_ca_file: pathlib.Path | None = None
