@@ -153,9 +153,7 @@ async def run_service(bindings: Sequence[ServiceBinding], *, settings: ServerSet
         yield running
     finally:
         await running.stop(settings.shutdown_grace)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_all(tasks)
         if readiness is not None:
             readiness.close()
         if endpoint is not None:
@@ -185,6 +183,17 @@ def _server_credentials(tls: TlsSettings, require_client_certificate: bool) -> g
     root = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
     return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
                                        root_certificates=root, require_client_auth=require_client_certificate)
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel the background work and wait for it to end. Python 3.11's asyncio.wait_for returns
+    a result that arrived together with a cancellation instead of raising it, so a loop that was
+    in such a call (a database round) lives on: it is cancelled again until it ends."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
 
 
 async def _named(work: Background) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from kiln.v1 import dataset_pb2, trainer_pb2
+from kiln.v1 import dataset_pb2, trainer_pb2, webhooks_pb2
 from services.common.database import create_engine, migrate
 from services.common.errors import ConfigurationError
 from services.common.hosting import Background, Periodic, RunningServer, run_service
@@ -45,6 +45,7 @@ VERSION_TABLE = "alembic_version_gateway"
 PUBLIC_SERVICES = (
     (dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"], "dataset_address"),
     (trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"], "trainer_address"),
+    (webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"], "trainer_address"),
 )
 _CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES))
@@ -117,7 +118,7 @@ def open_database(settings: GatewaySettings) -> Transactions:
 
 
 async def build_gateway(settings: GatewaySettings, observability: Observability | None = None) -> GatewayComponents:
-    missing = [name for _, name in PUBLIC_SERVICES if not getattr(settings, name)]
+    missing = [name for name in dict.fromkeys(name for _, name in PUBLIC_SERVICES) if not getattr(settings, name)]
     if missing:
         raise ConfigurationError("the gateway needs the internal services' addresses: set "
                                  + ", ".join(f"KILN_{name.upper()}=host:port" for name in missing))
@@ -126,7 +127,7 @@ async def build_gateway(settings: GatewaySettings, observability: Observability 
     channels = {name: internal_aio_channel(getattr(settings, name), settings.internal_auth,
                                            interceptors=observability.tracing.client_interceptors(),
                                            options=_CHANNEL_OPTIONS)
-                for _, name in PUBLIC_SERVICES}
+                for name in dict.fromkeys(name for _, name in PUBLIC_SERVICES)}  # one per internal service
     limits = KeyLimits(settings.key_requests_per_second, settings.key_request_burst,
                        settings.max_watch_streams_per_key)
     sizes = RequestSizes(settings.max_request_bytes, settings.max_upload_bytes)

@@ -21,16 +21,19 @@ from kiln.v1 import trainer_pb2 as pb
 from services.common.errors import ServiceError
 from services.trainer import schema
 from services.trainer.records import now
+from services.trainer.webhooks.outbox import Outbox
 
 j = schema.training_jobs.c
 e = schema.training_events.c
 
 
 class EventLog:
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, outbox: Outbox | None = None) -> None:
         if keep < 1:
             raise ValueError("keep at least one event per job")
         self.keep = keep
+        # Webhooks of the events appended (started, epoch saved, finished), in the same transaction.
+        self.outbox = outbox
         self._slack = max(1, keep // 4)
 
     def append(self, conn: Connection, job_id: str, events: Iterable[pb.TrainingEvent],
@@ -40,17 +43,20 @@ class EventLog:
         batch = list(events)
         if not batch:
             return 0
-        last, pruned = conn.execute(schema.training_jobs.update().where(j.id == job_id)
-                                    .values(last_seq=j.last_seq + len(batch))
-                                    .returning(j.last_seq, j.events_pruned_through)).one()
+        last, pruned, tenant = conn.execute(schema.training_jobs.update().where(j.id == job_id)
+                                            .values(last_seq=j.last_seq + len(batch))
+                                            .returning(j.last_seq, j.events_pruned_through, j.tenant)).one()
+        at = at or now()
         stamp = Timestamp()
-        stamp.FromDatetime(at or now())
+        stamp.FromDatetime(at)
         rows = []
         for offset, event in enumerate(batch):
             event.seq = last - len(batch) + offset + 1
             event.time.CopyFrom(stamp)
             rows.append({"job_id": job_id, "seq": event.seq, "body": event.SerializeToString()})
         conn.execute(schema.training_events.insert(), rows)
+        if self.outbox is not None:
+            self.outbox.record_training(conn, tenant, job_id, batch, at)
         if last - pruned > self.keep + self._slack:
             self.prune(conn, job_id, last - self.keep)
         return int(last)

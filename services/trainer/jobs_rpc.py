@@ -42,6 +42,7 @@ from services.trainer.engine.snapshot import DatasetSnapshot, SnapshotError
 from services.trainer.estimates import estimate_message, memory_bytes, required_device
 from services.trainer.event_hub import QUEUE
 from services.trainer.service_base import TrainerBase
+from services.trainer.webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
 j = schema.training_jobs.c
@@ -186,6 +187,7 @@ class JobRpcs(TrainerBase):
                 memory_bytes=prepared.memory_bytes, device=prepared.device, state=schema.QUEUED, due=at,
                 enqueue_time=at, pending_controls=[], retrained_from=retrained_from, create_time=at, update_time=at))
             self._queue.reorder(conn)
+            self._deps.outbox.record(conn, tenant, *webhook_events.queued(records.job_name(job_id)), at)
             return self._job_message(conn, records.get_job(conn, tenant, job_id))
 
         fingerprint = request_fingerprint(request)

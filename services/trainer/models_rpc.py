@@ -35,6 +35,7 @@ from services.trainer.engine.errors import InvalidPublishRequest
 from services.trainer.engine.publishing import publish_metadata
 from services.trainer.engine.snapshot import DatasetSnapshot, SnapshotError
 from services.trainer.service_base import TrainerBase
+from services.trainer.webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
 m = schema.models.c
@@ -102,6 +103,7 @@ class ModelRpcs(TrainerBase):
 
         def work(conn: Connection, tenant: str) -> pb.Model:
             name = spec.display_name.strip()
+            at = records.now()
             if conn.execute(sa.select(m.id).where(m.tenant == tenant, m.display_name == name)).first():
                 raise _name_taken(name)
             conn.execute(schema.models.insert().values(
@@ -109,7 +111,9 @@ class ModelRpcs(TrainerBase):
                 trigger_words=[w.strip() for w in words], visibility=visibility,
                 job_id=job_id, epoch=spec.epoch, base_model=job.base_model, family=job.family,
                 size_bytes=len(published), sha256=hashlib.sha256(published).hexdigest(),
-                showcase=showcase, create_time=records.now()))
+                showcase=showcase, create_time=at))
+            self._deps.outbox.record(conn, tenant, *webhook_events.published(
+                records.MODEL_PREFIX + model_id, records.job_name(job_id), spec.epoch), at)
             return model_message(records.get_model(conn, tenant, model_id))
 
         response = await self._tx.idempotent("CreateModel", request, pb.Model, work, written=written)

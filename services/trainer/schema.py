@@ -175,3 +175,58 @@ generated_images = sa.Table(
 )
 
 request_ids = idempotency_table(metadata, "trainer_request_ids")
+
+# Webhooks (migration 0005, services/trainer/webhooks/): a tenant's endpoints, their signing
+# secrets, and the outbox of deliveries, written in the transaction of the event they tell of.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False, index=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("event_types", sa.JSON, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("disabled_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("disable_time", Timestamp),
+    sa.Column("last_success_time", Timestamp),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.Column("update_time", Timestamp, nullable=False),
+)
+
+# Signing secrets (`whsec_…`): the current one has no expiry; a rotated-out one signs beside it
+# until `expire_time`.
+webhook_secrets = sa.Table(
+    "webhook_secrets",
+    metadata,
+    sa.Column("endpoint_id", sa.String(32), primary_key=True),
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.Column("expire_time", Timestamp),
+)
+
+# The outbox: one row per (event, endpoint), a leased queue (services/common/work_queue.py) the
+# dispatcher claims from; `event_id` is the webhook-id every attempt carries.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("endpoint_id", sa.String(32), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("due", Timestamp),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("claimed_at", Timestamp),
+    sa.Column("error", sa.Text),
+    sa.Column("status_code", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("latency_ms", sa.Float, nullable=False, server_default="0"),
+    sa.Column("last_attempt_time", Timestamp),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
+    sa.Index("ix_webhook_deliveries_queue", "state", "due"),
+    sa.Index("ix_webhook_deliveries_endpoint", "endpoint_id", "create_time"),
+)

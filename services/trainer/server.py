@@ -15,7 +15,14 @@ import pathlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from kiln.v1 import trainer_pb2, trainer_pb2_grpc, trainer_worker_pb2, trainer_worker_pb2_grpc
+from kiln.v1 import (
+    trainer_pb2,
+    trainer_pb2_grpc,
+    trainer_worker_pb2,
+    trainer_worker_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
+)
 from services.common.database import create_engine, migrate
 from services.common.hosting import Background, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
@@ -40,6 +47,11 @@ from services.trainer.service_settings import TrainerServiceSettings
 from services.trainer.servicer import TrainerServicer, TrainingWorkerServicer
 from services.trainer.snapshot_source import SnapshotSource
 from services.trainer.training_queue import QueueRules, TrainingQueue
+from services.trainer.webhooks.addresses import AddressPolicy
+from services.trainer.webhooks.dispatcher import WebhookDispatcher
+from services.trainer.webhooks.outbox import Outbox
+from services.trainer.webhooks.rpc import WebhookRpcs
+from services.trainer.webhooks.sender import WebhookSender
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_trainer"
@@ -52,6 +64,8 @@ class TrainerComponents:
     deps: TrainerDependencies
     servicer: TrainerServicer
     workers: TrainingWorkerServicer
+    webhooks: WebhookRpcs
+    dispatcher: WebhookDispatcher
     credential: InternalCredential
     observability: Observability
 
@@ -61,10 +75,13 @@ class TrainerComponents:
                              self.servicer),
             tolerant_binding(trainer_worker_pb2, "TrainingWorkerService",
                              trainer_worker_pb2_grpc.add_TrainingWorkerServiceServicer_to_server, self.workers),
+            tolerant_binding(webhooks_pb2, "WebhookService", webhooks_pb2_grpc.add_WebhookServiceServicer_to_server,
+                             self.webhooks),
         ]
 
     def background(self) -> list[Background]:
-        return [Periodic("queue maintenance", self.settings.queue_maintenance_seconds, self.maintain_queue)]
+        return [Periodic("queue maintenance", self.settings.queue_maintenance_seconds, self.maintain_queue),
+                self.dispatcher, self.dispatcher.retention()]
 
     def probes(self) -> list[Probe]:
         return [database_probe(self.deps.transactions.engine), Probe(OBJECT_STORE, self.deps.store.check_reachable)]
@@ -83,6 +100,8 @@ class TrainerComponents:
             self.deps.hub.notify(QUEUE)
         stats = await self.deps.transactions.run(queue.leased.stats, read_only=True)
         self.observability.metrics.record_queue(queue.leased.name, stats)
+        outbox = await self.deps.transactions.run(self.dispatcher.queue.stats, read_only=True)
+        self.observability.metrics.record_queue(self.dispatcher.queue.name, outbox)
 
     async def close(self) -> None:
         self.servicer.close()
@@ -114,12 +133,19 @@ async def build_trainer(settings: TrainerServiceSettings, store: ObjectStore,
                        max_attempts=settings.training_max_attempts,
                        max_running_per_tenant=settings.max_running_jobs_per_tenant,
                        worker_seen=dt.timedelta(seconds=settings.worker_seen_seconds))
-    queue = TrainingQueue(rules, EventLog(settings.events_kept_per_job))
-    deps = TrainerDependencies(transactions, store, settings, PageTokens.from_settings(settings), queue,
+    outbox = Outbox()
+    queue = TrainingQueue(rules, EventLog(settings.events_kept_per_job, outbox))
+    page_tokens = PageTokens.from_settings(settings)
+    deps = TrainerDependencies(transactions, store, settings, page_tokens, queue,
                                ModelStore(settings.models_dir), SnapshotSource(channel), EventHub(),
-                               GenerationQueue(rules.lease, settings.training_max_attempts))
-    return TrainerComponents(settings, deps, TrainerServicer(deps), TrainingWorkerServicer(deps), credential,
-                             observability)
+                               GenerationQueue(rules.lease, settings.training_max_attempts), outbox)
+    policy = AddressPolicy(settings.webhook_allow_private_networks, settings.webhook_blocked_networks)
+    sender = WebhookSender(policy, settings.webhook_timeout_seconds, settings.webhook_ca_file)
+    dispatcher = WebhookDispatcher(transactions, settings, sender)
+    outbox.wake_on_commit(dispatcher.wake)
+    webhooks = WebhookRpcs(transactions, page_tokens, settings, policy, outbox)
+    return TrainerComponents(settings, deps, TrainerServicer(deps), TrainingWorkerServicer(deps), webhooks,
+                             dispatcher, credential, observability)
 
 
 @dataclass

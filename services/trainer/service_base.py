@@ -16,6 +16,7 @@ from services.trainer.generation_queue import GenerationQueue
 from services.trainer.service_settings import TrainerServiceSettings
 from services.trainer.snapshot_source import SnapshotSource
 from services.trainer.training_queue import TrainingQueue
+from services.trainer.webhooks.outbox import Outbox
 
 T = TypeVar("T")
 
@@ -31,6 +32,8 @@ class TrainerDependencies:
     snapshots: SnapshotSource
     hub: EventHub
     generations: GenerationQueue
+    # Webhook deliveries, written in the transactions of the events they tell of.
+    outbox: Outbox
 
 
 class TrainerBase:

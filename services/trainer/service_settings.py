@@ -8,11 +8,11 @@ import pathlib
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
 from services.trainer.settings import user_cache_models
+from services.trainer.webhooks.settings import WebhookSettings
 
 
-class TrainerServiceSettings(CommonSettings):
+class TrainerServiceSettings(WebhookSettings):
     model_config = SettingsConfigDict(env_prefix="KILN_", env_nested_delimiter="__", extra="ignore")
 
     # Default: a SQLite file under data_dir. PostgreSQL: postgresql://user:pass@host/db

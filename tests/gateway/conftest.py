@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from kiln.v1 import dataset_pb2_grpc, trainer_pb2_grpc
+from kiln.v1 import dataset_pb2_grpc, trainer_pb2_grpc, webhooks_pb2_grpc
 from services.common.loop_thread import LoopThread
 from services.common.settings import ServerSettings
 from services.dataset.server import DatasetService
@@ -73,6 +73,7 @@ class Client:
         metadata = ((("authorization", f"Bearer {key}"),) if key else ()) + extra
         self.datasets = WithMetadata(dataset_pb2_grpc.DatasetServiceStub(channel), metadata)
         self.trainer = WithMetadata(trainer_pb2_grpc.TrainerServiceStub(channel), metadata)
+        self.webhooks = WithMetadata(webhooks_pb2_grpc.WebhookServiceStub(channel), metadata)
 
 
 @pytest.fixture(scope="module")

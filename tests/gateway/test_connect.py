@@ -55,6 +55,11 @@ def gateway_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def trainer_overrides() -> dict[str, Any]:
+    return matrix.WEBHOOK_OWNER_SETTINGS
+
+
+@pytest.fixture(scope="module")
 def http(gateway: GatewayService) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=f"http://{gateway.http_address}", timeout=60) as client:
         yield client
@@ -427,7 +432,8 @@ def test_every_method_over_connect_answers_another_tenants_resources_as_missing_
         parent=created.name, role=dpb.IMAGE_ROLE_TRAINING, filename="b.png", size_bytes=1000))
     snapshot = owner.datasets.CreateSnapshot(dpb.CreateSnapshotRequest(parent=created.name))
     job = owner.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(created.name)))
-    names = matrix.Names(created.name, image.name, pending.name, snapshot.name, job.name)
+    names = matrix.Names(created.name, image.name, pending.name, snapshot.name, job.name,
+                         *matrix.owned_webhook(owner))
     missing = matrix.Names(*(matrix._missing(value) for value in vars(names).values()))
     stranger = new_key(gateway_dir, "connect-matrix-stranger")
     try:

@@ -15,6 +15,7 @@ from google.protobuf import field_mask_pb2
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
+from kiln.v1 import webhooks_pb2 as wpb
 from services.gateway.server import PUBLIC_SERVICES
 from tests.dataset.helpers import image_bytes, upload, upload_messages
 from tests.gateway.conftest import Client
@@ -23,7 +24,7 @@ from tests.training_service.test_training_jobs import tiny_job
 
 # Methods with no resource of another tenant to name: they act in the caller's own space.
 OWN_SPACE = {"CreateDataset", "ListDatasets", "ListBaseModels", "GetBaseModel", "ListPresets", "GetPreset",
-             "ListTrainingJobs", "ListModels"}
+             "ListTrainingJobs", "ListModels", "CreateWebhookEndpoint", "ListWebhookEndpoints"}
 # Published models need a trained epoch: their own test below trains one.
 PUBLISHED = {"GetModel", "DeleteModel"}
 
@@ -40,6 +41,8 @@ class Names:
     upload: str
     snapshot: str
     job: str
+    webhook_endpoint: str
+    webhook_delivery: str
 
 
 Request = Callable[[Names], Any]
@@ -87,6 +90,15 @@ REQUESTS: dict[str, Request] = {
     "GenerateImages": lambda n: pb.GenerateImagesRequest(training_job=n.job, epochs=[0]),
     "CreateModel": lambda n: pb.CreateModelRequest(model=pb.Model(display_name="stolen", training_job=n.job,
                                                                   epoch=1)),
+    "GetWebhookEndpoint": lambda n: wpb.GetWebhookEndpointRequest(name=n.webhook_endpoint),
+    "UpdateWebhookEndpoint": lambda n: wpb.UpdateWebhookEndpointRequest(
+        webhook_endpoint=wpb.WebhookEndpoint(name=n.webhook_endpoint, description="intruder", enabled=False),
+        update_mask=field_mask_pb2.FieldMask(paths=["description", "enabled"])),
+    "DeleteWebhookEndpoint": lambda n: wpb.DeleteWebhookEndpointRequest(name=n.webhook_endpoint),
+    "RotateWebhookSecret": lambda n: wpb.RotateWebhookSecretRequest(name=n.webhook_endpoint),
+    "ListWebhookDeliveries": lambda n: wpb.ListWebhookDeliveriesRequest(parent=n.webhook_endpoint),
+    "ReplayWebhookDelivery": lambda n: wpb.ReplayWebhookDeliveryRequest(name=n.webhook_delivery),
+    "SendTestWebhook": lambda n: wpb.SendTestWebhookRequest(name=n.webhook_endpoint),
 }
 
 
@@ -96,7 +108,7 @@ def _missing(name: str) -> str:
 
 
 def _answer(client: Client, method: str, request: Any) -> tuple[grpc.StatusCode, str]:
-    stub = client.trainer if method in _TRAINER else client.datasets
+    stub = client.trainer if method in _TRAINER else client.webhooks if method in _WEBHOOKS else client.datasets
     try:
         reply = getattr(stub, method)(request)
         if isinstance(reply, Iterator):
@@ -107,6 +119,26 @@ def _answer(client: Client, method: str, request: Any) -> tuple[grpc.StatusCode,
 
 
 _TRAINER = {m.name for service, _ in PUBLIC_SERVICES if service.name == "TrainerService" for m in service.methods}
+_WEBHOOKS = {m.name for service, _ in PUBLIC_SERVICES if service.name == "WebhookService" for m in service.methods}
+
+
+# The owner's webhook endpoint is on loopback (registrable here); the trainer sends nothing, so
+# its test delivery stays as it was made.
+WEBHOOK_OWNER_SETTINGS = {"webhook_allow_private_networks": True, "webhook_concurrency": 0}
+
+
+@pytest.fixture(scope="module")
+def trainer_overrides() -> dict[str, Any]:
+    return WEBHOOK_OWNER_SETTINGS
+
+
+def owned_webhook(client: Client) -> tuple[str, str]:
+    """The names of a webhook endpoint of the client's tenant and of a delivery to it."""
+    endpoint = client.webhooks.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(
+        webhook_endpoint=wpb.WebhookEndpoint(url="http://127.0.0.1:9/hook", event_types=["training.succeeded"],
+                                             description="mine")))
+    delivery = client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+    return endpoint.name, delivery.name
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +151,7 @@ def owner(gateway_channel, gateway_dir) -> tuple[Client, Names]:
         parent=dataset.name, role=dpb.IMAGE_ROLE_TRAINING, filename="b.png", size_bytes=1000))
     snapshot = client.datasets.CreateSnapshot(dpb.CreateSnapshotRequest(parent=dataset.name))
     job = client.trainer.CreateTrainingJob(pb.CreateTrainingJobRequest(training_job=tiny_job(dataset.name)))
-    return client, Names(dataset.name, image.name, pending.name, snapshot.name, job.name)
+    return client, Names(dataset.name, image.name, pending.name, snapshot.name, job.name, *owned_webhook(client))
 
 
 def test_every_method_covers_the_api():
@@ -143,6 +175,10 @@ def test_another_tenants_resources_answer_as_missing_ones_and_stay_untouched(own
         pb.TrainingJob.State.STATE_QUEUED
     assert [s.name for s in client.datasets.ListSnapshots(dpb.ListSnapshotsRequest(parent=names.dataset)).snapshots] \
         == [names.snapshot]
+    endpoint = client.webhooks.GetWebhookEndpoint(wpb.GetWebhookEndpointRequest(name=names.webhook_endpoint))
+    assert endpoint.description == "mine" and endpoint.enabled and not endpoint.HasField("previous_secret_expire_time")
+    deliveries = client.webhooks.ListWebhookDeliveries(wpb.ListWebhookDeliveriesRequest(parent=endpoint.name))
+    assert [(d.name, d.attempt_count) for d in deliveries.deliveries] == [(names.webhook_delivery, 0)]
     client.trainer.CancelTrainingJob(pb.CancelTrainingJobRequest(name=names.job))
 
 

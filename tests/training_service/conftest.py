@@ -167,8 +167,10 @@ def worker_process(trainer_address: str, s3: ObjectStoreSettings, models_dir: pa
 
 @contextlib.contextmanager
 def trainer_process(data_dir: pathlib.Path, database_url: str, s3: ObjectStoreSettings, models_dir: pathlib.Path,
-                    dataset_address: str, port: int, metrics_port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m services.trainer`, as deployed (a replica that can be killed with -9), serving."""
+                    dataset_address: str, port: int, metrics_port: int,
+                    **extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m services.trainer`, as deployed (a replica that can be killed with -9), serving;
+    `extra` adds environment variables."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("KILN_")}
     env.update({
         "KILN_DATA_DIR": str(data_dir), "KILN_TRAINER_DATABASE_URL": database_url,
@@ -178,7 +180,7 @@ def trainer_process(data_dir: pathlib.Path, database_url: str, s3: ObjectStoreSe
         "KILN_INTERNAL_AUTH__TOKEN": TEST_INTERNAL_TOKEN, "KILN_JSON_LOGS": "false",
         "KILN_SERVER__PORT": str(port), "KILN_METRICS__PORT": str(metrics_port),
         "KILN_TRAINING_LEASE_SECONDS": "4", "KILN_QUEUE_MAINTENANCE_SECONDS": "0.5",
-        "KILN_WATCH_POLL_SECONDS": "0.5"})
+        "KILN_WATCH_POLL_SECONDS": "0.5", **extra})
     process = subprocess.Popen([sys.executable, "-m", "services.trainer"], cwd=ROOT, env=env)
     try:
         with internal_channel(f"127.0.0.1:{port}", TEST_AUTH) as channel:

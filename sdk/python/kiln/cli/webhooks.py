@@ -1,12 +1,9 @@
 """`kiln webhooks create|list|get|update|delete|rotate|deliveries|replay|test`: endpoints told of your
-jobs and models as things happen. The messages are imported on use: a version of the API without the
-WebhookService says so instead of failing to start."""
+jobs and models as things happen."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -15,17 +12,10 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from kiln.cli.context import Context
 from kiln.client import resource
 from kiln.errors import KilnError
+from kiln.v1 import webhooks_pb2 as pb
 
 EVENT_TYPES = ("training.queued", "training.started", "training.epoch_saved", "training.succeeded",
                "training.failed", "training.cancelled", "model.published")
-
-
-def messages() -> Any:
-    try:
-        return importlib.import_module("kiln.v1.webhooks_pb2")
-    except ModuleNotFoundError:
-        raise KilnError(grpc.StatusCode.UNIMPLEMENTED, "webhooks are not available in this version of kiln",
-                        hint="upgrade kiln to a version whose API has the WebhookService") from None
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -67,13 +57,13 @@ def _name(ctx: Context) -> str:
     return resource("webhookEndpoints", ctx.args.endpoint)
 
 
-def describe_endpoint(endpoint: Any) -> str:
+def describe_endpoint(endpoint: pb.WebhookEndpoint) -> str:
     state = "enabled" if endpoint.enabled else f"disabled ({endpoint.disabled_reason or 'by you'})"
     return f"{endpoint.name}  {endpoint.url}  {state}  {', '.join(endpoint.event_types)}"
 
 
-def describe_delivery(delivery: Any) -> str:
-    state = messages().WebhookDelivery.State.Name(delivery.state).removeprefix("STATE_").lower()
+def describe_delivery(delivery: pb.WebhookDelivery) -> str:
+    state = pb.WebhookDelivery.State.Name(delivery.state).removeprefix("STATE_").lower()
     answer = f"HTTP {delivery.status_code}" if delivery.status_code else (delivery.error or "no answer yet")
     latency = delivery.latency.ToMilliseconds()
     return (f"{delivery.name}  {delivery.event_type}  {state}  {answer}  {latency} ms  "
@@ -81,7 +71,6 @@ def describe_delivery(delivery: Any) -> str:
 
 
 def create_endpoint(ctx: Context) -> int:
-    pb = messages()
     args = ctx.args
     endpoint = ctx.client.webhooks.CreateWebhookEndpoint(pb.CreateWebhookEndpointRequest(
         webhook_endpoint=pb.WebhookEndpoint(url=args.endpoint_url, event_types=args.event_types or EVENT_TYPES,
@@ -92,8 +81,7 @@ def create_endpoint(ctx: Context) -> int:
 
 
 def list_endpoints(ctx: Context) -> int:
-    pb = messages()
-    found: list[Any] = []
+    found: list[pb.WebhookEndpoint] = []
     token = ""
     while True:
         page = ctx.client.webhooks.ListWebhookEndpoints(pb.ListWebhookEndpointsRequest(page_size=100,
@@ -107,13 +95,12 @@ def list_endpoints(ctx: Context) -> int:
 
 
 def get_endpoint(ctx: Context) -> int:
-    endpoint = ctx.client.webhooks.GetWebhookEndpoint(messages().GetWebhookEndpointRequest(name=_name(ctx)))
+    endpoint = ctx.client.webhooks.GetWebhookEndpoint(pb.GetWebhookEndpointRequest(name=_name(ctx)))
     ctx.out.result(endpoint, describe_endpoint(endpoint))
     return 0
 
 
 def update_endpoint(ctx: Context) -> int:
-    pb = messages()
     args = ctx.args
     endpoint, paths = pb.WebhookEndpoint(name=_name(ctx)), []
     for field, value in (("url", args.endpoint_url), ("description", args.description), ("enabled", args.enabled)):
@@ -134,13 +121,13 @@ def update_endpoint(ctx: Context) -> int:
 
 def delete_endpoint(ctx: Context) -> int:
     name = _name(ctx)
-    ctx.client.webhooks.DeleteWebhookEndpoint(messages().DeleteWebhookEndpointRequest(name=name))
+    ctx.client.webhooks.DeleteWebhookEndpoint(pb.DeleteWebhookEndpointRequest(name=name))
     ctx.out.result({"deleted": name}, f"deleted {name}")
     return 0
 
 
 def rotate_secret(ctx: Context) -> int:
-    request = messages().RotateWebhookSecretRequest(name=_name(ctx))
+    request = pb.RotateWebhookSecretRequest(name=_name(ctx))
     if ctx.args.overlap is not None:
         overlap = Duration()
         overlap.FromMilliseconds(round(ctx.args.overlap * 1000))
@@ -151,20 +138,20 @@ def rotate_secret(ctx: Context) -> int:
 
 
 def list_deliveries(ctx: Context) -> int:
-    page = ctx.client.webhooks.ListWebhookDeliveries(messages().ListWebhookDeliveriesRequest(parent=_name(ctx),
+    page = ctx.client.webhooks.ListWebhookDeliveries(pb.ListWebhookDeliveriesRequest(parent=_name(ctx),
                                                                                              page_size=100))
     ctx.out.result(page, [describe_delivery(d) for d in page.deliveries] or ["no deliveries yet"])
     return 0
 
 
 def replay_delivery(ctx: Context) -> int:
-    delivery = ctx.client.webhooks.ReplayWebhookDelivery(messages().ReplayWebhookDeliveryRequest(
+    delivery = ctx.client.webhooks.ReplayWebhookDelivery(pb.ReplayWebhookDeliveryRequest(
         name=ctx.args.delivery))
     ctx.out.result(delivery, describe_delivery(delivery))
     return 0
 
 
 def send_test(ctx: Context) -> int:
-    delivery = ctx.client.webhooks.SendTestWebhook(messages().SendTestWebhookRequest(name=_name(ctx)))
+    delivery = ctx.client.webhooks.SendTestWebhook(pb.SendTestWebhookRequest(name=_name(ctx)))
     ctx.out.result(delivery, describe_delivery(delivery))
     return 0
