@@ -42,7 +42,7 @@ def test_generated_code_is_up_to_date(tmp_path: pathlib.Path) -> None:
 
 def test_only_the_public_api_is_generated() -> None:
     names = {p.name for p in (ROOT / GENERATED / "kiln" / "v1").iterdir()}
-    assert {"dataset_pb.ts", "trainer_pb.ts", "tagging_types_pb.ts"} <= names
+    assert {"dataset_pb.ts", "trainer_pb.ts", "tagging_types_pb.ts", "webhooks_pb.ts"} <= names
     assert not {f"{internal}_pb.ts" for internal in INTERNAL_PROTOS} & names
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
+from kiln.v1 import webhooks_pb2 as wpb
 from services.gateway.server import GatewayService
 from tests.dataset.helpers import image_bytes
 from tests.gateway.conftest import Client, keys_cli
@@ -135,6 +136,15 @@ def test_a_refused_presigned_put_is_an_error_and_files_nothing(report: Report, c
     assert refused["message"].startswith("[permission_denied] uploading to the presigned URL failed with HTTP 403: ")
     listed = client.datasets.ListImages(dpb.ListImagesRequest(parent=refused["dataset"]))
     assert "tampered.png" not in {i.filename for i in listed.images}
+
+
+def test_a_webhook_delivery_verifies_with_its_endpoints_secret(report: Report, client: Client) -> None:
+    webhook = one(report, "webhook")
+    assert webhook["secretPrefix"] == "whsec_"
+    assert webhook["event"]["type"] == "webhook.test" and webhook["event"]["data"] == {"name": webhook["endpoint"]}
+    assert webhook["webhookId"] == webhook["eventId"]
+    deliveries = client.webhooks.ListWebhookDeliveries(wpb.ListWebhookDeliveriesRequest(parent=webhook["endpoint"]))
+    assert [d.name for d in deliveries.deliveries] == [webhook["delivery"]]
 
 
 def test_a_wrong_key_is_unauthenticated(report: Report) -> None:

@@ -6,6 +6,7 @@ import { DatasetService } from "./gen/kiln/v1/dataset_pb.js";
 import type { Image } from "./gen/kiln/v1/dataset_pb.js";
 import { TrainerService } from "./gen/kiln/v1/trainer_pb.js";
 import type { TrainingEvent, TrainingJob } from "./gen/kiln/v1/trainer_pb.js";
+import { WebhookService } from "./gen/kiln/v1/webhooks_pb.js";
 import { uploadImage } from "./upload.js";
 import type { UploadImageOptions } from "./upload.js";
 import { waitForJob, watchJob } from "./watch.js";
@@ -42,6 +43,8 @@ export interface KilnClient {
   readonly datasets: Client<typeof DatasetService>;
   /** Base models, presets, training jobs, their events and artifacts, and published models. */
   readonly trainer: Client<typeof TrainerService>;
+  /** Webhook endpoints (their secrets, rotation), deliveries, replays and test events: see verifyWebhook. */
+  readonly webhooks: Client<typeof WebhookService>;
   /** Uploads one image to a dataset (`datasets/{id}`) through a presigned URL; returns it once filed. */
   uploadImage(dataset: string, data: Uint8Array | Blob, filename: string, options?: UploadImageOptions): Promise<Image>;
   /** A job's events to the final one, reconnecting with the last seq when a connection drops. */
@@ -86,6 +89,7 @@ export function createKilnClient(options: KilnClientOptions): KilnClient {
   return {
     datasets,
     trainer,
+    webhooks: createClient(WebhookService, transport),
     uploadImage: (dataset, data, filename, uploadOptions) =>
       uploadImage(datasets, fetchFn, dataset, data, filename, uploadOptions),
     watchJob: (name, watchOptions) => watchJob(trainer, name, watchOptions),

@@ -9,5 +9,6 @@ export { Code, ConnectError } from "@connectrpc/connect";
 export * from "./gen/kiln/v1/dataset_pb.js";
 export * from "./gen/kiln/v1/tagging_types_pb.js";
 export * from "./gen/kiln/v1/trainer_pb.js";
+export * from "./gen/kiln/v1/webhooks_pb.js";
 export { WebhookVerificationError, verifyWebhook } from "./webhooks.js";
 export type { WebhookEvent, WebhookHeaders } from "./webhooks.js";

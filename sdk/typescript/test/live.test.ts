@@ -4,6 +4,9 @@
 // to check against the services.
 import assert from "node:assert/strict";
 import { appendFileSync, readFileSync, readdirSync } from "node:fs";
+import { createServer } from "node:http";
+import type { IncomingHttpHeaders } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -14,7 +17,9 @@ import {
   KilnError,
   ModelFamily,
   TrainingJob_State,
+  WebhookVerificationError,
   createKilnClient,
+  verifyWebhook,
 } from "@kiln/sdk";
 import type { KilnClient, TrainingEvent, TrainingJob } from "@kiln/sdk";
 
@@ -217,6 +222,47 @@ test("an upload the object store refuses is a KilnError saying why", async () =>
     .then(() => assert.fail("a PUT with a forged signature was stored"), (reason: unknown) => reason);
   assert.ok(error instanceof KilnError);
   report({ case: "refused_put", dataset: trained.job.dataset, code: Code[error.code], message: error.message });
+});
+
+test("a webhook delivery verifies with its endpoint's secret, and an altered one does not", async (t) => {
+  const received: { body: Buffer; headers: IncomingHttpHeaders }[] = [];
+  let delivered: () => void = () => undefined;
+  const arrival = new Promise<void>((resolve) => (delivered = resolve));
+  const receiver = createServer((request, response) => {
+    const chunks: Buffer[] = [];
+    request.on("data", (chunk: Buffer) => chunks.push(chunk));
+    request.on("end", () => {
+      received.push({ body: Buffer.concat(chunks), headers: request.headers });
+      response.writeHead(204).end();
+      delivered();
+    });
+  });
+  await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+  t.after(() => receiver.close());
+  const { port } = receiver.address() as AddressInfo;
+
+  const endpoint = await kiln.webhooks.createWebhookEndpoint({
+    webhookEndpoint: { url: `http://127.0.0.1:${port}/kiln`, eventTypes: ["training.succeeded"] },
+  });
+  const sent = await kiln.webhooks.sendTestWebhook({ name: endpoint.name });
+  const timeout = AbortSignal.timeout(60_000);
+  await Promise.race([arrival, new Promise((_, reject) => timeout.addEventListener("abort", () =>
+    reject(new Error("no delivery within 60 s"))))]);
+  const [{ body, headers }] = received as [{ body: Buffer; headers: IncomingHttpHeaders }];
+  const event = verifyWebhook(body, headers, endpoint.secret);
+  const altered = Buffer.from(body.toString().replace(endpoint.name, "webhookEndpoints/0000000000000000"));
+  assert.throws(() => verifyWebhook(altered, headers, endpoint.secret), WebhookVerificationError);
+  assert.throws(() => verifyWebhook(body, headers, "whsec_" + Buffer.alloc(24).toString("base64")),
+    WebhookVerificationError);
+  report({
+    case: "webhook",
+    endpoint: endpoint.name,
+    secretPrefix: endpoint.secret.slice(0, 6),
+    delivery: sent.name,
+    eventId: sent.eventId,
+    webhookId: headers["webhook-id"],
+    event,
+  });
 });
 
 test("a wrong key is refused as unauthenticated", async () => {
