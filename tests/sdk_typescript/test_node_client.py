@@ -1,8 +1,9 @@
 """The TypeScript SDK under Node against a live gateway over the Connect protocol.
 
 sdk/typescript/test/live.test.ts (node --test) creates a dataset, uploads through presigned URLs,
-trains a tiny job and follows its stream to the end, resumes and reconnects watches, and reads the
-errors; it writes what it saw as JSON lines, checked here, some against the services themselves.
+trains a tiny job and follows its stream to the end, resumes and reconnects watches, verifies a webhook
+delivery, and reads the errors; it writes what it saw as JSON lines, checked here, some against the
+services themselves.
 """
 
 from __future__ import annotations
