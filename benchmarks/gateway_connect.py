@@ -17,7 +17,7 @@ from collections.abc import Callable
 import grpc
 import httpx
 
-from benchmarks.gateway_overhead import _api_key
+from benchmarks.gateway_overhead import api_key_for
 from benchmarks.harness import BENCH_AUTH, embedded_store, service_process
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
@@ -28,9 +28,13 @@ CALLS, ROUNDS = 300, 3
 
 
 def main() -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-gateway-") as gateway_dir:
+        return _measure(gateway_dir)
+
+
+def _measure(gateway_dir: str) -> dict[str, float]:
     tenant = "bench"
-    gateway_dir = tempfile.mkdtemp(prefix="kiln-bench-gateway-")
-    key = _api_key(gateway_dir, tenant)
+    key = api_key_for(gateway_dir, tenant)
     http_port = free_port()
     with embedded_store() as store, service_process("services.dataset", store) as dataset_address, \
             service_process("services.trainer", store, DATASET_ADDRESS=dataset_address) as trainer_address, \

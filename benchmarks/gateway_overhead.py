@@ -40,7 +40,7 @@ def _messages(parent: str, data: bytes, index: int) -> Iterator[pb.UploadImageRe
         yield pb.UploadImageRequest(chunk=data[start:start + CHUNK])
 
 
-def _api_key(gateway_dir: str, tenant: str) -> str:
+def api_key_for(gateway_dir: str, tenant: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     env.update(KILN_DATA_DIR=gateway_dir)
     done = subprocess.run([sys.executable, "-m", "services.gateway", "keys", "create", "--tenant", tenant,
@@ -63,10 +63,14 @@ def _read_events(stub: trainer_pb2_grpc.TrainerServiceStub, job: str, metadata: 
 
 
 def main() -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-gateway-") as gateway_dir, \
+            tempfile.TemporaryDirectory(prefix="kiln-bench-trainer-") as trainer_dir:
+        return _measure(gateway_dir, trainer_dir)
+
+
+def _measure(gateway_dir: str, trainer_dir: str) -> dict[str, float]:
     tenant = "bench"
-    gateway_dir = tempfile.mkdtemp(prefix="kiln-bench-gateway-")
-    trainer_dir = tempfile.mkdtemp(prefix="kiln-bench-trainer-")
-    key = _api_key(gateway_dir, tenant)
+    key = api_key_for(gateway_dir, tenant)
     with embedded_store() as store, service_process("services.dataset", store) as dataset_address, \
             service_process("services.trainer", store, DATASET_ADDRESS=dataset_address, DATA_DIR=trainer_dir,
                             TRAINING_LEASE_SECONDS="3600") as trainer_address, \

@@ -9,6 +9,7 @@ import io
 import os
 import pathlib
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -110,7 +111,8 @@ def service_process(module: str, store: ObjectStore, *args: str, **env_settings:
     (plus KILN_<name> settings), until it is ready; yields its address."""
     s3 = store._settings
     port = free_port()
-    data_dir = env_settings.pop("DATA_DIR", "") or tempfile.mkdtemp(prefix="kiln-bench-")
+    given_dir = env_settings.pop("DATA_DIR", "")
+    data_dir = given_dir or tempfile.mkdtemp(prefix="kiln-bench-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     env.update(KILN_DATA_DIR=data_dir, KILN_SERVER__PORT=str(port),
                KILN_LOG_LEVEL="WARNING", KILN_S3__ENDPOINT=s3.endpoint, KILN_S3__ACCESS_KEY=s3.access_key,
@@ -133,6 +135,8 @@ def service_process(module: str, store: ObjectStore, *args: str, **env_settings:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if not given_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import pathlib
 import shutil
 import signal
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -100,11 +100,6 @@ class WorkflowResult:
     retrained: tpb.TrainingJob
     previews_sheet: pathlib.Path
     grid_sheet: pathlib.Path
-
-
-def read_artifact(client: Client, name: str) -> bytes:
-    responses = list(client.trainer.ReadArtifact(tpb.ReadArtifactRequest(name=name)))
-    return b"".join(r.chunk for r in responses[1:])
 
 
 def contact_sheet(rows: list[tuple[str, list[Image.Image]]], cell: int = 160) -> Image.Image:
@@ -180,8 +175,9 @@ def run_workflow(client: Client, out_dir: pathlib.Path, settings: DemoSettings, 
             say(f"  epoch {result.epoch}: loss {result.loss:.4f}, LoRA {result.lora.size_bytes / 1024:.0f} KiB, "
                 f"{len(result.previews)} previews")
         rows: list[tuple[str, list[Image.Image]]] = [
-            (f"epoch {result.epoch}", [Image.open(io.BytesIO(read_artifact(client, p.image.name)))
-                                       for p in result.previews])
+            (f"epoch {result.epoch}", [Image.open(client.save_artifact(
+                preview.image.name, out_dir / "previews" / f"epoch{result.epoch:03d}-{index}.png"))
+                for index, preview in enumerate(result.previews)])
             for result in job.epochs]
         previews_sheet = out_dir / "previews.png"
         contact_sheet(rows).save(previews_sheet)
@@ -192,9 +188,12 @@ def run_workflow(client: Client, out_dir: pathlib.Path, settings: DemoSettings, 
             training_job=job.name, epochs=epochs, strengths=list(settings.grid_strengths),
             steps=settings.grid_steps, request_id=f"demo-grid-{job.name}")))
         cells = [r.image for r in grid if r.HasField("image")]
+        sheets = [r.sheet for r in grid if r.HasField("sheet")]
+        if not sheets:
+            raise KilnError(grpc.StatusCode.INTERNAL, "the comparison grid ended without its sheet")
         say(f"comparison grid: {len(epochs)} rows (base model, then each epoch) x "
             f"{len(settings.grid_strengths)} strengths = {len(cells)} images")
-        grid_sheet = client.save_artifact(grid[-1].sheet.name, out_dir / "comparison-grid.png")
+        grid_sheet = client.save_artifact(sheets[-1].name, out_dir / "comparison-grid.png")
 
     with phases.phase("download, publish"):
         last = job.epochs[-1].epoch
@@ -252,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         with running_stack(data_dir, models_dir=args.models_dir, report=say) as stack:
             phases.record("start the stack", time.perf_counter() - started)
             say(f"gateway on {stack.grpc_address}"
-                + (f" (gRPC) and http://{stack.http_address} (HTTP)" if stack.http_address else "")
+                + f" (gRPC) and http://{stack.http_address} (HTTP)"
                 + f"; API key {stack.api_key[:18]}… for tenant {stack.tenant!r}")
             try:
                 with Client(stack.grpc_address, stack.api_key) as client:

@@ -55,20 +55,13 @@ def _quiet(_: str) -> None:
     pass
 
 
-def gateway_serves_http() -> bool:
-    """Whether this gateway has its HTTP (Connect) side."""
-    from services.gateway.settings import GatewaySettings
-
-    return "http" in GatewaySettings.model_fields
-
-
 @dataclass
 class Stack:
     """A running stack: where to reach it, the key to use, and its processes."""
 
     data_dir: pathlib.Path
     grpc_address: str = ""
-    http_address: str | None = None
+    http_address: str = ""
     api_key: str = ""
     tenant: str = TENANT
     processes: list[ManagedProcess] = field(default_factory=list)
@@ -227,7 +220,6 @@ def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, mo
 
     tagger_port, dataset_port, trainer_port, *picked = free_ports(5)
     grpc_port = grpc_port or picked[0]
-    serves_http = gateway_serves_http()
     http_port = http_port or picked[1]
     addresses = {name: f"127.0.0.1:{port}" for name, port in
                  (("tagger", tagger_port), ("dataset", dataset_port), ("trainer", trainer_port),
@@ -255,19 +247,15 @@ def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, mo
     for index in range(workers):
         service(f"worker-{index + 1}", ["services.trainer.worker"], trainer_address=addresses["trainer"],
                 worker_id=f"local-{index + 1}", **{k.removeprefix("KILN_").lower(): v for k, v in worker_env.items()})
-    gateway_settings = {"server__port": str(grpc_port), "dataset_address": addresses["dataset"],
-                        "trainer_address": addresses["trainer"]}
-    if serves_http:
-        gateway_settings["http__port"] = str(http_port)
-    gateway = service("gateway", ["services.gateway"], **gateway_settings)
+    gateway = service("gateway", ["services.gateway"], server__port=str(grpc_port), http__port=str(http_port),
+                      dataset_address=addresses["dataset"], trainer_address=addresses["trainer"])
     for process in [*started, gateway]:
         _until(lambda address=addresses[process.name]: _serving(address), process, deadline)  # type: ignore[misc]
         report(f"  {process.name:8s} serving on {addresses[process.name]}")
     stack.grpc_address = addresses["gateway"]
-    if serves_http:
-        http_address = f"127.0.0.1:{http_port}"
-        _until(lambda: _port_open(http_address), gateway, deadline)
-        stack.http_address = http_address
+    http_address = f"127.0.0.1:{http_port}"
+    _until(lambda: _port_open(http_address), gateway, deadline)
+    stack.http_address = http_address
     stack.api_key = _create_key((stack.data_dir / "gateway").resolve(), stack.tenant)
 
 
@@ -311,8 +299,7 @@ def running_stack(data_dir: pathlib.Path = DEFAULT_DATA_DIR, *, grpc_port: int =
 def _print_ready(stack: Stack) -> None:
     print(f"Kiln is running (data in {stack.data_dir}, service logs in {stack.logs_dir})")
     print(f"  gRPC  {stack.grpc_address}")
-    if stack.http_address:
-        print(f"  HTTP  http://{stack.http_address}  (Connect protocol, JSON or binary)")
+    print(f"  HTTP  http://{stack.http_address}  (Connect protocol, JSON or binary)")
     print(f"  API key for tenant {stack.tenant!r} (shown once): {stack.api_key}")
     print("Use it from another shell:")
     print(f"  export KILN_URL={stack.grpc_address} KILN_API_KEY={stack.api_key}")

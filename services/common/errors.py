@@ -200,6 +200,12 @@ def deadline_exceeded(dependency: str) -> ServiceError:
                         metadata={"dependency": dependency})
 
 
+def as_service_error(exc: Exception, where: str) -> ServiceError:
+    """What to answer for `exc` raised in `where`: itself when it is a ServiceError, the outage it
+    reports, or INTERNAL (logged)."""
+    return exc if isinstance(exc, ServiceError) else _unexpected(exc, where)
+
+
 def _unexpected(exc: BaseException, handler: str) -> ServiceError:
     from services.common.outages import outage_error
 

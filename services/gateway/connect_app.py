@@ -29,7 +29,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from services.common.call_context import acting_for, current_tenant
-from services.common.errors import FieldViolation, ServiceError, invalid
+from services.common.errors import FieldViolation, ServiceError, invalid, unauthenticated
 from services.common.internal_client import tenant_metadata
 from services.common.metrics import ServiceMetrics
 from services.gateway.connect_errors import from_rpc_error, from_service_error, grpc_code_name
@@ -107,10 +107,10 @@ class KeyCheck:
 
     async def on_start(self, ctx: RequestContext[Any, Any]) -> contextlib.ExitStack:
         presented = key_of_authorization(ctx.request_headers.get("authorization", ""))
-        verified = await self._verifier.verify(presented) if presented else None
-        if verified is None:
-            raise ConnectError(Code.UNAUTHENTICATED, REFUSED)
         try:
+            verified = await self._verifier.verify(presented) if presented else None
+            if verified is None:
+                raise unauthenticated(REFUSED)
             release = self._limits.admit(verified.key_id, f"/{ctx.method.service_name}/{ctx.method.name}")
         except ServiceError as error:
             raise from_service_error(error) from None

@@ -36,10 +36,10 @@ def api_key_interceptor(verifier: KeyVerifier, limits: KeyLimits) -> AroundCalls
     @contextlib.asynccontextmanager
     async def authenticated(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         presented = bearer_key(context)
-        verified = await verifier.verify(presented) if presented else None
-        if verified is None:
-            await abort_with(context, unauthenticated(REFUSED))
         try:
+            verified = await verifier.verify(presented) if presented else None
+            if verified is None:
+                raise unauthenticated(REFUSED)
             release = limits.admit(verified.key_id, method)
         except ServiceError as error:
             await abort_with(context, error)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Connection
 
+from services.common.errors import as_service_error
 from services.common.transactions import Transactions
 from services.gateway.api_keys import Verified, record_use, verify_key
 
@@ -30,13 +31,18 @@ class KeyVerifier:
         self._used: dict[str, dt.datetime] = {}
 
     async def verify(self, presented: str) -> Verified | None:
+        """The key's tenant and id, or None when it is no live key; a ServiceError (UNAVAILABLE, or
+        INTERNAL, logged) when the keys can't be read."""
         digest = hashlib.sha256(presented.encode()).digest()
         now = self._clock()
         remembered = self._answers.get(digest) or self._refusals.get(digest)
         if remembered is not None and remembered[1] > now:
             verified = remembered[0]
         else:
-            verified = await self._tx.run(lambda conn: verify_key(conn, presented), read_only=True)
+            try:
+                verified = await self._tx.run(lambda conn: verify_key(conn, presented), read_only=True)
+            except Exception as error:
+                raise as_service_error(error, "the API key check") from error
             self._answers.pop(digest, None)
             self._refusals.pop(digest, None)
             answers = self._answers if verified is not None else self._refusals

@@ -102,7 +102,7 @@ REQUESTS: dict[str, Request] = {
 }
 
 
-def _missing(name: str) -> str:
+def missing_name(name: str) -> str:
     """The same name with every id replaced by one that names nothing."""
     return re.sub(r"/([0-9a-f]{8,64})", lambda m: "/" + "0" * len(m.group(1)), name)
 
@@ -162,7 +162,7 @@ def test_every_method_covers_the_api():
 def test_another_tenants_resources_answer_as_missing_ones_and_stay_untouched(owner, gateway_channel, gateway_dir):
     client, names = owner
     stranger = Client(gateway_channel, new_key(gateway_dir, "matrix-stranger"))
-    missing = Names(*(_missing(value) for value in vars(names).values()))
+    missing = Names(*(missing_name(value) for value in vars(names).values()))
     answers = {method: (_answer(stranger, method, build(names)), _answer(stranger, method, build(missing)))
                for method, build in sorted(REQUESTS.items())}
     assert {m: a for m, a in answers.items() if a[0] != a[1]} == {}
@@ -197,7 +197,7 @@ def test_another_tenants_published_model_answers_as_a_missing_one(gateway_channe
                 "DeleteModel": lambda name: pb.DeleteModelRequest(name=name)}
     assert set(requests) == PUBLISHED
     answers = {method: (_answer(stranger, method, build(model.name)), _answer(stranger, method,
-                                                                              build(_missing(model.name))))
+                                                                              build(missing_name(model.name))))
                for method, build in requests.items()}
     assert {m: a[0] for m, a in answers.items()} == {m: a[1] for m, a in answers.items()}
     assert {a[0][0] for a in answers.values()} == {grpc.StatusCode.NOT_FOUND}

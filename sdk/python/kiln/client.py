@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -16,7 +16,7 @@ from kiln import artifacts, curation, jobs, training_config, uploads
 from kiln.channel import Target, open_channel
 from kiln.errors import KilnError
 from kiln.v1 import dataset_pb2 as dpb
-from kiln.v1 import dataset_pb2_grpc, trainer_pb2_grpc
+from kiln.v1 import dataset_pb2_grpc, trainer_pb2_grpc, webhooks_pb2_grpc
 from kiln.v1 import trainer_pb2 as tpb
 
 URL_VARIABLE = "KILN_URL"
@@ -86,14 +86,7 @@ class Client:
         self._raw_channel, self.channel = open_channel(self.target, api_key)
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self.channel)
         self.trainer = trainer_pb2_grpc.TrainerServiceStub(self.channel)
-        self._webhooks: Any = None
-
-    @property
-    def webhooks(self) -> Any:
-        """The WebhookService stub, where this version of the API has one."""
-        if self._webhooks is None:
-            self._webhooks = webhook_stubs().WebhookServiceStub(self.channel)
-        return self._webhooks
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
 
     def close(self) -> None:
         self._raw_channel.close()
@@ -240,13 +233,3 @@ class Client:
         """Any artifact (a preview, a generated image, a sheet) streamed to `path`, checked against its sha256."""
         saved, _ = artifacts.save_artifact(self.trainer, name, uploads.as_path(path))
         return saved
-
-
-def webhook_stubs() -> ModuleType:
-    try:
-        from kiln.v1 import webhooks_pb2_grpc  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        raise KilnError(grpc.StatusCode.UNIMPLEMENTED, "webhooks are not available in this version of kiln",
-                        hint="upgrade kiln to a version whose API has the WebhookService") from None
-    module: ModuleType = webhooks_pb2_grpc
-    return module
