@@ -1,8 +1,9 @@
 """The TypeScript SDK under Node against a live gateway over the Connect protocol.
 
 sdk/typescript/test/live.test.ts (node --test) creates a dataset, uploads through presigned URLs,
-trains a tiny job and follows its stream to the end, resumes and reconnects watches, verifies a webhook
-delivery, and reads the errors; it writes what it saw as JSON lines, checked here, some against the
+trains a tiny job and follows its stream to the end, resumes and reconnects watches (after a broken
+connection, and after a stream the server ended cleanly before the final event), verifies a webhook delivery,
+and reads the errors; it writes what it saw as JSON lines, checked here, some against the
 services themselves.
 """
 
@@ -117,6 +118,20 @@ def test_a_broken_watch_reconnects_from_its_last_seq(report: Report) -> None:
     reconnected = one(report, "reconnected")
     assert reconnected["connections"] == 2
     assert reconnected["seqs"] == list(range(1, len(cases(report, "event")) + 1))
+
+
+def test_a_watch_the_server_ends_early_resumes_from_its_last_seq_to_the_final_event(report: Report) -> None:
+    ended = one(report, "ended_early")
+    total = len(cases(report, "event"))
+    # The first stream ended cleanly after two events; the second asked for what came after seq 2.
+    assert ended["connections"] == 2
+    assert [int(r.get("afterSeq", 0)) for r in ended["requests"]] == [0, 2]
+    assert ended["seqs"] == list(range(1, total + 1))
+    assert ended["lastKind"] == "finished" and ended["state"] == "SUCCEEDED"
+
+
+def test_a_watch_after_the_final_event_of_a_finished_job_ends_without_reconnecting(report: Report) -> None:
+    assert one(report, "after_final") == {"case": "after_final", "connections": 1, "events": 0}
 
 
 def test_binary_protobuf_over_connect_node_reads_the_job(report: Report) -> None:

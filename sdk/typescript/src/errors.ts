@@ -97,8 +97,14 @@ export const kilnErrors: Interceptor = (next) => async (request) => {
   }
 };
 
-/** Codes after which the same request may succeed on a new connection. */
+/**
+ * Codes after which the same request may succeed on a new connection: the
+ * connection or the server went away (UNAVAILABLE), or the response was cut
+ * off mid-way (INTERNAL, UNKNOWN, as a broken body reads). DEADLINE_EXCEEDED
+ * is not among them: it is the caller's own timeout running out, which a retry
+ * would only ignore. The Python SDK's watch resumes after the same codes (and
+ * after CANCELLED the caller did not ask for, which only a watch can tell).
+ */
 export function isTransient(error: ConnectError): boolean {
-  return error.code === Code.Unavailable || error.code === Code.Internal || error.code === Code.Unknown
-    || error.code === Code.DeadlineExceeded;
+  return error.code === Code.Unavailable || error.code === Code.Internal || error.code === Code.Unknown;
 }

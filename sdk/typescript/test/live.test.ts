@@ -162,6 +162,101 @@ function brokenAfterFirstMessage(body: ReadableStream<Uint8Array>): ReadableStre
   });
 }
 
+test("a watch the server ends early but cleanly reconnects from its last seq and reaches the final event", async () => {
+  assert.ok(trained, "the training case ran first");
+  const requests: unknown[] = [];
+  const endingFirstWatchEarly: typeof fetch = async (input, init) => {
+    const response = await fetch(input, init);
+    const url = input instanceof Request ? input.url : String(input);
+    if (!url.endsWith("/WatchTrainingJob")) {
+      return response;
+    }
+    requests.push(watchRequest(init?.body));
+    if (requests.length > 1 || !response.body) {
+      return response;
+    }
+    return new Response(endedCleanlyAfter(response.body, 2), { status: response.status, headers: response.headers });
+  };
+  const draining = createKilnClient({ baseUrl, apiKey, fetch: endingFirstWatchEarly });
+  const events: TrainingEvent[] = [];
+  const job = await draining.waitForJob(trained.job.name, (event) => events.push(event), { retryDelayMs: 50 });
+  const seqs = events.map((e) => e.seq);
+  const lastKind = events.at(-1)?.kind.case;
+  report({ case: "ended_early", connections: requests.length, requests, seqs, lastKind,
+    state: TrainingJob_State[job.state] });
+  assert.equal(requests.length, 2);
+  assert.deepEqual(seqs, trained.events.map((e) => e.seq));
+  assert.equal(lastKind, "finished");
+  assert.equal(job.state, TrainingJob_State.SUCCEEDED);
+});
+
+test("a watch from the final seq of a finished job ends at once, without reconnecting", async () => {
+  assert.ok(trained, "the training case ran first");
+  let watches = 0;
+  const counting: typeof fetch = (input, init) => {
+    const url = input instanceof Request ? input.url : String(input);
+    watches += url.endsWith("/WatchTrainingJob") ? 1 : 0;
+    return fetch(input, init);
+  };
+  const client = createKilnClient({ baseUrl, apiKey, fetch: counting });
+  const after: TrainingEvent[] = [];
+  for await (const event of client.watchJob(trained.job.name, { afterSeq: trained.job.lastEventSeq })) {
+    after.push(event);
+  }
+  report({ case: "after_final", connections: watches, events: after.length });
+  assert.equal(watches, 1);
+  assert.equal(after.length, 0);
+});
+
+/** The JSON of a Connect streaming request's one enveloped message. */
+function watchRequest(body: BodyInit | null | undefined): unknown {
+  assert.ok(body instanceof Uint8Array, "connect-web sends a streaming request as bytes");
+  return JSON.parse(new TextDecoder().decode(body.subarray(5)));
+}
+
+/**
+ * The body's first `count` Connect envelopes, then an EndStreamResponse with no error and the end: a
+ * server stopping the stream in good order (a replica draining) before the job's final event.
+ */
+function endedCleanlyAfter(body: ReadableStream<Uint8Array>, count: number): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  let received = new Uint8Array(0);
+  const endStream = new Uint8Array([0x02, 0, 0, 0, 2, ...new TextEncoder().encode("{}")]); // flag, length, "{}"
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      for (;;) {
+        const end = envelopesEnd(received, count);
+        if (end !== undefined) {
+          controller.enqueue(received.subarray(0, end));
+          controller.enqueue(endStream);
+          controller.close();
+          await reader.cancel();
+          return;
+        }
+        const { done, value } = await reader.read();
+        if (done) {
+          controller.error(new Error(`the stream ended before ${count} messages`));
+          return;
+        }
+        received = new Uint8Array([...received, ...value]);
+      }
+    },
+  });
+}
+
+/** Where the first `count` Connect envelopes in `bytes` end, or undefined while they are incomplete. */
+function envelopesEnd(bytes: Uint8Array, count: number): number | undefined {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let offset = 0;
+  for (let index = 0; index < count; index++) {
+    if (offset + 5 > bytes.length) {
+      return undefined;
+    }
+    offset += 5 + view.getUint32(offset + 1);
+  }
+  return offset <= bytes.length ? offset : undefined;
+}
+
 test("binary Protobuf over connect-node reads the same job", async () => {
   assert.ok(trained, "the training case ran first");
   const binary = createKilnClient({
