@@ -20,6 +20,8 @@ from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import webhooks_pb2 as wpb
 from kiln.webhooks import BadSignature, verify
+from services.trainer.webhooks.addresses import AddressPolicy, system_resolver
+from services.trainer.webhooks.sender import WebhookSender
 from tests.dataset.helpers import image_bytes, upload
 from tests.dataset.test_mutual_tls import openssl
 from tests.gateway.conftest import Client
@@ -165,6 +167,34 @@ def test_https_is_verified_against_the_urls_name_while_connecting_to_the_checked
     failed = wait_until(lambda: next((d for d in deliveries(client, by_address) if d.attempt_count), None))
     assert failed.status_code == 0 and "certificate" in failed.error.lower(), failed.error
     assert https_receiver.received("/tls-ip") == []
+
+
+def test_a_connection_verified_for_one_name_is_not_reused_for_another_on_the_same_address(aio, pki, https_receiver):
+    """`other.test` resolves (through the policy's resolver) to the receiver's address too, but
+    the certificate names only `localhost`: after a delivery to `localhost` kept its connection
+    alive, one to `other.test` still verifies the certificate, and fails."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"] if host == "other.test" else await system_resolver(host, port)
+
+    sender = WebhookSender(AddressPolicy(True, resolver=resolve), 10, pki / "ca.pem")
+
+    async def both() -> tuple[list[int], str]:
+        try:
+            codes = [(await sender.send(https_receiver.url(f"/kept-alive-{n}", host="localhost"), f"msg_{n}", "{}",
+                                        ["whsec_" + "A" * 32])).status_code for n in range(2)]
+            other = await sender.send(https_receiver.url("/other-name", host="other.test"), "msg_2", "{}",
+                                      ["whsec_" + "A" * 32])
+            return codes, other.error
+        finally:
+            await sender.close()
+
+    handshakes = len(https_receiver.server_names)
+    codes, error = aio.run(both())
+    # The second delivery to `localhost` reused the first one's connection (one handshake for both).
+    assert codes == [200, 200] and https_receiver.server_names[handshakes:] == ["localhost", "other.test"]
+    assert "certificate" in error.lower(), error
+    assert https_receiver.received("/other-name") == []
 
 
 def test_deliveries_show_each_failure_and_when_the_next_attempt_is_due(client, receiver):
