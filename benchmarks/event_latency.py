@@ -33,7 +33,8 @@ TOKEN = "bench-token"
 TENANT = "bench"
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The value `q` (0..1) of the way up `values`, nearest rank (shared with other benchmarks)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -106,12 +107,12 @@ async def _main() -> dict[str, float]:
         try:
             address = f"127.0.0.1:{port}"
             auth = InternalAuthSettings(token=TOKEN)
-            await _wait_serving(address, auth)
+            await wait_serving(address, auth)
             job, lease = leased_job(f"sqlite:///{root / 'trainer.db'}", TENANT)
             for watchers in (1, 100):
                 latencies, trips = await _measure(address, job, lease, watchers, auth)
                 figures[f"p50_ms_{watchers}"] = statistics.median(latencies) * 1000
-                figures[f"p99_ms_{watchers}"] = _percentile(latencies, 0.99) * 1000
+                figures[f"p99_ms_{watchers}"] = percentile(latencies, 0.99) * 1000
                 figures[f"report_p50_ms_{watchers}"] = statistics.median(trips) * 1000
         finally:
             service.terminate()
@@ -128,7 +129,8 @@ async def _main() -> dict[str, float]:
     return figures
 
 
-async def _wait_serving(address: str, auth: InternalAuthSettings) -> None:
+async def wait_serving(address: str, auth: InternalAuthSettings) -> None:
+    """Until the gRPC service at `address` answers SERVING to a health check (shared with other benchmarks)."""
     channel = internal_aio_channel(address, auth)
     try:
         await asyncio.wait_for(channel.channel_ready(), 60)

@@ -20,7 +20,7 @@ import time
 
 import httpx
 
-from benchmarks.event_latency import _percentile, _wait_serving
+from benchmarks.event_latency import percentile, wait_serving
 from kiln.v1 import webhooks_pb2 as wpb
 from kiln.v1 import webhooks_pb2_grpc
 from services.common.embedded_s3 import EmbeddedS3
@@ -148,7 +148,7 @@ async def _main() -> dict[str, float]:
         try:
             address = f"127.0.0.1:{port}"
             auth = InternalAuthSettings(token=TOKEN)
-            await _wait_serving(address, auth)
+            await wait_serving(address, auth)
             figures["straight_per_s"] = await _straight(receiver_port)
             for endpoints in (1, ENDPOINTS):
                 rate, _ = await _through_service(address, auth, receiver, receiver_port, endpoints)
@@ -156,7 +156,7 @@ async def _main() -> dict[str, float]:
                 figures[f"vs_straight_{endpoints}"] = rate / figures["straight_per_s"]
             _, delays = await _through_service(address, auth, receiver, receiver_port, 1, pace=PACED_PER_S)
             figures["paced_p50_ms"] = statistics.median(delays) * 1000
-            figures["paced_p99_ms"] = _percentile(delays, 0.99) * 1000
+            figures["paced_p99_ms"] = percentile(delays, 0.99) * 1000
         finally:
             service.terminate()
             service.wait(30)

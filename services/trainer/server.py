@@ -106,6 +106,7 @@ class TrainerComponents:
     async def close(self) -> None:
         self.servicer.close()
         self.workers.close()
+        await self.dispatcher.close()
         await self.deps.snapshots.close()
         self.deps.transactions.close()
         self.deps.transactions.engine.dispose()

@@ -4,25 +4,12 @@ and deleted, the delivery verified with the secret the command showed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
-
 from kiln.webhooks import verify
-from tests.webhooks.conftest import QUICK_WEBHOOKS
-from tests.webhooks.receiver import Receiver
+from tests.webhooks import conftest as webhook_fixtures
 
-
-@pytest.fixture(scope="module")
-def trainer_overrides() -> dict[str, Any]:
-    return QUICK_WEBHOOKS
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as running:
-        yield running
+# The webhook tests' quick retries with loopback allowed, and their receiver.
+trainer_overrides = webhook_fixtures.trainer_overrides
+receiver = webhook_fixtures.receiver
 
 
 def test_webhook_endpoints_are_managed_from_the_command_line(cli, receiver):

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import pathlib
 import ssl
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,9 @@ from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import webhooks_pb2 as wpb
 from kiln.webhooks import BadSignature, verify
+from services.trainer.server import running_trainer_service
+from services.trainer.webhooks.addresses import AddressPolicy, system_resolver
+from services.trainer.webhooks.sender import WebhookSender
 from tests.dataset.helpers import image_bytes, upload
 from tests.dataset.test_mutual_tls import openssl
 from tests.gateway.conftest import Client
@@ -167,10 +171,37 @@ def test_https_is_verified_against_the_urls_name_while_connecting_to_the_checked
     assert https_receiver.received("/tls-ip") == []
 
 
+def test_a_connection_verified_for_one_name_is_not_reused_for_another_on_the_same_address(aio, pki, https_receiver):
+    """`other.test` resolves (through the policy's resolver) to the receiver's address too, but
+    the certificate names only `localhost`: after a delivery to `localhost` kept its connection
+    alive, one to `other.test` still verifies the certificate, and fails."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"] if host == "other.test" else await system_resolver(host, port)
+
+    sender = WebhookSender(AddressPolicy(True, resolver=resolve), 10, pki / "ca.pem")
+
+    async def both() -> tuple[list[int], str]:
+        try:
+            codes = [(await sender.send(https_receiver.url(f"/kept-alive-{n}", host="localhost"), f"msg_{n}", "{}",
+                                        ["whsec_" + "A" * 32])).status_code for n in range(2)]
+            other = await sender.send(https_receiver.url("/other-name", host="other.test"), "msg_2", "{}",
+                                      ["whsec_" + "A" * 32])
+            return codes, other.error
+        finally:
+            await sender.close()
+
+    handshakes = len(https_receiver.server_names)
+    codes, error = aio.run(both())
+    # The second delivery to `localhost` reused the first one's connection (one handshake for both).
+    assert codes == [200, 200] and https_receiver.server_names[handshakes:] == ["localhost", "other.test"]
+    assert "certificate" in error.lower(), error
+    assert https_receiver.received("/other-name") == []
+
+
 def test_deliveries_show_each_failure_and_when_the_next_attempt_is_due(client, receiver):
     endpoint, path = register(client, receiver)
-    hold = Answer(503)
-    receiver.script(path, hold, Answer(503, {"retry-after": "30"}))
+    receiver.script(path, Answer(503), Answer(503, {"retry-after": "30"}))
     client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
     receiver.wait_for(path, 2)
     waiting = wait_until(lambda: next((d for d in deliveries(client, endpoint)
@@ -230,6 +261,24 @@ def test_410_disables_the_endpoint_at_once_and_re_enabling_delivers_again(client
     assert settled(client, endpoint, Delivery.State.STATE_SUCCEEDED).status_code == 200
 
 
+def test_an_endpoint_hears_of_one_event_at_a_time_even_from_two_replicas(aio, store, trainer, client, receiver):
+    """The first delivery is held by the receiver on one replica; the second replica, idle, must
+    not send the next event meanwhile (it would arrive first once the receiver answers)."""
+    endpoint, path = register(client, receiver)
+    release = threading.Event()
+    receiver.script(path, Answer(200, hold=release))
+    with aio.context(running_trainer_service(trainer.components.settings, store)):
+        first = client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+        receiver.wait_for(path, 1)
+        second = client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+        # Many of the idle replica's polling rounds (0.2 s) pass, well within the lease (5 s).
+        with pytest.raises(AssertionError):
+            receiver.wait_for(path, 2, timeout=2)
+        release.set()
+        got = receiver.wait_for(path, 2)
+    assert [r.headers["webhook-id"] for r in got] == [first.event_id, second.event_id]
+
+
 def test_a_replay_sends_the_same_event_again(client, receiver):
     endpoint, path = register(client, receiver)
     client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
@@ -238,14 +287,33 @@ def test_a_replay_sends_the_same_event_again(client, receiver):
     assert replayed.state == Delivery.State.STATE_PENDING
     first, second = receiver.wait_for(path, 2)
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == done.event_id and first.body == second.body
-    assert wait_until(lambda: deliveries(client, endpoint)[0].attempt_count == 2)
+    # A fresh delivery of the same event: its attempts count from zero again.
+    assert settled(client, endpoint, Delivery.State.STATE_SUCCEEDED).attempt_count == 1
+
+
+def test_a_replayed_failed_delivery_gets_the_whole_retry_schedule_again(client, receiver):
+    endpoint, path = register(client, receiver)
+    receiver.script(path, Answer(500), Answer(500), Answer(500))
+    client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+    failed = settled(client, endpoint, Delivery.State.STATE_FAILED)
+    assert failed.attempt_count == 3
+    client.webhooks.UpdateWebhookEndpoint(wpb.UpdateWebhookEndpointRequest(
+        webhook_endpoint=wpb.WebhookEndpoint(name=endpoint.name, enabled=True),
+        update_mask=field_mask_pb2.FieldMask(paths=["enabled"])))
+
+    receiver.script(path, Answer(500))  # then 200: the replay's first attempt fails, its retry succeeds
+    replayed = client.webhooks.ReplayWebhookDelivery(wpb.ReplayWebhookDeliveryRequest(name=failed.name))
+    assert replayed.state == Delivery.State.STATE_PENDING and replayed.attempt_count == 0 and not replayed.error
+    done = settled(client, endpoint, Delivery.State.STATE_SUCCEEDED)
+    assert done.name == failed.name and done.attempt_count == 2 and done.status_code == 200
+    assert len(receiver.received(path)) == 5
 
 
 def test_a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends(client, receiver):
     endpoint, path = register(client, receiver)
     old = endpoint.secret
     rotated = client.webhooks.RotateWebhookSecret(wpb.RotateWebhookSecretRequest(
-        name=endpoint.name, overlap=duration_pb2.Duration(seconds=2)))
+        name=endpoint.name, overlap=duration_pb2.Duration(seconds=3600)))
     new = rotated.secret
     assert new.startswith("whsec_") and new != old and rotated.HasField("previous_secret_expire_time")
     client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
@@ -254,15 +322,19 @@ def test_a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends(client
     verify(during.body, during.headers, old)
     verify(during.body, during.headers, new)
 
-    wait_until(lambda: not client.webhooks.GetWebhookEndpoint(
-        wpb.GetWebhookEndpointRequest(name=endpoint.name)).HasField("previous_secret_expire_time"))
+    # Rotated again with no overlap: only the newest secret signs, the two before it no longer do.
+    newest = client.webhooks.RotateWebhookSecret(wpb.RotateWebhookSecretRequest(
+        name=endpoint.name, overlap=duration_pb2.Duration(seconds=0))).secret
+    assert not client.webhooks.GetWebhookEndpoint(
+        wpb.GetWebhookEndpointRequest(name=endpoint.name)).HasField("previous_secret_expire_time")
     client.webhooks.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
     after = receiver.wait_for(path, 2)[1]
     assert len(after.headers["webhook-signature"].split()) == 1
-    verify(after.body, after.headers, new)
-    verify(after.body, after.headers, [old, new])
-    with pytest.raises(BadSignature):
-        verify(after.body, after.headers, old)
+    verify(after.body, after.headers, newest)
+    verify(after.body, after.headers, [old, new, newest])
+    for retired in (old, new):
+        with pytest.raises(BadSignature):
+            verify(after.body, after.headers, retired)
 
 
 def test_endpoints_are_listed_updated_and_deleted_with_their_deliveries(client, receiver):

@@ -55,6 +55,18 @@ def _refusal(client: Client, url: str, types: tuple[str, ...] = ("training.succe
     ("http://localhost:9/hook", "loopback"),
     ("http://[::1]:9/hook", "loopback"),
     ("http://[::ffff:127.0.0.1]:9/hook", "loopback"),
+    ("http://[64:ff9b::7f00:1]:9/hook", "carries 127.0.0.1: 127.0.0.1 is loopback"),
+    ("http://[64:ff9b::a00:1]/hook", "carries 10.0.0.1: 10.0.0.1 is in a private network"),
+    ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data", "carries 169.254.169.254: 169.254.169.254 is link-local"),
+    ("http://[64:ff9b:1::a00:1]/hook", "local-use NAT64"),
+    ("http://[2002:7f00:1::]/hook", "carries 127.0.0.1: 127.0.0.1 is loopback"),
+    ("http://[2002:a9fe:a9fe::1]/hook", "carries 169.254.169.254"),
+    ("http://[::7f00:1]/hook", "IPv4-compatible"),
+    ("http://[::a00:1]/hook", "IPv4-compatible"),
+    # Teredo: server 65.54.227.120 (public), client 10.0.0.1 (the last 32 bits, inverted).
+    ("http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/hook", "carries 10.0.0.1"),
+    # Teredo with the server inside Kiln's own network.
+    ("http://[2001:0:c000:22d:8000:63bf:f7f7:f7f7]/hook", "carries 192.0.2.45"),
     ("http://10.0.0.1/hook", "private network"),
     ("http://192.168.1.20/hook", "private network"),
     ("http://169.254.169.254/latest/meta-data", "link-local"),

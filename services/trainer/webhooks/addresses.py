@@ -7,12 +7,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_URL_LENGTH = 2048
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# (host, port) -> the host's addresses as text; the system resolver unless one is given.
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+# IPv6 prefixes that reach IPv4 through a translator: the well-known NAT64 prefix, whose last
+# 32 bits are the IPv4 address (checked as that address), and prefixes refused outright: the
+# local-use NAT64 prefix (which a network may translate anywhere inside) and the deprecated
+# IPv4-compatible ::a.b.c.d, which some stacks still route as IPv4.
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+REFUSED_TRANSLATED = {ipaddress.IPv6Network("64:ff9b:1::/48"): "a local-use NAT64 address",
+                      ipaddress.IPv6Network("::/96"): "a deprecated IPv4-compatible address"}
 
 
 class RefusedAddress(Exception):
@@ -51,15 +60,50 @@ def parse_url(url: str) -> Target:
     return Target(url, parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
 
 
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses a packet to this IPv6 address may end up at, through 6to4, Teredo
+    (its server and its client) or the well-known NAT64 prefix."""
+    inside: list[ipaddress.IPv4Address] = []
+    if address.sixtofour is not None:
+        inside.append(address.sixtofour)
+    if address.teredo is not None:
+        inside.extend(address.teredo)
+    if address in NAT64_WELL_KNOWN:
+        inside.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return inside
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in found]
+
+
 class AddressPolicy:
-    def __init__(self, allow_private: bool, blocked: Sequence[str] = ()) -> None:
+    def __init__(self, allow_private: bool, blocked: Sequence[str] = (), resolver: Resolver | None = None) -> None:
         self.allow_private = allow_private
         self._blocked = [ipaddress.ip_network(network, strict=False) for network in blocked]
+        self._resolver = resolver or system_resolver
 
     def check(self, address: IPAddress) -> None:
-        """Raises RefusedAddress for an address webhooks must not reach."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        """Raises RefusedAddress for an address webhooks must not reach, or whose IPv4 address
+        inside (mapped, 6to4, Teredo, NAT64) they must not reach, or that is in a translation
+        prefix refused outright."""
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            else:
+                # :: and ::1 are in ::/96 but refused below as what they are.
+                for network, kind in REFUSED_TRANSLATED.items():
+                    if address in network and int(address) > 1:
+                        raise RefusedAddress(f"{address} is {kind}, which may reach networks inside")
+                for inside in embedded_ipv4(address):
+                    try:
+                        self._check_one(inside)
+                    except RefusedAddress as exc:
+                        raise RefusedAddress(f"{address} carries {inside}: {exc}") from None
+        self._check_one(address)
+
+    def _check_one(self, address: IPAddress) -> None:
         if any(address in network for network in self._blocked):
             raise RefusedAddress(f"{address} is in a network Kiln's own services use")
         if address.is_unspecified:
@@ -82,12 +126,11 @@ class AddressPolicy:
             return self._checked([ipaddress.ip_address(target.host)])
         except ValueError:
             pass
-        loop = asyncio.get_running_loop()
         try:
-            found = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+            found = await self._resolver(target.host, target.port)
         except (socket.gaierror, UnicodeError) as exc:
             raise RefusedAddress(f"the host {target.host!r} does not resolve: {exc}") from None
-        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found))
+        addresses = list(dict.fromkeys(ipaddress.ip_address(text.split("%")[0]) for text in found))
         if not addresses:
             raise RefusedAddress(f"the host {target.host!r} has no address")
         return self._checked(addresses)

@@ -2,7 +2,8 @@
 replicas never send one at the same time, and one killed mid-attempt leaves it to another once
 the lease runs out), sends each, records how it went.
 
-- Per endpoint one attempt at a time, oldest event first: a receiver hears of a job's events in
+- Per endpoint one attempt at a time, across all replicas (an endpoint with a delivery under a
+  live lease is not claimed from), oldest event first: a receiver hears of a job's events in
   order unless one of them is waiting for a retry.
 - Only 2xx succeeds. A failure waits the next entry of the retry schedule (with jitter, or the
   receiver's Retry-After when longer); once the schedule is spent the delivery has failed, and an
@@ -119,9 +120,19 @@ class WebhookDispatcher:
             d.state.in_([SUCCEEDED, FAILED]), d.last_attempt_time < before)).rowcount)
 
     async def run(self) -> None:
-        """Deliver until cancelled (a Background of the service)."""
-        if self._concurrency == 0:
-            return
+        """Deliver until cancelled (a Background of the service); the sender's connections are
+        closed however it ends, also when this replica delivers nothing."""
+        try:
+            if self._concurrency > 0:
+                await self._deliver_until_cancelled()
+        finally:
+            await self._sender.close()
+
+    async def close(self) -> None:
+        """Closes the sender's connections (again: closing twice is harmless)."""
+        await self._sender.close()
+
+    async def _deliver_until_cancelled(self) -> None:
         self._event_loop = asyncio.get_running_loop()
         self._stopping = False
         rounds = asyncio.create_task(self._loop.run_forever(), name="webhook rounds")
@@ -139,7 +150,6 @@ class WebhookDispatcher:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._sender.close()
 
     def wake(self) -> None:
         """Deliveries were committed (called from any thread)."""
@@ -164,7 +174,13 @@ class WebhookDispatcher:
         """The oldest due delivery of up to `limit` endpoints not `busy` (or of endpoint `only`), leased."""
         at = self._clock()
         enabled = sa.select(e.id).where(e.enabled.is_(True))
-        due = sa.and_(d.state == PENDING, sa.or_(d.due.is_(None), d.due <= at), d.endpoint_id.in_(enabled))
+        # An endpoint with a delivery under a live lease (this replica's or another's) waits for
+        # it: order holds across replicas, not only within one.
+        other = schema.webhook_deliveries.alias("claimed")
+        leased = sa.select(other.c.id).where(other.c.endpoint_id == d.endpoint_id, other.c.state == PENDING,
+                                             other.c.claimed_at.is_not(None), other.c.due > at)
+        due = sa.and_(d.state == PENDING, sa.or_(d.due.is_(None), d.due <= at), d.endpoint_id.in_(enabled),
+                      ~leased.exists())
         if only is not None:
             due = sa.and_(due, d.endpoint_id == only)
         elif busy:

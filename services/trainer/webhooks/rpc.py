@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 import grpc
@@ -93,6 +94,7 @@ class WebhookRpcs(webhooks_pb2_grpc.WebhookServiceServicer):
         limit = self._settings.max_webhook_endpoints_per_tenant
 
         def work(conn: Connection, tenant: str) -> pb.WebhookEndpoint:
+            lock_tenant_endpoints(conn, tenant)
             count = conn.execute(sa.select(sa.func.count()).where(e.tenant == tenant)).scalar_one()
             if count >= limit:
                 raise quota_exceeded(f"at most {limit} webhook endpoints per tenant; delete one first",
@@ -208,8 +210,12 @@ class WebhookRpcs(webhooks_pb2_grpc.WebhookServiceServicer):
             records.get_endpoint(conn, tenant, endpoint_id)
             at = now()
             conn.execute(webhook_secrets.delete().where(s.endpoint_id == endpoint_id, s.expire_time <= at))
-            conn.execute(webhook_secrets.update().where(s.endpoint_id == endpoint_id, s.expire_time.is_(None))
-                         .values(expire_time=at + overlap))
+            # Every earlier secret signs for the overlap at most: a rotation with none (a secret
+            # that leaked) also ends the overlap of the rotation before it.
+            ends = at + overlap
+            conn.execute(webhook_secrets.update().where(
+                s.endpoint_id == endpoint_id, sa.or_(s.expire_time.is_(None), s.expire_time > ends))
+                .values(expire_time=ends))
             secret = new_secret()
             conn.execute(webhook_secrets.insert().values(endpoint_id=endpoint_id, id=new_id(), secret=secret,
                                                          create_time=at))
@@ -254,8 +260,9 @@ class WebhookRpcs(webhooks_pb2_grpc.WebhookServiceServicer):
             _require_enabled(records.get_endpoint(conn, tenant, endpoint_id))
             at = now()
             # A new claim stamp fences off an attempt still in flight: its outcome is not recorded.
+            # A replay is a fresh delivery of the same event: the whole retry schedule again.
             conn.execute(webhook_deliveries.update().where(d.id == delivery.id).values(
-                state=PENDING, due=at, claimed_at=None))
+                state=PENDING, due=at, claimed_at=None, attempts=0, error=None))
             self._outbox.wake_after(conn)
             return records.delivery_message(records.get_delivery(conn, tenant, endpoint_id, delivery_id))
 
@@ -276,6 +283,17 @@ class WebhookRpcs(webhooks_pb2_grpc.WebhookServiceServicer):
             return records.delivery_message(records.get_delivery(conn, tenant, endpoint_id, delivery_id))
 
         return await self._tx.idempotent("SendTestWebhook", request, pb.WebhookDelivery, work)
+
+
+def lock_tenant_endpoints(conn: Connection, tenant: str) -> None:
+    """Serialises a tenant's endpoint creations until the transaction ends, so two at once can't
+    both count one under the limit (PostgreSQL; SQLite serialises every writer)."""
+    if conn.dialect.name != "postgresql":
+        return
+    # 64 bits of a hash: two tenants that collide only wait for each other, which is harmless.
+    name = f"{webhook_endpoints.name}\0{tenant}".encode()
+    key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
 
 
 def _require_enabled(endpoint: Any) -> None:
