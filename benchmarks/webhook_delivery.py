@@ -64,6 +64,10 @@ class Receiver:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # The benchmark's loop ends with the trainer's keep-alive connections still open: their
+            # handlers are torn down with it, which is nothing to report.
+            pass
         finally:
             writer.close()
 

@@ -61,8 +61,11 @@ def credential_metadata(settings: InternalAuthSettings) -> Metadata:
 
 def internal_aio_channel(address: str, settings: InternalAuthSettings,
                          interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
-                         options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    every = [*_aio_credential_interceptors(credential_metadata(settings)), *interceptors]
+                         options: Sequence[tuple[str, Any]] = (), credential_on_calls: bool = True
+                         ) -> grpc.aio.Channel:
+    """`credential_on_calls=False`: the caller puts `credential_metadata(settings)` on each call itself."""
+    credential = _aio_credential_interceptors(credential_metadata(settings)) if credential_on_calls else []
+    every = [*credential, *interceptors]
     credentials = _channel_credentials(settings)
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=list(options), interceptors=every)

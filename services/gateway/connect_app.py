@@ -28,15 +28,15 @@ from connectrpc.server import ConnectASGIApplication
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from services.common.call_context import acting_for, current_tenant
+from services.common.call_context import acting_for
 from services.common.errors import FieldViolation, ServiceError, invalid, unauthenticated
-from services.common.internal_client import tenant_metadata
 from services.common.metrics import ServiceMetrics
 from services.gateway.connect_errors import from_rpc_error, from_service_error, grpc_code_name
 from services.gateway.key_auth import REFUSED, key_of_authorization
 from services.gateway.key_verifier import KeyVerifier
 from services.gateway.limits import KeyLimits
 from services.gateway.request_sizes import RequestSizes
+from services.gateway.upstream import Upstream
 from services.gateway.upstream_errors import dependency_name
 
 # What a client-streaming method answers on HTTP: browsers can't stream a request body, and the
@@ -123,11 +123,6 @@ class KeyCheck:
         call.close()
 
 
-def _metadata() -> tuple[tuple[str, str], ...]:
-    # Only what the gateway vouches for: none of the client's headers go through.
-    return tenant_metadata(current_tenant())
-
-
 def _timeout(ctx: RequestContext[Any, Any]) -> float | None:
     remaining = ctx.timeout_ms
     return max(0.0, remaining / 1000) if remaining is not None else None
@@ -143,7 +138,7 @@ def _checked(path: str, request: Any, sizes: RequestSizes) -> bytes:
     return raw
 
 
-def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc.aio.Channel,
+def _relayed(service: ServiceDescriptor, method: MethodDescriptor, upstream: Upstream,
              sizes: RequestSizes) -> Callable[..., Any]:
     path = f"/{service.full_name}/{method.name}"
     dependency = dependency_name(service)
@@ -154,11 +149,11 @@ def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc
 
         return refuse
     if method.server_streaming:
-        open_stream: grpc.aio.UnaryStreamMultiCallable[bytes, Any] = channel.unary_stream(
+        open_stream: grpc.aio.UnaryStreamMultiCallable[bytes, Any] = upstream.channel.unary_stream(
             path, response_deserializer=output.FromString)
 
         async def stream(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
-            call = open_stream(_checked(path, request, sizes), metadata=_metadata(), timeout=_timeout(ctx))
+            call = open_stream(_checked(path, request, sizes), metadata=upstream.metadata(), timeout=_timeout(ctx))
             try:
                 async for message in call:
                     yield message
@@ -168,13 +163,13 @@ def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc
                 call.cancel()  # the client went away (or the stream ended): so does the internal stream
 
         return stream
-    single: grpc.aio.UnaryUnaryMultiCallable[bytes, Any] = channel.unary_unary(
+    single: grpc.aio.UnaryUnaryMultiCallable[bytes, Any] = upstream.channel.unary_unary(
         path, response_deserializer=output.FromString)
 
     async def unary(request: Any, ctx: RequestContext[Any, Any]) -> Any:
         raw = _checked(path, request, sizes)
         try:
-            return await single(raw, metadata=_metadata(), timeout=_timeout(ctx))
+            return await single(raw, metadata=upstream.metadata(), timeout=_timeout(ctx))
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, dependency) from None
 
@@ -182,12 +177,13 @@ def _relayed(service: ServiceDescriptor, method: MethodDescriptor, channel: grpc
 
 
 class Relay:
-    """One public service's generated Connect interface, every method forwarded to `channel`.
+    """One public service's generated Connect interface, every method forwarded to `upstream`.
     The generated application names methods in snake case (`get_image_url` for GetImageUrl):
     they are looked up by name, so a service needs nothing written for it here."""
 
-    def __init__(self, service: ServiceDescriptor, channel: grpc.aio.Channel, sizes: RequestSizes) -> None:
-        self._methods = {method.name.lower(): _relayed(service, method, channel, sizes) for method in service.methods}
+    def __init__(self, service: ServiceDescriptor, upstream: Upstream, sizes: RequestSizes) -> None:
+        self._methods = {method.name.lower(): _relayed(service, method, upstream, sizes)
+                         for method in service.methods}
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any] | AsyncIterator[Any]]:
         try:
@@ -204,9 +200,9 @@ def generated_application(service: ServiceDescriptor) -> Callable[..., ConnectAS
     return application
 
 
-def connect_application(service: ServiceDescriptor, channel: grpc.aio.Channel, interceptors: Sequence[Any],
+def connect_application(service: ServiceDescriptor, upstream: Upstream, interceptors: Sequence[Any],
                         sizes: RequestSizes) -> ConnectASGIApplication[Any]:
     """`interceptors`: connectrpc interceptors, in order (CallMetrics, then KeyCheck)."""
     # read_max_bytes bounds a message after decompression (http_app.py bounds the body as sent).
-    return generated_application(service)(Relay(service, channel, sizes), interceptors=interceptors,
+    return generated_application(service)(Relay(service, upstream, sizes), interceptors=interceptors,
                                           read_max_bytes=sizes.max_request_bytes, codecs=CODECS)

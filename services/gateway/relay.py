@@ -16,10 +16,9 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from services.common.call_context import current_tenant
 from services.common.errors import ServiceError, abort_with
-from services.common.internal_client import tenant_metadata
 from services.gateway.request_sizes import RequestSizes
+from services.gateway.upstream import Upstream
 from services.gateway.upstream_errors import channel_failure, dependency_name
 
 # The one trailer of an internal service's error a client may see: its google.rpc.Status details.
@@ -38,30 +37,26 @@ async def _abort_like(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcE
     await context.abort(error.code(), error.details() or "", trailing_metadata=trailer)
 
 
-def relay_handler(service: ServiceDescriptor, channel: grpc.aio.Channel, sizes: RequestSizes) -> grpc.GenericRpcHandler:
-    """A handler for every method of `service`, forwarding to `channel`."""
+def relay_handler(service: ServiceDescriptor, upstream: Upstream, sizes: RequestSizes) -> grpc.GenericRpcHandler:
+    """A handler for every method of `service`, forwarding to `upstream`."""
+    channel = upstream.channel
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     dependency = dependency_name(service)
     for method in service.methods:
         path = f"/{service.full_name}/{method.name}"
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _streamed(channel.stream_stream(path), _ClientStream(path, sizes), dependency))
+                _streamed(channel.stream_stream(path), upstream, _ClientStream(path, sizes), dependency))
         elif method.client_streaming:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                _single(channel.stream_unary(path), _ClientStream(path, sizes), dependency))
+                _single(channel.stream_unary(path), upstream, _ClientStream(path, sizes), dependency))
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _streamed(channel.unary_stream(path), _OneRequest(path, sizes), dependency))
+                _streamed(channel.unary_stream(path), upstream, _OneRequest(path, sizes), dependency))
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _single(channel.unary_unary(path), _OneRequest(path, sizes), dependency))
+                _single(channel.unary_unary(path), upstream, _OneRequest(path, sizes), dependency))
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
-
-
-def _metadata() -> tuple[tuple[str, str], ...]:
-    # Only what the gateway vouches for: nothing the client sent goes through.
-    return tenant_metadata(current_tenant())
 
 
 class _OneRequest:
@@ -115,7 +110,7 @@ async def _answer_failure(context: grpc.aio.ServicerContext, error: grpc.aio.Aio
     await _abort_like(context, error, dependency)
 
 
-def _single(upstream: Any, requests: _OneRequest | _ClientStream, dependency: str) -> Any:
+def _single(call_upstream: Any, upstream: Upstream, requests: _OneRequest | _ClientStream, dependency: str) -> Any:
     """One answer, to one request or to a client stream (passed on as it arrives)."""
     async def relay(request: Any, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -123,7 +118,7 @@ def _single(upstream: Any, requests: _OneRequest | _ClientStream, dependency: st
         except ServiceError as error:
             await abort_with(context, error)
         try:
-            return bytes(await upstream(checked, metadata=_metadata(), timeout=context.time_remaining()))
+            return bytes(await call_upstream(checked, metadata=upstream.metadata(), timeout=context.time_remaining()))
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
             await _answer_failure(context, error, checked, dependency)
             raise  # not reached: abort raises
@@ -131,14 +126,15 @@ def _single(upstream: Any, requests: _OneRequest | _ClientStream, dependency: st
     return relay
 
 
-def _streamed(upstream: Any, requests: _OneRequest | _ClientStream, dependency: str) -> Any:
+def _streamed(call_upstream: Any, upstream: Upstream, requests: _OneRequest | _ClientStream, dependency: str
+              ) -> Any:
     """A server stream, to one request or to a client stream."""
     async def relay(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         try:
             checked = requests.admit(request)
         except ServiceError as error:
             await abort_with(context, error)
-        call = upstream(checked, metadata=_metadata(), timeout=context.time_remaining())
+        call = call_upstream(checked, metadata=upstream.metadata(), timeout=context.time_remaining())
         try:
             async for message in call:
                 yield message

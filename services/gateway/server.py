@@ -19,7 +19,7 @@ from services.common.errors import ConfigurationError
 from services.common.hosting import Background, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
 from services.common.interceptors import deadline_interceptor
-from services.common.internal_client import internal_aio_channel
+from services.common.internal_client import credential_metadata, internal_aio_channel
 from services.common.logs import configure_logging
 from services.common.observability import Observability
 from services.common.process import drain_time, serve_process
@@ -38,6 +38,7 @@ from services.gateway.limits import KeyLimits
 from services.gateway.relay import relay_handler
 from services.gateway.request_sizes import RequestSizes
 from services.gateway.settings import GatewaySettings
+from services.gateway.upstream import Upstream
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_gateway"
@@ -59,11 +60,11 @@ class GatewayComponents:
     keys: KeyVerifier
     limits: KeyLimits
     sizes: RequestSizes
-    channels: dict[str, grpc.aio.Channel]
+    upstreams: dict[str, Upstream]
     observability: Observability
 
     def bindings(self) -> list[ServiceBinding]:
-        return [ServiceBinding(service.full_name, _registers(relay_handler(service, self.channels[address_setting],
+        return [ServiceBinding(service.full_name, _registers(relay_handler(service, self.upstreams[address_setting],
                                                                          self.sizes)))
                 for service, address_setting in PUBLIC_SERVICES]
 
@@ -74,7 +75,7 @@ class GatewayComponents:
     def http_app(self, serving: Callable[[], bool]) -> ASGIApp:
         """Every public service over Connect, behind CORS; `serving` answers /healthz."""
         interceptors = (CallMetrics(self.observability.metrics), KeyCheck(self.keys, self.limits))
-        services = {service.full_name: connect_application(service, self.channels[address_setting], interceptors,
+        services = {service.full_name: connect_application(service, self.upstreams[address_setting], interceptors,
                                                            self.sizes)
                     for service, address_setting in PUBLIC_SERVICES}
         streamed_requests = {f"/{service.full_name}/{method.name}" for service, _ in PUBLIC_SERVICES
@@ -93,8 +94,8 @@ class GatewayComponents:
             await self.keys.record_uses()
         except Exception:  # the last uses are a courtesy: shutting down goes on
             log.exception("could not write the keys' last uses")
-        for channel in self.channels.values():
-            await channel.close()
+        for upstream in self.upstreams.values():
+            await upstream.channel.close()
         self.transactions.close()
         self.transactions.engine.dispose()
         self.observability.close()
@@ -124,15 +125,17 @@ async def build_gateway(settings: GatewaySettings, observability: Observability 
                                  + ", ".join(f"KILN_{name.upper()}=host:port" for name in missing))
     observability = observability or Observability.for_service("gateway", settings)
     transactions = await asyncio.to_thread(open_database, settings)
-    channels = {name: internal_aio_channel(getattr(settings, name), settings.internal_auth,
-                                           interceptors=observability.tracing.client_interceptors(),
-                                           options=_CHANNEL_OPTIONS)
+    credential = credential_metadata(settings.internal_auth)
+    upstreams = {name: Upstream(internal_aio_channel(getattr(settings, name), settings.internal_auth,
+                                                     interceptors=observability.tracing.client_interceptors(),
+                                                     options=_CHANNEL_OPTIONS, credential_on_calls=False),
+                                credential)
                 for name in dict.fromkeys(name for _, name in PUBLIC_SERVICES)}  # one per internal service
     limits = KeyLimits(settings.key_requests_per_second, settings.key_request_burst,
                        settings.max_watch_streams_per_key)
     sizes = RequestSizes(settings.max_request_bytes, settings.max_upload_bytes)
     return GatewayComponents(settings, transactions, KeyVerifier(transactions, settings.key_cache_seconds), limits,
-                             sizes, channels, observability)
+                             sizes, upstreams, observability)
 
 
 @dataclass
