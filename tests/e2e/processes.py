@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import time
 
 import psutil
@@ -28,13 +30,31 @@ def _alive(process: psutil.Process) -> bool:
 
 
 def survivors(processes: list[psutil.Process], timeout: float = 30.0) -> list[str]:
-    """Those of `processes` still running after `timeout` (an empty list once all are gone)."""
+    """Those of `processes` still running after `timeout` (an empty list once all are gone). Each is
+    watched through a pidfd, which becomes readable when the process ends: none of them is our
+    child, so waiting on their exit needs no polling."""
     deadline = time.monotonic() + timeout
-    while True:
-        alive = [p for p in processes if _alive(p)]
-        if not alive or time.monotonic() > deadline:
-            return [_describe(p) for p in alive]
-        time.sleep(0.05)  # the kernel tells only a parent when a process ends
+    watched: dict[int, psutil.Process] = {}
+    poller = select.poll()
+    for process in processes:
+        if not _alive(process):
+            continue
+        try:
+            fd = os.pidfd_open(process.pid)
+        except ProcessLookupError:
+            continue
+        watched[fd] = process
+        poller.register(fd, select.POLLIN)
+    try:
+        while watched and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                os.close(fd)
+                del watched[fd]
+    finally:
+        for fd in watched:
+            os.close(fd)
+    return [_describe(p) for p in watched.values() if _alive(p)]
 
 
 def _describe(process: psutil.Process) -> str:

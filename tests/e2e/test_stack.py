@@ -119,8 +119,8 @@ def test_the_command_stops_the_rest_when_one_dies(stack_cli):
     assert survivors(started) == []
 
 
-STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
-            "time.sleep(600)")
+STUBBORN = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+            "signal.pause()")
 
 
 def stubborn_process() -> subprocess.Popen[str]:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import pathlib
 import threading
-import time
 
 import grpc
 import pytest
@@ -94,12 +93,13 @@ def test_a_watch_resumes_from_its_last_event_when_the_gateway_restarts(aio, gate
     port = free_port()
     seen: list[tpb.TrainingEvent] = []
     pauses: list[float] = []
-    first, done = threading.Event(), threading.Event()
+    first, restarted, done = threading.Event(), threading.Event(), threading.Event()
     failure: list[BaseException] = []
 
-    def pause(seconds: float) -> None:  # the watch's own backoff, recorded
+    def pause(seconds: float) -> None:
+        # The watch's backoff, recorded; it waits for the new gateway rather than for the clock.
         pauses.append(seconds)
-        time.sleep(seconds)
+        restarted.wait(60)
 
     def follow(watcher: Client) -> None:
         try:
@@ -118,6 +118,7 @@ def test_a_watch_resumes_from_its_last_event_when_the_gateway_restarts(aio, gate
             assert first.wait(60)
         # The gateway is gone: the watcher's stream broke; a new gateway comes up at the same address.
         with gateway_on(aio, port, gateway):
+            restarted.set()
             assert done.wait(300)
         thread.join()
     assert not failure
