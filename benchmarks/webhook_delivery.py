@@ -10,22 +10,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import pathlib
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import httpx
 
-from benchmarks.event_latency import percentile, wait_serving
+from benchmarks.event_latency import percentile
+from benchmarks.harness import BENCH_AUTH, embedded_store, service_process
 from kiln.v1 import webhooks_pb2 as wpb
 from kiln.v1 import webhooks_pb2_grpc
-from services.common.embedded_s3 import EmbeddedS3
 from services.common.internal_client import internal_aio_channel, tenant_metadata
-from services.common.ports import free_ports
 from services.common.settings import InternalAuthSettings
 from services.trainer.webhooks import signing
 
@@ -33,7 +27,6 @@ EVENTS = 200
 ENDPOINTS = 4
 # Events per second of the paced run: a busy tenant's jobs, well under what delivery keeps up with.
 PACED_PER_S = 20
-TOKEN = "bench-token"
 TENANT = "bench"
 
 
@@ -139,33 +132,20 @@ async def _main() -> dict[str, float]:
     figures: dict[str, float] = {}
     receiver = Receiver()
     receiver_port = await receiver.start()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = pathlib.Path(tmp)
-        s3 = EmbeddedS3(root / "s3", "bench", "bench-secret").start()
-        port, = free_ports(1)
-        env = {**os.environ, "KILN_DATA_DIR": str(root), "KILN_S3__ENDPOINT": s3.endpoint,
-               "KILN_S3__ACCESS_KEY": "bench", "KILN_S3__SECRET_KEY": "bench-secret", "KILN_S3__BUCKET": "bench",
-               "KILN_INTERNAL_AUTH__TOKEN": TOKEN, "KILN_SERVER__PORT": str(port),
-               "KILN_MODELS_DIR": str(root / "models"), "KILN_LOG_LEVEL": "WARNING", "KILN_METRICS__ENABLED": "false",
-               "KILN_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true"}
-        service = subprocess.Popen([sys.executable, "-m", "services.trainer"], env=env)
-        try:
-            address = f"127.0.0.1:{port}"
-            auth = InternalAuthSettings(token=TOKEN)
-            await wait_serving(address, auth)
+    try:
+        # The service in a process of its own, as deployed, beside this one's receiver.
+        with embedded_store() as store, service_process("services.trainer", store,
+                                                        WEBHOOK_ALLOW_PRIVATE_NETWORKS="true") as address:
             figures["straight_per_s"] = await _straight(receiver_port)
             for endpoints in (1, ENDPOINTS):
-                rate, _ = await _through_service(address, auth, receiver, receiver_port, endpoints)
+                rate, _ = await _through_service(address, BENCH_AUTH, receiver, receiver_port, endpoints)
                 figures[f"per_s_{endpoints}"] = rate
                 figures[f"vs_straight_{endpoints}"] = rate / figures["straight_per_s"]
-            _, delays = await _through_service(address, auth, receiver, receiver_port, 1, pace=PACED_PER_S)
+            _, delays = await _through_service(address, BENCH_AUTH, receiver, receiver_port, 1, pace=PACED_PER_S)
             figures["paced_p50_ms"] = statistics.median(delays) * 1000
             figures["paced_p99_ms"] = percentile(delays, 0.99) * 1000
-        finally:
-            service.terminate()
-            service.wait(30)
-            s3.stop()
-            await receiver.close()
+    finally:
+        await receiver.close()
     print(f"webhook delivery, {EVENTS} events committed through the trainer service (its own process, SQLite) "
           "to a local receiver:")
     print(f"  straight signed POSTs, no queue: {figures['straight_per_s']:7.1f}/s")
