@@ -97,7 +97,7 @@ def test_errors_keep_their_details_and_streams_are_relayed_both_ways(gateway_cha
     assert rest[-1].finished.state == pb.TrainingJob.State.STATE_CANCELLED
 
 
-def test_a_stalled_watcher_holds_nobody_up_and_a_watch_resumes_exactly_as_directly(gateway_channel, gateway_dir,
+def test_an_unread_watch_stops_no_other_and_a_watch_resumes_exactly_as_directly(gateway_channel, gateway_dir,
                                                                                    trainer, worker):
     client = Client(gateway_channel, new_key(gateway_dir, "watchers"))
     dataset = client.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(

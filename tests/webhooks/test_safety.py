@@ -91,18 +91,24 @@ def test_unknown_event_types_and_missing_ones_are_named(client):
         "webhook_endpoint.url", "webhook_endpoint.event_types"]
 
 
-def test_a_name_resolving_to_loopback_is_refused_at_delivery_time(aio, store, trainer, client, receiver):
-    """A replica that allows private networks (and delivers nothing itself) registers
-    `localhost`; this module's replica, which refuses them, is the one that delivers."""
+def registered_where_private_networks_are_allowed(aio, store, trainer, url: str
+                                                  ) -> tuple[wpb.WebhookEndpoint, Delivery]:
+    """An endpoint registered, and a test event sent to it, through a second replica that allows
+    private networks and delivers nothing itself: this module's replica, which refuses them,
+    is the one that delivers."""
     settings = trainer.components.settings.model_copy(update={
         "webhook_allow_private_networks": True, "webhook_concurrency": 0})
     with aio.context(running_trainer_service(settings, store)) as permissive, \
             internal_channel(permissive.address, TEST_AUTH) as channel:
         lenient = WithMetadata(webhooks_pb2_grpc.WebhookServiceStub(channel), tenant_metadata("safety"))
         endpoint = lenient.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(
-            webhook_endpoint=wpb.WebhookEndpoint(url=receiver.url("/inside", host="localhost"),
-                                                 event_types=["training.queued"])))
-        sent = lenient.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+            webhook_endpoint=wpb.WebhookEndpoint(url=url, event_types=["training.queued"])))
+        return endpoint, lenient.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+
+
+def test_a_name_resolving_to_loopback_is_refused_at_delivery_time(aio, store, trainer, client, receiver):
+    endpoint, sent = registered_where_private_networks_are_allowed(aio, store, trainer,
+                                                                   receiver.url("/inside", host="localhost"))
 
     def attempted() -> Delivery | None:
         listed = client.webhooks.ListWebhookDeliveries(wpb.ListWebhookDeliveriesRequest(parent=endpoint.name))
@@ -116,14 +122,8 @@ def test_a_name_resolving_to_loopback_is_refused_at_delivery_time(aio, store, tr
 def test_settled_deliveries_are_listed_for_the_retention_then_deleted(aio, store, trainer, client):
     """An endpoint on loopback, which this replica refuses: its delivery fails every attempt, is
     listed for the retention after its last one, then deleted."""
-    settings = trainer.components.settings.model_copy(update={
-        "webhook_allow_private_networks": True, "webhook_concurrency": 0})
-    with aio.context(running_trainer_service(settings, store)) as permissive, \
-            internal_channel(permissive.address, TEST_AUTH) as channel:
-        lenient = WithMetadata(webhooks_pb2_grpc.WebhookServiceStub(channel), tenant_metadata("safety"))
-        endpoint = lenient.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(
-            webhook_endpoint=wpb.WebhookEndpoint(url="http://127.0.0.1:9/retention", event_types=["training.queued"])))
-        sent = lenient.SendTestWebhook(wpb.SendTestWebhookRequest(name=endpoint.name))
+    endpoint, sent = registered_where_private_networks_are_allowed(aio, store, trainer,
+                                                                   "http://127.0.0.1:9/retention")
 
     def listed() -> list[Delivery]:
         return list(client.webhooks.ListWebhookDeliveries(
