@@ -60,16 +60,19 @@ def test_the_grid_has_a_picture_per_epoch_and_strength(page: Page, api: Client):
     assert sheet.ok and sheet.body()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_refused_prompt_is_shown_on_its_field_in_both_languages(page: Page, api: Client):
+def test_the_page_reads_in_both_languages_and_a_refused_prompt_is_shown_on_its_field(page: Page, api: Client):
     job = finished_job(api)
     page.goto(job_path(job, "test"))
-    page.get_by_label("Prompt", exact=True).fill("")
-    page.get_by_role("button", name="Generate").click()
-    expect(page.get_by_label("Prompt", exact=True)).to_have_attribute("aria-invalid", "true")
-    expect(page.locator("#test-prompt-errors")).to_be_visible()
+    expect(page.get_by_role("heading", name="Test the model")).to_be_visible()
     assert accessibility_violations(page) == []
     page.get_by_label("Language").select_option("zh")
     expect(page.get_by_role("heading", name="模型测试")).to_be_visible()
     expect(page.get_by_label("采样算法")).to_be_visible()
     expect(page.get_by_role("button", name="生成对比网格")).to_be_visible()
     assert accessibility_violations(page) == []
+    page.get_by_label("语言").select_option("en")
+
+    page.get_by_label("Prompt", exact=True).fill("")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_label("Prompt", exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#test-prompt-errors")).to_contain_text("prompt")
