@@ -172,6 +172,8 @@ export class JobFollower {
 
   /** Every recorded step's loss, page by page (with a stride for a very long run). */
   private async loadHistory(): Promise<void> {
+    this.steps.length = 0;
+    this.losses.length = 0;
     const total = Number(this.progress?.totalSteps ?? 0);
     const stride = Math.max(1, Math.ceil(total / MAX_HISTORY_POINTS));
     let startStep = 1n;
@@ -315,7 +317,12 @@ export class JobFollower {
     this.lastSeq = seq;
     this.seen += 1;
     this.schedulePersist();
-    if (FINAL.has(this.state) && kind.case === "finished") this.onFinished();
+    if (FINAL.has(this.state) && kind.case === "finished") {
+      // The chart drawn live may have missed steps recorded between the history read at a reload
+      // and the first event after it: once the job is over, draw it from the whole record.
+      void this.loadHistory();
+      this.onFinished();
+    }
   }
 
   private forget(): void {
