@@ -121,19 +121,27 @@ def test_a_waiting_job_shows_its_place_and_a_running_one_resumes_after_reload_an
 
 
 def test_a_job_streams_its_loss_and_each_epochs_previews_live(page: Page, api: Client):
+    # Opened while the job still waits behind another, so all it shows arrives through the stream.
+    blocker = start_slow_job(api)
+    wait_until_running(api, blocker.name)
     job = start_fast_job(api)
     page.goto(job_path(job, "progress"))
-    expect(page.get_by_test_id("job-state")).not_to_have_attribute("data-state", "UNSPECIFIED")
+    expect(page.get_by_test_id("job-state")).to_have_attribute("data-state", "QUEUED")
+    expect(page.get_by_test_id("queue-position")).to_contain_text("in line")
+    expect(page.get_by_test_id("no-epochs")).to_be_visible()
+    api.trainer.CancelTrainingJob(tpb.CancelTrainingJobRequest(name=blocker.name))
+
+    expect(page.get_by_test_id("job-state")).to_have_attribute("data-state", "RUNNING")
     rows = page.get_by_test_id("epoch-row")
-    expect(rows).to_have_count(1)  # the first epoch, while the second still trains
     expect(rows.first.get_by_test_id("preview")).to_have_count(PREVIEWS_PER_EPOCH)
     expect(page.get_by_test_id("job-state")).to_have_attribute("data-state", "SUCCEEDED")
+    expect(page.get_by_test_id("announcement")).to_have_text("Training finished.")
     expect(rows).to_have_count(FAST_EPOCHS)
     for row in rows.all():
         expect(row.get_by_test_id("preview")).to_have_count(PREVIEWS_PER_EPOCH)
     events = expect_every_event_once(page, api, job.name)
     steps = {e.progress.step for e in events if e.HasField("progress") and e.progress.phase == "training"}
-    assert points(page) == len(steps) > 0
+    expect(page.get_by_test_id("loss-chart")).to_have_attribute("data-points", str(len(steps)))
     finished = api.get_job(job.name)
     assert [r.epoch for r in finished.epochs] == list(range(1, FAST_EPOCHS + 1))
     screenshot(page, "training")
@@ -146,6 +154,11 @@ def test_a_finished_job_reads_whole_in_both_languages_and_passes_the_accessibili
     expect(page.get_by_test_id("epoch-row")).to_have_count(FAST_EPOCHS)
     expect(page.get_by_test_id("connection")).to_have_attribute("data-connection", "ended")
     assert points(page) > 0
+    # A preview opens full size (through the presigned URL the page asks for).
+    with page.expect_popup() as opened:
+        page.get_by_test_id("epoch-row").first.get_by_test_id("preview").first.get_by_role("link").click()
+    assert "/epochs/1/previews/" in opened.value.url
+    opened.value.close()
     assert accessibility_violations(page) == []
     page.get_by_label("Language").select_option("zh")
     expect(page.get_by_role("heading", name="训练过程")).to_be_visible()
