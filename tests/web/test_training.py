@@ -5,7 +5,9 @@ against the job's own event log)."""
 
 from __future__ import annotations
 
-from playwright.sync_api import BrowserContext, Locator, Page, expect
+import json
+
+from playwright.sync_api import BrowserContext, Locator, Page, Request, expect
 
 from kiln import Client
 from kiln.v1 import trainer_pb2 as tpb
@@ -47,6 +49,20 @@ def expect_more_events_than(page: Page, count: int) -> None:
         "n => Number(document.querySelector('[data-testid=events-seen]')?.dataset.count ?? 0) > n", arg=count)
 
 
+def watch_requests(page: Page) -> list[int]:
+    """The `after_seq` of each WatchTrainingJob the page opens from now on, in order."""
+    seqs: list[int] = []
+
+    def opened(request: Request) -> None:
+        if request.url.endswith("/kiln.v1.TrainerService/WatchTrainingJob"):
+            body = request.post_data_buffer or b""
+            # A Connect stream's request: one envelope (a flag byte, a 4-byte length) around the JSON.
+            seqs.append(int(json.loads(body[5:]).get("afterSeq", 0)))
+
+    page.on("request", opened)
+    return seqs
+
+
 def expect_every_event_once(page: Page, api: Client, job: str) -> list[tpb.TrainingEvent]:
     """The page applied each of the job's events exactly once: as many as the job has, up to its
     last seq, and its log lines are the job's log events, in order."""
@@ -85,8 +101,11 @@ def test_a_waiting_job_shows_its_place_and_a_running_one_resumes_after_reload_an
     expect(page.get_by_test_id("speed")).to_be_visible()
     before_reload = seen(page)
     charted = points(page)
+    watches = watch_requests(page)
     page.reload()
     expect(page.get_by_test_id("connection")).to_have_attribute("data-connection", "live")
+    # It asked for the events after the last one it had applied, not for the whole log again.
+    assert watches[0] >= before_reload > 0
     assert points(page) >= charted  # the chart rebuilt from the job's metrics before going on
     expect_more_events_than(page, before_reload)
 
@@ -95,8 +114,10 @@ def test_a_waiting_job_shows_its_place_and_a_running_one_resumes_after_reload_an
     expect(page.get_by_test_id("connection")).to_have_attribute("data-connection", "offline")
     expect(page.get_by_test_id("announcement")).to_have_text("Connection lost; reconnecting…")
     while_offline = seen(page)
+    watches.clear()
     context.set_offline(False)
     expect(page.get_by_test_id("connection")).to_have_attribute("data-connection", "live")
+    assert watches[0] == while_offline
     expect_more_events_than(page, while_offline)
 
     # Sample now and save now, each answered by the running job; then cancel it.
