@@ -126,16 +126,26 @@ export class JobFollower {
   chartVersion = $state(0);
 
   private controller: AbortController | null = null;
+  private following = false;
+  // Events up to this seq had happened when the page opened: replaying them rebuilds the page
+  // without announcing each old change again.
+  private readonly historyUntil: number;
   private stopped = false;
   private lastPhase = "";
   private persistTimer: ReturnType<typeof setTimeout> | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly onChange: (change: Change) => void;
+  private readonly onConnectionChange: (change: Change) => void;
   private readonly onFinished: () => void;
 
   constructor(job: TrainingJob, onChange: (change: Change) => void, onFinished: () => void) {
     this.name = job.name;
-    this.onChange = onChange;
+    this.historyUntil = Number(job.lastEventSeq);
+    this.onConnectionChange = onChange;
+    this.onChange = (change) => {
+      if (this.replaying) return;
+      onChange(change);
+    };
     this.onFinished = onFinished;
     this.state = job.state;
     this.queuePosition = job.queuePosition;
@@ -203,7 +213,20 @@ export class JobFollower {
     this.epochs = [...this.epochs, saved].sort((a, b) => a.step - b.step || a.epoch - b.epoch);
   }
 
+  private replaying = false;
+
+  /** One loop at a time: `online` may fire while a failed stream waits to be opened again. */
   private async follow(): Promise<void> {
+    if (this.following) return;
+    this.following = true;
+    try {
+      await this.followLoop();
+    } finally {
+      this.following = false;
+    }
+  }
+
+  private async followLoop(): Promise<void> {
     while (!this.stopped && this.connection !== "ended") {
       if (!navigator.onLine) {
         this.setConnection("offline");
@@ -258,15 +281,16 @@ export class JobFollower {
     if (this.connection === connection) return;
     const was = this.connection;
     this.connection = connection;
-    if (connection === "offline") this.onChange({ kind: "offline" });
-    else if (connection === "reconnecting" && was !== "offline") this.onChange({ kind: "reconnecting" });
-    else if (connection === "live" && (was === "offline" || was === "reconnecting")) this.onChange({ kind: "live" });
+    if (connection === "offline") this.onConnectionChange({ kind: "offline" });
+    else if (connection === "reconnecting" && was !== "offline") this.onConnectionChange({ kind: "reconnecting" });
+    else if (connection === "live" && (was === "offline" || was === "reconnecting")) this.onConnectionChange({ kind: "live" });
   }
 
   /** One event, applied once: the stream never repeats a seq, and the stored seq resumes after it. */
   private apply(event: TrainingEvent): void {
     const seq = Number(event.seq);
     if (seq <= this.lastSeq) return;
+    this.replaying = seq <= this.historyUntil;
     const time = event.time ? timestampDate(event.time).toISOString() : "";
     const kind = event.kind;
     switch (kind.case) {
