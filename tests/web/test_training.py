@@ -133,6 +133,7 @@ def test_a_waiting_job_shows_its_place_and_a_running_one_resumes_after_reload_an
     expect(page.get_by_test_id("announcement")).to_have_text("Training cancelled.")
 
     events = expect_every_event_once(page, api, running.name)
+    expect(page.get_by_test_id("log-line").last).to_contain_text("cancellation requested")
     job = api.get_job(running.name)
     assert job.state == State.STATE_CANCELLED
     assert any(e.on_request for e in job.epochs)

@@ -46,10 +46,11 @@ def fast_config() -> tpb.TrainingConfig:
 
 
 def slow_config() -> tpb.TrainingConfig:
-    """Hundreds of steps (a repeat of 40 over many epochs) and one preview: it runs long enough to
-    reload the page, go offline and use the controls mid-run; its test cancels it."""
+    """Thousands of steps (a repeat of 50 over 20 epochs) and one preview an epoch: it runs long
+    enough to reload the page, go offline and use the controls mid-run, even on a fast machine; its
+    test cancels it."""
     return tpb.TrainingConfig(
-        resolution=tpb.Resolution(width=64, height=64), batch_size=1, seed=7, cache_latents=True, repeat=40,
+        resolution=tpb.Resolution(width=64, height=64), batch_size=1, seed=7, cache_latents=True, repeat=50,
         preview=tpb.PreviewConfig(count=1, steps=2, width=64, height=64))
 
 
@@ -59,7 +60,7 @@ def start_fast_job(api: Client, display_name: str = "Web fast") -> tpb.TrainingJ
 
 
 def start_slow_job(api: Client) -> tpb.TrainingJob:
-    return api.create_job(dataset_of_samples(api), PRESET, epochs=10, preview_prompt=f"{TRIGGER}, smile",
+    return api.create_job(dataset_of_samples(api), PRESET, epochs=20, preview_prompt=f"{TRIGGER}, smile",
                           config=slow_config(), display_name="Web slow")
 
 
