@@ -1,23 +1,24 @@
 /**
- * Browser uploads: the bytes go from the page straight to the object store through the URL that
- * CreateImageUpload handed out (browsers can't send the client stream UploadImage takes), then
- * FinalizeImageUpload files them. XMLHttpRequest rather than fetch, because only it reports how
+ * Browser uploads: the bytes go from the page straight to the object store with the signed form
+ * that CreateImageUpload handed out (browsers can't send the client stream UploadImage takes),
+ * then FinalizeImageUpload files them. XMLHttpRequest rather than fetch, because only it reports how
  * much of a request body has been sent.
  */
-import { Code, ConnectError, KilnError } from "@kiln/sdk";
+import { Code, ConnectError, KilnError, uploadError, uploadForm } from "@kiln/sdk";
 import type { Image, ImageRole, ImageUpload } from "@kiln/sdk";
 import { requestId } from "./errors";
 import { kiln } from "./session.svelte";
 
 /**
- * Sends `file` to the store at the upload's URL, calling `onProgress` with the fraction sent
- * (0..1). The one place that knows how the store takes the bytes.
+ * Sends `file` to the store with the upload's signed form, calling `onProgress` with the fraction
+ * sent (0..1). The one place that knows how the store takes the bytes: a multipart POST of the
+ * form's fields and then the file, which the store holds to the declared size and key.
  */
-export function sendToStore(upload: ImageUpload, file: Blob, onProgress: (fraction: number) => void,
+export function sendToStore(upload: ImageUpload, file: File, onProgress: (fraction: number) => void,
   signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
-    request.open("PUT", upload.uploadUrl);
+    request.open("POST", upload.uploadUrl);
     request.upload.onprogress = (event) => {
       if (event.lengthComputable && event.total > 0) onProgress(event.loaded / event.total);
     };
@@ -26,22 +27,14 @@ export function sendToStore(upload: ImageUpload, file: Blob, onProgress: (fracti
         onProgress(1);
         resolve();
       } else {
-        reject(storeRefusal(request.status, request.responseText));
+        reject(uploadError(request.status, request.responseText));
       }
     };
     request.onerror = () => reject(new KilnError(new ConnectError("the object store could not be reached", Code.Unavailable)));
     request.onabort = () => reject(new KilnError(new ConnectError("the upload was cancelled", Code.Canceled)));
     signal?.addEventListener("abort", () => request.abort(), { once: true });
-    request.send(file);
+    request.send(uploadForm(upload, file, file.name));
   });
-}
-
-/** The store's XML error as a refusal: 403 is an expired or altered URL, another 4xx the bytes themselves. */
-function storeRefusal(status: number, body: string): KilnError {
-  const message = /<Message>([^<]*)<\/Message>/.exec(body)?.[1]?.trim() || `HTTP ${status}`;
-  const code = status === 403 ? Code.PermissionDenied
-    : status >= 400 && status < 500 ? Code.InvalidArgument : Code.Unavailable;
-  return new KilnError(new ConnectError(`the object store refused the upload: ${message}`, code));
 }
 
 export type UploadStage = "queued" | "sending" | "filing" | "done" | "refused";
