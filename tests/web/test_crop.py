@@ -15,6 +15,8 @@ from services.common.bundled_data import samples_dir
 from tests.web.browser import accessibility_violations, screenshot
 
 SAMPLES = ["astronaut.png", "chelsea.png", "rocket.jpg"]
+# How the page writes a size between its width and height (a multiplication sign).
+BY = " \N{MULTIPLICATION SIGN} "
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_a_focus_crop_runs_with_progress_and_draws_every_box(page: Page, api: Cl
     # The family's sizes, and only those.
     sizes = page.get_by_role("group", name="Crop size").get_by_role("radio")
     expect(sizes).to_have_count(3)
-    expect(page.get_by_label("512 × 768")).to_be_visible()
+    expect(page.get_by_label(f"512{BY}768")).to_be_visible()
     # Every text the progress line and the cards show, in order, as the stream goes.
     page.evaluate("""() => {
         window.cropSeen = [];
@@ -49,7 +51,7 @@ def test_a_focus_crop_runs_with_progress_and_draws_every_box(page: Page, api: Cl
         }).observe(document.body, { subtree: true, childList: true, characterData: true });
       }""")
     page.get_by_label("Focus crop").check()
-    page.get_by_label("768 × 512").check()
+    page.get_by_label(f"768{BY}512").check()
     page.get_by_role("button", name="Crop all images (3)").click()
 
     # The samples are smaller than 768x512 on some side, so each was upscaled, and the page says so.
@@ -57,7 +59,7 @@ def test_a_focus_crop_runs_with_progress_and_draws_every_box(page: Page, api: Cl
         "Cropped 3 of 3. 3 upscaled (smaller than the target size).")
     expect(page.get_by_test_id("crop-progress").get_by_role("progressbar", name="Crop progress")) \
         .to_have_attribute("value", "3")
-    expect(page.get_by_test_id("crop-state").filter(has_text="Focus crop, 768 × 512")).to_have_count(3)
+    expect(page.get_by_test_id("crop-state").filter(has_text=f"Focus crop, 768{BY}512")).to_have_count(3)
     expect(page.get_by_test_id("crop-box")).to_have_count(3)
     expect(page.get_by_test_id("crop-state").filter(has_text="Upscaled")).to_have_count(3)
     seen = page.evaluate("() => window.cropSeen")
@@ -84,7 +86,7 @@ def test_a_box_dragged_or_moved_by_keys_is_saved_as_a_manual_crop(page: Page, ap
     # chelsea.png is 451x300: the centre square is 300 px wide, 75 px from the left.
     card = page.get_by_test_id("crop-card")
     expect(card).to_have_attribute("data-crop", "75,0,300,300")
-    expect(card.get_by_test_id("crop-state")).to_contain_text("Center crop, 512 × 512")
+    expect(card.get_by_test_id("crop-state")).to_contain_text(f"Center crop, 512{BY}512")
 
     box = card.get_by_test_id("crop-box")
     area = box.bounding_box()
@@ -95,7 +97,7 @@ def test_a_box_dragged_or_moved_by_keys_is_saved_as_a_manual_crop(page: Page, ap
     page.mouse.up()
     # Dragged past the left edge, it stops there.
     expect(card).to_have_attribute("data-crop", "0,0,300,300")
-    expect(card.get_by_test_id("crop-state")).to_contain_text("Set by hand, 512 × 512")
+    expect(card.get_by_test_id("crop-state")).to_contain_text(f"Set by hand, 512{BY}512")
     image = next(iter(api.list_images(dataset)))
     assert image.crop.mode == dpb.CROP_MODE_MANUAL
     assert (image.crop.box.left, image.crop.box.top, image.crop.box.width, image.crop.box.height) == (0, 0, 300, 300)
@@ -108,6 +110,11 @@ def test_a_box_dragged_or_moved_by_keys_is_saved_as_a_manual_crop(page: Page, ap
     expect(card).to_have_attribute("data-crop", "10,0,300,300")
     image = next(iter(api.list_images(dataset)))
     assert (image.crop.mode, image.crop.box.left) == (dpb.CROP_MODE_MANUAL, 10)
+    # The minus key shrinks it by 5% around its centre (160, 150), square as the target is.
+    box.press("-")
+    expect(card).to_have_attribute("data-crop", "17,7,286,286")
+    stored = next(iter(api.list_images(dataset))).crop.box
+    assert (stored.left, stored.top, stored.width, stored.height) == (17, 7, 286, 286)
 
 
 def test_the_crop_page_passes_the_accessibility_check(page: Page, api: Client, samples: pathlib.Path):

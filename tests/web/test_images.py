@@ -60,9 +60,20 @@ def test_files_chosen_in_the_picker_upload_with_progress_and_thumbnails(page: Pa
     expect(page.get_by_test_id("image-limit")).to_have_text("0 of 1,000 images; 1,000 more can be added.")
     chosen = ["astronaut.png", "chelsea.png", "rocket.jpg", "sticker.png"]
     paths = [samples / f for f in chosen[:3]] + [transparent_png(tmp_path / "sticker.png")]
+    # The most rows ever travelling at once, and whether a file ever waited for a free lane.
+    page.evaluate("""() => {
+        window.uploadLanes = { most: 0, waited: false };
+        new MutationObserver(() => {
+          const stages = [...document.querySelectorAll('[data-testid=upload]')].map((row) => row.dataset.stage);
+          const travelling = stages.filter((stage) => stage === 'sending' || stage === 'filing').length;
+          window.uploadLanes.most = Math.max(window.uploadLanes.most, travelling);
+          window.uploadLanes.waited ||= stages.includes('queued');
+        }).observe(document.body, { subtree: true, childList: true, attributes: true });
+      }""")
     page.get_by_test_id("file-input").set_input_files([str(p) for p in paths])
 
     expect_uploaded(page, chosen)
+    assert page.evaluate("() => window.uploadLanes") == {"most": 3, "waited": True}
     expect(page.get_by_test_id("upload-summary")).to_have_text("4 of 4 uploaded, 0 refused.")
     expect(page.get_by_test_id("image-card")).to_have_count(4)
     expect(page.get_by_test_id("image-limit")).to_have_text("4 of 1,000 images; 996 more can be added.")
@@ -134,7 +145,11 @@ def test_the_regularization_tab_uploads_to_the_regularization_set(page: Page, ap
     page.get_by_role("tab", name="Regularization set").click()
     expect(page.get_by_role("tab", name="Regularization set")).to_have_attribute("aria-selected", "true")
     expect(page.get_by_test_id("no-images")).to_be_visible()
-    page.get_by_test_id("file-input").set_input_files(str(samples / "rocket.jpg"))
+    # The picker, from the keyboard.
+    page.get_by_role("button", name="Choose files…").focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(samples / "rocket.jpg"))
     expect_uploaded(page, ["rocket.jpg"])
     expect(page.get_by_test_id("role-regularization")).to_have_text("Regularization set (1)")
     assert [i.filename for i in api.list_images(dataset, role=dpb.IMAGE_ROLE_REGULARIZATION)] == ["rocket.jpg"]
