@@ -1,6 +1,8 @@
 /**
  * The files a user dropped or picked, each with its stage and progress, sent a few at a time.
- * Files added while others are still travelling join the same queue.
+ * Files added while others are still travelling join the same queue. One queue per dataset for
+ * the page's life, so that uploads keep going, and are shown again, when the user moves to
+ * another step and back.
  */
 import type { Image, ImageRole } from "@kiln/sdk";
 import { refusal } from "./errors";
@@ -21,18 +23,30 @@ export interface UploadEntry {
   reason: string;
 }
 
+/** What the page showing a queue wants to hear; the queue outlives the page (see uploadQueueFor). */
+export interface UploadListener {
+  /** Each image as it is filed. */
+  onFiled: (image: Image) => void;
+  /** The last file in flight has finished (filed or refused). */
+  onIdle: () => void;
+}
+
 export class UploadQueue {
   entries = $state<UploadEntry[]>([]);
   #active = 0;
   #nextKey = 0;
+  #listener: UploadListener | null = null;
 
-  /**
-   * @param dataset `datasets/{id}`
-   * @param onFiled called with each image as it is filed
-   * @param onIdle called when the last file in flight has finished (filed or refused)
-   */
-  constructor(private readonly dataset: string, private readonly onFiled: (image: Image) => void,
-    private readonly onIdle: () => void) {}
+  /** @param dataset `datasets/{id}` */
+  constructor(private readonly dataset: string) {}
+
+  /** Tells `listener` what happens from now on, until the returned function is called. */
+  listen(listener: UploadListener): () => void {
+    this.#listener = listener;
+    return () => {
+      if (this.#listener === listener) this.#listener = null;
+    };
+  }
 
   add(files: readonly File[], role: ImageRole): void {
     for (const file of files) {
@@ -73,14 +87,22 @@ export class UploadQueue {
       });
       entry.stage = "done";
       entry.fraction = 1;
-      this.onFiled(image);
+      this.#listener?.onFiled(image);
     } catch (error) {
       entry.stage = "refused";
       entry.reason = refusal(error).message;
     } finally {
       this.#active--;
       this.#pump();
-      if (this.#active === 0) this.onIdle();
+      if (this.#active === 0) this.#listener?.onIdle();
     }
   }
+}
+
+// Not reactive: a page looks its queue up once.
+const queues: Record<string, UploadQueue> = {};
+
+/** The upload queue of `dataset` (`datasets/{id}`), made on first use. */
+export function uploadQueueFor(dataset: string): UploadQueue {
+  return (queues[dataset] ??= new UploadQueue(dataset));
 }
