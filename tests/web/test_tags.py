@@ -1,4 +1,4 @@
-"""The tags step (seed 2.4–2.5): captions as chips that arrive live from the tagger, edited one
+"""The tags step (seed 2.4-2.5): captions as chips that arrive live from the tagger, edited one
 image at a time (add, reorder by keyboard-reachable buttons, remove) and in batch (a trigger word
 at the head, replace, remove), the tag frequency list, both languages and the accessibility check."""
 
@@ -10,7 +10,6 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from kiln import Client
-from kiln.v1 import dataset_pb2 as dpb
 from services.common.bundled_data import samples_dir
 from tests.web.browser import accessibility_violations, screenshot
 
