@@ -4,10 +4,11 @@ at the head, replace, remove), the tag frequency list, both languages and the ac
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, Route, expect
 
 from kiln import Client
 from services.common.bundled_data import samples_dir
@@ -143,3 +144,33 @@ def test_the_tags_page_in_chinese_and_the_accessibility_check(page: Page, tagged
     expect(page.get_by_role("heading", name="批量加标签")).to_be_visible()
     expect(page.get_by_role("heading", name="标签频率")).to_be_visible()
     assert accessibility_violations(page) == []
+
+
+def test_the_screening_verdict_is_shown_on_blocked_and_review_images(page: Page, tagged: str):
+    # The sample photos are all allowed by the stack's policy, so the API's answer is given verdicts
+    # on its way to the page: what is checked is how the page shows them.
+    verdicts = {
+        "chelsea.png": {"decision": "MODERATION_DECISION_BLOCK", "findings": [
+            {"source": "MODERATION_SIGNAL_SOURCE_RATING", "label": "explicit", "score": 0.91,
+             "decision": "MODERATION_DECISION_BLOCK"}]},
+        "astronaut.png": {"decision": "MODERATION_DECISION_REVIEW", "findings": [
+            {"source": "MODERATION_SIGNAL_SOURCE_DETECTOR", "label": "BUTTOCKS_EXPOSED", "score": 0.55,
+             "decision": "MODERATION_DECISION_REVIEW"}]},
+    }
+
+    def with_verdicts(route: Route) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        for image in body.get("images", []):
+            if image["filename"] in verdicts:
+                image["screening"] = verdicts[image["filename"]]
+        route.fulfill(response=answer, body=json.dumps(body))
+
+    page.route("**/kiln.v1.DatasetService/ListImages", with_verdicts)
+    _open(page, tagged)
+    blocked = _card(page, "chelsea.png").get_by_test_id("screening")
+    expect(blocked).to_contain_text("Blocked by screening")
+    expect(blocked).to_contain_text("explicit (rating) 0.91")
+    review = _card(page, "astronaut.png").get_by_test_id("screening")
+    expect(review).to_contain_text("asks for a review")
+    expect(review).to_contain_text("BUTTOCKS_EXPOSED (detector) 0.55")
