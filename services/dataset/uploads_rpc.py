@@ -32,6 +32,7 @@ from services.common.errors import (
 )
 from services.common.idempotency import check_request_id, request_fingerprint
 from services.common.objectstore import ObjectNotFound, ObjectStore
+from services.common.upload_limits import MAX_UPLOAD_CHUNK_BYTES, chunk_too_large
 from services.dataset import captions, names, records, schema
 from services.dataset.convert import image_message
 from services.dataset.filenames import safe_filename
@@ -116,6 +117,9 @@ class UploadRpcs(ServicerBase):
                     raise invalid_field("metadata", "the first message of an upload must carry the metadata",
                                         "METADATA_FIRST")
                 meta = message.metadata
+                if meta.size_bytes < 0:
+                    raise invalid_field("metadata.size_bytes", f"0 (not declared) or the file's size, 1..{limit} bytes",
+                                        "OUT_OF_RANGE")
                 if meta.size_bytes > limit:
                     raise invalid_field("metadata.size_bytes", f"exceeds the {limit}-byte upload limit",
                                         "FILE_TOO_LARGE")
@@ -124,6 +128,8 @@ class UploadRpcs(ServicerBase):
                 raise invalid_field("metadata", "metadata may only be sent once, in the first message",
                                     "METADATA_REPEATED")
             chunk = message.chunk  # each read of a bytes field is a copy of it
+            if len(chunk) > MAX_UPLOAD_CHUNK_BYTES:
+                raise chunk_too_large(len(chunk))
             received += len(chunk)
             if received > limit:
                 # Stop reading at once: the rest of a huge upload is never buffered.
@@ -238,9 +244,10 @@ class UploadRpcs(ServicerBase):
         tags = captions.validate_tags(request.tags, "tags")
         check_repeat(request.repeat, "repeat")
         limit = self._settings.max_upload_bytes
-        if not 0 < request.size_bytes <= limit:
-            raise invalid_field("size_bytes", f"declare the file size: 1..{limit} bytes", "FILE_TOO_LARGE"
-                                if request.size_bytes > limit else "INVALID_ARGUMENT")
+        if request.size_bytes < 1:
+            raise invalid_field("size_bytes", f"declare the file's size: 1..{limit} bytes", "OUT_OF_RANGE")
+        if request.size_bytes > limit:
+            raise invalid_field("size_bytes", f"exceeds the {limit}-byte upload limit", "FILE_TOO_LARGE")
         ttl = dt.timedelta(seconds=self._settings.upload_url_ttl_seconds)
 
         def work(conn: Connection, tenant: str) -> pb.ImageUpload:

@@ -17,7 +17,7 @@ from kiln.errors import KilnError
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 
-# Under the service's 3 MiB per message.
+# Chunks well under UploadImage's limit of 4 MiB.
 CHUNK_BYTES = 1024 * 1024
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 # A kohya-style folder keeps each image's caption beside it (photo.png, photo.txt): read as its tags.

@@ -71,8 +71,9 @@ class DatasetService(Protocol):
     async def upload_image(self, request: AsyncIterator[UploadImageRequest], ctx: RequestContext[UploadImageRequest, Image], /) -> Image:
         """
         Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -590,8 +591,9 @@ class DatasetServiceClient(ConnectClient):
     ) -> Image:
         """
         Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
         return await self.execute_client_stream(
             request=request,
@@ -1021,8 +1023,9 @@ class DatasetServiceSync(Protocol):
     def upload_image(self, request: Iterator[UploadImageRequest], ctx: RequestContext[UploadImageRequest, Image], /) -> Image:
         """
         Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1538,8 +1541,9 @@ class DatasetServiceClientSync(ConnectClientSync):
     ) -> Image:
         """
         Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
         return self.execute_client_stream(
             request=request,

@@ -322,7 +322,7 @@ class Image(_message.Message):
     role: Global___ImageRole.ValueType
     """Set by the upload's metadata."""
     filename: _builtins.str
-    """The file name the client gave, reduced to a safe base name."""
+    """The file name the upload gave (NFC-normalised, surrounding spaces removed)."""
     content_type: _builtins.str
     """`image/png` or `image/jpeg`."""
     sha256: _builtins.str
@@ -595,8 +595,14 @@ class UploadImageMetadata(_message.Message):
     """`datasets/{dataset}`."""
     role: Global___ImageRole.ValueType
     filename: _builtins.str
+    """A file name, kept as a label (the content decides the format): a name
+    with directories (`/`, `\\`, a drive letter), control characters or over
+    255 bytes is refused (INVALID_ARGUMENT), never cut down.
+    """
     size_bytes: _builtins.int
-    """When set, the upload fails unless exactly this many bytes arrive."""
+    """0: not declared. Otherwise the upload fails unless exactly this many
+    bytes arrive (SIZE_MISMATCH); negative is refused (OUT_OF_RANGE).
+    """
     repeat: _builtins.int
     request_id: _builtins.str
     @_builtins.property
@@ -629,6 +635,7 @@ class UploadImageRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    """The next part of the file: a chunk of 4 MiB at most."""
     @_builtins.property
     def metadata(self) -> Global___UploadImageMetadata: ...
     def __init__(
@@ -662,8 +669,9 @@ class CreateImageUploadRequest(_message.Message):
     """`datasets/{dataset}`."""
     role: Global___ImageRole.ValueType
     filename: _builtins.str
+    """As UploadImageMetadata.filename: a name with directories is refused."""
     size_bytes: _builtins.int
-    """The file's exact size in bytes: the upload form admits no other."""
+    """The file's exact size in bytes (1 or more): the upload form admits no other."""
     repeat: _builtins.int
     request_id: _builtins.str
     @_builtins.property

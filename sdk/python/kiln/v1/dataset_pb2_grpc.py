@@ -207,8 +207,9 @@ class DatasetServiceServicer:
 
     def UploadImage(self, request_iterator, context):
         """Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -183,7 +183,7 @@ export type Image = Message<"kiln.v1.Image"> & {
   role: ImageRole;
 
   /**
-   * The file name the client gave, reduced to a safe base name.
+   * The file name the upload gave (NFC-normalised, surrounding spaces removed).
    *
    * @generated from field: string filename = 3;
    */
@@ -500,12 +500,17 @@ export type UploadImageMetadata = Message<"kiln.v1.UploadImageMetadata"> & {
   role: ImageRole;
 
   /**
+   * A file name, kept as a label (the content decides the format): a name
+   * with directories (`/`, `\`, a drive letter), control characters or over
+   * 255 bytes is refused (INVALID_ARGUMENT), never cut down.
+   *
    * @generated from field: string filename = 3;
    */
   filename: string;
 
   /**
-   * When set, the upload fails unless exactly this many bytes arrive.
+   * 0: not declared. Otherwise the upload fails unless exactly this many
+   * bytes arrive (SIZE_MISMATCH); negative is refused (OUT_OF_RANGE).
    *
    * @generated from field: int64 size_bytes = 4;
    */
@@ -551,6 +556,8 @@ export type UploadImageRequest = Message<"kiln.v1.UploadImageRequest"> & {
     case: "metadata";
   } | {
     /**
+     * The next part of the file: a chunk of 4 MiB at most.
+     *
      * @generated from field: bytes chunk = 2;
      */
     value: Uint8Array;
@@ -582,12 +589,14 @@ export type CreateImageUploadRequest = Message<"kiln.v1.CreateImageUploadRequest
   role: ImageRole;
 
   /**
+   * As UploadImageMetadata.filename: a name with directories is refused.
+   *
    * @generated from field: string filename = 3;
    */
   filename: string;
 
   /**
-   * The file's exact size in bytes: the upload form admits no other.
+   * The file's exact size in bytes (1 or more): the upload form admits no other.
    *
    * @generated from field: int64 size_bytes = 4;
    */
@@ -1884,8 +1893,9 @@ export const DatasetService: GenService<{
   },
   /**
    * Client stream: the first message carries the metadata, every later one a
-   * chunk of at most 3 MiB. The image exists only once the stream completes
-   * and the bytes are verified.
+   * chunk of the file, 4 MiB at most (a larger chunk is refused:
+   * INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+   * completes and the bytes are verified.
    *
    * @generated from rpc kiln.v1.DatasetService.UploadImage
    */
