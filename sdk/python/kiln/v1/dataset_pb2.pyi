@@ -326,8 +326,11 @@ class Image(_message.Message):
     content_type: _builtins.str
     """`image/png` or `image/jpeg`."""
     sha256: _builtins.str
-    """Of the uploaded bytes."""
+    """Of the stored original (what reading the image serves), by which a dataset finds duplicates:
+    the upload less what follows the image's end and metadata over the limit, or its normalised PNG.
+    """
     size_bytes: _builtins.int
+    """Of the stored original."""
     width: _builtins.int
     """After EXIF orientation."""
     height: _builtins.int

@@ -197,13 +197,16 @@ export type Image = Message<"kiln.v1.Image"> & {
   contentType: string;
 
   /**
-   * Of the uploaded bytes.
+   * Of the stored original (what reading the image serves), by which a dataset finds duplicates:
+   * the upload less what follows the image's end and metadata over the limit, or its normalised PNG.
    *
    * @generated from field: string sha256 = 5;
    */
   sha256: string;
 
   /**
+   * Of the stored original.
+   *
    * @generated from field: int64 size_bytes = 6;
    */
   sizeBytes: bigint;
