@@ -1,4 +1,4 @@
-"""Uploads: the client stream, presigned PUT + finalize, and what both share:
+"""Uploads: the client stream, a presigned POST form + finalize, and what both share:
 verify, store once, record with the limits and dedup checked under the dataset's lock."""
 
 from __future__ import annotations
@@ -256,8 +256,9 @@ class UploadRpcs(ServicerBase):
                 id=upload_id, dataset_id=dataset_id, role=role, filename=filename, size_bytes=request.size_bytes,
                 tags=tags, repeat=request.repeat, object_key=key, expire_time=expire, create_time=now,
             ))
-            upload = pb.ImageUpload(name=names.upload_name(dataset_id, upload_id),
-                                    upload_url=self._store.presigned_put(key, ttl))
+            form = self._store.presigned_post(key, request.size_bytes, expire)
+            upload = pb.ImageUpload(name=names.upload_name(dataset_id, upload_id), upload_url=form.url,
+                                    upload_fields=form.fields)
             upload.expire_time.FromDatetime(expire)
             return upload
 
@@ -269,7 +270,7 @@ class UploadRpcs(ServicerBase):
         dataset_id, upload_id = names.parse_upload(request.name)
         check_request_id(request.request_id)
         tenant = current_tenant()
-        # The request names the upload; what was PUT there is not part of it.
+        # The request names the upload; what was POSTed there is not part of it.
 
         def load(conn: Connection) -> Row[Any] | pb.Image:
             earlier = self._tx.replay(conn, tenant, "FinalizeImageUpload", request, pb.Image)
@@ -283,7 +284,7 @@ class UploadRpcs(ServicerBase):
         if isinstance(upload, pb.Image):
             return upload
         if utc(upload.expire_time) < records.now():
-            raise failed_precondition("the upload URL has expired; create a new upload", "UPLOAD_EXPIRED")
+            raise failed_precondition("the upload form has expired; create a new upload", "UPLOAD_EXPIRED")
         data = await self._staged_bytes(upload)
         image = await self._ingest(_Ingest(
             tenant=tenant, method="FinalizeImageUpload", request_id=request.request_id,
@@ -311,12 +312,13 @@ class UploadRpcs(ServicerBase):
         return self._image_message(conn, tenant, upload.dataset_id, upload.image_id)
 
     async def _staged_bytes(self, upload: Row[Any]) -> bytes:
-        """What was PUT to the upload URL, which must be the declared size. The URL stays writable
-        until it expires, so the read stops past that size rather than trust an earlier look."""
+        """What was POSTed with the upload form, which must be the declared size. The store enforces
+        that, yet the form stays usable until it expires and not every S3 checks a policy as
+        strictly, so the read stops past that size rather than trust the store or an earlier look."""
         try:
             data = await self._tx.objects.run(_read_at_most, self._store, upload.object_key, upload.size_bytes)
         except ObjectNotFound:
-            raise failed_precondition("no bytes have been PUT to the upload URL yet", "UPLOAD_MISSING") from None
+            raise failed_precondition("no bytes have been POSTed with the upload form yet", "UPLOAD_MISSING") from None
         if len(data) != upload.size_bytes:
             await self._tx.delete_quietly([upload.object_key])
             found = f"more than {upload.size_bytes}" if len(data) > upload.size_bytes else str(len(data))
@@ -351,10 +353,10 @@ class UploadRpcs(ServicerBase):
 
     async def sweep_abandoned_staging(self, min_age: dt.timedelta | None = None) -> int:
         """Delete staging objects no upload record names (see staging_sweep.py), once older than an
-        upload URL lives (default), when no URL can write them any more."""
+        upload form lives (default), when no form can write them any more."""
         if min_age is None:
             min_age = dt.timedelta(seconds=self._settings.upload_url_ttl_seconds)
-        # Listed before the records are read. An object exists only after its URL was handed out,
+        # Listed before the records are read. An object exists only after its form was handed out,
         # which is after its record was committed, so a record missing now is gone for good.
         listing = await self._tx.objects.run(self._store.list_with_times, object_keys.UPLOADS)
         recorded = await self._tx.run(recorded_staging_keys, read_only=True)

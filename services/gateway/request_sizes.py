@@ -1,9 +1,11 @@
 """Request and upload sizes the gateway admits, checked before anything reaches an internal service.
 
 A request message over `max_request_bytes`, an upload that declares or streams more than
-`max_upload_bytes`, and a browser upload URL asked for a larger file are refused with
-RESOURCE_EXHAUSTED and a QuotaFailure naming the limit. Only the two upload methods are decoded
-here (their size fields); every other request stays the bytes the client sent."""
+`max_upload_bytes`, and a browser upload form asked for a larger file are refused with
+RESOURCE_EXHAUSTED and a QuotaFailure naming the limit. A form that is granted admits exactly
+the size it declared, which the object store enforces, so the declared size bounds the upload.
+Only the two upload methods are decoded here (their size fields); every other request stays
+the bytes the client sent."""
 
 from __future__ import annotations
 

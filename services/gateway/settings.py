@@ -3,6 +3,8 @@ KILN_TRAINER_ADDRESS, KILN_HTTP__PORT, KILN_CORS_ALLOWED_ORIGINS='["https://app.
 
 from __future__ import annotations
 
+import pathlib
+
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
@@ -41,6 +43,17 @@ class GatewaySettings(CommonSettings):
     http: HttpSettings = HttpSettings()
     # Web origins (scheme://host[:port]) whose pages may call the HTTP side from a browser; "*" for any.
     cors_allowed_origins: list[str] = []
+    # The web workbench's built files, served on every GET that is no API path. Empty: the build
+    # beside this code (web/dist) when there is one; "off": no workbench.
+    web_dir: str = ""
+
+    def web_root(self) -> pathlib.Path | None:
+        if self.web_dir == "off":
+            return None
+        if self.web_dir:
+            return pathlib.Path(self.web_dir)
+        built = pathlib.Path(__file__).resolve().parents[2] / "web" / "dist"
+        return built if (built / "index.html").exists() else None
 
     def database_url(self) -> str:
         return self.gateway_database_url or f"sqlite:///{self.data_dir / 'gateway.db'}"

@@ -78,7 +78,8 @@ class DatasetService(Protocol):
 
     async def create_image_upload(self, request: CreateImageUploadRequest, ctx: RequestContext[CreateImageUploadRequest, ImageUpload], /) -> ImageUpload:
         """
-        For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload.
+        For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -613,7 +614,8 @@ class DatasetServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> ImageUpload:
         """
-        For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload.
+        For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
         """
         return await self.execute_unary(
             request=request,
@@ -1026,7 +1028,8 @@ class DatasetServiceSync(Protocol):
 
     def create_image_upload(self, request: CreateImageUploadRequest, ctx: RequestContext[CreateImageUploadRequest, ImageUpload], /) -> ImageUpload:
         """
-        For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload.
+        For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1559,7 +1562,8 @@ class DatasetServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> ImageUpload:
         """
-        For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload.
+        For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
         """
         return self.execute_unary(
             request=request,

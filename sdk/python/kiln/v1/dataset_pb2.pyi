@@ -666,7 +666,7 @@ class CreateImageUploadRequest(_message.Message):
     role: Global___ImageRole.ValueType
     filename: _builtins.str
     size_bytes: _builtins.int
-    """Declared size; the finalize call checks the stored object against it."""
+    """The file's exact size in bytes: the upload form admits no other."""
     repeat: _builtins.int
     request_id: _builtins.str
     @_builtins.property
@@ -694,25 +694,61 @@ Global___CreateImageUploadRequest: _TypeAlias = CreateImageUploadRequest  # noqa
 class ImageUpload(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class UploadFieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     UPLOAD_URL_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    UPLOAD_FIELDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`datasets/{dataset}/uploads/{upload}`."""
     upload_url: _builtins.str
-    """PUT the bytes here before expire_time."""
+    """Where the bytes go, before expire_time: an HTTP POST of multipart/form-data
+    to this URL with every entry of `upload_fields` as a form field, then the
+    file itself as the last field, named `file`. (A PUT here is refused.) The
+    object store enforces what the form allows: a body of any other size than
+    the declared `size_bytes`, another object key, an altered field and a POST
+    after expire_time are refused with an S3 XML error (`<Code>`, `<Message>`);
+    success is `204 No Content`. The form may be sent again until it expires,
+    replacing the bytes, until FinalizeImageUpload files them.
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def upload_fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The form fields to POST to `upload_url`, as they are and before `file`:
+        the object key and the signed upload policy.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         upload_url: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        upload_fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "name", b"name", "upload_url", b"upload_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "name", b"name", "upload_fields", b"upload_fields", "upload_url", b"upload_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

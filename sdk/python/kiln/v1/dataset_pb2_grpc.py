@@ -215,7 +215,8 @@ class DatasetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateImageUpload(self, request, context):
-        """For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload.
+        """For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

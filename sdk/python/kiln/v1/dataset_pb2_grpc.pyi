@@ -53,7 +53,9 @@ class DatasetServiceStub:
     and the bytes are verified.
     """
     CreateImageUpload: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.CreateImageUploadRequest, _dataset_pb2.ImageUpload]
-    """For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload."""
+    """For browsers, which can't send a client stream: a signed form to POST the
+    bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
+    """
     FinalizeImageUpload: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.FinalizeImageUploadRequest, _dataset_pb2.Image]
     GetImage: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.GetImageRequest, _dataset_pb2.Image]
     ListImages: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.ListImagesRequest, _dataset_pb2.ListImagesResponse]
@@ -104,7 +106,9 @@ class DatasetServiceAsyncStub(DatasetServiceStub):
     and the bytes are verified.
     """
     CreateImageUpload: _aio.UnaryUnaryMultiCallable[_dataset_pb2.CreateImageUploadRequest, _dataset_pb2.ImageUpload]  # type: ignore[assignment]
-    """For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload."""
+    """For browsers, which can't send a client stream: a signed form to POST the
+    bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
+    """
     FinalizeImageUpload: _aio.UnaryUnaryMultiCallable[_dataset_pb2.FinalizeImageUploadRequest, _dataset_pb2.Image]  # type: ignore[assignment]
     GetImage: _aio.UnaryUnaryMultiCallable[_dataset_pb2.GetImageRequest, _dataset_pb2.Image]  # type: ignore[assignment]
     ListImages: _aio.UnaryUnaryMultiCallable[_dataset_pb2.ListImagesRequest, _dataset_pb2.ListImagesResponse]  # type: ignore[assignment]
@@ -194,7 +198,9 @@ class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dataset_pb2.CreateImageUploadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dataset_pb2.ImageUpload, _abc.Awaitable[_dataset_pb2.ImageUpload]]:
-        """For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload."""
+        """For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
+        """
 
     @_abc_1.abstractmethod
     def FinalizeImageUpload(

@@ -1,0 +1,4 @@
+import type { parameters as en } from "../en/parameters";
+
+export const parameters: Record<keyof typeof en, string> = {
+};
