@@ -200,7 +200,8 @@ class UploadRpcs(ServicerBase):
         now = records.now()
         row = conn.execute(records.INSERT_IMAGE, dict(
             id=job.image_id, dataset_id=job.dataset_id, role=job.role, filename=job.filename,
-            content_type=checked.content_type, sha256=job.sha256, size_bytes=len(checked.stored_bytes),
+            content_type=checked.content_type, sha256=job.sha256, upload_sha256=job.upload_sha256,
+            size_bytes=len(checked.stored_bytes),
             width=checked.width, height=checked.height, original_key=job.original_key,
             thumbnail_key=object_keys.thumbnail_key(job.dataset_id, job.image_id), tags=job.tags, repeat=job.repeat,
             warnings=checked.warnings, create_time=now, update_time=now, tagging_due=now,
