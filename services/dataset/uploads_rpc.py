@@ -229,7 +229,8 @@ class UploadRpcs(ServicerBase):
         existing = records.image_by_sha(conn, dataset_id, sha256)
         if existing is not None:
             name = f"datasets/{dataset_id}/images/{existing.id}"
-            raise already_exists(f"identical bytes are already in this dataset as {name}", "DUPLICATE_IMAGE",
+            raise already_exists(f"this image is already in this dataset as {name} (the same stored bytes)",
+                                 "DUPLICATE_IMAGE",
                                  [FieldViolation("chunk", f"same sha256 as {name}", "DUPLICATE_IMAGE")])
 
     @unary_errors
