@@ -120,22 +120,31 @@ def _text_description(text: str) -> bytes:
             + bytes(67))
 
 
-def icc_profile(description: str, rgb_to_xyz_d65: np.ndarray, curve: bytes) -> bytes:
-    colorants = _adapted_to_d50(rgb_to_xyz_d65)
-    tags = [(b"desc", _text_description(description)), (b"cprt", b"text\0\0\0\0none\0"),
-            (b"wtpt", _xyz_tag(_D50)), (b"rXYZ", _xyz_tag(colorants[:, 0])),
-            (b"gXYZ", _xyz_tag(colorants[:, 1])), (b"bXYZ", _xyz_tag(colorants[:, 2])),
-            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+def _profile_bytes(space: bytes, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """An ICC v2 display profile of `space` (b"RGB " or b"GRAY") with the tags."""
     offset = 128 + 4 + 12 * len(tags)
     table, body = b"", b""
     for signature, tag in tags:
         tag += bytes(-len(tag) % 4)
         table += signature + struct.pack(">II", offset + len(body), len(tag))
         body += tag
-    header = (struct.pack(">I", offset + len(body)) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
+    header = (struct.pack(">I", offset + len(body)) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntr" + space + b"XYZ "
               + bytes(12) + b"acsp" + b"APPL" + bytes(4) + b"none" + b"none" + bytes(8) + bytes(4)
               + _xyz_tag(_D50)[8:] + b"none" + bytes(44))
     return header + struct.pack(">I", len(tags)) + table + body
+
+
+def icc_profile(description: str, rgb_to_xyz_d65: np.ndarray, curve: bytes) -> bytes:
+    colorants = _adapted_to_d50(rgb_to_xyz_d65)
+    return _profile_bytes(b"RGB ", [
+        (b"desc", _text_description(description)), (b"cprt", b"text\0\0\0\0none\0"), (b"wtpt", _xyz_tag(_D50)),
+        (b"rXYZ", _xyz_tag(colorants[:, 0])), (b"gXYZ", _xyz_tag(colorants[:, 1])),
+        (b"bXYZ", _xyz_tag(colorants[:, 2])), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)])
+
+
+def grey_profile(description: str, gamma: float) -> bytes:
+    return _profile_bytes(b"GRAY", [(b"desc", _text_description(description)), (b"cprt", b"text\0\0\0\0none\0"),
+                                    (b"wtpt", _xyz_tag(_D50)), (b"kTRC", gamma_curve(gamma))])
 
 
 def srgb_encode(linear: np.ndarray) -> np.ndarray:

@@ -11,7 +11,15 @@ from PIL import Image, ImageCms
 from kiln.v1 import dataset_pb2 as pb
 from services.common.bundled_data import samples_dir
 from tests.dataset.helpers import image_bytes, new_dataset, upload
-from tests.dataset.image_files import ADOBE_RGB, DISPLAY_P3, WideGamut, jpeg_segment_markers, pixels
+from tests.dataset.image_files import (
+    ADOBE_RGB,
+    DISPLAY_P3,
+    WideGamut,
+    grey_profile,
+    jpeg_segment_markers,
+    pixels,
+    srgb_encode,
+)
 
 # Colours a wide gamut shows differently from sRGB, inside sRGB's gamut so nothing is clipped.
 PATCHES = np.array([[200, 60, 40], [60, 160, 80], [40, 80, 200], [128, 128, 128], [230, 200, 120], [90, 40, 110]])
@@ -117,6 +125,19 @@ def test_an_srgb_profile_is_dropped_without_touching_the_pixels(stub, dataset):
     assert len(stored) == len(data) - len(srgb) - 18  # one APP2 segment: marker, length, ICC_PROFILE header
     assert np.array_equal(pixels(stored), pixels(data))
     assert any("sRGB" in w for w in image.warnings)
+
+
+def test_greyscale_with_its_own_profile_is_converted(stub, dataset):
+    # Linear-light grey: a mid value is far brighter in sRGB's curve. (Near black, where that curve is
+    # steepest, the colour engine's 8-bit tables round coarsely: the values start above it.)
+    values = np.tile(np.linspace(16, 255, 96).astype(np.uint8), (80, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(values, "L").save(buffer, format="PNG", icc_profile=grey_profile("Linear grey", 1.0))
+    image = upload(stub, dataset.name, buffer.getvalue(), filename="linear-grey.png")
+    assert "colour profile 'Linear grey' converted to sRGB" in image.warnings
+    stored = pixels(read_back(stub, image.name))
+    assert np.abs(stored[:, :, 0] - srgb_encode(values / 255)).max() <= 1.5
+    assert (stored[:, :, 0] == stored[:, :, 2]).all()  # still grey
 
 
 def test_a_profile_that_does_not_fit_the_pixels_is_ignored(stub, dataset):
