@@ -68,8 +68,9 @@ class _Ingest:
     repeat: int
     finalize_upload: str | None = None
     image_id: str = field(default_factory=names.new_id)
-    # Known once the bytes are hashed (beside their verification).
+    # Known once the bytes are hashed (beside their verification): of what is stored, and of the upload.
     sha256: str = ""
+    upload_sha256: str = ""
 
     @property
     def original_key(self) -> str:
@@ -79,7 +80,7 @@ class _Ingest:
     def fingerprint(self) -> str:
         if not self.bytes_identify:
             return self.request_digest
-        return hashlib.sha256(self.request_digest.encode() + self.sha256.encode()).hexdigest()
+        return hashlib.sha256(self.request_digest.encode() + self.upload_sha256.encode()).hexdigest()
 
 
 class UploadRpcs(ServicerBase):
@@ -141,13 +142,13 @@ class UploadRpcs(ServicerBase):
 
     async def _ingest(self, job: _Ingest, data: bytes, context: grpc.aio.ServicerContext) -> pb.Image:
         try:
-            checked, sha256 = await self._store_verified(job, data)
+            checked, sha256, upload_sha256 = await self._store_verified(job, data)
             if context.cancelled():
                 # A client that cancels mid-stream can look to the service like one that finished a
                 # shorter upload; by now the cancellation has landed, and nothing is recorded.
                 await asyncio.shield(self._tx.discard_after([job.original_key], []))
                 raise asyncio.CancelledError
-            job = dataclasses.replace(job, sha256=sha256)
+            job = dataclasses.replace(job, sha256=sha256, upload_sha256=upload_sha256)
             image = await self._tx.commit(lambda conn: self._record_image(conn, job, checked),
                                           written=[job.original_key])
         except _Replayed as replayed:
@@ -156,10 +157,11 @@ class UploadRpcs(ServicerBase):
             self.tagging.wake()
         return image
 
-    async def _store_verified(self, job: _Ingest, data: bytes) -> tuple[CheckedImage, str]:
-        """Verify and hash the bytes and store the original. What was stored is deleted again when
-        the bytes are refused or the caller goes away (and, by the commit, when the records refuse
-        the upload or an earlier answer is replayed)."""
+    async def _store_verified(self, job: _Ingest, data: bytes) -> tuple[CheckedImage, str, str]:
+        """Verify and hash the bytes and store the original; returns the check, the original's sha256
+        and the upload's. What was stored is deleted again when the bytes are refused or the caller
+        goes away (and, by the commit, when the records refuse the upload or an earlier answer is
+        replayed)."""
         puts: list[asyncio.Future[None]] = []
         # Most uploads are stored byte for byte, so the original goes to the object store while
         # the bytes are verified and hashed. The records are checked once, in the commit: a
@@ -169,14 +171,14 @@ class UploadRpcs(ServicerBase):
             puts.append(asyncio.ensure_future(self._tx.objects.run(self._store.put_bytes, job.original_key, data,
                                                                    f"image/{sniffed.lower()}")))
         try:
-            checked, sha256 = await self._cpu(_verified_and_hashed, data, self._limits)
+            checked, upload_sha256, sha256 = await self._cpu(_verified_and_hashed, data, self._limits)
             if puts:
                 await puts[0]
             if checked.stored_bytes is not data:
                 puts.append(asyncio.ensure_future(self._tx.objects.run(self._store.put_bytes, job.original_key,
                                                                        checked.stored_bytes, checked.content_type)))
                 await puts[-1]
-            return checked, sha256
+            return checked, sha256, upload_sha256
         except BaseException:
             # Shielded: a client that cancels mid-way must not cancel the clean-up too.
             await asyncio.shield(self._tx.discard_after([job.original_key], puts))
@@ -204,7 +206,8 @@ class UploadRpcs(ServicerBase):
         now = records.now()
         row = conn.execute(records.INSERT_IMAGE, dict(
             id=job.image_id, dataset_id=job.dataset_id, role=job.role, filename=job.filename,
-            content_type=checked.content_type, sha256=job.sha256, size_bytes=len(checked.stored_bytes),
+            content_type=checked.content_type, sha256=job.sha256, upload_sha256=job.upload_sha256,
+            size_bytes=len(checked.stored_bytes),
             width=checked.width, height=checked.height, original_key=job.original_key,
             thumbnail_key=object_keys.thumbnail_key(job.dataset_id, job.image_id), tags=job.tags, repeat=job.repeat,
             warnings=checked.warnings, create_time=now, update_time=now, tagging_due=now,
@@ -232,7 +235,8 @@ class UploadRpcs(ServicerBase):
         existing = records.image_by_sha(conn, dataset_id, sha256)
         if existing is not None:
             name = f"datasets/{dataset_id}/images/{existing.id}"
-            raise already_exists(f"identical bytes are already in this dataset as {name}", "DUPLICATE_IMAGE",
+            raise already_exists(f"this image is already in this dataset as {name} (the same stored bytes)",
+                                 "DUPLICATE_IMAGE",
                                  [FieldViolation("chunk", f"same sha256 as {name}", "DUPLICATE_IMAGE")])
 
     @unary_errors
@@ -370,9 +374,14 @@ class UploadRpcs(ServicerBase):
         return len(doomed)
 
 
-def _verified_and_hashed(data: bytes, limits: ImageLimits) -> tuple[CheckedImage, str]:
-    """One trip to the image pool for both: hashing releases the GIL, and so does most of decoding."""
-    return check_image(data, limits), hashlib.sha256(data).hexdigest()
+def _verified_and_hashed(data: bytes, limits: ImageLimits) -> tuple[CheckedImage, str, str]:
+    """The check, the sha256 of the upload (which tells a retry from another request) and of what is
+    stored (the image's sha256, which duplicates are found by). One trip to the image pool for all:
+    hashing releases the GIL, and so does most of decoding."""
+    checked = check_image(data, limits)
+    uploaded = hashlib.sha256(data).hexdigest()
+    stored = uploaded if checked.stored_bytes is data else hashlib.sha256(checked.stored_bytes).hexdigest()
+    return checked, uploaded, stored
 
 
 def _read_at_most(store: ObjectStore, key: str, limit: int) -> bytes:

@@ -305,6 +305,7 @@ class Image(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    UPLOAD_SHA256_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
     CROP_FIELD_NUMBER: _builtins.int
@@ -326,8 +327,15 @@ class Image(_message.Message):
     content_type: _builtins.str
     """`image/png` or `image/jpeg`."""
     sha256: _builtins.str
-    """Of the uploaded bytes."""
+    """Of the stored original (what reading the image serves), by which a dataset finds duplicates:
+    the upload less what follows the image's end and metadata over the limit, or its normalised PNG.
+    """
     size_bytes: _builtins.int
+    """Of the stored original."""
+    upload_sha256: _builtins.str
+    """Of the bytes as uploaded: differs from `sha256` when the stored original isn't the upload byte
+    for byte (see `warnings`). A client resuming a folder upload recognises its files by it.
+    """
     width: _builtins.int
     """After EXIF orientation."""
     height: _builtins.int
@@ -372,6 +380,7 @@ class Image(_message.Message):
         content_type: _builtins.str = ...,
         sha256: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
+        upload_sha256: _builtins.str = ...,
         width: _builtins.int = ...,
         height: _builtins.int = ...,
         crop: Global___Crop | None = ...,
@@ -387,7 +396,7 @@ class Image(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["auto_tagging", b"auto_tagging", "create_time", b"create_time", "crop", b"crop", "screening", b"screening", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_tagging", b"auto_tagging", "caption_edited", b"caption_edited", "content_type", b"content_type", "create_time", b"create_time", "crop", b"crop", "effective_repeat", b"effective_repeat", "filename", b"filename", "height", b"height", "name", b"name", "repeat", b"repeat", "role", b"role", "screening", b"screening", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags", "update_time", b"update_time", "warnings", b"warnings", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_tagging", b"auto_tagging", "caption_edited", b"caption_edited", "content_type", b"content_type", "create_time", b"create_time", "crop", b"crop", "effective_repeat", b"effective_repeat", "filename", b"filename", "height", b"height", "name", b"name", "repeat", b"repeat", "role", b"role", "screening", b"screening", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags", "update_time", b"update_time", "upload_sha256", b"upload_sha256", "warnings", b"warnings", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
