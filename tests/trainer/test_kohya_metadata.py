@@ -16,10 +16,12 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from services.trainer.engine.artifacts import LocalDirectoryWriter
 from services.trainer.engine.checkpoint_hashes import hash_checkpoint
 from services.trainer.engine.config import TrainingConfig
 from services.trainer.engine.metadata import tag_frequency
 from services.trainer.engine.model_store import ModelStore
+from services.trainer.engine.trainer import SAVE_NOW, TrainingRun
 
 Expectation = str | Callable[[str], bool]
 
@@ -219,17 +221,22 @@ def test_sd15_with_conv_layers_and_regularization_writes_what_kohya_writes(
     assert metadata["ss_num_reg_images"] == "6"
 
 
-def test_sdxl_without_network_args_leaves_the_key_out(make_dataset, fast_config, run_training) -> None:
+def test_sdxl_without_network_args_leaves_the_key_out(make_dataset, fast_config, model_store, tmp_path) -> None:
     dataset = make_dataset(family="sdxl", count=2, captions=CAPTIONS[:2])
-    config = fast_config(base_model="tiny-sdxl", resolution=64)
-    trained = run_training(config, dataset)
-    metadata = metadata_of(trained.writer.read("epochs/1/lora.safetensors"))
-    assert "ss_network_args" not in metadata  # a reader that parses it as JSON must not meet "None"
+    config = fast_config(base_model="tiny-sdxl", resolution=64, batch_size=1)
+    writer = LocalDirectoryWriter(tmp_path / "out")
+    requests = iter([(SAVE_NOW,)])  # a user's "save now" after the first step
+    TrainingRun(config, dataset.snapshot, dataset.reader, writer, model_store,
+                controls=lambda: next(requests, ())).run(False)
     reference = kohya_reference(
         config, "sdxl", 64, min_bucket=64, max_bucket=128, captions={"training": CAPTIONS[:2]},
         repeats={"training": 1}, reg_groups=set(), base_hashes=("IsADirectory", "IsADirectory"),
     )
-    assert_matches(metadata, reference)
+    for saved in ("epochs/1/lora.safetensors", "steps/1/lora.safetensors"):
+        metadata = metadata_of(writer.read(saved))
+        assert "ss_network_args" not in metadata  # a reader that parses it as JSON must not meet "None"
+        assert_matches(metadata, reference)
+    assert metadata_of(writer.read("steps/1/lora.safetensors"))["ss_steps"] == "1"
 
 
 def test_tag_frequency_lowercases_every_tag(make_dataset) -> None:
