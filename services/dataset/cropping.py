@@ -145,7 +145,8 @@ def focus_box(small_rgb: Image.Image, width: int, height: int, target_width: int
     pixels = detector_pixels(small_rgb)
     detections = detector.detect(pixels) if detector is not None else []
     subject = subject_map(pixels, detections, scale=1.0)
-    face = framed_face(face_boxes(detections, scale=width / pixels.shape[1]), window_w, window_h)
+    faces = face_boxes(detections, scale_x=width / pixels.shape[1], scale_y=height / pixels.shape[0])
+    face = framed_face(faces, window_w, window_h)
     if face is None:
         return best_window(subject, width, height, window_w, window_h)
     along_width = window_h >= height

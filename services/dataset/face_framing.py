@@ -29,6 +29,8 @@ HEADROOM = 0.9
 EYE_LINE = 0.35
 # Ears and hair beside the face box, in face widths on each side.
 SIDE_MARGIN = 0.2
+# A thousandth of a pixel is float noise, not a pixel of face.
+PIXEL_NOISE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,15 @@ class FaceBox:
         return FaceBox(left, top, max(self.right, other.right) - left, max(self.bottom, other.bottom) - top)
 
 
-def face_boxes(detections: Iterable[Detection], scale: float) -> list[FaceBox]:
-    """The faces among `detections`, their boxes multiplied by `scale` (analysed image to original)."""
-    return [
-        FaceBox(*(value * scale for value in detection.box))
-        for detection in detections
-        if detection.label in FACE_LABELS
-    ]
+def face_boxes(detections: Iterable[Detection], scale_x: float, scale_y: float) -> list[FaceBox]:
+    """The faces among `detections`, their boxes scaled from the analysed copy to the original
+    (each axis on its own: the copy's sides were rounded separately)."""
+    faces = []
+    for detection in detections:
+        if detection.label in FACE_LABELS:
+            left, top, width, height = detection.box
+            faces.append(FaceBox(left * scale_x, top * scale_y, width * scale_x, height * scale_y))
+    return faces
 
 
 def framed_face(faces: list[FaceBox], window_w: int, window_h: int) -> FaceBox | None:
@@ -97,13 +101,12 @@ def allowed_offsets(face: FaceBox, *, along_width: bool, extent: int, span: int)
         head_top = max(face.head_top, 0.0)
         head = _containing(head_top, face.bottom, span)
         eyes_in_band = (face.eye_line - span / 2, face.eye_line - span / 3)
-        # The most headroom the window allows: its bottom edge at the chin (the first whole pixel
-        # offset that still holds the chin).
-        most_headroom = face.bottom - span
+        # The most headroom the window allows: the first whole offset whose bottom edge holds the chin.
+        most_headroom = math.ceil(face.bottom - span - PIXEL_NOISE)
         tiers = [
             _intersect(head, eyes_in_band),
             head,
-            (most_headroom, min(most_headroom + 1 - 2e-3, face.top)),
+            (most_headroom, min(most_headroom, face.top)),
         ]
         fallback = face.eye_line - span / 3
     for low, high in tiers:
@@ -125,7 +128,6 @@ def _intersect(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, f
 
 def _clamp(low: float, high: float, last: int) -> tuple[int, int] | None:
     """Whole-pixel offsets in [low, high] that keep the window inside the image, if any."""
-    # A thousandth of a pixel is float noise, not a pixel of face.
-    first_offset = max(math.ceil(low - 1e-3), 0)
-    last_offset = min(math.floor(high + 1e-3), last)
+    first_offset = max(math.ceil(low - PIXEL_NOISE), 0)
+    last_offset = min(math.floor(high + PIXEL_NOISE), last)
     return (first_offset, last_offset) if first_offset <= last_offset else None

@@ -15,7 +15,14 @@ from services.common.body_detector import BodyDetector, Detection
 from services.common.bundled_data import samples_dir
 from services.dataset.convert import CROP_SIZES
 from services.dataset.cropping import Box, detector_pixels, focus_box, max_window
-from services.dataset.face_framing import EYE_LINE, HEADROOM, FaceBox, allowed_offsets, face_boxes
+from services.dataset.face_framing import (
+    EYE_LINE,
+    HEADROOM,
+    FaceBox,
+    allowed_offsets,
+    face_boxes,
+    framed_face,
+)
 from services.trainer.engine.config import TrainingConfig
 from services.trainer.engine.planning import bucket_rules
 from tests.dataset.helpers import new_dataset, upload
@@ -53,7 +60,8 @@ def detector() -> BodyDetector:
 
 def _faces(image: Image.Image, detector: BodyDetector) -> list[FaceBox]:
     pixels = detector_pixels(image)
-    return face_boxes(detector.detect(pixels), scale=image.width / pixels.shape[1])
+    return face_boxes(detector.detect(pixels), scale_x=image.width / pixels.shape[1],
+                      scale_y=image.height / pixels.shape[0])
 
 
 @pytest.mark.parametrize("portrait", [False, True], ids=["as-shipped", "portrait"])
@@ -132,10 +140,18 @@ def test_framing_rules_on_a_known_face() -> None:
     assert allowed_offsets(near_top, along_width=False, extent=1000, span=300)[0] == 0
 
 
+def test_several_faces_are_framed_together_when_they_fit_else_the_largest() -> None:
+    small = FaceBox(left=100, top=100, width=40, height=50)
+    large = FaceBox(left=600, top=120, width=80, height=100)
+    assert framed_face([small, large], window_w=700, window_h=400) == FaceBox(100, 100, 580, 120)
+    assert framed_face([small, large], window_w=300, window_h=400) == large
+    assert framed_face([], window_w=300, window_h=400) is None
+
+
 def test_faces_are_taken_from_face_detections_only() -> None:
     detections = [Detection("FACE_MALE", 0.9, (10.0, 20.0, 30.0, 40.0)),
                   Detection("BELLY_COVERED", 0.9, (0.0, 0.0, 50.0, 50.0))]
-    assert face_boxes(detections, scale=2.0) == [FaceBox(20.0, 40.0, 60.0, 80.0)]
+    assert face_boxes(detections, scale_x=2.0, scale_y=3.0) == [FaceBox(20.0, 60.0, 60.0, 120.0)]
 
 
 @pytest.mark.parametrize("family", [pb.MODEL_FAMILY_SD15, pb.MODEL_FAMILY_SDXL], ids=["sd15", "sdxl"])
