@@ -16,8 +16,14 @@ TS_SDK := sdk/typescript
 TS_INSTALLED := $(TS_SDK)/node_modules/.kiln-installed
 TS_BUILT := $(TS_SDK)/node_modules/.kiln-built
 TS_SOURCES := $(wildcard $(TS_SDK)/tsconfig*.json) $(shell find $(TS_SDK)/src $(TS_SDK)/test $(TS_SDK)/examples -name '*.ts' 2>/dev/null)
+# The web workbench (web/), built into web/dist, which the gateway serves; the browser its tests drive.
+WEB := web
+WEB_INSTALLED := $(WEB)/node_modules/.kiln-installed
+WEB_BUILT := $(WEB)/dist/index.html
+WEB_SOURCES := $(WEB)/index.html $(WEB)/vite.config.ts $(WEB)/svelte.config.js $(WEB)/tsconfig.json $(shell find $(WEB)/src -type f 2>/dev/null)
+BROWSER := $(VENV)/.kiln-browser
 
-.PHONY: setup demo up test lint protos proto-baseline bench clean
+.PHONY: setup demo up web test lint protos proto-baseline bench clean
 
 setup: $(STAMP) $(CLIP_VOCAB) $(SAMPLES)
 
@@ -55,10 +61,12 @@ demo: setup
 	$(PY) -m services.demo $(ARGS)
 
 # The whole stack on embedded defaults until Ctrl-C (what `kiln up` runs).
-up: setup
+up: setup $(WEB_BUILT)
 	$(PY) -m services.stack $(ARGS)
 
-test: setup $(TS_BUILT)
+web: $(WEB_BUILT)
+
+test: setup $(TS_BUILT) $(WEB_BUILT) $(BROWSER)
 	$(PY) -m pytest
 
 # Exactly the lock file's packages, again whenever it changes; then the build,
@@ -71,7 +79,19 @@ $(TS_BUILT): $(TS_INSTALLED) $(TS_SOURCES)
 	cd $(TS_SDK) && npm run --silent build
 	touch $@
 
-lint: setup
+$(WEB_INSTALLED): $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund
+	touch $@
+
+$(WEB_BUILT): $(WEB_INSTALLED) $(TS_BUILT) $(WEB_SOURCES)
+	cd $(WEB) && npm run --silent build -- --logLevel warn
+
+$(BROWSER): scripts/install_chromium.sh | $(STAMP)
+	scripts/install_chromium.sh
+	touch $@
+
+lint: setup $(WEB_INSTALLED) $(TS_BUILT)
+	cd $(WEB) && npm run --silent check && npm run --silent lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/buf lint

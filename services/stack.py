@@ -103,8 +103,14 @@ class Stack:
         """What a client needs: `export KILN_URL=… KILN_API_KEY=…`."""
         return {"KILN_URL": self.grpc_address, "KILN_API_KEY": self.api_key}
 
+    @property
+    def web_url(self) -> str:
+        """The workbench, signed in: the key rides in the fragment, which the browser never sends."""
+        return f"http://{self.http_address}/#key={self.api_key}"
+
     def describe(self) -> dict[str, object]:
-        return {"grpc_address": self.grpc_address, "http_address": self.http_address, "api_key": self.api_key,
+        return {"grpc_address": self.grpc_address, "http_address": self.http_address, "web_url": self.web_url,
+                "api_key": self.api_key,
                 "tenant": self.tenant, "data_dir": str(self.data_dir), "logs_dir": str(self.logs_dir),
                 "processes": {p.name: p.pid for p in self.processes}}
 
@@ -300,6 +306,7 @@ def _print_ready(stack: Stack) -> None:
     print(f"Kiln is running (data in {stack.data_dir}, service logs in {stack.logs_dir})")
     print(f"  gRPC  {stack.grpc_address}")
     print(f"  HTTP  http://{stack.http_address}  (Connect protocol, JSON or binary)")
+    print(f"  Web   {stack.web_url}  (the workbench, signed in with the key below)")
     print(f"  API key for tenant {stack.tenant!r} (shown once): {stack.api_key}")
     print("Use it from another shell:")
     print(f"  export KILN_URL={stack.grpc_address} KILN_API_KEY={stack.api_key}")

@@ -1,6 +1,7 @@
 """The gateway's HTTP application: each public service's Connect application at its own paths
-(`/kiln.v1.DatasetService/GetDataset`), request bodies limited in size, and `GET /healthz` saying
-whether the gateway is ready (for load balancers that speak only HTTP)."""
+(`/kiln.v1.DatasetService/GetDataset`), request bodies limited in size, `GET /healthz` saying
+whether the gateway is ready (for load balancers that speak only HTTP), and the web workbench on
+every other GET."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ HEALTH_PATH = "/healthz"
 
 
 def gateway_http_app(services: Mapping[str, ASGIApp], streamed_requests: Collection[str], max_request_bytes: int,
-                     serving: Callable[[], bool]) -> ASGIApp:
+                     serving: Callable[[], bool], web: ASGIApp | None = None) -> ASGIApp:
     """`services`: the Connect application of each service, by full name; `streamed_requests`: the
-    paths of methods that take a stream of requests (answered with what to do instead)."""
+    paths of methods that take a stream of requests (answered with what to do instead); `web`: the
+    workbench's files, for GET and HEAD of any path that is no method."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # no websockets; lifespan is off
@@ -29,7 +31,9 @@ def gateway_http_app(services: Mapping[str, ASGIApp], streamed_requests: Collect
             await _health(send, scope["method"], serving())
             return
         service = services.get(path.lstrip("/").partition("/")[0])
-        if service is None:
+        if service is None and web is not None and scope["method"] in ("GET", "HEAD"):
+            await web(scope, receive, send)
+        elif service is None:
             await _answer(send, 404, b"text/plain; charset=utf-8", f"no such method: {path}\n".encode())
         elif path in streamed_requests:
             # Answered here, whatever the content type: connectrpc would refuse a unary content type
@@ -91,7 +95,7 @@ class LimitedBody:
         # Bodies are read after the key check (a connectrpc metadata interceptor): the tenant is known.
         return from_service_error(quota_exceeded(
             f"the request body is over the gateway's limit of {self._limit} bytes; send less in one request "
-            "(images upload through CreateImageUpload's presigned URL)", "REQUEST_TOO_LARGE",
+            "(images upload through CreateImageUpload's signed form)", "REQUEST_TOO_LARGE",
             subject=f"tenant:{current_tenant()}", description="max_request_bytes", limit=str(self._limit)))
 
 

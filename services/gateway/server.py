@@ -39,6 +39,7 @@ from services.gateway.relay import relay_handler
 from services.gateway.request_sizes import RequestSizes
 from services.gateway.settings import GatewaySettings
 from services.gateway.upstream import Upstream
+from services.gateway.web_files import load_web_files, web_files_app
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_gateway"
@@ -80,7 +81,9 @@ class GatewayComponents:
                     for service, address_setting in PUBLIC_SERVICES}
         streamed_requests = {f"/{service.full_name}/{method.name}" for service, _ in PUBLIC_SERVICES
                              for method in service.methods if method.client_streaming}
-        app = gateway_http_app(services, streamed_requests, self.settings.max_request_bytes, serving)
+        web_root = self.settings.web_root()
+        web = web_files_app(load_web_files(web_root)) if web_root is not None else None
+        app = gateway_http_app(services, streamed_requests, self.settings.max_request_bytes, serving, web)
         return with_cors(app, CorsPolicy(self.settings.cors_allowed_origins))
 
     def background(self) -> list[Background]:
@@ -165,7 +168,8 @@ async def running_gateway(settings: GatewaySettings,
         async with run_service(components.bindings(), settings=settings.server,
                                interceptors=components.interceptors(), background=components.background(),
                                probes=components.probes(), metrics=components.observability.metrics,
-                               metrics_settings=settings.metrics) as server:
+                               metrics_settings=settings.metrics,
+                               max_receive_message_bytes=components.sizes.largest_message_bytes) as server:
             http = await start_http(components.http_app(lambda: server.serving), settings.http.host,
                                     settings.http.port)
             try:

@@ -3,6 +3,8 @@ KILN_TRAINER_ADDRESS, KILN_HTTP__PORT, KILN_CORS_ALLOWED_ORIGINS='["https://app.
 
 from __future__ import annotations
 
+import pathlib
+
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
@@ -32,8 +34,9 @@ class GatewaySettings(CommonSettings):
     key_request_burst: int = Field(default=100, ge=1)
     max_watch_streams_per_key: int = Field(default=20, ge=1)
     # The largest request message or HTTP request body (past it: RESOURCE_EXHAUSTED with a QuotaFailure), and
-    # the largest image an upload may declare or stream, or a browser upload URL be asked for. Messages past
-    # the transport's own 8 MiB ceiling are refused by gRPC itself, without details.
+    # the largest image an upload may declare or stream, or a browser upload form be asked for. The gRPC
+    # transport takes messages up to the larger of the two (and 8 MiB) so these checks can answer; gRPC
+    # refuses a larger message itself, without details.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     # How often the keys' last use is written.
@@ -41,6 +44,17 @@ class GatewaySettings(CommonSettings):
     http: HttpSettings = HttpSettings()
     # Web origins (scheme://host[:port]) whose pages may call the HTTP side from a browser; "*" for any.
     cors_allowed_origins: list[str] = []
+    # The web workbench's built files, served on every GET that is no API path. Empty: the build
+    # beside this code (web/dist) when there is one; "off": no workbench.
+    web_dir: str = ""
+
+    def web_root(self) -> pathlib.Path | None:
+        if self.web_dir == "off":
+            return None
+        if self.web_dir:
+            return pathlib.Path(self.web_dir)
+        built = pathlib.Path(__file__).resolve().parents[2] / "web" / "dist"
+        return built if (built / "index.html").exists() else None
 
     def database_url(self) -> str:
         return self.gateway_database_url or f"sqlite:///{self.data_dir / 'gateway.db'}"

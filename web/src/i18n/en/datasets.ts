@@ -1,0 +1,17 @@
+export const datasets = {
+  "datasets.title": "Datasets",
+  "datasets.empty": "No datasets yet. Create one to upload images.",
+  "datasets.create": "Create dataset",
+  "datasets.name": "Name",
+  "datasets.description": "Description",
+  "datasets.family": "Base model family",
+  "datasets.familyHelp": "Decides the crop sizes and which base models can train on it; it can't be changed later.",
+  "datasets.images": "Training images",
+  "datasets.regularization": "Regularization images",
+  "datasets.created": "Created",
+  "datasets.open": "Open {name}",
+  "datasets.delete": "Delete {name}",
+  "datasets.confirmDelete": "Delete the dataset “{name}” and all its images? This can't be undone.",
+  "datasets.deleted": "Deleted “{name}”.",
+  "datasets.more": "Show more",
+};

@@ -1,0 +1,4 @@
+import type { test as en } from "../en/test";
+
+export const test: Record<keyof typeof en, string> = {
+};

@@ -1,0 +1,4 @@
+import type { training as en } from "../en/training";
+
+export const training: Record<keyof typeof en, string> = {
+};
