@@ -17,6 +17,7 @@ from services.common.bundled_data import samples_dir
 
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png"]
 TRIGGER = "flowtrigger"
+BY = "\N{MULTIPLICATION SIGN}"  # as the page writes sizes
 
 
 def _id(page: Page, kind: str) -> str:
@@ -46,9 +47,9 @@ def test_from_an_empty_dataset_to_a_published_model(page: Page, api: Client, tmp
     # Crop: a focus crop of every image to 512 x 512.
     page.get_by_test_id("tab-crop").click()
     page.get_by_label("Focus crop").check()
-    page.get_by_label("512×512").check()
+    page.get_by_label(f"512{BY}512").check()
     page.get_by_role("button", name=f"Crop all images ({len(PHOTOS)})").click()
-    expect(page.get_by_test_id("crop-state").filter(has_text="Focus crop, 512×512")).to_have_count(len(PHOTOS))
+    expect(page.get_by_test_id("crop-state").filter(has_text=f"Focus crop, 512{BY}512")).to_have_count(len(PHOTOS))
     assert {(i.crop.mode, i.crop.target_width) for i in api.list_images(dataset)} == {(dpb.CROP_MODE_FOCUS, 512)}
 
     # Tags: the tagger's tags arrive, then the trigger word goes at the head of every caption.
@@ -60,7 +61,7 @@ def test_from_an_empty_dataset_to_a_published_model(page: Page, api: Client, tmp
     batch.get_by_label("Tag", exact=True).fill(TRIGGER)
     batch.get_by_role("button", name="Apply").click()
     expect(batch.get_by_test_id("batch-result")).to_have_text(f"{len(PHOTOS)} caption(s) changed")
-    assert all(list(i.tags)[0] == TRIGGER for i in api.list_images(dataset))
+    assert all(i.tags[0] == TRIGGER for i in api.list_images(dataset))
 
     # Parameters: a refused value is shown on its field before anything is submitted; then a
     # small, quick run of the demo preset.
