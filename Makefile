@@ -21,7 +21,7 @@ WEB := web
 WEB_INSTALLED := $(WEB)/node_modules/.kiln-installed
 WEB_BUILT := $(WEB)/dist/index.html
 WEB_SOURCES := $(WEB)/index.html $(WEB)/vite.config.ts $(WEB)/svelte.config.js $(WEB)/tsconfig.json $(shell find $(WEB)/src -type f 2>/dev/null)
-CHROMIUM := /usr/bin/chromium
+BROWSER := $(VENV)/.kiln-browser
 
 .PHONY: setup demo up web test lint protos proto-baseline bench clean
 
@@ -66,7 +66,7 @@ up: setup $(WEB_BUILT)
 
 web: $(WEB_BUILT)
 
-test: setup $(TS_BUILT) $(WEB_BUILT) $(CHROMIUM)
+test: setup $(TS_BUILT) $(WEB_BUILT) $(BROWSER)
 	$(PY) -m pytest
 
 # Exactly the lock file's packages, again whenever it changes; then the build,
@@ -86,8 +86,9 @@ $(WEB_INSTALLED): $(WEB)/package.json $(WEB)/package-lock.json
 $(WEB_BUILT): $(WEB_INSTALLED) $(TS_BUILT) $(WEB_SOURCES)
 	cd $(WEB) && npm run --silent build -- --logLevel warn
 
-$(CHROMIUM):
+$(BROWSER): scripts/install_chromium.sh | $(STAMP)
 	scripts/install_chromium.sh
+	touch $@
 
 lint: setup $(WEB_INSTALLED) $(TS_BUILT)
 	cd $(WEB) && npm run --silent check && npm run --silent lint

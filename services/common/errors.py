@@ -40,6 +40,7 @@ MAX_METADATA_BYTES = 256
 class FieldViolation:
     field: str
     description: str
+    # Empty: the violation goes out with its error's reason, so no violation a client sees lacks one.
     reason: str = ""
 
 
@@ -73,7 +74,7 @@ class ServiceError(Exception):
             bad = error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description, reason=v.reason
+                        field=v.field, description=v.description, reason=v.reason or clip(self.reason, MAX_FIELD_BYTES)
                     )
                     for v in shown_violations(self.violations)
                 ]

@@ -113,10 +113,12 @@ async def run_service(bindings: Sequence[ServiceBinding], *, settings: ServerSet
                       interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
                       background: Sequence[Background] = (), probes: Sequence[Probe] = (),
                       metrics: ServiceMetrics | None = None, metrics_settings: MetricsSettings | None = None,
-                      require_client_certificate: bool = False) -> AsyncIterator[RunningServer]:
-    """Serve until the block exits. Interceptors run in the order given, the first outermost."""
+                      require_client_certificate: bool = False,
+                      max_receive_message_bytes: int = MAX_MESSAGE_BYTES) -> AsyncIterator[RunningServer]:
+    """Serve until the block exits. Interceptors run in the order given, the first outermost.
+    Messages past `max_receive_message_bytes` are refused by gRPC itself, with no details."""
     options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", max_receive_message_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ]

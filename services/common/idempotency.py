@@ -82,7 +82,7 @@ class IdempotencyKeys:
                 f"request_id {request_id!r} was already used for a different {method} request; "
                 "use a new request_id for a new request",
                 "REQUEST_ID_REUSED",
-                [FieldViolation("request_id", "already used with a different request body")],
+                [FieldViolation("request_id", "already used with a different request body", "REQUEST_ID_REUSED")],
             )
         return response_type.FromString(row.response)
 

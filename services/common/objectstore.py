@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Generator, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
 from minio import Minio
+from minio.datatypes import PostPolicy
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
@@ -26,6 +28,14 @@ _MISSING_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
 
 class ObjectNotFound(KeyError):
     pass
+
+
+@dataclass(frozen=True)
+class UploadForm:
+    """A signed browser upload: POST multipart/form-data to `url` with `fields`, then the file as `file`."""
+
+    url: str
+    fields: dict[str, str]
 
 
 class _DeadlinePool(urllib3.PoolManager):
@@ -51,6 +61,7 @@ class ObjectStore:
     def __init__(self, settings: ObjectStoreSettings, endpoint: str | None = None) -> None:
         self.bucket = settings.bucket
         self._settings = settings
+        self._endpoint = endpoint or settings.endpoint
         # A pool big enough for the server's worker threads and parallel multipart parts.
         http = _DeadlinePool(
             settings.connect_timeout_seconds, settings.call_timeout_seconds,
@@ -60,7 +71,7 @@ class ObjectStore:
                                               status_forcelist=[500, 502, 503, 504]),
         )
         self.client = Minio(
-            endpoint=endpoint or settings.endpoint,
+            endpoint=self._endpoint,
             access_key=settings.access_key,
             secret_key=settings.secret_key.get_secret_value(),
             secure=settings.secure,
@@ -150,8 +161,22 @@ class ObjectStore:
     def presigned_get(self, key: str, ttl: dt.timedelta) -> str:
         return self._public(self.client.presigned_get_object(bucket_name=self.bucket, object_name=key, expires=ttl))
 
-    def presigned_put(self, key: str, ttl: dt.timedelta) -> str:
-        return self._public(self.client.presigned_put_object(bucket_name=self.bucket, object_name=key, expires=ttl))
+    def presigned_post(self, key: str, size_bytes: int, expire: dt.datetime) -> UploadForm:
+        """A form that lets its holder write exactly `size_bytes` bytes to `key`, until `expire`.
+
+        A presigned PUT URL can't bound the body: whoever holds one can store any size. A POST
+        policy is checked by the store itself, which refuses another key, another size and a
+        late POST, so a leaked form can fill nothing beyond the one object it was made for."""
+        policy = PostPolicy(self.bucket, expire)
+        policy.add_equals_condition("key", key)
+        policy.add_content_length_range_condition(size_bytes, size_bytes)
+        fields = self.client.presigned_post_policy(policy)
+        return UploadForm(url=self._public(self._bucket_url()), fields={"key": key, **fields})
+
+    def _bucket_url(self) -> str:
+        # Path style, which every S3 serves; the form's signature covers the policy, not the URL.
+        scheme = "https" if self._settings.secure else "http"
+        return f"{scheme}://{self._endpoint}/{self.bucket}"
 
     def _public(self, url: str) -> str:
         # Presigned URLs sign the host, so a public name must be the one the

@@ -8,7 +8,8 @@ from typing import Any
 
 import grpc
 
-# Upload chunks stay under 4 MiB; leave headroom for the envelope.
+# The transport's ceiling on one message, past which gRPC itself refuses it without details. Above
+# the upload chunk limit (upload_limits.py), so the services answer an oversize chunk themselves.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 

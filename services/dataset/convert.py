@@ -59,6 +59,7 @@ def image_message(row: Row[Any], default_repeat: int) -> pb.Image:
         filename=row.filename,
         content_type=row.content_type,
         sha256=row.sha256,
+        upload_sha256=row.upload_sha256 or row.sha256,
         size_bytes=row.size_bytes,
         width=row.width,
         height=row.height,

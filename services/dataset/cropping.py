@@ -6,7 +6,9 @@ the detector from the `nudenet` wheel finds faces and bodies. The crop is the
 largest window of the target aspect (so no resolution is thrown away) placed
 where it holds the most of that map. Because the window spans the image's
 full height or width, the search is one-dimensional: a prefix sum over
-column (or row) totals scores every position at once.
+column (or row) totals scores every position at once. When a face is found,
+only the placements that keep it whole with headroom are searched
+(face_framing says which).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from services.common.body_detector import FACE_LABELS, Detection
+from services.dataset.face_framing import allowed_offsets, face_boxes, framed_face
 
 SALIENCY_SIDE = 96
 DETECTOR_SIDE = 320
@@ -100,8 +103,10 @@ def subject_map(small_rgb: np.ndarray, detections: list[Detection], scale: float
     return 0.35 * saliency + 0.65 * boost / total
 
 
-def best_window(subject: np.ndarray, width: int, height: int, window_w: int, window_h: int) -> Box:
-    """Place a window_w x window_h window (image pixels) where it covers most of `subject`."""
+def best_window(subject: np.ndarray, width: int, height: int, window_w: int, window_h: int,
+                allowed: tuple[int, int] | None = None) -> Box:
+    """Place a window_w x window_h window (image pixels) where it covers most of `subject`,
+    at an offset within `allowed` (inclusive) when given."""
     if window_w >= width and window_h >= height:
         return Box(0, 0, width, height)
     horizontal = window_h >= height
@@ -116,8 +121,18 @@ def best_window(subject: np.ndarray, width: int, height: int, window_w: int, win
     # Among near-equal placements prefer the centred one (stable, unsurprising).
     centre = (extent - span) / 2
     sums = sums - 1e-6 * sums.max(initial=0) * np.abs(offsets - centre) / max(extent, 1)
+    if allowed is not None:
+        sums = np.where((offsets >= allowed[0]) & (offsets <= allowed[1]), sums, -np.inf)
     start = int(np.argmax(sums))
     return Box(start, 0, window_w, window_h) if horizontal else Box(0, start, window_w, window_h)
+
+
+def detector_pixels(small_rgb: Image.Image) -> np.ndarray:
+    """The copy that a focus crop analyses: at most DETECTOR_SIDE px on its longer side."""
+    if max(small_rgb.size) > DETECTOR_SIDE:
+        small_rgb = small_rgb.copy()
+        small_rgb.thumbnail((DETECTOR_SIDE, DETECTOR_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(small_rgb)
 
 
 def focus_box(small_rgb: Image.Image, width: int, height: int, target_width: int, target_height: int,
@@ -127,12 +142,17 @@ def focus_box(small_rgb: Image.Image, width: int, height: int, target_width: int
     window_w, window_h = max_window(width, height, target_width, target_height)
     if window_w == width and window_h == height:
         return Box(0, 0, width, height)
-    if max(small_rgb.size) > DETECTOR_SIDE:
-        small_rgb = small_rgb.copy()
-        small_rgb.thumbnail((DETECTOR_SIDE, DETECTOR_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    pixels = np.asarray(small_rgb)
+    pixels = detector_pixels(small_rgb)
     detections = detector.detect(pixels) if detector is not None else []
-    return best_window(subject_map(pixels, detections, scale=1.0), width, height, window_w, window_h)
+    subject = subject_map(pixels, detections, scale=1.0)
+    faces = face_boxes(detections, scale_x=width / pixels.shape[1], scale_y=height / pixels.shape[0])
+    face = framed_face(faces, window_w, window_h)
+    if face is None:
+        return best_window(subject, width, height, window_w, window_h)
+    along_width = window_h >= height
+    extent, span = (width, window_w) if along_width else (height, window_h)
+    allowed = allowed_offsets(face, along_width=along_width, extent=extent, span=span)
+    return best_window(subject, width, height, window_w, window_h, allowed)
 
 
 def render_crop(rgb: Image.Image, box: Box, target_width: int, target_height: int) -> tuple[Image.Image, bool]:

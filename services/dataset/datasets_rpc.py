@@ -130,13 +130,13 @@ def _dataset_violations(spec: pb.Dataset, creating: bool) -> list[FieldViolation
     violations = []
     name = spec.display_name.strip()
     if not name or len(name) > 200 or not name.isprintable():
-        violations.append(FieldViolation("dataset.display_name", "1..200 printable characters"))
+        violations.append(FieldViolation("dataset.display_name", "1..200 printable characters", "INVALID_NAME"))
     problem = text_problem(spec.description, MAX_DESCRIPTION_LENGTH)
     if problem:
-        violations.append(FieldViolation("dataset.description", problem))
+        violations.append(FieldViolation("dataset.description", problem, "INVALID_DESCRIPTION"))
     if creating and spec.family not in FAMILY_TO_DB:
-        violations.append(FieldViolation("dataset.family", "MODEL_FAMILY_SD15 or MODEL_FAMILY_SDXL"))
+        violations.append(FieldViolation("dataset.family", "MODEL_FAMILY_SD15 or MODEL_FAMILY_SDXL", "INVALID_FAMILY"))
     # 0 on create takes the default of 1.
     if not (0 if creating else 1) <= spec.default_repeat <= MAX_DEFAULT_REPEAT:
-        violations.append(FieldViolation("dataset.default_repeat", f"1..{MAX_DEFAULT_REPEAT}"))
+        violations.append(FieldViolation("dataset.default_repeat", f"1..{MAX_DEFAULT_REPEAT}", "OUT_OF_RANGE"))
     return violations

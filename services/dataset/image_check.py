@@ -1,30 +1,52 @@
 """Verify uploaded bytes and bring them to the one form training reads.
 
 What is accepted is decided by content, never by file name: PNG and JPEG only
-(the seed's rule), fully decoded, within byte and pixel limits. What is
-stored is 8-bit RGB with EXIF orientation applied; when the upload already is
-exactly that, its bytes are kept untouched (no JPEG re-compression),
-otherwise the normalised pixels are stored as a lossless PNG.
+(the seed's rule), fully decoded, within byte and pixel limits. Whatever the
+bytes, the answer is an accepted image or a named rejection.
+
+What is stored is the image alone (stored_form.py: nothing after its end marker,
+metadata within a limit), as 8-bit sRGB with EXIF orientation applied and no
+colour profile. When the file already is exactly that, its bytes are kept
+(no JPEG re-compression); otherwise the normalised pixels are stored as a
+lossless PNG. The warnings say what was changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import struct
 import warnings
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps
 
 from services.common.errors import ServiceError, invalid_field
+from services.dataset import jpeg_layout, png_layout
+from services.dataset.colour_profiles import Profile, is_srgb, read_profile, to_srgb
+from services.dataset.stored_form import Trimmed, trim, without_profile
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+log = logging.getLogger(__name__)
+
+PNG_MAGIC = png_layout.SIGNATURE
 JPEG_MAGIC = b"\xff\xd8\xff"
 _OTHER_FORMATS = (
     (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
     (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"), (b"%PDF", "PDF"),
 )
 EXIF_ORIENTATION = 0x0112
+_VALID_ORIENTATIONS = range(1, 9)
+# Orientations that turn or mirror the stored pixels (1 is upright).
+_TURNS = range(2, 9)
+# What Pillow raises on bytes it can't make sense of. Beyond the documented OSError / SyntaxError /
+# ValueError, its parsers let through what malformed headers and EXIF blocks make of their arithmetic.
+_UNDECODABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
+                ZeroDivisionError, OverflowError, zlib.error, ImageCms.PyCMSError)
+_LAYOUTS = {"PNG": png_layout, "JPEG": jpeg_layout}
 
 
 @dataclass(frozen=True)
@@ -39,9 +61,28 @@ class CheckedImage:
     content_type: str
     width: int
     height: int
-    # What to store as the image's original.
+    # What to store as the image's original: the upload object itself when nothing changed.
     stored_bytes: bytes
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """The opened image and what the file says about how its pixels are meant."""
+
+    image: Image.Image
+    width: int
+    height: int
+    orientation: int
+    bit_depth: int
+    # The file carries a colour profile (applied, or removed as sRGB, or ignored as unusable).
+    has_profile: bool
+    # It can be cut out of the file (else the pixels are stored anew, without it).
+    profile_removable: bool
+    # The profile to convert the pixels with; None when there is none or it changes nothing.
+    convert_with: Profile | None
+    # What became of a profile that isn't converted with.
+    profile_note: str | None
 
 
 def sniff_format(data: bytes) -> str:
@@ -75,38 +116,83 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
             "UNSUPPORTED_FORMAT",
             f"content is {detected}, not PNG or JPEG; only png/jpg/jpeg images are accepted (convert it first)",
         )
-    formats = ["PNG"] if detected == "PNG" else ["JPEG", "MPO"]
+    layout = _LAYOUTS[detected]
+    trimmed = trim(data, layout.parse(data))
+    with _decoding(detected):
+        decoded = _decode(trimmed, detected, limits)
+        return _normalise(decoded, trimmed, detected)
+
+
+@contextlib.contextmanager
+def _decoding(detected: str) -> Iterator[None]:
+    """Whatever the decoder makes of the bytes ends as a named rejection."""
     try:
         with warnings.catch_warnings():
             # Pillow only warns below twice its own bomb limit; we want a hard stop at ours.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=formats)
-            _check_dimensions(*image.size, limits)
-            if detected == "PNG":
-                image.verify()  # chunk CRCs and structure, before spending time on inflate
-                image = Image.open(io.BytesIO(data), formats=formats)
-            if detected == "JPEG" and not _needs_rewrite(image, data):
-                # The bytes will be kept as they are, so no pixels are needed at all.
-                # At 1/8 scale libjpeg still entropy-decodes every block (truncated or
-                # corrupt data fails exactly as in a full decode); only the inverse DCT
-                # is skipped, which makes verification several times cheaper.
-                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-    except ServiceError:
-        raise
+            # What Pillow says about a file's quirks (an EXIF tag past the end) is the uploader's business.
+            warnings.simplefilter("ignore", UserWarning)
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _reject("TOO_MANY_PIXELS", f"image declares too many pixels ({exc})") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except _UNDECODABLE as exc:
+        if not isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+            log.warning("undecodable %s upload: %s", detected, exc, exc_info=True)
         raise _reject("CORRUPT_IMAGE",
-                      f"the {detected} data could not be decoded ({exc}); it may be truncated") from exc
-    if getattr(image, "is_animated", False) and detected == "PNG":
-        raise _reject("ANIMATED_IMAGE", "animated PNGs are not accepted: upload a single frame")
-    return _normalise(image, data, detected)
+                      f"the {detected} data could not be decoded ({type(exc).__name__}: {exc}); "
+                      "it may be truncated or damaged") from exc
 
 
-def _needs_rewrite(image: Image.Image, data: bytes) -> bool:
-    """Whether the stored bytes must differ from the upload (anything but plain 8-bit RGB, upright)."""
-    return image.mode != "RGB" or image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None) or _is_deep_png(data)
+def _decode(trimmed: Trimmed, detected: str, limits: ImageLimits) -> _Decoded:
+    data = trimmed.data
+    image = Image.open(io.BytesIO(data), formats=[detected])
+    width, height = image.size
+    _check_dimensions(width, height, limits)
+    if detected == "PNG":
+        image.verify()  # chunk CRCs and structure, before spending time on inflate
+        image = Image.open(io.BytesIO(data), formats=[detected])
+        if getattr(image, "is_animated", False):
+            raise _reject("ANIMATED_IMAGE", "animated PNGs are not accepted: upload a single frame")
+    has_profile = "icc_profile" in image.info
+    convert_with, profile_note = _profile_use(image.info["icc_profile"], image.mode) if has_profile else (None, None)
+    decoded = _Decoded(image, width, height, orientation=image.getexif().get(EXIF_ORIENTATION, 1),
+                       bit_depth=data[24] if detected == "PNG" else 8, has_profile=has_profile,
+                       profile_removable=trimmed.parsed,
+                       convert_with=convert_with, profile_note=profile_note)
+    if detected == "JPEG" and not _needs_rewrite(decoded):
+        # The bytes will be kept as they are, so no pixels are needed at all.
+        # At 1/8 scale libjpeg still entropy-decodes every block (truncated or
+        # corrupt data fails exactly as in a full decode); only the inverse DCT
+        # is skipped, which makes verification several times cheaper.
+        image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+    image.load()
+    return decoded
+
+
+def _profile_use(icc: bytes | None, mode: str) -> tuple[Profile | None, str | None]:
+    """The profile to convert `mode` pixels with, or why none is."""
+    profile = read_profile(icc) if icc else None
+    if profile is None:
+        return None, "colour profile unreadable; ignored (colours taken as sRGB)"
+    if profile.mode != _colour_family(mode):
+        return None, (f"colour profile '{profile.description}' ({profile.mode}) does not fit the image's {mode} "
+                      "pixels; ignored")
+    if is_srgb(profile):
+        return None, f"colour profile '{profile.description}' is sRGB; removed"
+    return profile, None
+
+
+def _colour_family(mode: str) -> str:
+    """The mode of the colour space an image of `mode` is in, as colour profiles name them."""
+    if mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return "L"
+    return "CMYK" if mode == "CMYK" else "RGB"
+
+
+def _needs_rewrite(decoded: _Decoded) -> bool:
+    """Whether the stored pixels must differ from the file's (anything but plain 8-bit sRGB, upright)."""
+    return (decoded.image.mode != "RGB" or decoded.orientation in _TURNS or decoded.bit_depth > 8
+            or decoded.convert_with is not None or (decoded.has_profile and not decoded.profile_removable))
 
 
 def _check_dimensions(width: int, height: int, limits: ImageLimits) -> None:
@@ -121,18 +207,24 @@ def _check_dimensions(width: int, height: int, limits: ImageLimits) -> None:
         )
 
 
-def _normalise(image: Image.Image, data: bytes, detected: str) -> CheckedImage:
-    notes: list[str] = []
-    content_type = "image/png" if detected == "PNG" else "image/jpeg"
-    if not _needs_rewrite(image, data):
-        # image.size may be a reduced draft; the header's size is the real one.
-        real_width, real_height = Image.open(io.BytesIO(data)).size
-        return CheckedImage(content_type, real_width, real_height, data, notes)
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-    if orientation not in (1, None):
+def _normalise(decoded: _Decoded, trimmed: Trimmed, detected: str) -> CheckedImage:
+    notes = trimmed.warnings("chunk" if detected == "PNG" else "segment")
+    if decoded.orientation not in _VALID_ORIENTATIONS:
+        notes.append(f"EXIF orientation {decoded.orientation} is not a valid value (1-8); ignored")
+    if decoded.profile_note is not None:
+        notes.append(decoded.profile_note)
+    if not _needs_rewrite(decoded):
+        stored = trimmed.data
+        if decoded.has_profile:
+            stored = without_profile(stored, _LAYOUTS[detected].parse)
+        content_type = "image/png" if detected == "PNG" else "image/jpeg"
+        return CheckedImage(content_type, decoded.width, decoded.height, stored, notes)
+    image = decoded.image
+    if decoded.orientation in _TURNS:
         image = ImageOps.exif_transpose(image)
-        notes.append(f"EXIF orientation {orientation} applied")
-    rgb = _to_rgb(image, notes)
+        notes.append(f"EXIF orientation {decoded.orientation} applied")
+    rgb = _in_srgb(_flattened(image, decoded.bit_depth, notes), decoded.convert_with, notes)
+    rgb.info = {}  # nothing of the file's metadata (a profile above all) goes into the rewritten one
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG", compress_level=6)
     if detected == "JPEG":
@@ -140,21 +232,17 @@ def _normalise(image: Image.Image, data: bytes, detected: str) -> CheckedImage:
     return CheckedImage("image/png", rgb.width, rgb.height, buffer.getvalue(), notes)
 
 
-def _is_deep_png(data: bytes) -> bool:
-    """A 16-bit-per-channel PNG opens as 8-bit RGB in Pillow; its bytes must still be rewritten."""
-    return data.startswith(PNG_MAGIC) and len(data) > 24 and data[24] > 8
-
-
-def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
+def _flattened(image: Image.Image, bit_depth: int, notes: list[str]) -> Image.Image:
+    """8 bits per channel, no alpha (composited on white), in the colour space of the file: L, RGB or CMYK."""
     mode = image.mode
-    if mode == "RGB":
+    if mode in ("RGB", "L", "CMYK"):
         return image
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        notes.append(f"{mode} (16-bit or wider) greyscale scaled to 8 bits")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # The file's bit depth is the scale: a dark 16-bit image is not an 8-bit one.
+        notes.append(f"{bit_depth}-bit greyscale scaled to 8 bits")
+        top = float(2 ** bit_depth - 1)
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if values.max(initial=0) > 255 else 255.0
-        grey = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if mode == "P":
         image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
         notes.append("palette colours expanded to RGB")
@@ -162,13 +250,23 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
             return image
         mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        grey = mode in ("LA", "La")
         rgba = image.convert("RGBA")
         if np.asarray(rgba.getchannel("A")).min() < 255:
             notes.append("transparent areas composited on white")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode == "CMYK":
+        flat = Image.alpha_composite(background, rgba).convert("RGB")
+        return flat.convert("L") if grey else flat
+    if mode == "1":
+        return image.convert("L")
+    notes.append(f"{mode} converted to RGB")
+    return image.convert("RGB")
+
+
+def _in_srgb(image: Image.Image, profile: Profile | None, notes: list[str]) -> Image.Image:
+    if profile is not None and image.mode == profile.mode:
+        notes.append(f"colour profile '{profile.description}' converted to sRGB")
+        return to_srgb(image, profile)
+    if image.mode == "CMYK":
         notes.append("CMYK converted to RGB")
-    elif mode not in ("L", "1"):
-        notes.append(f"{mode} converted to RGB")
     return image.convert("RGB")

@@ -31,13 +31,16 @@ MAX_MASK_PATHS = 100
 
 def mask_paths(paths: Sequence[str], allowed: set[str]) -> set[str]:
     if not paths:
-        raise invalid_field("update_mask", f"list the fields to change: {', '.join(sorted(allowed))}")
+        raise invalid_field("update_mask", f"list the fields to change: {', '.join(sorted(allowed))}",
+                            "UPDATE_MASK_REQUIRED")
     if len(paths) > MAX_MASK_PATHS:
-        raise invalid_field("update_mask", f"at most {MAX_MASK_PATHS} paths; updatable: {', '.join(sorted(allowed))}")
+        raise invalid_field("update_mask", f"at most {MAX_MASK_PATHS} paths; updatable: {', '.join(sorted(allowed))}",
+                            "TOO_MANY_PATHS")
     unknown = [p for p in paths if p not in allowed]
     if unknown:
         raise invalid([FieldViolation("update_mask", f"{p!r} cannot be updated; updatable: "
-                                                     f"{', '.join(sorted(allowed))}") for p in unknown])
+                                                     f"{', '.join(sorted(allowed))}", "FIELD_NOT_UPDATABLE")
+                       for p in unknown], reason="FIELD_NOT_UPDATABLE")
     return set(paths)
 
 
@@ -67,7 +70,7 @@ def text_problem(value: str, max_chars: int) -> str | None:
 
 def check_repeat(value: int, field: str) -> None:
     if not 0 <= value <= MAX_REPEAT:
-        raise invalid_field(field, f"0 (use the dataset default) to {MAX_REPEAT}")
+        raise invalid_field(field, f"0 (use the dataset default) to {MAX_REPEAT}", "OUT_OF_RANGE")
 
 
 def check_target_size(family: str, width: int, height: int, prefix: str) -> None:
@@ -76,10 +79,10 @@ def check_target_size(family: str, width: int, height: int, prefix: str) -> None
     if (width, height) not in sizes:
         allowed = ", ".join(f"{w}x{h}" for w, h in sizes)
         field = f"{prefix}." if prefix else ""
-        raise invalid([
-            FieldViolation(f"{field}target_width", f"{width}x{height} is not a {family} crop size; use {allowed}"),
-            FieldViolation(f"{field}target_height", f"{width}x{height} is not a {family} crop size; use {allowed}"),
-        ])
+        problem = f"{width}x{height} is not a {family} crop size; use {allowed}"
+        raise invalid([FieldViolation(f"{field}target_width", problem, "UNSUPPORTED_CROP_SIZE"),
+                       FieldViolation(f"{field}target_height", problem, "UNSUPPORTED_CROP_SIZE")],
+                      reason="UNSUPPORTED_CROP_SIZE")
 
 
 def child_ids(image_names: Sequence[str], dataset_id: str, required: bool) -> list[str]:
@@ -96,7 +99,8 @@ def child_ids(image_names: Sequence[str], dataset_id: str, required: bool) -> li
             violations.extend(err.violations)
             continue
         if parsed_name.dataset_id != dataset_id:
-            violations.append(FieldViolation(f"names[{index}]", "belongs to another dataset than parent"))
+            violations.append(FieldViolation(f"names[{index}]", "belongs to another dataset than parent",
+                                             "OTHER_DATASET"))
             continue
         ids.append(parsed_name.image_id)
     if violations:

@@ -33,7 +33,9 @@ images = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("filename", sa.String(255), nullable=False),
     sa.Column("content_type", sa.String(32), nullable=False),
+    # Of the stored original; `upload_sha256` is of the bytes as uploaded (migration 0005).
     sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("upload_sha256", sa.String(64), nullable=True),
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("width", sa.Integer, nullable=False),
     sa.Column("height", sa.Integer, nullable=False),

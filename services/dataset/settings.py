@@ -20,7 +20,9 @@ class DatasetSettings(CommonSettings):
     # Decompression bombs: a small file may declare a huge canvas.
     max_image_pixels: int = Field(default=64_000_000, ge=1)
     min_image_side: int = Field(default=64, ge=1)
-    upload_url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # How long a browser upload form (CreateImageUpload) may be used. Its holder may send its one
+    # object again and again until then, so minutes: enough to send 50 MiB over a slow line.
+    upload_url_ttl_seconds: int = Field(default=900, ge=1, le=24 * 3600)
     # Threads for decode/crop work, off the event loop.
     image_workers: int = Field(default=2, ge=1)
     # Use the people/face detector to steer focus crops.

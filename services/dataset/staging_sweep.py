@@ -1,11 +1,12 @@
 """Staging objects (`uploads/{dataset}/{upload}`) that no upload record points at.
 
-A presigned PUT URL stays valid after its record is gone: DeleteDataset drops the
-dataset's upload records and staging objects, yet a client holding the URL can PUT
-again afterwards. Nothing would ever finalize or expire that object, since the
-record-driven sweep (sweep_expired_uploads) only visits records, and the orphan sweep
-only visits `datasets/`. This sweep removes such objects once they are older than the
-URL lifetime, when no URL can write them any more (UploadRpcs.sweep_abandoned_staging).
+A presigned upload form stays valid after its record is gone: DeleteDataset drops the
+dataset's upload records and staging objects, yet a client holding the form can POST
+again afterwards (its one object, of its declared size, until the form expires).
+Nothing would ever finalize or expire that object, since the record-driven sweep
+(sweep_expired_uploads) only visits records, and the orphan sweep only visits
+`datasets/`. This sweep removes such objects once they are older than the form's
+lifetime, when no form can write them any more (UploadRpcs.sweep_abandoned_staging).
 Only keys under `uploads/` are judged: nothing else in the bucket has an upload record,
 so anything else would look abandoned.
 """

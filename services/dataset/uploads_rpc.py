@@ -1,4 +1,4 @@
-"""Uploads: the client stream, presigned PUT + finalize, and what both share:
+"""Uploads: the client stream, a presigned POST form + finalize, and what both share:
 verify, store once, record with the limits and dedup checked under the dataset's lock."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from services.common.errors import (
 )
 from services.common.idempotency import check_request_id, request_fingerprint
 from services.common.objectstore import ObjectNotFound, ObjectStore
+from services.common.upload_limits import MAX_UPLOAD_CHUNK_BYTES, chunk_too_large
 from services.dataset import captions, names, records, schema
 from services.dataset.convert import image_message
 from services.dataset.filenames import safe_filename
@@ -67,8 +68,9 @@ class _Ingest:
     repeat: int
     finalize_upload: str | None = None
     image_id: str = field(default_factory=names.new_id)
-    # Known once the bytes are hashed (beside their verification).
+    # Known once the bytes are hashed (beside their verification): of what is stored, and of the upload.
     sha256: str = ""
+    upload_sha256: str = ""
 
     @property
     def original_key(self) -> str:
@@ -78,7 +80,7 @@ class _Ingest:
     def fingerprint(self) -> str:
         if not self.bytes_identify:
             return self.request_digest
-        return hashlib.sha256(self.request_digest.encode() + self.sha256.encode()).hexdigest()
+        return hashlib.sha256(self.request_digest.encode() + self.upload_sha256.encode()).hexdigest()
 
 
 class UploadRpcs(ServicerBase):
@@ -116,6 +118,9 @@ class UploadRpcs(ServicerBase):
                     raise invalid_field("metadata", "the first message of an upload must carry the metadata",
                                         "METADATA_FIRST")
                 meta = message.metadata
+                if meta.size_bytes < 0:
+                    raise invalid_field("metadata.size_bytes", f"0 (not declared) or the file's size, 1..{limit} bytes",
+                                        "OUT_OF_RANGE")
                 if meta.size_bytes > limit:
                     raise invalid_field("metadata.size_bytes", f"exceeds the {limit}-byte upload limit",
                                         "FILE_TOO_LARGE")
@@ -124,6 +129,8 @@ class UploadRpcs(ServicerBase):
                 raise invalid_field("metadata", "metadata may only be sent once, in the first message",
                                     "METADATA_REPEATED")
             chunk = message.chunk  # each read of a bytes field is a copy of it
+            if len(chunk) > MAX_UPLOAD_CHUNK_BYTES:
+                raise chunk_too_large(len(chunk))
             received += len(chunk)
             if received > limit:
                 # Stop reading at once: the rest of a huge upload is never buffered.
@@ -135,13 +142,13 @@ class UploadRpcs(ServicerBase):
 
     async def _ingest(self, job: _Ingest, data: bytes, context: grpc.aio.ServicerContext) -> pb.Image:
         try:
-            checked, sha256 = await self._store_verified(job, data)
+            checked, sha256, upload_sha256 = await self._store_verified(job, data)
             if context.cancelled():
                 # A client that cancels mid-stream can look to the service like one that finished a
                 # shorter upload; by now the cancellation has landed, and nothing is recorded.
                 await asyncio.shield(self._tx.discard_after([job.original_key], []))
                 raise asyncio.CancelledError
-            job = dataclasses.replace(job, sha256=sha256)
+            job = dataclasses.replace(job, sha256=sha256, upload_sha256=upload_sha256)
             image = await self._tx.commit(lambda conn: self._record_image(conn, job, checked),
                                           written=[job.original_key])
         except _Replayed as replayed:
@@ -150,10 +157,11 @@ class UploadRpcs(ServicerBase):
             self.tagging.wake()
         return image
 
-    async def _store_verified(self, job: _Ingest, data: bytes) -> tuple[CheckedImage, str]:
-        """Verify and hash the bytes and store the original. What was stored is deleted again when
-        the bytes are refused or the caller goes away (and, by the commit, when the records refuse
-        the upload or an earlier answer is replayed)."""
+    async def _store_verified(self, job: _Ingest, data: bytes) -> tuple[CheckedImage, str, str]:
+        """Verify and hash the bytes and store the original; returns the check, the original's sha256
+        and the upload's. What was stored is deleted again when the bytes are refused or the caller
+        goes away (and, by the commit, when the records refuse the upload or an earlier answer is
+        replayed)."""
         puts: list[asyncio.Future[None]] = []
         # Most uploads are stored byte for byte, so the original goes to the object store while
         # the bytes are verified and hashed. The records are checked once, in the commit: a
@@ -163,14 +171,14 @@ class UploadRpcs(ServicerBase):
             puts.append(asyncio.ensure_future(self._tx.objects.run(self._store.put_bytes, job.original_key, data,
                                                                    f"image/{sniffed.lower()}")))
         try:
-            checked, sha256 = await self._cpu(_verified_and_hashed, data, self._limits)
+            checked, upload_sha256, sha256 = await self._cpu(_verified_and_hashed, data, self._limits)
             if puts:
                 await puts[0]
             if checked.stored_bytes is not data:
                 puts.append(asyncio.ensure_future(self._tx.objects.run(self._store.put_bytes, job.original_key,
                                                                        checked.stored_bytes, checked.content_type)))
                 await puts[-1]
-            return checked, sha256
+            return checked, sha256, upload_sha256
         except BaseException:
             # Shielded: a client that cancels mid-way must not cancel the clean-up too.
             await asyncio.shield(self._tx.discard_after([job.original_key], puts))
@@ -198,7 +206,8 @@ class UploadRpcs(ServicerBase):
         now = records.now()
         row = conn.execute(records.INSERT_IMAGE, dict(
             id=job.image_id, dataset_id=job.dataset_id, role=job.role, filename=job.filename,
-            content_type=checked.content_type, sha256=job.sha256, size_bytes=len(checked.stored_bytes),
+            content_type=checked.content_type, sha256=job.sha256, upload_sha256=job.upload_sha256,
+            size_bytes=len(checked.stored_bytes),
             width=checked.width, height=checked.height, original_key=job.original_key,
             thumbnail_key=object_keys.thumbnail_key(job.dataset_id, job.image_id), tags=job.tags, repeat=job.repeat,
             warnings=checked.warnings, create_time=now, update_time=now, tagging_due=now,
@@ -226,7 +235,8 @@ class UploadRpcs(ServicerBase):
         existing = records.image_by_sha(conn, dataset_id, sha256)
         if existing is not None:
             name = f"datasets/{dataset_id}/images/{existing.id}"
-            raise already_exists(f"identical bytes are already in this dataset as {name}", "DUPLICATE_IMAGE",
+            raise already_exists(f"this image is already in this dataset as {name} (the same stored bytes)",
+                                 "DUPLICATE_IMAGE",
                                  [FieldViolation("chunk", f"same sha256 as {name}", "DUPLICATE_IMAGE")])
 
     @unary_errors
@@ -238,9 +248,10 @@ class UploadRpcs(ServicerBase):
         tags = captions.validate_tags(request.tags, "tags")
         check_repeat(request.repeat, "repeat")
         limit = self._settings.max_upload_bytes
-        if not 0 < request.size_bytes <= limit:
-            raise invalid_field("size_bytes", f"declare the file size: 1..{limit} bytes", "FILE_TOO_LARGE"
-                                if request.size_bytes > limit else "INVALID_ARGUMENT")
+        if request.size_bytes < 1:
+            raise invalid_field("size_bytes", f"declare the file's size: 1..{limit} bytes", "OUT_OF_RANGE")
+        if request.size_bytes > limit:
+            raise invalid_field("size_bytes", f"exceeds the {limit}-byte upload limit", "FILE_TOO_LARGE")
         ttl = dt.timedelta(seconds=self._settings.upload_url_ttl_seconds)
 
         def work(conn: Connection, tenant: str) -> pb.ImageUpload:
@@ -254,8 +265,9 @@ class UploadRpcs(ServicerBase):
                 id=upload_id, dataset_id=dataset_id, role=role, filename=filename, size_bytes=request.size_bytes,
                 tags=tags, repeat=request.repeat, object_key=key, expire_time=expire, create_time=now,
             ))
-            upload = pb.ImageUpload(name=names.upload_name(dataset_id, upload_id),
-                                    upload_url=self._store.presigned_put(key, ttl))
+            form = self._store.presigned_post(key, request.size_bytes, expire)
+            upload = pb.ImageUpload(name=names.upload_name(dataset_id, upload_id), upload_url=form.url,
+                                    upload_fields=form.fields)
             upload.expire_time.FromDatetime(expire)
             return upload
 
@@ -267,7 +279,7 @@ class UploadRpcs(ServicerBase):
         dataset_id, upload_id = names.parse_upload(request.name)
         check_request_id(request.request_id)
         tenant = current_tenant()
-        # The request names the upload; what was PUT there is not part of it.
+        # The request names the upload; what was POSTed there is not part of it.
 
         def load(conn: Connection) -> Row[Any] | pb.Image:
             earlier = self._tx.replay(conn, tenant, "FinalizeImageUpload", request, pb.Image)
@@ -281,7 +293,7 @@ class UploadRpcs(ServicerBase):
         if isinstance(upload, pb.Image):
             return upload
         if utc(upload.expire_time) < records.now():
-            raise failed_precondition("the upload URL has expired; create a new upload", "UPLOAD_EXPIRED")
+            raise failed_precondition("the upload form has expired; create a new upload", "UPLOAD_EXPIRED")
         data = await self._staged_bytes(upload)
         image = await self._ingest(_Ingest(
             tenant=tenant, method="FinalizeImageUpload", request_id=request.request_id,
@@ -309,12 +321,13 @@ class UploadRpcs(ServicerBase):
         return self._image_message(conn, tenant, upload.dataset_id, upload.image_id)
 
     async def _staged_bytes(self, upload: Row[Any]) -> bytes:
-        """What was PUT to the upload URL, which must be the declared size. The URL stays writable
-        until it expires, so the read stops past that size rather than trust an earlier look."""
+        """What was POSTed with the upload form, which must be the declared size. The store enforces
+        that, yet the form stays usable until it expires and not every S3 checks a policy as
+        strictly, so the read stops past that size rather than trust the store or an earlier look."""
         try:
             data = await self._tx.objects.run(_read_at_most, self._store, upload.object_key, upload.size_bytes)
         except ObjectNotFound:
-            raise failed_precondition("no bytes have been PUT to the upload URL yet", "UPLOAD_MISSING") from None
+            raise failed_precondition("no bytes have been POSTed with the upload form yet", "UPLOAD_MISSING") from None
         if len(data) != upload.size_bytes:
             await self._tx.delete_quietly([upload.object_key])
             found = f"more than {upload.size_bytes}" if len(data) > upload.size_bytes else str(len(data))
@@ -349,10 +362,10 @@ class UploadRpcs(ServicerBase):
 
     async def sweep_abandoned_staging(self, min_age: dt.timedelta | None = None) -> int:
         """Delete staging objects no upload record names (see staging_sweep.py), once older than an
-        upload URL lives (default), when no URL can write them any more."""
+        upload form lives (default), when no form can write them any more."""
         if min_age is None:
             min_age = dt.timedelta(seconds=self._settings.upload_url_ttl_seconds)
-        # Listed before the records are read. An object exists only after its URL was handed out,
+        # Listed before the records are read. An object exists only after its form was handed out,
         # which is after its record was committed, so a record missing now is gone for good.
         listing = await self._tx.objects.run(self._store.list_with_times, object_keys.UPLOADS)
         recorded = await self._tx.run(recorded_staging_keys, read_only=True)
@@ -361,9 +374,14 @@ class UploadRpcs(ServicerBase):
         return len(doomed)
 
 
-def _verified_and_hashed(data: bytes, limits: ImageLimits) -> tuple[CheckedImage, str]:
-    """One trip to the image pool for both: hashing releases the GIL, and so does most of decoding."""
-    return check_image(data, limits), hashlib.sha256(data).hexdigest()
+def _verified_and_hashed(data: bytes, limits: ImageLimits) -> tuple[CheckedImage, str, str]:
+    """The check, the sha256 of the upload (which tells a retry from another request) and of what is
+    stored (the image's sha256, which duplicates are found by). One trip to the image pool for all:
+    hashing releases the GIL, and so does most of decoding."""
+    checked = check_image(data, limits)
+    uploaded = hashlib.sha256(data).hexdigest()
+    stored = uploaded if checked.stored_bytes is data else hashlib.sha256(checked.stored_bytes).hexdigest()
+    return checked, uploaded, stored
 
 
 def _read_at_most(store: ObjectStore, key: str, limit: int) -> bytes:

@@ -41,8 +41,8 @@ from services.gateway.upstream_errors import dependency_name
 
 # What a client-streaming method answers on HTTP: browsers can't stream a request body, and the
 # Connect protocol would need it for these; the gRPC side serves them.
-_INSTEAD = {"kiln.v1.DatasetService/UploadImage": "upload with CreateImageUpload (a presigned PUT URL) and then "
-                                                  "FinalizeImageUpload"}
+_INSTEAD = {"kiln.v1.DatasetService/UploadImage": "upload with CreateImageUpload (a signed form to POST the file "
+                                                  "to) and then FinalizeImageUpload"}
 
 
 def streamed_request_message(path: str) -> str:

@@ -95,7 +95,7 @@ class LimitedBody:
         # Bodies are read after the key check (a connectrpc metadata interceptor): the tenant is known.
         return from_service_error(quota_exceeded(
             f"the request body is over the gateway's limit of {self._limit} bytes; send less in one request "
-            "(images upload through CreateImageUpload's presigned URL)", "REQUEST_TOO_LARGE",
+            "(images upload through CreateImageUpload's signed form)", "REQUEST_TOO_LARGE",
             subject=f"tenant:{current_tenant()}", description="max_request_bytes", limit=str(self._limit)))
 
 

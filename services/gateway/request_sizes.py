@@ -1,9 +1,11 @@
 """Request and upload sizes the gateway admits, checked before anything reaches an internal service.
 
 A request message over `max_request_bytes`, an upload that declares or streams more than
-`max_upload_bytes`, and a browser upload URL asked for a larger file are refused with
-RESOURCE_EXHAUSTED and a QuotaFailure naming the limit. Only the two upload methods are decoded
-here (their size fields); every other request stays the bytes the client sent."""
+`max_upload_bytes`, and a browser upload form asked for a larger file are refused with
+RESOURCE_EXHAUSTED and a QuotaFailure naming the limit. A form that is granted admits exactly
+the size it declared, which the object store enforces, so the declared size bounds the upload.
+Only the two upload methods are decoded here (their size fields); every other request stays
+the bytes the client sent."""
 
 from __future__ import annotations
 
@@ -16,11 +18,16 @@ from kiln.v1 import dataset_pb2
 from services.common.call_context import current_tenant
 from services.common.errors import ServiceError, parsed, quota_exceeded
 from services.common.malformed import tolerant
+from services.common.server import MAX_MESSAGE_BYTES
+from services.common.upload_limits import MAX_UPLOAD_CHUNK_BYTES, chunk_too_large
 
 UPLOAD_METHOD = "/kiln.v1.DatasetService/UploadImage"
 UPLOAD_URL_METHOD = "/kiln.v1.DatasetService/CreateImageUpload"
-# A chunk message is its bytes plus a field tag and a length varint: at most this many bytes more.
-_CHUNK_FRAMING_BYTES = 6
+# UploadImageRequest.chunk (field 2, length-delimited): a chunk message is this tag, a length
+# varint and the bytes.
+_CHUNK_TAG = 0x12
+# Room for a message's framing beyond its largest field.
+_FRAMING_BYTES = 64 * 1024
 _M = TypeVar("_M", bound=Message)
 
 
@@ -28,6 +35,13 @@ class RequestSizes:
     def __init__(self, max_request_bytes: int, max_upload_bytes: int) -> None:
         self.max_request_bytes = max_request_bytes
         self.max_upload_bytes = max_upload_bytes
+
+    @property
+    def largest_message_bytes(self) -> int:
+        """The transport's ceiling for the gateway's server, above every size these checks answer
+        themselves (an oversize chunk, a request over max_request_bytes), so that gRPC's own refusal,
+        which carries no details, only meets a message larger than a whole upload."""
+        return max(MAX_MESSAGE_BYTES, self.max_request_bytes, self.max_upload_bytes) + _FRAMING_BYTES
 
     def check_request(self, method: str, raw: bytes) -> None:
         """One request message, as it came (raises a ServiceError past a limit)."""
@@ -61,7 +75,10 @@ class RequestSizes:
                     self._check_declared(message.metadata.size_bytes)
                     yield raw
                     continue
-            streamed += max(0, len(raw) - _CHUNK_FRAMING_BYTES)
+            size = _chunk_size(raw)
+            if size > MAX_UPLOAD_CHUNK_BYTES:
+                raise chunk_too_large(size)
+            streamed += size
             if streamed > self.max_upload_bytes:
                 raise self._too_large(f"this upload streamed more than {self.max_upload_bytes} bytes, the most one "
                                       "image may have", "UPLOAD_TOO_LARGE", "max_upload_bytes", self.max_upload_bytes)
@@ -76,6 +93,17 @@ class RequestSizes:
     def _too_large(message: str, reason: str, setting: str, limit: int) -> ServiceError:
         return quota_exceeded(message, reason, subject=f"tenant:{current_tenant()}", description=setting,
                               limit=str(limit))
+
+
+def _chunk_size(raw: bytes) -> int:
+    """How many file bytes a serialized chunk message carries, read from its framing (the bytes
+    themselves are not copied); 0 for anything else, which the dataset service refuses."""
+    if not raw or raw[0] != _CHUNK_TAG:
+        return 0
+    end = 1
+    while end < len(raw) and raw[end] & 0x80:  # the length varint's continuation bytes
+        end += 1
+    return max(0, len(raw) - end - 1)
 
 
 def _parsed(kind: type[_M], raw: bytes) -> _M:

@@ -168,7 +168,8 @@ async def running_gateway(settings: GatewaySettings,
         async with run_service(components.bindings(), settings=settings.server,
                                interceptors=components.interceptors(), background=components.background(),
                                probes=components.probes(), metrics=components.observability.metrics,
-                               metrics_settings=settings.metrics) as server:
+                               metrics_settings=settings.metrics,
+                               max_receive_message_bytes=components.sizes.largest_message_bytes) as server:
             http = await start_http(components.http_app(lambda: server.serving), settings.http.host,
                                     settings.http.port)
             try:

@@ -13,6 +13,7 @@ import mimetypes
 import pathlib
 from dataclasses import dataclass
 
+from services.common.errors import ConfigurationError
 from services.gateway.asgi import ASGIApp, Receive, Scope, Send
 
 INDEX = "index.html"
@@ -55,21 +56,17 @@ def load_web_files(root: pathlib.Path) -> dict[str, WebFile]:
             etag=f'"{hashlib.sha256(body).hexdigest()[:32]}"'.encode(),
             cache_control=b"public, max-age=31536000, immutable" if immutable else b"no-cache")
     if INDEX not in files:
-        raise FileNotFoundError(f"{root / INDEX} is missing: build the workbench with `make web`")
+        raise ConfigurationError(f"KILN_WEB_DIR={root} holds no {INDEX}: build the workbench with `make web`, "
+                                 "or set KILN_WEB_DIR=off to serve the API alone")
     return files
 
 
 def web_files_app(files: dict[str, WebFile]) -> ASGIApp:
-    """GET and HEAD of the workbench: a known file, or the index for any path that names none (a
-    missing asset under assets/ is a 404, so a stale page fails loudly instead of parsing HTML as
-    script)."""
+    """GET and HEAD of the workbench (the caller routes only those here): a known file, or the index
+    for any path that names none (a missing asset under assets/ is a 404, so a stale page fails
+    loudly instead of parsing HTML as script)."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        method = scope["method"]
-        if method not in ("GET", "HEAD"):
-            await _send(send, 405, b"text/plain; charset=utf-8", b"the workbench is read with GET\n",
-                        [(b"allow", b"GET, HEAD")])
-            return
         relative = scope["path"].lstrip("/")
         found = files.get(relative)
         if found is None:
@@ -85,7 +82,7 @@ def web_files_app(files: dict[str, WebFile]) -> ASGIApp:
         if _header(scope, b"if-none-match") == found.etag:
             await _send(send, 304, None, b"", headers)
             return
-        await _send(send, 200, found.content_type.encode(), b"" if method == "HEAD" else found.body,
+        await _send(send, 200, found.content_type.encode(), b"" if scope["method"] == "HEAD" else found.body,
                     [*headers, (b"content-length", str(len(found.body)).encode())])
 
     return app

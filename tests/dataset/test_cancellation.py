@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tests.dataset.concurrency import (
 )
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import image_bytes, upload_messages
+from tests.dataset.upload_form import sent
 
 CONTEXT = FakeContext()
 
@@ -117,8 +117,7 @@ def test_finalize_cancelled_while_committing_keeps_its_bytes(aio: LoopThread, st
             ticket = await bare.servicer.CreateImageUpload(pb.CreateImageUploadRequest(
                 parent=names.dataset_name(dataset_id), role=pb.IMAGE_ROLE_TRAINING, filename="a.png",
                 size_bytes=len(data)), CONTEXT)
-            put = urllib.request.Request(ticket.upload_url, data=data, method="PUT")
-            await asyncio.to_thread(lambda: urllib.request.urlopen(put).close())
+            await asyncio.to_thread(sent, ticket, data)
             with database.locked(dataset_id) as release:
                 await cancel_while_committing(
                     bare, bare.servicer.FinalizeImageUpload(pb.FinalizeImageUploadRequest(name=ticket.name),

@@ -6,7 +6,6 @@ connection until every request waits behind it, then letting them go together.""
 from __future__ import annotations
 
 import concurrent.futures
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from services.dataset.server import running_dataset_service
 from tests.dataset.concurrency import outcome, pg_dataset_locked, wait_for_lock_waiters
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
+from tests.dataset.upload_form import sent
 from tests.servers import TEST_AUTH
 
 
@@ -53,12 +53,10 @@ def pg(aio, store, s3_settings, postgres, tmp_path_factory) -> Iterator[PgServic
         yield PgService(dataset_pb2_grpc.DatasetServiceStub(channel), url)
 
 
-def put_to_upload(stub: dataset_pb2_grpc.DatasetServiceStub, dataset: pb.Dataset, data: bytes,
-                  declared: int | None = None) -> pb.ImageUpload:
+def put_to_upload(stub: dataset_pb2_grpc.DatasetServiceStub, dataset: pb.Dataset, data: bytes) -> pb.ImageUpload:
     ticket = stub.CreateImageUpload(pb.CreateImageUploadRequest(
-        parent=dataset.name, role=pb.IMAGE_ROLE_TRAINING, filename="browser.png",
-        size_bytes=len(data) if declared is None else declared))
-    urllib.request.urlopen(urllib.request.Request(ticket.upload_url, data=data, method="PUT")).close()
+        parent=dataset.name, role=pb.IMAGE_ROLE_TRAINING, filename="browser.png", size_bytes=len(data)))
+    sent(ticket, data)
     return ticket
 
 
@@ -121,7 +119,7 @@ def test_finalize_retry_replays_after_the_image_is_gone(stub) -> None:
 
 
 class GrowsBeforeRead:
-    """The object store as it looks when a client PUTs a bigger file to the upload URL again,
+    """The object store as it looks when a client sends a bigger file to the upload form again,
     after any look at the size and before the service reads the bytes."""
 
     def __init__(self, store: ObjectStore, bigger: bytes) -> None:

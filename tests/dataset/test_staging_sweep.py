@@ -1,9 +1,8 @@
-"""Staging objects PUT through a presigned URL after their upload record is gone are swept."""
+"""Staging objects sent with an upload form after their upload record is gone are swept."""
 
 from __future__ import annotations
 
 import datetime as dt
-import urllib.request
 
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
@@ -13,11 +12,8 @@ from services.dataset import names
 from services.dataset.staging_sweep import abandoned
 from tests.dataset.conftest import service_on_own_bucket
 from tests.dataset.helpers import image_bytes, new_dataset
+from tests.dataset.upload_form import sent
 from tests.servers import TEST_AUTH
-
-
-def put(url: str, data: bytes) -> None:
-    urllib.request.urlopen(urllib.request.Request(url, data=data, method="PUT")).close()
 
 
 def staging_key(upload: pb.ImageUpload) -> str:
@@ -37,12 +33,12 @@ def test_staging_objects_without_a_record_are_swept(aio, s3_settings, tmp_path):
         leaked_bytes, live_bytes = image_bytes(seed=31), image_bytes(seed=32)
         leaked = create_upload(stub, doomed, leaked_bytes)
         stub.DeleteDataset(pb.DeleteDatasetRequest(name=doomed.name))
-        put(leaked.upload_url, leaked_bytes)  # the URL outlives the dataset and its upload record
+        sent(leaked, leaked_bytes)  # the form outlives the dataset and its upload record
         live = create_upload(stub, kept, live_bytes)
-        put(live.upload_url, live_bytes)
+        sent(live, live_bytes)
         assert set(store.list_keys("uploads/")) == {staging_key(leaked), staging_key(live)}
 
-        # Until its URL expires a client may PUT the object again: a young one is not judged yet.
+        # Until its form expires a client may send the object again: a young one is not judged yet.
         aio.run(service.components.sweep_once())
         assert set(store.list_keys("uploads/")) == {staging_key(leaked), staging_key(live)}
 

@@ -145,42 +145,6 @@ def test_thousand_and_first_training_image(stub, store, dataset, dataset_setting
     upload(stub, dataset.name, data[limit], role=pb.IMAGE_ROLE_REGULARIZATION)
 
 
-def test_presigned_upload_and_finalize(stub, dataset):
-    data = image_bytes(500, 400, fmt="JPEG")
-    ticket = stub.CreateImageUpload(pb.CreateImageUploadRequest(
-        parent=dataset.name, role=pb.IMAGE_ROLE_TRAINING, filename="browser.jpg", size_bytes=len(data),
-        tags=["from browser"]))
-    code, reason, _ = failure(stub.FinalizeImageUpload, pb.FinalizeImageUploadRequest(name=ticket.name))
-    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "UPLOAD_MISSING")
-    put = urllib.request.Request(ticket.upload_url, data=data, method="PUT")
-    with urllib.request.urlopen(put) as response:
-        assert response.status == 200
-    image = stub.FinalizeImageUpload(pb.FinalizeImageUploadRequest(name=ticket.name))
-    assert image.filename == "browser.jpg" and list(image.tags) == ["from browser"]
-    assert read_back(stub, image.name)[1] == data
-    # Finalizing again answers with the same image.
-    assert stub.FinalizeImageUpload(pb.FinalizeImageUploadRequest(name=ticket.name)) == image
-
-
-def test_presigned_upload_of_bad_bytes(stub, store, dataset):
-    data = b"GIF89a" + b"\0" * 100
-    ticket = stub.CreateImageUpload(pb.CreateImageUploadRequest(
-        parent=dataset.name, role=pb.IMAGE_ROLE_TRAINING, filename="x.png", size_bytes=len(data)))
-    urllib.request.urlopen(urllib.request.Request(ticket.upload_url, data=data, method="PUT")).close()
-    code, reason, _ = failure(stub.FinalizeImageUpload, pb.FinalizeImageUploadRequest(name=ticket.name))
-    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_FORMAT")
-    assert stub.ListImages(pb.ListImagesRequest(parent=dataset.name)).total_size == 0
-
-
-def test_presigned_url_signature_is_checked(stub, dataset):
-    ticket = stub.CreateImageUpload(pb.CreateImageUploadRequest(
-        parent=dataset.name, role=pb.IMAGE_ROLE_TRAINING, filename="x.png", size_bytes=10))
-    tampered = ticket.upload_url.replace("X-Amz-Signature=", "X-Amz-Signature=0")
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(urllib.request.Request(tampered, data=b"0123456789", method="PUT"))
-    assert err.value.code == 403
-
-
 def test_read_variants_and_urls(stub, store, dataset):
     data = image_bytes(640, 480)
     image = upload(stub, dataset.name, data)

@@ -90,6 +90,10 @@ def test_the_command_stops_everything_in_order_on_a_signal(stack_cli, sig, worke
     services = list(described["processes"])
     assert services == [s for s in SERVICES if s != "worker-1" or workers]
     assert list_datasets(described["grpc_address"], described["api_key"]).datasets == []
+    # The printed link opens the workbench, signed in by the key in its fragment.
+    assert described["web_url"] == f"http://{described['http_address']}/#key={described['api_key']}"
+    page = httpx.get(described["web_url"], timeout=10)
+    assert page.status_code == 200 and b'<div id="app">' in page.content
     started = tree([process.pid])
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)

@@ -223,14 +223,34 @@ def test_a_body_over_the_limit_is_refused_with_a_quota_failure(http, key, gatewa
     assert call(http, "DatasetService/ListDatasets", {}, key).status_code == 200  # still serving
 
 
-def test_a_browser_upload_url_for_too_large_an_image_is_refused(http, key, dataset, gateway):
+def test_a_browser_upload_form_admits_only_the_size_it_was_granted_for(http, key, gateway):
     limit = gateway.components.settings.max_upload_bytes
-    asked = {"parent": dataset.name, "role": "IMAGE_ROLE_TRAINING", "filename": "big.png"}
+    created = call(http, "DatasetService/CreateDataset", {"dataset": {"displayName": "browser",
+                                                                      "family": "MODEL_FAMILY_SD15"}}, key)
+    asked = {"parent": created.json()["name"], "role": "IMAGE_ROLE_TRAINING", "filename": "cat.png"}
     answer = call(http, "DatasetService/CreateImageUpload", {**asked, "sizeBytes": str(limit + 1)}, key)
     assert answer.status_code == 429 and answer.json()["code"] == "resource_exhausted"
     assert details(answer.json())["google.rpc.QuotaFailure"].violations[0].description == "max_upload_bytes"
-    granted = call(http, "DatasetService/CreateImageUpload", {**asked, "sizeBytes": "1000"}, key)
-    assert granted.status_code == 200 and granted.json()["uploadUrl"].startswith("http")
+    data = image_bytes(96, 96, seed=21)
+    granted = call(http, "DatasetService/CreateImageUpload", {**asked, "sizeBytes": str(len(data))}, key)
+    assert granted.status_code == 200
+    form = granted.json()
+
+    def send(body: bytes) -> httpx.Response:
+        # As a page sends it: multipart/form-data, the form's fields, then the file.
+        return httpx.post(form["uploadUrl"], data=form["uploadFields"], files={"file": ("cat.png", body, "image/png")},
+                          headers={"origin": ALLOWED_ORIGIN}, timeout=60)
+
+    # The gateway checked the declared size against its limit; the object store holds the browser to it.
+    refused = send(data + bytes(8 * 1024 * 1024))
+    assert refused.status_code == 400 and "<Code>EntityTooLarge</Code>" in refused.text
+    stored = send(data)
+    assert stored.status_code == 204, stored.text
+    assert stored.headers["access-control-allow-origin"] == ALLOWED_ORIGIN  # a page may read the answer
+    image = call(http, "DatasetService/FinalizeImageUpload", {"name": form["name"]}, key)
+    assert image.status_code == 200 and image.json()["filename"] == "cat.png"
+    listed = call(http, "DatasetService/ListImages", {"parent": created.json()["name"]}, key).json()
+    assert [i["name"] for i in listed["images"]] == [image.json()["name"]]
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,11 @@ from services.common.errors import status_details
 from services.common.internal_client import internal_channel, tenant_metadata
 from services.common.ports import free_port
 from services.common.settings import ServerSettings
+from services.common.upload_limits import MAX_UPLOAD_CHUNK_BYTES
 from services.gateway.key_auth import REFUSED
 from services.gateway.server import running_gateway
 from services.gateway.settings import GatewaySettings
-from tests.dataset.helpers import image_bytes, upload
+from tests.dataset.helpers import image_bytes, upload, upload_messages
 from tests.gateway.conftest import Client, keys_cli
 from tests.servers import TEST_AUTH
 from tests.training_service.test_training_jobs import tiny_job
@@ -136,3 +137,31 @@ def test_an_internal_service_that_is_down_is_named_never_its_address(aio, tmp_pa
         assert info is not None and info.reason == "DEPENDENCY_UNAVAILABLE"
         # The services that are up answer as ever.
         assert client.trainer.ListPresets(pb.ListPresetsRequest()).presets
+
+
+def test_a_chunk_over_the_limit_is_a_bad_request_at_any_size_up_to_a_whole_upload(gateway, gateway_channel,
+                                                                                 gateway_dir):
+    client = Client(gateway_channel, new_key(gateway_dir, "chunks"))
+    dataset = client.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="chunks", family=dpb.MODEL_FAMILY_SD15)))
+    # Past the transport's 8 MiB too: gRPC's own refusal carried no details.
+    for size in (MAX_UPLOAD_CHUNK_BYTES + 1, 9 * 1024 * 1024, 30 * 1024 * 1024):
+        with pytest.raises(grpc.RpcError) as caught:
+            client.datasets.UploadImage(upload_messages(dataset.name, bytes(size), chunk=size), timeout=60)
+        info, violations = status_details(caught.value)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (size, caught.value.details())
+        assert info is not None and info.reason == "CHUNK_TOO_LARGE"
+        assert [(v.field, v.reason) for v in violations] == [("chunk", "CHUNK_TOO_LARGE")]
+        assert str(MAX_UPLOAD_CHUNK_BYTES) in violations[0].description
+    # Any other request message that large is refused as too large, with the limit it broke.
+    with pytest.raises(grpc.RpcError) as caught:
+        client.datasets.GetDataset(dpb.GetDatasetRequest(name="d" * 9 * 1024 * 1024), timeout=60)
+    info, _ = status_details(caught.value)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and info is not None
+    assert info.reason == "REQUEST_TOO_LARGE"
+    # A chunk of exactly the limit goes through.
+    data = image_bytes(1200, 1200, seed=8301)
+    assert len(data) > MAX_UPLOAD_CHUNK_BYTES
+    image = client.datasets.UploadImage(upload_messages(dataset.name, data, chunk=MAX_UPLOAD_CHUNK_BYTES), timeout=60)
+    assert image.width == 1200
+    assert client.datasets.ListImages(dpb.ListImagesRequest(parent=dataset.name)).total_size == 1

@@ -10,6 +10,7 @@ from kiln import Client, KilnError
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as tpb
 from services.gateway.key_auth import REFUSED
+from tests.dataset.helpers import image_bytes
 from tests.sdk.conftest import free_port, gateway_on, new_key, photo_folder
 from tests.training_service.test_training_jobs import tiny_job
 
@@ -96,6 +97,20 @@ def test_upload_folder_shows_progress_and_a_second_run_skips_what_is_there(clien
     assert [image.filename for image in added] == ["photo3.png"]
     assert sorted(i.sha256 for i in client.list_images(dataset.name)) == sorted(
         i.sha256 for i in [*first, *added])
+
+
+def test_a_second_run_skips_images_stored_in_another_form(client, tmp_path, capsys):
+    # Stored otherwise than uploaded: greyscale (normalised to RGB) and a PNG with bytes after its end.
+    dataset = client.create_dataset("normalised uploads", "sd15")
+    folder = tmp_path / "normalised"
+    folder.mkdir()
+    (folder / "grey.png").write_bytes(image_bytes(96, 96, mode="L", seed=1))
+    (folder / "tail.png").write_bytes(image_bytes(96, 96, seed=2) + b"trailing bytes")
+    first = client.upload_folder(dataset.name, folder, progress=False)
+    assert all(image.sha256 != image.upload_sha256 for image in first)
+    capsys.readouterr()
+    assert client.upload_folder(dataset.name, folder) == []
+    assert "2 of 2 images already in" in capsys.readouterr().err
 
 
 def test_a_deleted_image_uploaded_again_comes_back(client, tmp_path):

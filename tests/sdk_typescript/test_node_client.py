@@ -1,6 +1,6 @@
 """The TypeScript SDK under Node against a live gateway over the Connect protocol.
 
-sdk/typescript/test/live.test.ts (node --test) creates a dataset, uploads through presigned URLs,
+sdk/typescript/test/live.test.ts (node --test) creates a dataset, uploads through signed upload forms,
 trains a tiny job and follows its stream to the end, resumes and reconnects watches (after a broken
 connection, and after a stream the server ended cleanly before the final event), verifies a webhook delivery,
 and reads the errors; it writes what it saw as JSON lines, checked here, some against the
@@ -83,7 +83,7 @@ def client(gateway: GatewayService, api_key: str) -> Any:
         yield Client(channel, api_key)
 
 
-def test_images_uploaded_through_presigned_urls_are_in_the_dataset(report: Report, client: Client) -> None:
+def test_images_uploaded_through_upload_forms_are_in_the_dataset(report: Report, client: Client) -> None:
     uploaded = cases(report, "uploaded")
     assert [u["filename"] for u in uploaded] == ["cat0.png", "cat1.png"]
     [dataset] = {u["dataset"] for u in uploaded}
@@ -146,12 +146,25 @@ def test_an_invalid_request_is_an_error_with_its_field_violations(report: Report
     assert "dataset.display_name: 1..200 printable characters" in invalid["message"]
 
 
-def test_a_refused_presigned_put_is_an_error_and_files_nothing(report: Report, client: Client) -> None:
-    refused = one(report, "refused_put")
-    assert refused["code"] == "PermissionDenied"
-    assert refused["message"].startswith("[permission_denied] uploading to the presigned URL failed with HTTP 403: ")
+def test_an_upload_the_store_refuses_is_an_error_naming_its_s3_code_and_files_nothing(report: Report,
+                                                                                      client: Client) -> None:
+    refused = one(report, "refused_upload")
+    assert (refused["code"], refused["reason"]) == ("PermissionDenied", "SignatureDoesNotMatch")
+    assert refused["message"].startswith("[permission_denied] the object store refused the upload with HTTP 403: "
+                                         "SignatureDoesNotMatch: ")
     listed = client.datasets.ListImages(dpb.ListImagesRequest(parent=refused["dataset"]))
     assert "tampered.png" not in {i.filename for i in listed.images}
+
+
+def test_a_page_posting_the_upload_form_itself_is_held_to_the_declared_size(report: Report, client: Client) -> None:
+    sent = one(report, "upload_form")
+    assert sent["fields"] == sorted(["key", "policy", "x-amz-algorithm", "x-amz-credential", "x-amz-date",
+                                     "x-amz-signature"])
+    assert sent["tooLarge"]["code"] == "InvalidArgument" and sent["tooLarge"]["reason"] == "EntityTooLarge"
+    assert sent["tooLarge"]["message"].startswith("[invalid_argument] the object store refused the upload with "
+                                                  "HTTP 400: EntityTooLarge: ")
+    image = client.datasets.GetImage(dpb.GetImageRequest(name=sent["image"]))
+    assert image.filename == "by-hand.png" and image.name.startswith(sent["dataset"] + "/images/")
 
 
 def test_a_webhook_delivery_verifies_with_its_endpoints_secret(report: Report, client: Client) -> None:

@@ -90,7 +90,7 @@ def test_key_style_alpha_dtype_and_metadata(make_dataset, fast_config, run_train
     assert metadata["ss_steps"] == "2" and metadata["ss_epoch"] == "1"
     assert json.loads(metadata["ss_tag_frequency"])["training"]["mytrigger"] == 4
     assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
-    assert metadata["modelspec.sai_model_spec"] == "1.0.0" and len(metadata["sshs_model_hash"]) == 64
+    assert metadata["modelspec.sai_model_spec"] == "1.0.1" and len(metadata["sshs_model_hash"]) == 64
     assert metadata["modelspec.prediction_type"] == "epsilon" and metadata["ss_v_parameterization"] == "False"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import socket
@@ -12,8 +14,10 @@ import safetensors.torch
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from services.trainer.engine.artifacts import LocalDirectoryWriter
 from services.trainer.engine.kohya_format import sdxl_unet_name_to_ldm
 from services.trainer.engine.model_store import ModelStore
+from services.trainer.engine.trainer import TrainingRun
 
 _TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
         "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2",
@@ -108,7 +112,8 @@ def _open_clip_text(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _import_and_compare(tmp_path: Path, model_store: ModelStore, tiny: str, checkpoint: dict[str, torch.Tensor],
-                        source: DiffusionPipeline, parts: tuple[str, ...]) -> None:
+                        source: DiffusionPipeline, parts: tuple[str, ...]) -> tuple[ModelStore, Path]:
+    """The store the checkpoint was imported into (as "my-tiny") and the checkpoint file."""
     file = tmp_path / f"{tiny}-single-file.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in checkpoint.items()}, file)
 
@@ -121,9 +126,11 @@ def _import_and_compare(tmp_path: Path, model_store: ModelStore, tiny: str, chec
         expected, actual = getattr(source, part).state_dict(), getattr(imported, part).state_dict()
         assert expected.keys() == actual.keys(), part
         assert all(torch.equal(expected[k], actual[k]) for k in expected), part
+    return store, file
 
 
-def test_sd15_single_file_imports_offline_and_loads_exactly(tmp_path, model_store, connections) -> None:
+def test_sd15_single_file_imports_offline_and_loads_exactly(tmp_path, model_store, connections, make_dataset,
+                                                            fast_config) -> None:
     source = StableDiffusionPipeline.from_pretrained(model_store.resolve("tiny-sd15").path, local_files_only=True)
     checkpoint = {
         **_unet_to_ldm(source.unet.state_dict(), source.unet.config),
@@ -131,8 +138,20 @@ def test_sd15_single_file_imports_offline_and_loads_exactly(tmp_path, model_stor
         # transformers 5's CLIPTextModel has no ``text_model`` level; ldm files do.
         **_prefixed("cond_stage_model.transformer.text_model.", source.text_encoder.state_dict()),
     }
-    _import_and_compare(tmp_path, model_store, "tiny-sd15", checkpoint, source, ("unet", "vae", "text_encoder"))
+    store, file = _import_and_compare(tmp_path, model_store, "tiny-sd15", checkpoint, source,
+                                      ("unet", "vae", "text_encoder"))
     assert connections == []
+
+    # A LoRA trained on it names the file by A1111's two checkpoint hashes, as kohya's does.
+    data = file.read_bytes()
+    assert len(data) > 0x110000  # the old hash's 64 KiB at 1 MiB lie inside the file
+    dataset = make_dataset(count=1)
+    writer = LocalDirectoryWriter(tmp_path / "out")
+    TrainingRun(fast_config(base_model="my-tiny"), dataset.snapshot, dataset.reader, writer, store=store).run(False)
+    lora = writer.read("epochs/1/lora.safetensors")
+    metadata = json.loads(lora[8 : 8 + int.from_bytes(lora[:8], "little")])["__metadata__"]
+    assert metadata["ss_sd_model_hash"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    assert metadata["ss_new_sd_model_hash"] == hashlib.sha256(data).hexdigest()
 
 
 def test_sdxl_single_file_imports_offline_and_loads_exactly(tmp_path, model_store, connections) -> None:

@@ -12,7 +12,7 @@ import grpc
 
 from kiln.errors import KilnError
 
-# Past the default 4 MiB: an upload chunk (3 MiB) plus its framing, a job with many epochs' previews.
+# Past the default 4 MiB: an upload chunk (4 MiB at most) plus its framing, a job with many epochs' previews.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Deadlines for calls made without `timeout=`, in seconds. Server streams that follow work as it
 # happens (watching a job, cropping, test generation, reading an artifact) have none: they last as

@@ -17,7 +17,7 @@ from kiln.errors import KilnError
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 
-# Under the service's 3 MiB per message.
+# Chunks well under UploadImage's limit of 4 MiB.
 CHUNK_BYTES = 1024 * 1024
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 # A kohya-style folder keeps each image's caption beside it (photo.png, photo.txt): read as its tags.
@@ -129,7 +129,8 @@ def upload_folder(stub: dataset_pb2_grpc.DatasetServiceStub, list_images: Callab
                   parent: str, folder: pathlib.Path, role: int, progress: bool) -> list[pb.Image]:
     """Uploads the folder's images the dataset lacks; returns those uploaded now."""
     images = folder_images(folder)
-    held = {image.sha256 for image in list_images(parent, role)}
+    # A file the service stored in another form (normalised, trimmed) is known by its upload's sha256.
+    held = {sha for image in list_images(parent, role) for sha in (image.sha256, image.upload_sha256) if sha}
     missing: list[LocalImage] = []
     for image in images:  # a file twice in the folder is uploaded once
         if image.sha256 not in held:

@@ -34,7 +34,7 @@ export interface KilnClientOptions {
   transport?: (options: KilnTransportOptions) => Transport;
   /** Interceptors of your own, run inside the client's (after the key is set). */
   interceptors?: Interceptor[];
-  /** The fetch for the default transport and for the presigned uploads (default `globalThis.fetch`). */
+  /** The fetch for the default transport and for the uploads' POSTs to the object store (default `globalThis.fetch`). */
   fetch?: typeof globalThis.fetch;
 }
 
@@ -45,7 +45,7 @@ export interface KilnClient {
   readonly trainer: Client<typeof TrainerService>;
   /** Webhook endpoints (their secrets, rotation), deliveries, replays and test events: see verifyWebhook. */
   readonly webhooks: Client<typeof WebhookService>;
-  /** Uploads one image to a dataset (`datasets/{id}`) through a presigned URL; returns it once filed. */
+  /** Uploads one image to a dataset (`datasets/{id}`) through a signed upload form; returns it once filed. */
   uploadImage(dataset: string, data: Uint8Array | Blob, filename: string, options?: UploadImageOptions): Promise<Image>;
   /** A job's events to the final one, reconnecting with the last seq when a connection drops. */
   watchJob(name: string, options?: WatchJobOptions): AsyncGenerator<TrainingEvent, void, undefined>;

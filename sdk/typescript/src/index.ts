@@ -2,6 +2,7 @@ export { bearerAuth, createKilnClient } from "./client.js";
 export type { KilnClient, KilnClientOptions, KilnTransportOptions } from "./client.js";
 export { KilnError, isTransient, kilnErrors, toKilnError } from "./errors.js";
 export type { FieldViolation, QuotaViolation } from "./errors.js";
+export { uploadError, uploadForm } from "./upload.js";
 export type { UploadImageOptions } from "./upload.js";
 export type { WatchJobOptions } from "./watch.js";
 export { Code, ConnectError } from "@connectrpc/connect";

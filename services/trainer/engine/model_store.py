@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .catalog import BASE_MODELS, BaseModelEntry, Family, base_model_entry
+from .checkpoint_hashes import FOLDER_HASHES, CheckpointHashes, hash_checkpoint
 from .errors import BaseModelUnavailable
 from .tiny_models import TINY_CONFIGS, ensure_tiny_model
 
@@ -28,6 +29,8 @@ _PIPELINE_CLASSES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusion
 class ResolvedModel:
     entry: BaseModelEntry
     path: Path
+    # The imported checkpoint's hashes; None for a model imported before they were recorded.
+    hashes: CheckpointHashes | None = None
 
 
 class ModelStore:
@@ -67,10 +70,12 @@ class ModelStore:
         if entry is None:
             raise BaseModelUnavailable(f"unknown base model {model_id!r}; known: {[e.id for e in self.entries()]}")
         if model_id in TINY_CONFIGS:
-            return ResolvedModel(entry, ensure_tiny_model(model_id, self.root / "builtin"))
+            return ResolvedModel(entry, ensure_tiny_model(model_id, self.root / "builtin"), FOLDER_HASHES)
         if not self.is_available(model_id):
             raise BaseModelUnavailable(missing_weights_message(entry, self.root))
-        return ResolvedModel(entry, self.root / model_id)
+        record = self._record(model_id) or {}
+        hashes = record.get("checkpoint_hashes")
+        return ResolvedModel(entry, self.root / model_id, CheckpointHashes.from_record(hashes) if hashes else None)
 
     def _record(self, model_id: str) -> dict | None:
         path = self.root / model_id / RECORD_FILE
@@ -98,15 +103,18 @@ class ModelStore:
         try:
             if source.is_dir():
                 _copy_diffusers_folder(source, staging, family)
+                hashes = FOLDER_HASHES
             else:
                 from .single_file import convert_single_file
 
                 convert_single_file(source, staging, family, Path(config_dir) if config_dir else None)
+                hashes = hash_checkpoint(source)
             record = {
                 "id": model_id,
                 "family": family,
                 "source": str(source),
                 "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "checkpoint_hashes": hashes.as_record(),
             }
             (staging / RECORD_FILE).write_text(json.dumps(record, indent=2))
             target = self.root / model_id

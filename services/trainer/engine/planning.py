@@ -22,6 +22,10 @@ def bucket_rules(config: TrainingConfig, resolution: tuple[int, int]) -> BucketR
     else:
         min_size = max(steps, min(resolution) // 2 // steps * steps)  # kohya's 256 at 512
     max_size = config.max_bucket_reso if config.max_bucket_reso is not None else max(resolution) * 2
+    # Bucket sides are whole steps, as kohya makes them: the smallest rounds down, the largest up.
+    if steps > 0:  # validation reports any other step
+        min_size -= min_size % steps
+        max_size += -max_size % steps
     return BucketRules(resolution, min_size, max_size, steps, config.bucket_no_upscale)
 
 

@@ -13,7 +13,6 @@ import contextlib
 import json
 import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from .estimate import TrainingEstimate, estimate_of
 from .images import LatentCache, PreparedImage, encode_latents, prepare_image
 from .kohya_format import SAVE_DTYPES, kohya_state_dict
 from .lora import NetworkShape, lora_config, text_encoder_targets, trainable_lora_parameters, unet_targets
-from .metadata import build_metadata, serialize_lora
+from .metadata import build_metadata, new_session_id, serialize_lora
 from .model_libraries import AttnProcessor, AttnProcessor2_0, get_scheduler
 from .model_store import ModelStore
 from .noise import all_snr, min_snr_weights, offset_noise, pyramid_noise, sample_timesteps
@@ -155,7 +154,9 @@ class TrainingRun:
         checkpoint = latest_checkpoint(self.writer) if resume else None
         self.seed = self._resolve_seed(checkpoint)
         self.device = training_device(config)
-        path = self.store.resolve(entry.id).path
+        resolved = self.store.resolve(entry.id)
+        path = resolved.path
+        self.base_model_hashes = resolved.hashes
         matches = self.loaded is not None and self.loaded.path == path
         model = self.loaded if matches else None
         self.loaded = None  # either way, the run holds one base model, not two
@@ -175,7 +176,7 @@ class TrainingRun:
             config.shuffle_caption, config.keep_tokens, config.caption_dropout_rate,
             config.caption_dropout_every_n_epochs, config.caption_tag_dropout_rate,
         )
-        self.session_id = uuid.uuid4().hex
+        self.session_id = new_session_id()
         self.started_at = time.time()
 
         start_epoch, step = 0, 0
@@ -414,15 +415,8 @@ class TrainingRun:
         self._emit(self.tracker.phase_event("saving", step, epoch, f"saving epoch {epoch}"))
         tensors = kohya_state_dict(self.model.family, self.model.unet, self.model.text_encoders,
                                    SAVE_DTYPES[config.save_precision])
-        metadata = build_metadata(
-            config=config, family=self.model.family, resolution=self.estimate.resolution, plan=self.plan,
-            seed=self.seed, epoch=epoch, step=step, total_steps=self.estimate.total_steps,
-            optimizer=self.optimizer, warmup_steps=self.estimate.warmup_steps, session_id=self.session_id,
-            started_at=self.started_at, base_model_name=self.entry.display_name,
-            prediction_type=self.model.prediction_type,
-        )
         key = ArtifactKeys.lora(epoch)
-        self.writer.write(key, serialize_lora(tensors, metadata))
+        self.writer.write(key, serialize_lora(tensors, self._metadata(epoch, step)))
         if config.preview.count > 0:
             self._emit(self.tracker.phase_event("sampling", step, epoch, f"rendering previews of epoch {epoch}"))
             self._write_previews(f"epochs/{epoch}")
@@ -440,20 +434,22 @@ class TrainingRun:
         })
         return key
 
+    def _metadata(self, epoch: int, step: int) -> dict[str, str]:
+        return build_metadata(
+            config=self.config, family=self.model.family, resolution=self.estimate.resolution, plan=self.plan,
+            snapshot=self.snapshot, seed=self.seed, epoch=epoch, step=step, total_steps=self.estimate.total_steps,
+            optimizer=self.optimizer, warmup_steps=self.estimate.warmup_steps, session_id=self.session_id,
+            started_at=self.started_at, base_model_name=self.entry.display_name,
+            base_model_hashes=self.base_model_hashes, prediction_type=self.model.prediction_type,
+        )
+
     def _act_on(self, control: str, epoch: int, step: int) -> None:
         """A user's control, between two steps (it changes nothing the run trains)."""
         if control == SAVE_NOW:
             self._emit(self.tracker.phase_event("saving", step, epoch, f"saving step {step} on request"))
             tensors = kohya_state_dict(self.model.family, self.model.unet, self.model.text_encoders,
                                        SAVE_DTYPES[self.config.save_precision])
-            metadata = build_metadata(
-                config=self.config, family=self.model.family, resolution=self.estimate.resolution, plan=self.plan,
-                seed=self.seed, epoch=epoch, step=step, total_steps=self.estimate.total_steps,
-                optimizer=self.optimizer, warmup_steps=self.estimate.warmup_steps, session_id=self.session_id,
-                started_at=self.started_at, base_model_name=self.entry.display_name,
-                prediction_type=self.model.prediction_type,
-            )
-            self.writer.write(ArtifactKeys.step_lora(step), serialize_lora(tensors, metadata))
+            self.writer.write(ArtifactKeys.step_lora(step), serialize_lora(tensors, self._metadata(epoch, step)))
         elif control == SAMPLE_NOW and self.config.preview.count > 0:
             self._emit(self.tracker.phase_event("sampling", step, epoch, f"rendering previews at step {step}"))
             self._write_previews(f"steps/{step}")

@@ -71,14 +71,16 @@ class DatasetService(Protocol):
     async def upload_image(self, request: AsyncIterator[UploadImageRequest], ctx: RequestContext[UploadImageRequest, Image], /) -> Image:
         """
         Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     async def create_image_upload(self, request: CreateImageUploadRequest, ctx: RequestContext[CreateImageUploadRequest, ImageUpload], /) -> ImageUpload:
         """
-        For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload.
+        For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -589,8 +591,9 @@ class DatasetServiceClient(ConnectClient):
     ) -> Image:
         """
         Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
         return await self.execute_client_stream(
             request=request,
@@ -613,7 +616,8 @@ class DatasetServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> ImageUpload:
         """
-        For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload.
+        For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
         """
         return await self.execute_unary(
             request=request,
@@ -1019,14 +1023,16 @@ class DatasetServiceSync(Protocol):
     def upload_image(self, request: Iterator[UploadImageRequest], ctx: RequestContext[UploadImageRequest, Image], /) -> Image:
         """
         Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     def create_image_upload(self, request: CreateImageUploadRequest, ctx: RequestContext[CreateImageUploadRequest, ImageUpload], /) -> ImageUpload:
         """
-        For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload.
+        For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1535,8 +1541,9 @@ class DatasetServiceClientSync(ConnectClientSync):
     ) -> Image:
         """
         Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
         return self.execute_client_stream(
             request=request,
@@ -1559,7 +1566,8 @@ class DatasetServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> ImageUpload:
         """
-        For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload.
+        For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
         """
         return self.execute_unary(
             request=request,

@@ -305,6 +305,7 @@ class Image(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    UPLOAD_SHA256_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
     CROP_FIELD_NUMBER: _builtins.int
@@ -322,12 +323,19 @@ class Image(_message.Message):
     role: Global___ImageRole.ValueType
     """Set by the upload's metadata."""
     filename: _builtins.str
-    """The file name the client gave, reduced to a safe base name."""
+    """The file name the upload gave (NFC-normalised, surrounding spaces removed)."""
     content_type: _builtins.str
     """`image/png` or `image/jpeg`."""
     sha256: _builtins.str
-    """Of the uploaded bytes."""
+    """Of the stored original (what reading the image serves), by which a dataset finds duplicates:
+    the upload less what follows the image's end and metadata over the limit, or its normalised PNG.
+    """
     size_bytes: _builtins.int
+    """Of the stored original."""
+    upload_sha256: _builtins.str
+    """Of the bytes as uploaded: differs from `sha256` when the stored original isn't the upload byte
+    for byte (see `warnings`). A client resuming a folder upload recognises its files by it.
+    """
     width: _builtins.int
     """After EXIF orientation."""
     height: _builtins.int
@@ -372,6 +380,7 @@ class Image(_message.Message):
         content_type: _builtins.str = ...,
         sha256: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
+        upload_sha256: _builtins.str = ...,
         width: _builtins.int = ...,
         height: _builtins.int = ...,
         crop: Global___Crop | None = ...,
@@ -387,7 +396,7 @@ class Image(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["auto_tagging", b"auto_tagging", "create_time", b"create_time", "crop", b"crop", "screening", b"screening", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_tagging", b"auto_tagging", "caption_edited", b"caption_edited", "content_type", b"content_type", "create_time", b"create_time", "crop", b"crop", "effective_repeat", b"effective_repeat", "filename", b"filename", "height", b"height", "name", b"name", "repeat", b"repeat", "role", b"role", "screening", b"screening", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags", "update_time", b"update_time", "warnings", b"warnings", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_tagging", b"auto_tagging", "caption_edited", b"caption_edited", "content_type", b"content_type", "create_time", b"create_time", "crop", b"crop", "effective_repeat", b"effective_repeat", "filename", b"filename", "height", b"height", "name", b"name", "repeat", b"repeat", "role", b"role", "screening", b"screening", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags", "update_time", b"update_time", "upload_sha256", b"upload_sha256", "warnings", b"warnings", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,8 +604,14 @@ class UploadImageMetadata(_message.Message):
     """`datasets/{dataset}`."""
     role: Global___ImageRole.ValueType
     filename: _builtins.str
+    """A file name, kept as a label (the content decides the format): a name
+    with directories (`/`, `\\`, a drive letter), control characters or over
+    255 bytes is refused (INVALID_ARGUMENT), never cut down.
+    """
     size_bytes: _builtins.int
-    """When set, the upload fails unless exactly this many bytes arrive."""
+    """0: not declared. Otherwise the upload fails unless exactly this many
+    bytes arrive (SIZE_MISMATCH); negative is refused (OUT_OF_RANGE).
+    """
     repeat: _builtins.int
     request_id: _builtins.str
     @_builtins.property
@@ -629,6 +644,7 @@ class UploadImageRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    """The next part of the file: a chunk of 4 MiB at most."""
     @_builtins.property
     def metadata(self) -> Global___UploadImageMetadata: ...
     def __init__(
@@ -662,8 +678,9 @@ class CreateImageUploadRequest(_message.Message):
     """`datasets/{dataset}`."""
     role: Global___ImageRole.ValueType
     filename: _builtins.str
+    """As UploadImageMetadata.filename: a name with directories is refused."""
     size_bytes: _builtins.int
-    """Declared size; the finalize call checks the stored object against it."""
+    """The file's exact size in bytes (1 or more): the upload form admits no other."""
     repeat: _builtins.int
     request_id: _builtins.str
     @_builtins.property
@@ -691,25 +708,61 @@ Global___CreateImageUploadRequest: _TypeAlias = CreateImageUploadRequest  # noqa
 class ImageUpload(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class UploadFieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     UPLOAD_URL_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    UPLOAD_FIELDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`datasets/{dataset}/uploads/{upload}`."""
     upload_url: _builtins.str
-    """PUT the bytes here before expire_time."""
+    """Where the bytes go, before expire_time: an HTTP POST of multipart/form-data
+    to this URL with every entry of `upload_fields` as a form field, then the
+    file itself as the last field, named `file`. (A PUT here is refused.) The
+    object store enforces what the form allows: a body of any other size than
+    the declared `size_bytes`, another object key, an altered field and a POST
+    after expire_time are refused with an S3 XML error (`<Code>`, `<Message>`);
+    success is `204 No Content`. The form may be sent again until it expires,
+    replacing the bytes, until FinalizeImageUpload files them.
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def upload_fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The form fields to POST to `upload_url`, as they are and before `file`:
+        the object key and the signed upload policy.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         upload_url: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        upload_fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "name", b"name", "upload_url", b"upload_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "name", b"name", "upload_fields", b"upload_fields", "upload_url", b"upload_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

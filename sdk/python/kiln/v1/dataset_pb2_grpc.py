@@ -207,15 +207,17 @@ class DatasetServiceServicer:
 
     def UploadImage(self, request_iterator, context):
         """Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateImageUpload(self, request, context):
-        """For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload.
+        """For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,11 +49,14 @@ class DatasetServiceStub:
     """Deletes the dataset, its images and snapshots."""
     UploadImage: _grpc.StreamUnaryMultiCallable[_dataset_pb2.UploadImageRequest, _dataset_pb2.Image]
     """Client stream: the first message carries the metadata, every later one a
-    chunk of at most 3 MiB. The image exists only once the stream completes
-    and the bytes are verified.
+    chunk of the file, 4 MiB at most (a larger chunk is refused:
+    INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+    completes and the bytes are verified.
     """
     CreateImageUpload: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.CreateImageUploadRequest, _dataset_pb2.ImageUpload]
-    """For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload."""
+    """For browsers, which can't send a client stream: a signed form to POST the
+    bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
+    """
     FinalizeImageUpload: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.FinalizeImageUploadRequest, _dataset_pb2.Image]
     GetImage: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.GetImageRequest, _dataset_pb2.Image]
     ListImages: _grpc.UnaryUnaryMultiCallable[_dataset_pb2.ListImagesRequest, _dataset_pb2.ListImagesResponse]
@@ -100,11 +103,14 @@ class DatasetServiceAsyncStub(DatasetServiceStub):
     """Deletes the dataset, its images and snapshots."""
     UploadImage: _aio.StreamUnaryMultiCallable[_dataset_pb2.UploadImageRequest, _dataset_pb2.Image]  # type: ignore[assignment]
     """Client stream: the first message carries the metadata, every later one a
-    chunk of at most 3 MiB. The image exists only once the stream completes
-    and the bytes are verified.
+    chunk of the file, 4 MiB at most (a larger chunk is refused:
+    INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+    completes and the bytes are verified.
     """
     CreateImageUpload: _aio.UnaryUnaryMultiCallable[_dataset_pb2.CreateImageUploadRequest, _dataset_pb2.ImageUpload]  # type: ignore[assignment]
-    """For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload."""
+    """For browsers, which can't send a client stream: a signed form to POST the
+    bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
+    """
     FinalizeImageUpload: _aio.UnaryUnaryMultiCallable[_dataset_pb2.FinalizeImageUploadRequest, _dataset_pb2.Image]  # type: ignore[assignment]
     GetImage: _aio.UnaryUnaryMultiCallable[_dataset_pb2.GetImageRequest, _dataset_pb2.Image]  # type: ignore[assignment]
     ListImages: _aio.UnaryUnaryMultiCallable[_dataset_pb2.ListImagesRequest, _dataset_pb2.ListImagesResponse]  # type: ignore[assignment]
@@ -184,8 +190,9 @@ class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dataset_pb2.Image, _abc.Awaitable[_dataset_pb2.Image]]:
         """Client stream: the first message carries the metadata, every later one a
-        chunk of at most 3 MiB. The image exists only once the stream completes
-        and the bytes are verified.
+        chunk of the file, 4 MiB at most (a larger chunk is refused:
+        INVALID_ARGUMENT, CHUNK_TOO_LARGE). The image exists only once the stream
+        completes and the bytes are verified.
         """
 
     @_abc_1.abstractmethod
@@ -194,7 +201,9 @@ class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dataset_pb2.CreateImageUploadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dataset_pb2.ImageUpload, _abc.Awaitable[_dataset_pb2.ImageUpload]]:
-        """For browsers: a presigned PUT URL to the object store, then FinalizeImageUpload."""
+        """For browsers, which can't send a client stream: a signed form to POST the
+        bytes straight to the object store (see ImageUpload), then FinalizeImageUpload.
+        """
 
     @_abc_1.abstractmethod
     def FinalizeImageUpload(

@@ -30,5 +30,8 @@ export const common = {
   "tabs.job": "Training steps",
   "tabs.progress": "Training",
   "tabs.test": "Test",
+  "units.hoursMinutes": "{h} h {m} min",
+  "units.minutesSeconds": "{m} min {s} s",
+  "units.seconds": "{s} s",
   "tabs.publish": "Publish",
 };

@@ -32,5 +32,8 @@ export const common: Record<keyof typeof en, string> = {
   "tabs.job": "训练步骤",
   "tabs.progress": "训练过程",
   "tabs.test": "模型测试",
+  "units.hoursMinutes": "{h} 小时 {m} 分",
+  "units.minutesSeconds": "{m} 分 {s} 秒",
+  "units.seconds": "{s} 秒",
   "tabs.publish": "发布/下载",
 };
