@@ -127,6 +127,7 @@ def test_a_waiting_job_shows_its_place_and_a_running_one_resumes_after_reload_an
     expect(sample.get_by_test_id("preview")).to_have_count(1)
     page.get_by_role("button", name="Save now").click()
     expect(page.get_by_test_id("saved-on-request")).to_have_count(1)
+    assert accessibility_violations(page) == []  # running: stats, chart, rows of previews, log
     page.get_by_role("button", name="Cancel training").click()
     page.get_by_test_id("confirm-dialog").get_by_role("button", name="Cancel training").click()
     expect(page.get_by_test_id("job-state")).to_have_attribute("data-state", "CANCELLED")
@@ -151,6 +152,7 @@ def test_a_job_streams_its_loss_and_each_epochs_previews_live(page: Page, api: C
     expect(page.get_by_test_id("job-state")).to_have_attribute("data-state", "QUEUED")
     expect(page.get_by_test_id("queue-position")).to_contain_text("in line")
     expect(page.get_by_test_id("no-epochs")).to_be_visible()
+    assert accessibility_violations(page) == []
     api.trainer.CancelTrainingJob(tpb.CancelTrainingJobRequest(name=blocker.name))
 
     expect(page.get_by_test_id("job-state")).to_have_attribute("data-state", "RUNNING")
