@@ -17,7 +17,7 @@ from services.common.bundled_data import samples_dir
 
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png"]
 TRIGGER = "flowtrigger"
-BY = "\N{MULTIPLICATION SIGN}"  # as the page writes sizes
+BY = " \N{MULTIPLICATION SIGN} "  # as the page writes sizes
 
 
 def _id(page: Page, kind: str) -> str:

@@ -127,7 +127,7 @@ def test_refused_files_are_listed_with_the_apis_reason(page: Page, api: Client, 
     refused_duplicate = page.get_by_test_id("upload").filter(has_text="astronaut-again.png")
     expect(refused_duplicate).to_have_attribute("data-stage", "refused")
     expect(refused_duplicate.get_by_test_id("upload-reason")).to_contain_text(
-        "identical bytes are already in this dataset")
+        "this image is already in this dataset")
     expect(page.get_by_test_id("upload").filter(has_text="coffee.png")).to_have_attribute("data-stage", "done")
     expect(page.get_by_test_id("upload-summary")).to_have_text("1 of 3 uploaded, 2 refused.")
     assert sorted(image.filename for image in api.list_images(dataset)) == ["astronaut.png", "coffee.png"]
