@@ -1,4 +1,4 @@
-"""The crop step (the seed's 2.3): a batch focus crop to one of the family's sizes with its progress,
+"""The crop step: a batch focus crop to one of the family's sizes with its progress,
 every box drawn over its image, a box moved by hand (pointer and keyboard) and saved as a MANUAL
 crop; the accessibility check."""
 

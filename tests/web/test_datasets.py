@@ -60,6 +60,14 @@ def test_a_refused_name_is_shown_on_its_field(page: Page):
     assert accessibility_violations(page) == []
 
 
+def test_a_malformed_address_still_opens_the_datasets_page(page: Page):
+    # A cut-off or mistyped link: an escape that can't be decoded, in the path and in the query.
+    page.goto("/#/datasets/%E0/images?from=%")
+    page.reload()
+    expect(page.get_by_role("heading", name="Datasets", level=1)).to_be_visible()
+    expect(page.get_by_role("button", name="Create dataset")).to_be_visible()
+
+
 def test_the_page_switches_to_chinese_and_back(page: Page):
     page.get_by_label("Language").select_option("zh")
     expect(page.get_by_role("heading", name="数据集", level=1)).to_be_visible()

@@ -1,4 +1,4 @@
-"""The seed's whole flow in the browser, as a new user goes through it, every step through the
+"""The whole training flow in the browser, as a new user goes through it, every step through the
 page alone: an empty dataset, uploads (one refused, with its reason), a focus crop, the tagger's
 tags and a trigger word, parameters (a violation shown on its field first), training watched live
 (the page reloaded mid-run resumes its stream), a test picture, and a published model. Each step

@@ -1,4 +1,4 @@
-"""The images step (the seed's 2.1-2.2): uploads from the picker and by drag and drop, straight to
+"""The images step: uploads from the picker and by drag and drop, straight to
 the object store with per-file progress; refusals with the API's reason; the regularization set;
 deleting one image and several; the accessibility check."""
 

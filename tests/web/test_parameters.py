@@ -1,5 +1,5 @@
-"""The parameters step (seed 4.1-4.3) and retraining (7): per-image repeat, basic mode's live
-estimate by the seed's formula, violations on their fields before submitting, pro mode's every
+"""The parameters step and retraining: per-image repeat, basic mode's live estimate (images x
+repeat x epochs steps), violations on their fields before submitting, pro mode's every
 parameter with its default, a submitted job with the values shown, a retrain prefilled from a job
 with what changed, both languages and the accessibility check."""
 
@@ -13,8 +13,8 @@ from playwright.sync_api import Page, expect
 
 from kiln import Client
 from kiln.v1 import trainer_pb2 as tpb
-from services.common.bundled_data import samples_dir
 from tests.web.browser import accessibility_violations, screenshot
+from tests.web.samples import dataset_of_samples
 
 # The preset the page picks on a stack with only the built-in models installed.
 DEMO = "presets/demo-tiny-sd15"
@@ -23,12 +23,7 @@ DEMO = "presets/demo-tiny-sd15"
 @pytest.fixture(scope="module")
 def dataset(api: Client) -> str:
     """Two tagged sample photos with a trigger word at the head (the demo preset keeps 1 token)."""
-    created = api.create_dataset("web parameters", "sd15")
-    for sample in ("astronaut.png", "chelsea.png"):
-        api.upload_file(created.name, samples_dir() / sample)
-    api.wait_for_tagging(created.name, progress=False)
-    api.add_tag(created.name, "kilnperson", head=True)
-    return created.name
+    return dataset_of_samples(api, "web parameters", ("astronaut.png", "chelsea.png"), head_tag="kilnperson")
 
 
 @pytest.fixture
@@ -51,7 +46,7 @@ def _demo_preset(api: Client) -> tpb.Preset:
     return api.trainer.GetPreset(tpb.GetPresetRequest(name=DEMO))
 
 
-def test_the_basic_estimate_follows_the_seed_formula_as_epochs_change(page: Page, api: Client, dataset: str):
+def test_the_basic_estimate_follows_the_step_formula_as_epochs_change(page: Page, api: Client, dataset: str):
     preset = _demo_preset(api)
     _open(page, dataset)
     expect(page.get_by_label("Model theme")).to_have_value(DEMO)
@@ -117,7 +112,7 @@ def test_pro_mode_shows_every_parameter_with_its_default(page: Page, api: Client
     for label in ("Network alpha", "Multires noise discount", "Multires noise iterations", "Conv dim",
                   "Conv alpha", "Seed", "Preview sampler"):
         expect(page.get_by_label(label, exact=True)).to_be_visible()
-    # Each has the seed's short explanation beside it.
+    # Each has a short explanation of what it does beside it.
     expect(page.locator("#param-noise_offset-help")).to_contain_text("below 0.2")
     # Every field of the API's configuration has its input (the base model has its own, above).
     every = [f.name for f in tpb.TrainingConfig.DESCRIPTOR.fields if f.name not in ("base_model", "preview")]

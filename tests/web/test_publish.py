@@ -1,4 +1,4 @@
-"""The publish page (the seed's step 7): each saved epoch with its previews; the chosen epoch's
+"""The publish page: each saved epoch with its previews; the chosen epoch's
 LoRA downloads as the file the API keeps; publishing with a name, description, trigger words and
 showcase previews makes the model the API lists; a taken name is refused on its field; the retrain
 link opens the parameters step with this job; both languages and the accessibility check."""

@@ -13,6 +13,7 @@ from playwright.sync_api import Locator, Page, Route, expect
 from kiln import Client
 from services.common.bundled_data import samples_dir
 from tests.web.browser import accessibility_violations, screenshot
+from tests.web.samples import dataset_of_samples
 
 
 def _captions(api: Client, dataset: str) -> dict[str, list[str]]:
@@ -30,11 +31,7 @@ def _chips(card: Locator) -> Locator:
 @pytest.fixture(scope="module")
 def tagged(api: Client) -> str:
     """A dataset of two sample photos, tagged by the stack's tagger."""
-    dataset = api.create_dataset("web tags", "sd15")
-    for sample in ("astronaut.png", "chelsea.png"):
-        api.upload_file(dataset.name, samples_dir() / sample)
-    api.wait_for_tagging(dataset.name, progress=False)
-    return dataset.name
+    return dataset_of_samples(api, "web tags", ("astronaut.png", "chelsea.png"))
 
 
 def _open(page: Page, dataset: str) -> None:

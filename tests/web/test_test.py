@@ -1,6 +1,7 @@
-"""The test page (the seed's step 6): pictures drawn with the chosen parameters appear as they
+"""The test page: pictures drawn with the chosen parameters appear as they
 finish, the comparison grid of epochs x strengths fills cell by cell, a refused prompt is shown on
-its field; both languages and the accessibility check."""
+its field, a seed that isn't a whole number is caught on its field before asking; both languages and
+the accessibility check."""
 
 from __future__ import annotations
 
@@ -76,3 +77,25 @@ def test_the_page_reads_in_both_languages_and_a_refused_prompt_is_shown_on_its_f
     page.get_by_role("button", name="Generate").click()
     expect(page.get_by_label("Prompt", exact=True)).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#test-prompt-errors")).to_contain_text("prompt")
+
+
+def test_an_empty_or_fractional_seed_is_shown_on_its_field(page: Page, api: Client):
+    job = finished_job(api)
+    page.goto(job_path(job, "test"))
+    seed = page.get_by_label("Seed")
+    for typed in ("", "1.5"):
+        seed.fill(typed)
+        page.get_by_role("button", name="Generate").click()
+        expect(seed).to_have_attribute("aria-invalid", "true")
+        expect(page.locator("#test-seed-errors li")).to_have_text("Enter a whole number, 0 or more.")
+    # Nothing was asked for, and the form still works once the seed is fixed.
+    expect(page.get_by_test_id("test-announcement")).to_have_text("")
+    seed.fill("5")
+    page.get_by_role("spinbutton", name="Steps", exact=True).fill("2")
+    page.get_by_test_id("test-width").fill("64")
+    page.get_by_test_id("test-height").fill("64")
+    page.get_by_role("button", name="Generate").click()
+    expect(seed).to_have_attribute("aria-invalid", "false")
+    expect(page.locator("#test-seed-errors li")).to_have_count(0)
+    expect(page.get_by_test_id("test-result")).to_have_count(1)
+    assert page.get_by_test_id("test-result").get_attribute("data-seed") == "5"

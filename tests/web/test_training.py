@@ -1,4 +1,4 @@
-"""The training page (the seed's step 5): the queue position while a job waits; its live loss chart,
+"""The training page: the queue position while a job waits; its live loss chart,
 progress and previews per epoch; sample now, save now and cancel; and the stream resuming after a
 reload or a lost network, with every event applied exactly once (the page's count and last seq
 against the job's own event log)."""

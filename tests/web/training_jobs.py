@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from kiln import Client
 from kiln.v1 import trainer_pb2 as tpb
-from services.common.bundled_data import samples_dir
+from tests.web import samples
 
 PRESET = "presets/demo-tiny-sd15"
 TRIGGER = "webtrigger"
@@ -24,13 +24,8 @@ def dataset_of_samples(api: Client) -> str:
     the trigger word at the head of every caption; made once per session."""
     key = api_key(api)
     if key not in _datasets:
-        dataset = api.create_dataset("Web training", "sd15")
-        photos = sorted(p for p in samples_dir().iterdir() if p.suffix in (".png", ".jpg"))[:_SAMPLES]
-        for photo in photos:
-            api.upload_file(dataset.name, photo)
-        api.wait_for_tagging(dataset.name, progress=False)
-        api.add_tag(dataset.name, TRIGGER, head=True)
-        _datasets[key] = dataset.name
+        photos = samples.first_samples(_SAMPLES)
+        _datasets[key] = samples.dataset_of_samples(api, "Web training", photos, head_tag=TRIGGER)
     return _datasets[key]
 
 

@@ -4,7 +4,7 @@
  * presigned URLs the API hands out, cached until shortly before they expire.
  */
 import type { Preview } from "@kiln/sdk";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { presignedCache } from "./presignedCache";
 import { kiln } from "./session.svelte";
 
 /** A preview as the pages show it: plain data, so it can be stored as JSON. */
@@ -29,22 +29,14 @@ export function previewView(preview: Preview): PreviewView {
   return { image: preview.image?.name ?? "", seed: String(preview.seed), thumbnail: thumbnailUrl(preview.thumbnail) };
 }
 
-// A URL is reused until a minute before it expires, so a page of pictures asks once per picture.
-const EXPIRY_MARGIN_MS = 60_000;
-const urls = new Map<string, { url: string; expires: number }>();
+const urls = presignedCache((name) => kiln().trainer.getArtifactUrl({ name }));
 
 /** A presigned URL for the artifact `name` (a picture or a LoRA file). */
-export async function artifactUrl(name: string): Promise<string> {
-  const cached = urls.get(name);
-  if (cached && cached.expires - EXPIRY_MARGIN_MS > Date.now()) return cached.url;
-  const answer = await kiln().trainer.getArtifactUrl({ name });
-  const expires = answer.expireTime ? timestampDate(answer.expireTime).getTime() : Date.now() + 5 * 60_000;
-  urls.set(name, { url: answer.url, expires });
-  return answer.url;
+export function artifactUrl(name: string): Promise<string> {
+  return urls.url(name);
 }
 
 /** How long until a URL fetched now for `name` should be fetched again, in ms. */
 export function urlLifetimeMs(name: string): number {
-  const cached = urls.get(name);
-  return cached ? Math.max(cached.expires - EXPIRY_MARGIN_MS - Date.now(), 10_000) : 10_000;
+  return urls.lifetimeMs(name);
 }

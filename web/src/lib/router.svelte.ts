@@ -17,12 +17,24 @@ export type Route =
 /** What follows `?` in the hash (`#/datasets/x/train?from=trainingJobs/y`), read only. */
 export type Query = Readonly<Record<string, string>>;
 
+/** `decodeURIComponent`, or null for a malformed escape (`%E0`), which would otherwise throw. */
+function decoded(text: string): string | null {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return null;
+  }
+}
+
+/** Reads an address; one that cannot be decoded (a mistyped or cut-off link) goes to the datasets, not to a blank page. */
 export function parse(hash: string): Route {
   const [path = "", search = ""] = hash.replace(/^#/, "").split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
-  const query: Query = Object.fromEntries(
-    search.split("&").filter(Boolean).map((pair) => pair.split("=").map(decodeURIComponent) as [string, string]),
-  );
+  const parts = path.split("/").filter(Boolean).map(decoded);
+  const pairs = search.split("&").filter(Boolean).map((pair) => pair.split("=").map(decoded));
+  if (parts.some((part) => part === null) || pairs.some((pair) => pair.some((part) => part === null))) {
+    return { page: "datasets" };
+  }
+  const query: Query = Object.fromEntries(pairs as [string, string][]);
   if (parts[0] === "datasets" && parts[1]) {
     const tab = DATASET_TABS.find((t) => t === parts[2]) ?? "images";
     return { page: "dataset", id: parts[1], tab, query };

@@ -1,5 +1,5 @@
 /**
- * Every parameter of a training configuration (the seed's pro mode), as the form shows it: the
+ * Every parameter of a training configuration (the parameters page's pro mode), as the form shows it: the
  * API's field name (kohya's, snake case, as violations name it: `training_job.config.unet_lr`),
  * what kind of input it takes and the group it sits in. Labels and help texts live in the
  * parameters dictionaries under `parameters.field.<name>` and `parameters.help.<name>`.
@@ -32,8 +32,8 @@ export const OPTIMIZERS = ["AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor",
 export const SAMPLERS = ["euler_a", "euler", "ddim", "pndm", "heun", "lms", "dpm2", "dpm2_a", "dpm++ 2m",
   "dpm++ 2m karras", "dpm++ 2m sde karras", "dpm++ sde karras", "unipc"] as const;
 
-// In the seed's order within each group (3.3 lists repeat, epoch, seed, the two learning rates,
-// scheduler, optimizer, dim, alpha, shuffle, keep tokens, noise offset, multires, conv).
+// In the order users know from the original page within each group: repeat, epoch, seed, the two
+// learning rates, scheduler, optimizer, dim, alpha, shuffle, keep tokens, noise offset, multires, conv.
 export const TRAINING_FIELDS = [
   { name: "repeat", kind: "int", group: "basics", min: 1 },
   { name: "epochs", kind: "int", group: "basics", min: 1 },

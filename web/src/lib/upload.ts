@@ -7,6 +7,7 @@
 import { Code, ConnectError, KilnError, uploadError, uploadForm } from "@kiln/sdk";
 import type { Image, ImageRole, ImageUpload } from "@kiln/sdk";
 import { requestId } from "./errors";
+import { t } from "./i18n.svelte";
 import { kiln } from "./session.svelte";
 
 /**
@@ -30,8 +31,8 @@ export function sendToStore(upload: ImageUpload, file: File, onProgress: (fracti
         reject(uploadError(request.status, request.responseText));
       }
     };
-    request.onerror = () => reject(new KilnError(new ConnectError("the object store could not be reached", Code.Unavailable)));
-    request.onabort = () => reject(new KilnError(new ConnectError("the upload was cancelled", Code.Canceled)));
+    request.onerror = () => reject(new KilnError(new ConnectError(t("images.storeUnreachable"), Code.Unavailable)));
+    request.onabort = () => reject(new KilnError(new ConnectError(t("images.uploadCancelled"), Code.Canceled)));
     signal?.addEventListener("abort", () => request.abort(), { once: true });
     request.send(uploadForm(upload, file, file.name));
   });
@@ -40,8 +41,8 @@ export function sendToStore(upload: ImageUpload, file: File, onProgress: (fracti
 export type UploadStage = "queued" | "sending" | "filing" | "done" | "refused";
 
 /**
- * One file on its way: declared, sent, filed. A retry of the same file reuses its request ids,
- * so a call whose answer was lost is applied once.
+ * One file on its way: declared, sent, filed. Nothing is retried here: a file that fails is shown
+ * as refused and the user adds it again, which is a new upload with new request ids.
  */
 export async function uploadOne(dataset: string, role: ImageRole, file: File,
   onStage: (stage: UploadStage, fraction: number) => void): Promise<Image> {

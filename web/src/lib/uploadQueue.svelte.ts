@@ -106,3 +106,13 @@ const queues: Record<string, UploadQueue> = {};
 export function uploadQueueFor(dataset: string): UploadQueue {
   return (queues[dataset] ??= new UploadQueue(dataset));
 }
+
+/** Drops the queue of a deleted dataset, so its files (and their memory) go with it. */
+export function forgetUploadQueue(dataset: string): void {
+  delete queues[dataset];
+}
+
+/** Drops every queue: after signing out, the next user must not see the last one's files. */
+export function forgetUploadQueues(): void {
+  for (const dataset of Object.keys(queues)) delete queues[dataset];
+}

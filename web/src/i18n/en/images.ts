@@ -28,4 +28,6 @@ export const images = {
   "images.confirmDeleteMany": "Delete {count} images? This can't be undone.",
   "images.deleted": "Deleted {count} image(s).",
   "images.empty": "No images in this set yet.",
+  "images.storeUnreachable": "the object store could not be reached",
+  "images.uploadCancelled": "the upload was cancelled",
 };

@@ -4,6 +4,7 @@ export const test = {
   "test.negativePrompt": "Negative prompt",
   "test.seed": "Seed",
   "test.seedHelp": "Picture k of a single test uses seed + k; a grid uses this seed in every cell.",
+  "test.seedInvalid": "Enter a whole number, 0 or more.",
   "test.sampler": "Sampler",
   "test.steps": "Steps",
   "test.cfg": "CFG scale",

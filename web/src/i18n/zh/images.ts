@@ -30,4 +30,6 @@ export const images: Record<keyof typeof en, string> = {
   "images.confirmDeleteMany": "删除 {count} 张图片？此操作无法撤销。",
   "images.deleted": "已删除 {count} 张图片。",
   "images.empty": "这个数据集还没有图片。",
+  "images.storeUnreachable": "无法连接到对象存储",
+  "images.uploadCancelled": "上传已取消",
 };

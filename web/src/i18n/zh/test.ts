@@ -6,6 +6,7 @@ export const test: Record<keyof typeof en, string> = {
   "test.negativePrompt": "负面提示词",
   "test.seed": "种子",
   "test.seedHelp": "单次测试的第 k 张图使用种子 + k；对比网格的每一格都使用这个种子。",
+  "test.seedInvalid": "请输入不小于 0 的整数。",
   "test.sampler": "采样算法",
   "test.steps": "采样步数",
   "test.cfg": "提示词引导系数 (CFG)",
