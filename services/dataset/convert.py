@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -37,7 +38,16 @@ def timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def dataset_message(row: Row[Any], counts: DatasetCounts) -> pb.Dataset:
+@dataclass(frozen=True, slots=True)
+class SetLimits:
+    """How many images each set of a dataset may hold (the service's settings), shown on every
+    Dataset so that a client states the limit the uploads are held to."""
+
+    training: int
+    regularization: int
+
+
+def dataset_message(row: Row[Any], counts: DatasetCounts, limits: SetLimits) -> pb.Dataset:
     return pb.Dataset(
         name=f"datasets/{row.id}",
         display_name=row.display_name,
@@ -49,6 +59,8 @@ def dataset_message(row: Row[Any], counts: DatasetCounts) -> pb.Dataset:
         total_repeated_images=counts.total_repeated,
         create_time=timestamp(row.create_time),
         update_time=timestamp(row.update_time),
+        max_training_images=limits.training,
+        max_regularization_images=limits.regularization,
     )
 
 

@@ -75,7 +75,7 @@ class DatasetRpcs(ServicerBase):
                 conn, sa.select(schema.datasets).where(d.tenant == tenant), d.create_time, d.id, request.page_token,
                 size, f"datasets:{tenant}")
             counts = records.dataset_counts(conn, rows)
-            return pb.ListDatasetsResponse(datasets=[dataset_message(r, counts[r.id]) for r in rows],
+            return pb.ListDatasetsResponse(datasets=[dataset_message(r, counts[r.id], self._set_limits) for r in rows],
                                            next_page_token=token)
 
         return await self._tx.run(read, read_only=True)

@@ -19,7 +19,7 @@ from services.common.pagination import PageTokens
 from services.common.transactions import Transactions
 from services.dataset import records
 from services.dataset.autotag import TaggingWorker
-from services.dataset.convert import dataset_message, image_message
+from services.dataset.convert import SetLimits, dataset_message, image_message
 from services.dataset.cropping import Detector
 from services.dataset.image_check import ImageLimits
 from services.dataset.settings import DatasetSettings
@@ -38,6 +38,7 @@ class ServicerBase:
         self._detector = detector
         self._image_pool = CpuPool(settings.image_workers, "dataset-img")
         self._limits = ImageLimits(settings.max_upload_bytes, settings.max_image_pixels, settings.min_image_side)
+        self._set_limits = SetLimits(settings.max_training_images, settings.max_regularization_images)
 
     def close(self) -> None:
         self._image_pool.close()
@@ -46,7 +47,7 @@ class ServicerBase:
         return await self._image_pool.run(fn, *args)
 
     def _dataset_message(self, conn: Connection, row: Row[Any]) -> pb.Dataset:
-        return dataset_message(row, records.dataset_counts(conn, [row])[row.id])
+        return dataset_message(row, records.dataset_counts(conn, [row])[row.id], self._set_limits)
 
     def _image_message(self, conn: Connection, tenant: str, dataset_id: str, image_id: str) -> pb.Image:
         dataset = records.get_dataset(conn, tenant, dataset_id)

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from kiln.v1 import dataset_pb2 as pb
 from services.common.internal_auth import TENANT_HEADER
+from services.common.settings import ObjectStoreSettings
+from services.dataset.settings import DatasetSettings
+from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
+
+# Limits of this module's service, unlike the defaults, so that a Dataset is seen to state them.
+TRAINING_LIMIT, REGULARIZATION_LIMIT = 7, 3
+
+
+@pytest.fixture(scope="module")
+def dataset_settings(s3_settings: ObjectStoreSettings, tmp_path_factory: pytest.TempPathFactory) -> DatasetSettings:
+    return make_settings(tmp_path_factory.mktemp("dataset"), s3_settings, max_training_images=TRAINING_LIMIT,
+                         max_regularization_images=REGULARIZATION_LIMIT)
 
 
 def test_create_get_update_delete(stub, store):
@@ -15,6 +28,8 @@ def test_create_get_update_delete(stub, store):
     assert created.name.startswith("datasets/") and created.display_name == "My character"
     assert (created.family, created.default_repeat, created.training_image_count) == (pb.MODEL_FAMILY_SDXL, 8, 0)
     assert stub.GetDataset(pb.GetDatasetRequest(name=created.name)) == created
+    # Every Dataset states how many images each set may hold, as the service is configured.
+    assert (created.max_training_images, created.max_regularization_images) == (TRAINING_LIMIT, REGULARIZATION_LIMIT)
     updated = stub.UpdateDataset(pb.UpdateDatasetRequest(
         dataset=pb.Dataset(name=created.name, display_name="Renamed", default_repeat=99, family=pb.MODEL_FAMILY_SD15),
         update_mask={"paths": ["display_name"]}))
@@ -51,6 +66,8 @@ def test_list_pages(stub):
     counts = [(listed[n].training_image_count, listed[n].regularization_image_count, listed[n].total_repeated_images)
               for n in made]
     assert counts == [(0, 0, 0), (2, 0, 8), (0, 0, 0), (0, 1, 0), (0, 0, 0)]
+    assert {(d.max_training_images, d.max_regularization_images) for d in listed.values()} == {
+        (TRAINING_LIMIT, REGULARIZATION_LIMIT)}
 
 
 def test_tenants_are_isolated(stub):

@@ -191,6 +191,8 @@ class Dataset(_message.Message):
     TOTAL_REPEATED_IMAGES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    MAX_TRAINING_IMAGES_FIELD_NUMBER: _builtins.int
+    MAX_REGULARIZATION_IMAGES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`datasets/{dataset}`."""
     display_name: _builtins.str
@@ -202,6 +204,12 @@ class Dataset(_message.Message):
     regularization_image_count: _builtins.int
     total_repeated_images: _builtins.int
     """Sum over training images of their effective repeat (images x repeats)."""
+    max_training_images: _builtins.int
+    """How many training images the dataset may hold (this deployment's limit); an upload past it is
+    refused with RESOURCE_EXHAUSTED.
+    """
+    max_regularization_images: _builtins.int
+    """How many regularization images it may hold; 0 when this deployment takes none."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -219,10 +227,12 @@ class Dataset(_message.Message):
         total_repeated_images: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        max_training_images: _builtins.int = ...,
+        max_regularization_images: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_repeat", b"default_repeat", "description", b"description", "display_name", b"display_name", "family", b"family", "name", b"name", "regularization_image_count", b"regularization_image_count", "total_repeated_images", b"total_repeated_images", "training_image_count", b"training_image_count", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_repeat", b"default_repeat", "description", b"description", "display_name", b"display_name", "family", b"family", "max_regularization_images", b"max_regularization_images", "max_training_images", b"max_training_images", "name", b"name", "regularization_image_count", b"regularization_image_count", "total_repeated_images", b"total_repeated_images", "training_image_count", b"training_image_count", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
