@@ -35,8 +35,8 @@ class GatewaySettings(CommonSettings):
     max_watch_streams_per_key: int = Field(default=20, ge=1)
     # The largest request message or HTTP request body (past it: RESOURCE_EXHAUSTED with a QuotaFailure), and
     # the largest image an upload may declare or stream, or a browser upload form be asked for. The gRPC
-    # transport takes messages up to the larger of the two (and 8 MiB) so these checks can answer; gRPC
-    # refuses a larger message itself, without details.
+    # transport takes messages up to the larger of max_request_bytes and 8 MiB (twice the largest upload
+    # chunk), so these checks can answer; gRPC refuses a larger message itself, unread and without details.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     # How often the keys' last use is written.
