@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,6 +178,13 @@ def _start_s3(stack: Stack, env: dict[str, str], deadline: float) -> str:
     return str(started["endpoint"])
 
 
+def _origin(endpoint: str) -> str:
+    """scheme://host:port of the store's endpoint (host:port, reached over plain HTTP unless it names
+    its scheme): the origin its presigned URLs have, which the workbench's policy must admit."""
+    parts = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _create_key(gateway_dir: pathlib.Path, tenant: str) -> str:
     """A first API key, written to the gateway's database as its `keys create` does."""
     from services.gateway.api_keys import create_key
@@ -254,7 +262,8 @@ def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, mo
         service(f"worker-{index + 1}", ["services.trainer.worker"], trainer_address=addresses["trainer"],
                 worker_id=f"local-{index + 1}", **{k.removeprefix("KILN_").lower(): v for k, v in worker_env.items()})
     gateway = service("gateway", ["services.gateway"], server__port=str(grpc_port), http__port=str(http_port),
-                      dataset_address=addresses["dataset"], trainer_address=addresses["trainer"])
+                      dataset_address=addresses["dataset"], trainer_address=addresses["trainer"],
+                      web_store_origins=json.dumps([_origin(s3_endpoint)]))
     for process in [*started, gateway]:
         _until(lambda address=addresses[process.name]: _serving(address), process, deadline)  # type: ignore[misc]
         report(f"  {process.name:8s} serving on {addresses[process.name]}")

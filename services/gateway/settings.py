@@ -4,6 +4,7 @@ KILN_TRAINER_ADDRESS, KILN_HTTP__PORT, KILN_CORS_ALLOWED_ORIGINS='["https://app.
 from __future__ import annotations
 
 import pathlib
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
@@ -47,6 +48,10 @@ class GatewaySettings(CommonSettings):
     # The web workbench's built files, served on every GET that is no API path. Empty: the build
     # beside this code (web/dist) when there is one; "off": no workbench.
     web_dir: str = ""
+    # The object store's public origins (scheme://host[:port], as its presigned URLs name it): the only
+    # origins besides its own that the workbench page may send uploads to and load images from. Empty:
+    # none, and the page's uploads and images from the store are refused by the browser.
+    web_store_origins: list[Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$")]] = []
 
     def web_root(self) -> pathlib.Path | None:
         if self.web_dir == "off":
