@@ -1,7 +1,7 @@
 """Verify uploaded bytes and bring them to the one form training reads.
 
-What is accepted is decided by content, never by file name: PNG and JPEG only
-(the seed's rule), fully decoded, within byte and pixel limits. Whatever the
+What is accepted is decided by content, never by file name: PNG and JPEG only,
+fully decoded, within byte and pixel limits. Whatever the
 bytes, the answer is an accepted image or a named rejection.
 
 What is stored is the image alone (stored_form.py: nothing after its end marker,
