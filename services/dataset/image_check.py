@@ -163,7 +163,8 @@ def _decode(trimmed: Trimmed, detected: str, limits: ImageLimits) -> _Decoded:
     with _decoding(detected):
         orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     has_profile = "icc_profile" in image.info
-    convert_with, profile_note = _profile_use(image.info["icc_profile"], image.mode) if has_profile else (None, None)
+    convert_with, profile_note = (_profile_use(image.info["icc_profile"], image.mode, detected) if has_profile
+                                  else (None, None))
     decoded = _Decoded(image, width, height, orientation=orientation,
                        bit_depth=data[24] if detected == "PNG" else 8, has_profile=has_profile,
                        profile_removable=trimmed.parsed,
@@ -180,7 +181,7 @@ def _decode(trimmed: Trimmed, detected: str, limits: ImageLimits) -> _Decoded:
     return decoded
 
 
-def _profile_use(icc: bytes | None, mode: str) -> tuple[Profile | None, str | None]:
+def _profile_use(icc: bytes | None, mode: str, detected: str) -> tuple[Profile | None, str | None]:
     """The profile to convert `mode` pixels with, or why none is."""
     profile = read_profile(icc) if icc else None
     if profile is None:
@@ -188,7 +189,9 @@ def _profile_use(icc: bytes | None, mode: str) -> tuple[Profile | None, str | No
     if profile.mode != _colour_family(mode):
         return None, (f"colour profile '{profile.description}' ({profile.mode}) does not fit the image's {mode} "
                       "pixels; ignored")
-    if is_srgb(profile):
+    with _decoding(detected):  # applies the file's profile to a probe
+        srgb = is_srgb(profile)
+    if srgb:
         return None, f"colour profile '{profile.description}' is sRGB; removed"
     return profile, None
 
