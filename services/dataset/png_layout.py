@@ -75,13 +75,14 @@ class _ChunkReader:
         # Framing counts too, so that no chunk is free however small.
         cost = end - start
         stream = {b"zTXt": _ztxt_stream, b"iTXt": _itxt_stream}.get(kind)
-        if stream is None or cost > self._budget.left:
+        offset = None if stream is None or cost > self._budget.left else stream(body)
+        if offset is None:  # not compressed, or dropped whatever it inflates to
             return Piece(start, end, needed=False, cost=cost)
         room = INFLATE_LIMIT - self._text_inflated
         if room <= 0:
             return Piece(start, end, needed=False, cost=self._budget.left + 1)
         limit = min(self._budget.left, room)
-        inflated = _inflated_size(body, stream(body), limit)
+        inflated = _inflated_size(body, offset, limit)
         self._text_inflated += inflated
         self.inflated += inflated
         # Cut short by the inflate limit rather than the budget: dropped all the same.
