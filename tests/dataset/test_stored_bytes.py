@@ -199,3 +199,12 @@ def test_16_bit_grey_is_scaled_without_arrays_of_floats():
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(checked.stored_bytes)).convert("L")), expected)
     # The file's samples (2 bytes a pixel) and one 4-byte working array; float64 arrays would be 8 each.
     assert peak < 8 * values.size, peak / values.size
+
+
+def test_jpeg_fill_bytes_before_a_marker_are_followed():
+    # Any number of 0xFF may pad a marker: they belong to its segment, kept or dropped with it.
+    jpeg = image_bytes(120, 90, fmt="JPEG", quality=90, seed=19)
+    within = with_jpeg_segments(jpeg, [b"\xff" * 10_000 + jpeg_segment(0xFE, b"padded")])
+    assert check_image(within, LIMITS).stored_bytes == within
+    beyond = with_jpeg_segments(jpeg, [b"\xff" * 100_000 + jpeg_segment(0xFE, b"padded")])
+    assert check_image(beyond, LIMITS).stored_bytes == jpeg
