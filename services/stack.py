@@ -27,7 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +178,13 @@ def _start_s3(stack: Stack, env: dict[str, str], deadline: float) -> str:
     return str(started["endpoint"])
 
 
+def _origin(endpoint: str) -> str:
+    """scheme://host:port of the store's endpoint (host:port, reached over plain HTTP unless it names
+    its scheme): the origin its presigned URLs have, which the workbench's policy must admit."""
+    parts = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _create_key(gateway_dir: pathlib.Path, tenant: str) -> str:
     """A first API key, written to the gateway's database as its `keys create` does."""
     from services.gateway.api_keys import create_key
@@ -207,7 +215,7 @@ def _check_free(port: int, flag: str) -> None:
 
 
 def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, models_dir: pathlib.Path | None,
-           worker_env: dict[str, str], report: Report) -> None:
+           worker_env: dict[str, str], service_env: Mapping[str, Mapping[str, str]], report: Report) -> None:
     _check_free(grpc_port, "--grpc-port")
     if http_port:
         _check_free(http_port, "--http-port")
@@ -232,9 +240,10 @@ def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, mo
                   ("gateway", grpc_port))}
 
     def service(name: str, module: list[str], **settings: str) -> ManagedProcess:
-        service_env = {**env, "KILN_DATA_DIR": str((stack.data_dir / name).resolve()),
-                       **{f"KILN_{key.upper()}": value for key, value in settings.items()}}
-        process = ManagedProcess(name, [sys.executable, "-m", *module], service_env, stack.logs_dir / f"{name}.log",
+        process_env = {**env, "KILN_DATA_DIR": str((stack.data_dir / name).resolve()),
+                       **{f"KILN_{key.upper()}": value for key, value in settings.items()},
+                       **service_env.get(name, {})}
+        process = ManagedProcess(name, [sys.executable, "-m", *module], process_env, stack.logs_dir / f"{name}.log",
                                  stack.on_exit)
         stack.processes.append(process)
         stack.guard_group(process.pid)
@@ -254,7 +263,8 @@ def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, mo
         service(f"worker-{index + 1}", ["services.trainer.worker"], trainer_address=addresses["trainer"],
                 worker_id=f"local-{index + 1}", **{k.removeprefix("KILN_").lower(): v for k, v in worker_env.items()})
     gateway = service("gateway", ["services.gateway"], server__port=str(grpc_port), http__port=str(http_port),
-                      dataset_address=addresses["dataset"], trainer_address=addresses["trainer"])
+                      dataset_address=addresses["dataset"], trainer_address=addresses["trainer"],
+                      web_store_origins=json.dumps([_origin(s3_endpoint)]))
     for process in [*started, gateway]:
         _until(lambda address=addresses[process.name]: _serving(address), process, deadline)  # type: ignore[misc]
         report(f"  {process.name:8s} serving on {addresses[process.name]}")
@@ -287,16 +297,20 @@ def _stop(stack: Stack, report: Report) -> None:
 @contextlib.contextmanager
 def running_stack(data_dir: pathlib.Path = DEFAULT_DATA_DIR, *, grpc_port: int = 0, http_port: int = 0,
                   workers: int = 1, models_dir: pathlib.Path | None = None,
-                  worker_env: dict[str, str] | None = None, report: Report = _quiet) -> Iterator[Stack]:
+                  worker_env: dict[str, str] | None = None,
+                  service_env: Mapping[str, Mapping[str, str]] | None = None,
+                  report: Report = _quiet) -> Iterator[Stack]:
     """The whole stack as processes, serving, until the block ends; then every process is stopped.
 
     Ports 0 are picked free. `models_dir`: the base-model store (default: the services' own,
-    ~/.cache/kiln/models). `worker_env`: extra KILN_ settings of the workers. `report` is told what
+    ~/.cache/kiln/models). `worker_env`: extra KILN_ settings of the workers; `service_env`: extra
+    KILN_ settings of a service by its name ("tagger", "dataset", "trainer", "gateway"), e.g. the
+    tagger's moderation policy, over the stack's own. `report` is told what
     happens, a line at a time. Call it from the thread that outlives the stack (the main thread):
     the processes are told to stop when the thread that started them ends."""
     stack = Stack(data_dir=data_dir)
     try:
-        _start(stack, grpc_port, http_port, workers, models_dir, worker_env or {}, report)
+        _start(stack, grpc_port, http_port, workers, models_dir, worker_env or {}, service_env or {}, report)
         yield stack
     finally:
         _stop(stack, report)

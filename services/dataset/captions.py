@@ -1,4 +1,4 @@
-"""Captions as ordered lists of tags (the seed's comma-separated tags).
+"""Captions as ordered lists of tags, written as comma-separated tags.
 
 A tag is one comma-separated chunk, so it can never contain a comma itself.
 Tags are compared after trimming and collapsing whitespace; a caption never

@@ -25,7 +25,7 @@ ROLE_FROM_DB = {v: k for k, v in ROLE_TO_DB.items()}
 CROP_MODE_TO_DB = {pb.CROP_MODE_FOCUS: "focus", pb.CROP_MODE_CENTER: "center", pb.CROP_MODE_MANUAL: "manual"}
 CROP_MODE_FROM_DB = {v: k for k, v in CROP_MODE_TO_DB.items()}
 
-# Crop sizes per family (the seed's 2.3; its "512x468" is a typo for 512x768).
+# Crop sizes per family: square, landscape and portrait at the family's training resolution.
 CROP_SIZES: dict[int, tuple[tuple[int, int], ...]] = {
     pb.MODEL_FAMILY_SD15: ((512, 512), (768, 512), (512, 768)),
     pb.MODEL_FAMILY_SDXL: ((1024, 1024), (768, 1024), (1024, 768)),

@@ -1,7 +1,7 @@
 """Verify uploaded bytes and bring them to the one form training reads.
 
-What is accepted is decided by content, never by file name: PNG and JPEG only
-(the seed's rule), fully decoded, within byte and pixel limits. Whatever the
+What is accepted is decided by content, never by file name: PNG and JPEG only,
+fully decoded, within byte and pixel limits. Whatever the
 bytes, the answer is an accepted image or a named rejection.
 
 What is stored is the image alone (stored_form.py: nothing after its end marker,
@@ -28,7 +28,7 @@ from PIL import Image, ImageCms, ImageOps
 from services.common.errors import ServiceError, invalid_field
 from services.dataset import jpeg_layout, png_layout
 from services.dataset.colour_profiles import Profile, is_srgb, read_profile, to_srgb
-from services.dataset.stored_form import Trimmed, trim, without_profile
+from services.dataset.stored_form import TooManyPieces, Trimmed, trim, without_profile
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +116,20 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
             "UNSUPPORTED_FORMAT",
             f"content is {detected}, not PNG or JPEG; only png/jpg/jpeg images are accepted (convert it first)",
         )
-    layout = _LAYOUTS[detected]
-    trimmed = trim(data, layout.parse(data))
-    with _decoding(detected):
-        decoded = _decode(trimmed, detected, limits)
-        return _normalise(decoded, trimmed, detected)
+    piece_name = "chunk" if detected == "PNG" else "segment"
+    try:
+        layout = _LAYOUTS[detected].parse(data)
+    except TooManyPieces as exc:
+        raise _reject("CORRUPT_IMAGE", f"the {detected} file has too many {piece_name}s ({exc}); "
+                      "no encoder writes so many") from exc
+    trimmed = trim(data, layout)
+    return _normalise(_decode(trimmed, detected, limits), trimmed, detected)
 
 
 @contextlib.contextmanager
 def _decoding(detected: str) -> Iterator[None]:
-    """Whatever the decoder makes of the bytes ends as a named rejection."""
+    """Whatever the decoder makes of the bytes ends as a named rejection. Only calls into Pillow run
+    under it: what it catches from Kiln's own code would hide a fault as the uploader's."""
     try:
         with warnings.catch_warnings():
             # Pillow only warns below twice its own bomb limit; we want a hard stop at ours.
@@ -145,31 +149,39 @@ def _decoding(detected: str) -> Iterator[None]:
 
 def _decode(trimmed: Trimmed, detected: str, limits: ImageLimits) -> _Decoded:
     data = trimmed.data
-    image = Image.open(io.BytesIO(data), formats=[detected])
+    with _decoding(detected):
+        image = Image.open(io.BytesIO(data), formats=[detected])
     width, height = image.size
     _check_dimensions(width, height, limits)
     if detected == "PNG":
-        image.verify()  # chunk CRCs and structure, before spending time on inflate
-        image = Image.open(io.BytesIO(data), formats=[detected])
-        if getattr(image, "is_animated", False):
+        with _decoding(detected):
+            image.verify()  # chunk CRCs and structure, before spending time on inflate
+            image = Image.open(io.BytesIO(data), formats=[detected])
+            animated = getattr(image, "is_animated", False)
+        if animated:
             raise _reject("ANIMATED_IMAGE", "animated PNGs are not accepted: upload a single frame")
+    with _decoding(detected):
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     has_profile = "icc_profile" in image.info
-    convert_with, profile_note = _profile_use(image.info["icc_profile"], image.mode) if has_profile else (None, None)
-    decoded = _Decoded(image, width, height, orientation=image.getexif().get(EXIF_ORIENTATION, 1),
+    convert_with, profile_note = (_profile_use(image.info["icc_profile"], image.mode, detected) if has_profile
+                                  else (None, None))
+    decoded = _Decoded(image, width, height, orientation=orientation,
                        bit_depth=data[24] if detected == "PNG" else 8, has_profile=has_profile,
                        profile_removable=trimmed.parsed,
                        convert_with=convert_with, profile_note=profile_note)
-    if detected == "JPEG" and not _needs_rewrite(decoded):
-        # The bytes will be kept as they are, so no pixels are needed at all.
-        # At 1/8 scale libjpeg still entropy-decodes every block (truncated or
-        # corrupt data fails exactly as in a full decode); only the inverse DCT
-        # is skipped, which makes verification several times cheaper.
-        image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-    image.load()
+    # The bytes will be kept as they are, so no pixels are needed at all.
+    # At 1/8 scale libjpeg still entropy-decodes every block (truncated or
+    # corrupt data fails exactly as in a full decode); only the inverse DCT
+    # is skipped, which makes verification several times cheaper.
+    kept_as_is = detected == "JPEG" and not _needs_rewrite(decoded)
+    with _decoding(detected):
+        if kept_as_is:
+            image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+        image.load()
     return decoded
 
 
-def _profile_use(icc: bytes | None, mode: str) -> tuple[Profile | None, str | None]:
+def _profile_use(icc: bytes | None, mode: str, detected: str) -> tuple[Profile | None, str | None]:
     """The profile to convert `mode` pixels with, or why none is."""
     profile = read_profile(icc) if icc else None
     if profile is None:
@@ -177,7 +189,9 @@ def _profile_use(icc: bytes | None, mode: str) -> tuple[Profile | None, str | No
     if profile.mode != _colour_family(mode):
         return None, (f"colour profile '{profile.description}' ({profile.mode}) does not fit the image's {mode} "
                       "pixels; ignored")
-    if is_srgb(profile):
+    with _decoding(detected):  # applies the file's profile to a probe
+        srgb = is_srgb(profile)
+    if srgb:
         return None, f"colour profile '{profile.description}' is sRGB; removed"
     return profile, None
 
@@ -221,9 +235,10 @@ def _normalise(decoded: _Decoded, trimmed: Trimmed, detected: str) -> CheckedIma
         return CheckedImage(content_type, decoded.width, decoded.height, stored, notes)
     image = decoded.image
     if decoded.orientation in _TURNS:
-        image = ImageOps.exif_transpose(image)
+        with _decoding(detected):
+            image = ImageOps.exif_transpose(image)
         notes.append(f"EXIF orientation {decoded.orientation} applied")
-    rgb = _in_srgb(_flattened(image, decoded.bit_depth, notes), decoded.convert_with, notes)
+    rgb = _in_srgb(_flattened(image, decoded.bit_depth, notes), decoded.convert_with, notes, detected)
     rgb.info = {}  # nothing of the file's metadata (a profile above all) goes into the rewritten one
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG", compress_level=6)
@@ -240,9 +255,15 @@ def _flattened(image: Image.Image, bit_depth: int, notes: list[str]) -> Image.Im
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # The file's bit depth is the scale: a dark 16-bit image is not an 8-bit one.
         notes.append(f"{bit_depth}-bit greyscale scaled to 8 bits")
-        top = float(2 ** bit_depth - 1)
-        values = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        # Integers, in place: rounds as v * 255 / top + 0.5 would, with one 4-byte array rather than
+        # several 8-byte ones (a 64-megapixel image would otherwise take gigabytes).
+        top = 2 ** bit_depth - 1
+        scaled = np.asarray(image).astype(np.uint32)
+        np.minimum(scaled, top, out=scaled)
+        scaled *= 255
+        scaled += top // 2
+        scaled //= top
+        return Image.fromarray(scaled.astype(np.uint8), "L")
     if mode == "P":
         image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
         notes.append("palette colours expanded to RGB")
@@ -263,10 +284,11 @@ def _flattened(image: Image.Image, bit_depth: int, notes: list[str]) -> Image.Im
     return image.convert("RGB")
 
 
-def _in_srgb(image: Image.Image, profile: Profile | None, notes: list[str]) -> Image.Image:
+def _in_srgb(image: Image.Image, profile: Profile | None, notes: list[str], detected: str) -> Image.Image:
     if profile is not None and image.mode == profile.mode:
         notes.append(f"colour profile '{profile.description}' converted to sRGB")
-        return to_srgb(image, profile)
+        with _decoding(detected):
+            return to_srgb(image, profile)
     if image.mode == "CMYK":
         notes.append("CMYK converted to RGB")
     return image.convert("RGB")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import struct
 
-from services.dataset.stored_form import Layout, Piece
+from services.dataset.stored_form import Layout, Piece, Pieces
 
 _SOI, _EOI, _SOS, _COM = 0xD8, 0xD9, 0xDA, 0xFE
 _APP0, _APP1, _APP2, _APP14, _APP15 = 0xE0, 0xE1, 0xE2, 0xEE, 0xEF
@@ -13,13 +13,15 @@ _APP0, _APP1, _APP2, _APP14, _APP15 = 0xE0, 0xE1, 0xE2, 0xEE, 0xEF
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
 # Where entropy-coded data ends: a 0xFF that is neither a stuffed zero, a restart marker nor fill.
 _SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_FILL = re.compile(rb"\xff+")
 
 
 def parse(data: bytes) -> Layout | None:
-    """The segments up to and including EOI, or None when the file doesn't follow the format that far."""
+    """The segments up to and including EOI, or None when the file doesn't follow the format that far.
+    Raises TooManyPieces past stored_form.MAX_PIECES."""
     if not data.startswith(b"\xff\xd8"):
         return None
-    pieces: list[Piece] = []
+    pieces = Pieces()
     seen_exif = False
     at = 2
     while at < len(data):
@@ -28,20 +30,20 @@ def parse(data: bytes) -> Layout | None:
             marker_at = data.find(b"\xff", at)
             if marker_at < 0:
                 return None
-            pieces.append(Piece(at, marker_at, needed=False, cost=marker_at - at))
+            pieces.add(Piece(at, marker_at, needed=False, cost=marker_at - at))
             at = marker_at
             continue
-        marker_at = at
-        while marker_at + 1 < len(data) and data[marker_at + 1] == 0xFF:
-            marker_at += 1  # fill bytes
+        fill = _FILL.match(data, at)
+        # Past the fill bytes, found at C speed however many there are.
+        marker_at = fill.end() - 1 if fill else at
         if marker_at + 1 >= len(data):
             return None
         marker = data[marker_at + 1]
         if marker == _EOI:
-            pieces.append(Piece(at, marker_at + 2, needed=True, cost=0))
+            pieces.add(Piece(at, marker_at + 2, needed=True, cost=0))
             return Layout(2, pieces, marker_at + 2)
         if marker in _STANDALONE:
-            pieces.append(Piece(at, marker_at + 2, needed=True, cost=0))
+            pieces.add(Piece(at, marker_at + 2, needed=True, cost=0))
             at = marker_at + 2
             continue
         if marker in (0x00, _SOI) or marker_at + 4 > len(data):
@@ -54,12 +56,12 @@ def parse(data: bytes) -> Layout | None:
             scan_end = _SCAN_END.search(data, end)
             if scan_end is None:
                 return None
-            pieces.append(Piece(at, scan_end.start(), needed=True, cost=0))
+            pieces.add(Piece(at, scan_end.start(), needed=True, cost=0))
             at = scan_end.start()
             continue
         body = data[marker_at + 4:min(end, marker_at + 4 + 32)]
         exif = marker == _APP1 and body.startswith(b"Exif\0\0")
-        pieces.append(_piece(marker, body, at, end, first_exif=exif and not seen_exif))
+        pieces.add(_piece(marker, body, at, end, first_exif=exif and not seen_exif))
         seen_exif = seen_exif or exif
         at = end
     return None

@@ -13,7 +13,7 @@ class DatasetSettings(CommonSettings):
 
     # Default: a SQLite file under data_dir. PostgreSQL: postgresql://user:pass@host/db
     dataset_database_url: str = ""
-    # The seed's limit: at most 1000 training images per training.
+    # At most 1000 training images per training unless configured otherwise.
     max_training_images: int = Field(default=1000, ge=1)
     max_regularization_images: int = Field(default=1000, ge=0)
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1)

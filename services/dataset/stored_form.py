@@ -15,9 +15,16 @@ from dataclasses import dataclass
 
 # Enough for a camera's EXIF (itself at most 64 KiB) or a generator's prompt and settings.
 METADATA_LIMIT = 64 * 1024
+# More pieces than any encoder writes (libpng cuts pixel data into 8 KiB chunks: about 6,400 in a 50 MiB
+# PNG). Following more would cost time and memory for every few bytes of the file, so such a file is refused.
+MAX_PIECES = 65536
 
 
-@dataclass(frozen=True)
+class TooManyPieces(Exception):
+    """The file is cut into more than MAX_PIECES pieces."""
+
+
+@dataclass(frozen=True, slots=True)
 class Piece:
     start: int
     end: int
@@ -27,7 +34,8 @@ class Piece:
     cost: int
     # Carries a colour profile.
     profile: bool = False
-    # Describes what is never stored (the images after a JPEG's end): dropped whatever its size.
+    # Dropped whatever its size: it describes what is never stored (the images after a JPEG's end), or
+    # repeats what a file says once (a second colour profile or EXIF block, which decoders may not read).
     stale: bool = False
 
 
@@ -38,6 +46,32 @@ class Layout:
     head: int
     pieces: list[Piece]
     end: int
+    # Bytes inflated to learn what compressed metadata costs.
+    inflated: int = 0
+
+
+class Pieces(list[Piece]):
+    """The pieces found so far, refusing to grow past MAX_PIECES."""
+
+    def add(self, piece: Piece) -> None:
+        if len(self) >= MAX_PIECES:
+            raise TooManyPieces(f"more than {MAX_PIECES} pieces")
+        self.append(piece)
+
+
+class MetadataBudget:
+    """Which pieces are kept, in file order: all that the pixels need, and others while they fit."""
+
+    def __init__(self) -> None:
+        self.left = METADATA_LIMIT
+
+    def keeps(self, piece: Piece) -> bool:
+        if piece.needed:
+            return True
+        if piece.stale or piece.cost > self.left:
+            return False
+        self.left -= piece.cost
+        return True
 
 
 @dataclass(frozen=True)
@@ -65,11 +99,10 @@ def trim(data: bytes, layout: Layout | None) -> Trimmed:
     if layout is None:
         return Trimmed(data, parsed=False)
     kept: list[Piece] = []
-    budget = METADATA_LIMIT
+    budget = MetadataBudget()
     dropped = dropped_bytes = 0
     for piece in layout.pieces:
-        if piece.needed or (piece.cost <= budget and not piece.stale):
-            budget -= 0 if piece.needed else piece.cost
+        if budget.keeps(piece):
             kept.append(piece)
         else:
             dropped += 1

@@ -38,10 +38,12 @@ class RequestSizes:
 
     @property
     def largest_message_bytes(self) -> int:
-        """The transport's ceiling for the gateway's server, above every size these checks answer
-        themselves (an oversize chunk, a request over max_request_bytes), so that gRPC's own refusal,
-        which carries no details, only meets a message larger than a whole upload."""
-        return max(MAX_MESSAGE_BYTES, self.max_request_bytes, self.max_upload_bytes) + _FRAMING_BYTES
+        """The transport's ceiling for the gateway's server: room for the largest request these checks
+        admit and for a chunk up to twice the largest one, so that an oversize chunk or request still
+        gets an answer that names the limit. An upload's whole size is no message's size (it streams in
+        chunks), so it plays no part; gRPC refuses a larger message itself (RESOURCE_EXHAUSTED without
+        details) before reading it, which keeps every method's memory per message small."""
+        return max(MAX_MESSAGE_BYTES, 2 * MAX_UPLOAD_CHUNK_BYTES, self.max_request_bytes) + _FRAMING_BYTES
 
     def check_request(self, method: str, raw: bytes) -> None:
         """One request message, as it came (raises a ServiceError past a limit)."""
@@ -96,10 +98,13 @@ class RequestSizes:
 
 
 def _chunk_size(raw: bytes) -> int:
-    """How many file bytes a serialized chunk message carries, read from its framing (the bytes
-    themselves are not copied); 0 for anything else, which the dataset service refuses."""
-    if not raw or raw[0] != _CHUNK_TAG:
+    """How many file bytes a serialized chunk message carries at most, read from its framing (the
+    bytes themselves are not copied). Fields may come in any order: a message that does not start
+    with the chunk counts its whole length, an upper bound that never lets a chunk pass uncounted."""
+    if not raw:
         return 0
+    if raw[0] != _CHUNK_TAG:
+        return len(raw)
     end = 1
     while end < len(raw) and raw[end] & 0x80:  # the length varint's continuation bytes
         end += 1

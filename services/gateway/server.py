@@ -39,7 +39,7 @@ from services.gateway.relay import relay_handler
 from services.gateway.request_sizes import RequestSizes
 from services.gateway.settings import GatewaySettings
 from services.gateway.upstream import Upstream
-from services.gateway.web_files import load_web_files, web_files_app
+from services.gateway.web_files import content_security_policy, load_web_files, web_files_app
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_gateway"
@@ -82,7 +82,8 @@ class GatewayComponents:
         streamed_requests = {f"/{service.full_name}/{method.name}" for service, _ in PUBLIC_SERVICES
                              for method in service.methods if method.client_streaming}
         web_root = self.settings.web_root()
-        web = web_files_app(load_web_files(web_root)) if web_root is not None else None
+        web = (web_files_app(load_web_files(web_root), content_security_policy(self.settings.web_store_origins))
+               if web_root is not None else None)
         app = gateway_http_app(services, streamed_requests, self.settings.max_request_bytes, serving, web)
         return with_cors(app, CorsPolicy(self.settings.cors_allowed_origins))
 

@@ -4,6 +4,7 @@ KILN_TRAINER_ADDRESS, KILN_HTTP__PORT, KILN_CORS_ALLOWED_ORIGINS='["https://app.
 from __future__ import annotations
 
 import pathlib
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
@@ -35,8 +36,8 @@ class GatewaySettings(CommonSettings):
     max_watch_streams_per_key: int = Field(default=20, ge=1)
     # The largest request message or HTTP request body (past it: RESOURCE_EXHAUSTED with a QuotaFailure), and
     # the largest image an upload may declare or stream, or a browser upload form be asked for. The gRPC
-    # transport takes messages up to the larger of the two (and 8 MiB) so these checks can answer; gRPC
-    # refuses a larger message itself, without details.
+    # transport takes messages up to the larger of max_request_bytes and 8 MiB (twice the largest upload
+    # chunk), so these checks can answer; gRPC refuses a larger message itself, unread and without details.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     # How often the keys' last use is written.
@@ -47,6 +48,10 @@ class GatewaySettings(CommonSettings):
     # The web workbench's built files, served on every GET that is no API path. Empty: the build
     # beside this code (web/dist) when there is one; "off": no workbench.
     web_dir: str = ""
+    # The object store's public origins (scheme://host[:port], as its presigned URLs name it): the only
+    # origins besides its own that the workbench page may send uploads to and load images from. Empty:
+    # none, and the page's uploads and images from the store are refused by the browser.
+    web_store_origins: list[Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$")]] = []
 
     def web_root(self) -> pathlib.Path | None:
         if self.web_dir == "off":

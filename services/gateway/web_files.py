@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import pathlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.common.errors import ConfigurationError
@@ -19,14 +20,18 @@ from services.gateway.asgi import ASGIApp, Receive, Scope, Send
 INDEX = "index.html"
 # Vite names every asset by its content's hash: a path never changes what it serves.
 IMMUTABLE_PREFIX = "assets/"
-# The page talks to the gateway (same origin) and to the object store (presigned URLs, another
-# origin), and shows images from the store: those are the only origins it may reach.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' blob: data: http: https:; "
-    "connect-src 'self' http: https:; frame-ancestors 'none'; base-uri 'self'; form-action 'none'"
-)
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml",
           ".json": "application/json", ".png": "image/png", ".ico": "image/x-icon", ".woff2": "font/woff2"}
+
+
+def content_security_policy(store_origins: Sequence[str]) -> str:
+    """The page's policy: it talks to the gateway (its own origin) and to the object store (presigned
+    uploads and downloads, on the store's own origins), and shows images from the store; it may reach
+    nothing else. With no store origins named, only its own origin."""
+    store = "".join(f" {origin}" for origin in store_origins)
+    return (f"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            f"img-src 'self' blob: data:{store}; connect-src 'self'{store}; frame-ancestors 'none'; "
+            "base-uri 'self'; form-action 'none'")
 
 
 @dataclass(frozen=True)
@@ -61,31 +66,41 @@ def load_web_files(root: pathlib.Path) -> dict[str, WebFile]:
     return files
 
 
-def web_files_app(files: dict[str, WebFile]) -> ASGIApp:
+def web_files_app(files: dict[str, WebFile], policy: str) -> ASGIApp:
     """GET and HEAD of the workbench (the caller routes only those here): a known file, or the index
     for any path that names none (a missing asset under assets/ is a 404, so a stale page fails
-    loudly instead of parsing HTML as script)."""
+    loudly instead of parsing HTML as script). `policy`: the page's Content Security Policy."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        head = scope["method"] == "HEAD"
         relative = scope["path"].lstrip("/")
         found = files.get(relative)
         if found is None:
             if relative.startswith(IMMUTABLE_PREFIX):
-                await _send(send, 404, b"text/plain; charset=utf-8", b"no such file\n")
+                missing = b"no such file\n"
+                await _send(send, 404, b"text/plain; charset=utf-8", b"" if head else missing,
+                            [(b"content-length", str(len(missing)).encode())])
                 return
             found = files[INDEX]
         headers = [(b"etag", found.etag), (b"cache-control", found.cache_control),
                    (b"x-content-type-options", b"nosniff")]
         if found.content_type.startswith("text/html"):
-            headers += [(b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
-                        (b"referrer-policy", b"no-referrer")]
-        if _header(scope, b"if-none-match") == found.etag:
+            headers += [(b"content-security-policy", policy.encode()), (b"referrer-policy", b"no-referrer")]
+        if _unchanged(_header(scope, b"if-none-match"), found.etag):
             await _send(send, 304, None, b"", headers)
             return
-        await _send(send, 200, found.content_type.encode(), b"" if scope["method"] == "HEAD" else found.body,
+        await _send(send, 200, found.content_type.encode(), b"" if head else found.body,
                     [*headers, (b"content-length", str(len(found.body)).encode())])
 
     return app
+
+
+def _unchanged(if_none_match: bytes | None, etag: bytes) -> bool:
+    """If-None-Match's weak comparison: `*`, or any tag of its list equal to ours once W/ is set aside."""
+    if if_none_match is None:
+        return False
+    tags = [tag.strip().removeprefix(b"W/") for tag in if_none_match.split(b",")]
+    return b"*" in tags or etag in tags
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

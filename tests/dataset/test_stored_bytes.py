@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import os
-import time
 import tracemalloc
 import zlib
 
@@ -18,6 +17,7 @@ from PIL import Image
 
 from kiln.v1 import dataset_pb2 as pb
 from services.dataset.image_check import ImageLimits, check_image
+from services.dataset.stored_form import METADATA_LIMIT
 from tests.dataset.helpers import failure, image_bytes, new_dataset, upload
 from tests.dataset.image_files import (
     jpeg_segment,
@@ -129,14 +129,12 @@ def test_a_text_chunk_bomb_is_harmless():
     png = image_bytes(120, 90, seed=15)
     tracemalloc.start()
     try:
-        started = time.monotonic()
         checked = check_image(with_png_chunks(png, [bomb]), LIMITS)
-        elapsed = time.monotonic() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert checked.stored_bytes == png
-    assert peak < 16 * 1024 * 1024 and elapsed < 5, (peak, elapsed)
+    assert peak < 16 * 1024 * 1024, peak
 
 
 def test_a_16_bit_png_and_its_8_bit_twin_are_one_image(stub):
@@ -169,3 +167,44 @@ def image_bytes_16(values: np.ndarray) -> bytes:
     header = np.array([width, height], ">u4").tobytes() + bytes([16, 2, 0, 0, 0])
     return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows))
             + png_chunk(b"IEND", b""))
+
+
+def test_a_png_keeps_its_orientation_behind_a_metadata_limit_of_text(stub, dataset):
+    # The text (its 12 bytes of framing included) fills the metadata limit all but 4 bytes; the EXIF block
+    # after it, larger than that, says which way is up.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned a quarter: stored upright, 90 wide and 120 high
+    png = image_bytes(120, 90, seed=18)
+    text = png_chunk(b"tEXt", b"Comment\x00" + b"x" * (METADATA_LIMIT - 24))
+    assert len(text) == METADATA_LIMIT - 4 and len(exif.tobytes()) > 4
+    data = with_png_chunks(png, [text, png_chunk(b"eXIf", exif.tobytes())])
+    image = upload(stub, dataset.name, data, filename="turned.png")
+    assert (image.width, image.height) == (90, 120)
+    assert image.warnings == ["EXIF orientation 6 applied"]  # nothing dropped: the text fitted
+    assert np.array_equal(pixels(read_back(stub, image.name)), np.rot90(pixels(png), -1))
+
+
+def test_16_bit_grey_is_scaled_without_arrays_of_floats():
+    # A ramp through every 16-bit value: each is scaled and rounded to the nearest 8-bit one.
+    values = (np.arange(1024 * 1024, dtype=np.uint32) % 65536).astype(np.uint16).reshape(1024, 1024)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    tracemalloc.start()
+    try:
+        checked = check_image(buffer.getvalue(), LIMITS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected = np.floor(values / 65535 * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(checked.stored_bytes)).convert("L")), expected)
+    # The file's samples (2 bytes a pixel) and one 4-byte working array; float64 arrays would be 8 each.
+    assert peak < 8 * values.size, peak / values.size
+
+
+def test_jpeg_fill_bytes_before_a_marker_are_followed():
+    # Any number of 0xFF may pad a marker: they belong to its segment, kept or dropped with it.
+    jpeg = image_bytes(120, 90, fmt="JPEG", quality=90, seed=19)
+    within = with_jpeg_segments(jpeg, [b"\xff" * 10_000 + jpeg_segment(0xFE, b"padded")])
+    assert check_image(within, LIMITS).stored_bytes == within
+    beyond = with_jpeg_segments(jpeg, [b"\xff" * 100_000 + jpeg_segment(0xFE, b"padded")])
+    assert check_image(beyond, LIMITS).stored_bytes == jpeg

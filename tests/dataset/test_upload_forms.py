@@ -31,8 +31,9 @@ from tests.dataset.test_uploads import read_back
 from tests.dataset.upload_form import post_form, s3_error, sent
 from tests.servers import TEST_AUTH
 
-# Short enough to wait for, long enough to create, send and finalize an upload on a busy machine.
-SHORT_TTL_SECONDS = 4
+# Short enough to wait for, and long enough that a form sent twice and finalized in between is used
+# well before it expires even on a busy machine (those steps take well under a second when idle).
+SHORT_TTL_SECONDS = 15
 
 
 def staging_key(upload: pb.ImageUpload) -> str:
@@ -167,11 +168,13 @@ def test_the_store_refuses_an_expired_form_whether_used_or_not(aio, short_lived,
     dataset = new_dataset(stub)
     data, late = image_bytes(seed=8106), image_bytes(seed=8107)
     used = create_upload(stub, dataset, len(data))
-    unused = create_upload(stub, dataset, len(late))
     sent(used, data)
     image = finalize(stub, used)
     sent(used, data)  # again: a staging object finalize will not delete
-    wait_past(max(used.expire_time.ToDatetime(dt.UTC), unused.expire_time.ToDatetime(dt.UTC)))
+    # Made last, so it is the later to expire: past its deadline both forms are expired.
+    unused = create_upload(stub, dataset, len(late))
+    assert unused.expire_time.ToDatetime(dt.UTC) >= used.expire_time.ToDatetime(dt.UTC)
+    wait_past(unused.expire_time.ToDatetime(dt.UTC))
 
     for upload, body in ((used, data), (unused, late)):
         assert s3_error(post_form(upload, body)) == (403, "AccessDenied")

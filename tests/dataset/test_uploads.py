@@ -129,7 +129,7 @@ def test_roles_limits_and_counts(stub, dataset):
 
 def test_thousand_and_first_training_image(stub, store, dataset, dataset_settings):
     limit = dataset_settings.max_training_images
-    assert limit == 1000  # the seed's limit is the default
+    assert limit == 1000  # 1000 is the default
     data = [image_bytes(64, 64, seed=10_000 + i) for i in range(limit + 1)]
     for i in range(limit):
         upload(stub, dataset.name, data[i], filename=f"{i}.png")

@@ -15,6 +15,7 @@ from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
 from services.common.errors import ServiceError, status_details
 from services.gateway.limits import KeyLimits
+from services.gateway.request_sizes import UPLOAD_METHOD, RequestSizes
 from tests.dataset.helpers import image_bytes, quota_failure, upload, upload_messages
 from tests.gateway.conftest import Client
 from tests.gateway.test_gateway import new_key
@@ -114,3 +115,56 @@ def test_uploads_over_the_size_limit_are_refused_whether_declared_or_streamed(ga
     # An image within the limit goes through the same checks.
     upload(client.datasets, dataset.name, image_bytes(96, 96, seed=6), filename="small.png")
     assert client.datasets.ListImages(dpb.ListImagesRequest(parent=dataset.name)).total_size == 1
+
+
+def test_the_transport_takes_no_message_larger_than_an_answerable_refusal_needs():
+    # A whole upload streams in chunks, so its size is no message's: a 50 MiB image allowance must not
+    # let every method read 50 MiB messages.
+    assert RequestSizes(4 * 1024 * 1024, 50 * 1024 * 1024).largest_message_bytes < 9 * 1024 * 1024
+    # A request limit above the transport's default still reaches these checks.
+    assert RequestSizes(20 * 1024 * 1024, 1024).largest_message_bytes > 20 * 1024 * 1024
+
+
+def test_a_message_larger_than_that_is_refused_by_the_transport_unread(gateway, gateway_dir):
+    key = new_key(gateway_dir, "transport")
+    with grpc.insecure_channel(gateway.address, options=[("grpc.max_send_message_length", -1)]) as channel:
+        call = channel.unary_unary("/kiln.v1.DatasetService/ListDatasets", request_serializer=lambda raw: raw,
+                                   response_deserializer=dpb.ListDatasetsResponse.FromString)
+        nine_mib = 9 * 1024 * 1024
+        with pytest.raises(grpc.RpcError) as refused:
+            call(b"\x1a" + _varint(nine_mib) + b"x" * nine_mib, metadata=[("authorization", f"Bearer {key}")])
+    # gRPC's own refusal: the gateway never read the message, so no QuotaFailure of its checks.
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_details(refused.value)[0] is None
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
+def test_chunks_count_whatever_order_their_fields_come_in(gateway_channel, gateway_dir):
+    """Fields may come in any order: a chunk after an unknown field is counted all the same."""
+    key = new_key(gateway_dir, "ordering")
+    client = Client(gateway_channel, key)
+    dataset = client.datasets.CreateDataset(dpb.CreateDatasetRequest(dataset=dpb.Dataset(
+        display_name="order", family=dpb.MODEL_FAMILY_SD15)))
+    big = image_bytes(320, 320, seed=5)
+    assert len(big) > MAX_UPLOAD
+    unknown_field = b"\xf8\x07\x01"  # field 127, varint 1
+
+    def messages():
+        yield dpb.UploadImageRequest(metadata=dpb.UploadImageMetadata(
+            parent=dataset.name, filename="big.png", role=dpb.IMAGE_ROLE_TRAINING)).SerializeToString()
+        for start in range(0, len(big), 64 * 1024):
+            piece = big[start:start + 64 * 1024]
+            yield unknown_field + b"\x12" + _varint(len(piece)) + piece
+
+    call = gateway_channel.stream_unary(UPLOAD_METHOD, request_serializer=lambda raw: raw,
+                                        response_deserializer=dpb.Image.FromString)
+    assert _refused_for_size(lambda: call(messages(), metadata=[("authorization", f"Bearer {key}")])) == (
+        "UPLOAD_TOO_LARGE", [("tenant:ordering", "max_upload_bytes")])
+    assert client.datasets.ListImages(dpb.ListImagesRequest(parent=dataset.name)).total_size == 0
