@@ -1,4 +1,4 @@
-"""The tags step (seed 2.4-2.5): captions as chips that arrive live from the tagger, edited one
+"""The tags step: captions as chips that arrive live from the tagger, edited one
 image at a time (add, reorder by keyboard-reachable buttons, remove) and in batch (a trigger word
 at the head, replace, remove), the tag frequency list, both languages and the accessibility check."""
 
