@@ -157,10 +157,20 @@ def short_lived(aio: LoopThread, store: ObjectStore, s3_settings: ObjectStoreSet
         yield running, stub
 
 
-def wait_past(deadline: dt.datetime) -> None:
-    """Returns once the clock has passed `deadline` (the store and the service read the same one)."""
-    while (left := (deadline - dt.datetime.now(dt.UTC)).total_seconds()) >= 0:
-        time.sleep(min(left + 0.01, 0.1))
+def finalize_until_expired(stub: dataset_pb2_grpc.DatasetServiceStub, upload: pb.ImageUpload) -> None:
+    """Asks the service to finalize `upload` (nothing was POSTed, so it answers UPLOAD_MISSING and
+    changes nothing) until it says the upload has expired: the service's own verdict, polled with a
+    deadline. The service hands the store the same expiry instant and both read this machine's
+    clock, so from then on the store holds the form expired too."""
+    deadline = time.monotonic() + SHORT_TTL_SECONDS + 60
+    while True:
+        code, reason, _ = failure(stub.FinalizeImageUpload, pb.FinalizeImageUploadRequest(name=upload.name))
+        if reason == "UPLOAD_EXPIRED":
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+            return
+        assert reason == "UPLOAD_MISSING", (code, reason)
+        assert time.monotonic() < deadline, "the upload never expired"
+        time.sleep(0.2)
 
 
 def test_the_store_refuses_an_expired_form_whether_used_or_not(aio, short_lived, store):
@@ -174,13 +184,11 @@ def test_the_store_refuses_an_expired_form_whether_used_or_not(aio, short_lived,
     # Made last, so it is the later to expire: past its deadline both forms are expired.
     unused = create_upload(stub, dataset, len(late))
     assert unused.expire_time.ToDatetime(dt.UTC) >= used.expire_time.ToDatetime(dt.UTC)
-    wait_past(unused.expire_time.ToDatetime(dt.UTC))
+    finalize_until_expired(stub, unused)
 
     for upload, body in ((used, data), (unused, late)):
         assert s3_error(post_form(upload, body)) == (403, "AccessDenied")
     assert not store.exists(staging_key(unused))
-    code, reason, _ = failure(stub.FinalizeImageUpload, pb.FinalizeImageUploadRequest(name=unused.name))
-    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "UPLOAD_EXPIRED")
     assert finalize(stub, used) == image
     # The expired uploads go with the next sweep, with what was sent after finalize; the image stays.
     assert aio.run(service.servicer.sweep_expired_uploads()) == 2
