@@ -220,9 +220,12 @@ def test_compose_starts_in_order_behind_health_and_migrations(compose: dict[str,
         assert "minio-bucket" in reached, service
     assert needs("gateway")["dataset"] == needs("gateway")["trainer"] == "service_healthy"
     assert needs("worker") == {"trainer": "service_healthy"}
-    for name, service in services.items():
-        if service.get("restart") == "unless-stopped" and name != "worker":
-            assert "healthcheck" in service, f"{name} is long-running and others wait on its health"
+    for name in services:
+        for dependency, condition in needs(name).items():
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{name} waits on {dependency}'s health check"
+            else:
+                assert services[dependency]["restart"] == "no", f"{name} waits for {dependency} to end"
 
 
 def test_compose_health_checks_ask_each_services_grpc_port(compose: dict[str, Any]) -> None:
@@ -273,6 +276,13 @@ def handback_seconds() -> float:
     outcome are each retried for up to a lease, each try bounded by the call timeout."""
     lease = TrainerServiceSettings.model_fields["training_lease_seconds"].default
     return 2 * lease + runner.CALL_TIMEOUT
+
+
+def test_compose_lets_the_workbench_use_the_store_browsers_reach(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    public_store = services["dataset"]["environment"]["KILN_S3__PUBLIC_ENDPOINT"]
+    assert services["trainer"]["environment"]["KILN_S3__PUBLIC_ENDPOINT"] == public_store
+    assert json.loads(services["gateway"]["environment"]["KILN_WEB_STORE_ORIGINS"]) == [public_store]
 
 
 # ---- Kubernetes
@@ -377,10 +387,12 @@ def test_checkov_passes_on_the_rendered_manifests(renders: dict[str, Rendered], 
 
 
 def test_checkov_finds_no_secret_in_deploy() -> None:
+    """Its secrets scan reads the YAML files (compose, manifests, the Secret example, Envoy)."""
     done = run([tool("checkov"), "--quiet", "--compact", "--skip-download", "--framework", "secrets",
                 "--output", "json", "-d", str(DEPLOY)])
     assert done.returncode == 0, failure(done)
-    assert '"failed": 0' in done.stdout or done.stdout.strip() in ("", "[]", "{}"), failure(done)
+    summary = json.loads(done.stdout)["summary"]
+    assert summary["failed"] == 0 and summary["resource_count"] >= 1, summary
 
 
 def test_every_workload_is_hardened_and_sized(rendered: Rendered) -> None:
@@ -479,6 +491,16 @@ def test_addresses_name_the_services_that_run_there(rendered: Rendered) -> None:
                     assert service["spec"].get("clusterIP") == "None", f"{match[1]} has replicas: make it headless"
                 checked += 1
     assert checked >= 5
+
+
+def test_the_workbench_may_use_the_store_and_origin_browsers_reach(rendered: Rendered) -> None:
+    gateway = rendered.named("Deployment", "kiln-gateway")["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(rendered, gateway)
+    public_store = rendered.named("ConfigMap", "kiln-store")["data"]["KILN_S3__PUBLIC_ENDPOINT"]
+    assert json.loads(env["KILN_WEB_STORE_ORIGINS"]) == [public_store]
+    hosts = {rule["host"] for ingress in rendered.of_kind("Ingress") for rule in ingress["spec"]["rules"]
+             if rule["http"]["paths"][0]["backend"]["service"]["port"]["name"] == "http"}
+    assert json.loads(env["KILN_CORS_ALLOWED_ORIGINS"]) == [f"https://{host}" for host in sorted(hosts)]
 
 
 def test_every_deployment_has_a_disruption_budget(rendered: Rendered) -> None:
@@ -583,14 +605,17 @@ def test_envoy_validates_the_edge(tmp_path: pathlib.Path) -> None:
     clusters = {c["name"]: c for c in yaml.safe_load(text)["static_resources"]["clusters"]}
     server_port = int(image_env(CONTAINERFILES["services"])["KILN_SERVER__PORT"])
 
-    def port_of(name: str) -> int:
+    def address_of(name: str) -> tuple[str, int]:
         endpoint = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        return int(endpoint["address"]["socket_address"]["port_value"])
+        socket = endpoint["address"]["socket_address"]
+        return socket["address"], int(socket["port_value"])
 
-    assert port_of("gateway_grpc") == server_port
+    compose_services = yaml.safe_load(COMPOSE.read_text())["services"]
+    gateway = compose_services[address_of("gateway_grpc")[0]]
+    assert module_of(gateway["command"]) == "services.gateway"
+    assert address_of("gateway_grpc")[1] == server_port
     assert "http2_protocol_options" in json.dumps(clusters["gateway_grpc"])
-    compose_gateway = yaml.safe_load(COMPOSE.read_text())["services"]["gateway"]["environment"]
-    assert port_of("gateway_http") == int(compose_gateway["KILN_HTTP__PORT"])
+    assert address_of("gateway_http") == (address_of("gateway_grpc")[0], int(gateway["environment"]["KILN_HTTP__PORT"]))
 
 
 def test_envoy_refuses_a_broken_edge(tmp_path: pathlib.Path) -> None:
