@@ -105,6 +105,9 @@ class CommonSettings(BaseSettings):
     database_timeout_seconds: float = Field(default=15.0, gt=0)
     database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     database_pool_size: int = Field(default=8, ge=1)
+    # Bring the service's tables to the newest schema at start-up. Off where a separate step runs
+    # `python -m services.<service> migrate` first: a service then refuses a schema behind its code.
+    migrate_on_start: bool = True
     # Signs page tokens. Every replica behind one address needs the same value;
     # empty: a key derived from s3.secret_key, which those replicas share anyway.
     page_token_secret: SecretStr = SecretStr("")
