@@ -83,6 +83,10 @@ class InternalAuthSettings(BaseModel):
 
     mode: Literal["token", "mtls"] = "token"
     token: SecretStr = SecretStr("")
+    # Further tokens a server accepts besides `token` (clients always send `token`), so the token
+    # can be rotated replica by replica without refusing a call: first every service accepts the
+    # new one, then every service sends it (the old one still accepted), then the old one goes.
+    accepted_tokens: list[SecretStr] = []
     # Client side of mTLS: the certificate this service presents to the ones it calls, and the
     # CA that signed theirs.
     client_tls: TlsSettings = TlsSettings()
