@@ -15,6 +15,9 @@ import sys
 import threading
 from collections.abc import Sequence
 
+import psycopg
+import urllib3
+from minio.error import S3Error
 from tqdm import tqdm
 
 from services.backup.databases import PostgresDatabase, tool_path
@@ -161,4 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return create(args, settings) if args.command == "create" else restore(args, settings)
     except BackupError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (S3Error, urllib3.exceptions.HTTPError) as error:
+        print(f"error: the object store failed mid-way ({error}); the {args.command} is incomplete: run it "
+              "again", file=sys.stderr)
+        return 2
+    except psycopg.Error as error:
+        print(f"error: the database failed mid-way ({error}); the {args.command} is incomplete: run it again",
+              file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ restored (`… restore`) into fresh ones: the public API then answers as before,
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import pathlib
 import subprocess
@@ -18,10 +19,15 @@ import pytest
 from kiln import Client
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as tpb
+from services.common.database import create_engine
 from services.common.embedded_s3 import EmbeddedS3
 from services.common.objectstore import ObjectStore
 from services.common.settings import ObjectStoreSettings
+from services.dataset.server import SCHEMA as DATASET
+from services.gateway.api_keys import create_key, list_keys
+from services.gateway.server import SCHEMA as GATEWAY
 from services.stack import running_stack
+from services.trainer.server import SCHEMA as TRAINER
 from tests.conftest import ACCESS_KEY, SECRET_KEY
 from tests.servers import PostgresCluster
 from tests.web import samples
@@ -160,3 +166,36 @@ def test_the_tool_says_what_is_wrong_and_exits_2(postgres, s3_server, tmp_path, 
     assert result.stderr.splitlines()[-1].startswith("error: ") and says in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "backup").exists()
+
+
+def test_services_sharing_one_database_are_dumped_once_and_restored_together(postgres, s3_server, tmp_path):
+    """The one-host compose file gives every service one database: one archive holds them all."""
+    source = Deployment(postgres, s3_server, "shared")
+    shared = source.urls["dataset"]
+    engine = create_engine(shared)
+    try:
+        for schema in (DATASET, TRAINER, GATEWAY):
+            schema.upgrade(engine)
+        with engine.begin() as conn:
+            create_key(conn, "shared-tenant", "kept", dt.datetime.now(dt.UTC))
+    finally:
+        engine.dispose()
+    source.store().ensure_bucket()
+    env = {**source.env(), **{f"KILN_{service.upper()}_DATABASE_URL": shared for service in DATABASES}}
+    backup = backup_tool("create", str(tmp_path / "backup"), "--no-progress", env=env)
+    assert backup.returncode == 0, backup.stderr
+    assert sorted(p.name for p in (tmp_path / "backup" / "databases").iterdir()) == ["gateway+trainer+dataset.dump"]
+
+    target = Deployment(postgres, s3_server, "sharedrestore")
+    into = target.urls["trainer"]
+    restored = backup_tool("restore", str(tmp_path / "backup"), "--no-progress",
+                           env={**target.env(), **{f"KILN_{s.upper()}_DATABASE_URL": into for s in DATABASES}})
+    assert restored.returncode == 0, restored.stderr
+    engine = create_engine(into)
+    try:
+        for schema in (DATASET, TRAINER, GATEWAY):
+            assert schema.require_current(engine) == schema.head()
+        with engine.connect() as conn:
+            assert [key.name for key in list_keys(conn, "shared-tenant")] == ["kept"]
+    finally:
+        engine.dispose()
