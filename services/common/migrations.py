@@ -120,7 +120,12 @@ class SchemaMigrations:
         if not migrate_on_start:
             self.require_current(engine)
             return
-        upgrade = self.upgrade(engine)
+        try:
+            upgrade = self.upgrade(engine)
+        except CommandError as error:
+            raise SchemaNotCurrent(
+                f"the {self.service} database schema is at a revision this release does not know ({error}); "
+                "downgrades are not supported: run the release that migrated it") from error
         if upgrade.changed:
             log.info("database schema migrated", extra={"fields": {"service": self.service,
                                                                    "from": upgrade.before, "to": upgrade.after}})

@@ -127,6 +127,8 @@ def test_without_start_up_migration_a_service_refuses_a_schema_behind_its_code(t
             conn.execute(sa.text(f"UPDATE {schema.version_table} SET version_num = '9999'"))
         with pytest.raises(SchemaNotCurrent, match=r"newer than this release .*downgrades are not supported"):
             schema.prepare(engine, migrate_on_start=False)
+        with pytest.raises(SchemaNotCurrent, match=r"a revision this release does not know .*downgrades are not"):
+            schema.prepare(engine, migrate_on_start=True)
     finally:
         engine.dispose()
 
@@ -167,3 +169,18 @@ def test_a_service_process_without_start_up_migration_exits_2_on_an_empty_databa
     assert result.returncode == 2
     assert "run `python -m services.gateway migrate` (the migration step) before starting the service" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_migrate_step_refuses_a_schema_newer_than_its_release(tmp_path):
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    engine = create_engine(url)
+    try:
+        SCHEMA["gateway"].upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE {SCHEMA['gateway'].version_table} SET version_num = '9999'"))
+    finally:
+        engine.dispose()
+    result = _run("services.gateway", "migrate", "--database-url", url)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: gateway: ") and "downgrades are not supported" in result.stderr
+    assert "9999" in result.stderr and "Traceback" not in result.stderr
