@@ -9,6 +9,7 @@ must be a setting of the process it is given to, as its pydantic settings class 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import shlex
@@ -23,6 +24,7 @@ import yaml
 
 from services.common.hosting import LIVENESS
 from services.common.internal_client import replicas_target
+from services.common.settings import CommonSettings
 from services.dataset.settings import DatasetSettings
 from services.trainer.service_settings import TrainerServiceSettings
 from services.trainer.worker import runner
@@ -40,9 +42,28 @@ ENVOY = DEPLOY / "envoy" / "envoy.yaml"
 MIGRATIONS = {"dataset": ["python", "-m", "services.dataset", "migrate"],
               "trainer": ["python", "-m", "services.trainer", "migrate"],
               "gateway": ["python", "-m", "services.gateway", "migrate"]}
+# The services that serve internal calls and so check the internal credential (the gateway and the
+# workers only send it).
+INTERNAL_SERVERS = {"services.dataset", "services.tagger", "services.trainer"}
+ACCEPTED_TOKENS = "KILN_INTERNAL_AUTH__ACCEPTED_TOKENS"
 # The services each image runs.
 IMAGE_MODULES = {"services": ["services.gateway", "services.dataset", "services.tagger", "services.trainer"],
                  "worker": ["services.trainer.worker"]}
+
+
+def read_by(command: list[str], variables: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> CommonSettings:
+    """The settings the command's process reads from exactly these KILN_ variables."""
+    for key in [k for k in os.environ if k.startswith("KILN_")]:
+        monkeypatch.delenv(key)
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    settings = settings_of(command)()
+    assert isinstance(settings, CommonSettings)
+    return settings
+
+
+def accepted(settings: CommonSettings) -> list[str]:
+    return [token.get_secret_value() for token in settings.internal_auth.accepted_tokens]
 
 
 def failure(done: subprocess.CompletedProcess[str]) -> str:
@@ -288,6 +309,47 @@ def test_compose_lets_the_workbench_use_the_store_browsers_reach(compose: dict[s
     assert json.loads(services["gateway"]["environment"]["KILN_WEB_STORE_ORIGINS"]) == [public_store]
 
 
+def test_compose_services_leave_migrating_to_the_steps(compose: dict[str, Any],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every service with a database is told not to migrate it: its migrate-* step, which it waits
+    for, does."""
+    migrating: dict[str, bool] = {}
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        env = service.get("environment", {})
+        if (isinstance(command, list) and command[:1] == ["python"] and command[-1] != "migrate"
+                and any(key.endswith("_DATABASE_URL") for key in env)):
+            migrating[name] = read_by(command, {k: v for k, v in env.items() if k == "KILN_MIGRATE_ON_START"},
+                                      monkeypatch).migrate_on_start
+    assert migrating == {service: False for service in MIGRATIONS}
+
+
+def test_compose_servers_accept_the_tokens_of_a_rotation(compose: dict[str, Any], tmp_path: pathlib.Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """INTERNAL_ACCEPTED_TOKENS of the env file reaches every server of internal calls, as the JSON
+    list the setting parses; as the example has it, or left out, they accept no further token."""
+    example = ENV_EXAMPLE.read_text()
+    assert "\nINTERNAL_ACCEPTED_TOKENS=[]\n" in example
+    rotating = tmp_path / "rotating.env"
+    rotating.write_text(example.replace("\nINTERNAL_ACCEPTED_TOKENS=[]\n",
+                                        '\nINTERNAL_ACCEPTED_TOKENS=["old-token","another"]\n'))
+    left_out = tmp_path / "left-out.env"
+    left_out.write_text(example.replace("\nINTERNAL_ACCEPTED_TOKENS=[]\n", "\n"))
+    configs = {"example": (compose, [])}
+    for env_file, wanted in ((rotating, ["old-token", "another"]), (left_out, [])):
+        done = run([docker_compose(), "--env-file", str(env_file), "-f", str(COMPOSE), "config"])
+        assert done.returncode == 0, failure(done)
+        configs[env_file.stem] = (yaml.safe_load(done.stdout), wanted)
+    for case, (config, wanted) in configs.items():
+        accepting = {}
+        for service in config["services"].values():
+            env = service.get("environment", {})
+            if ACCEPTED_TOKENS in env:
+                accepting[module_of(service["command"])] = accepted(
+                    read_by(service["command"], {ACCEPTED_TOKENS: env[ACCEPTED_TOKENS]}, monkeypatch))
+        assert accepting == {module: wanted for module in INTERNAL_SERVERS}, case
+
+
 # ---- Kubernetes
 
 
@@ -463,6 +525,51 @@ def test_the_migration_job_runs_each_services_migration_before_nothing_else(rend
     job = rendered.named("Job", "kiln-migrate")
     commands = [c["command"] for c in containers(job["spec"]["template"]["spec"])]
     assert commands == list(MIGRATIONS.values())
+
+
+def test_deployments_with_a_database_leave_migrating_to_the_job(rendered: Rendered,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    migrating: dict[str, bool] = {}
+    for workload, spec in pod_specs(rendered):
+        if workload["kind"] != "Deployment":
+            continue
+        for container in containers(spec):
+            env = env_of(rendered, container)
+            if any(key.endswith("_DATABASE_URL") for key in env):
+                migrating[module_of(container["command"])] = read_by(
+                    container["command"], {k: v for k, v in env.items() if k == "KILN_MIGRATE_ON_START"},
+                    monkeypatch).migrate_on_start
+    assert migrating == {f"services.{service}": False for service in MIGRATIONS}
+
+
+def test_internal_servers_read_accepted_tokens_from_an_optional_secret_key(rendered: Rendered,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every server of internal calls takes KILN_INTERNAL_AUTH__ACCEPTED_TOKENS from the Secret's
+    internal-accepted-tokens key, which may be missing (no further token); the example's value is
+    the JSON list the setting parses, empty."""
+    secret = yaml.safe_load(SECRET_EXAMPLE.read_text())
+    accepting = {}
+    for _, spec in pod_specs(rendered):
+        for container in containers(spec):
+            for entry in container.get("env", []):
+                if entry["name"] == ACCEPTED_TOKENS:
+                    accepting[module_of(container["command"])] = entry["valueFrom"]["secretKeyRef"]
+    reference = {"name": secret["metadata"]["name"], "key": "internal-accepted-tokens", "optional": True}
+    assert accepting == {module: reference for module in INTERNAL_SERVERS}
+    for module in INTERNAL_SERVERS:
+        example = secret["stringData"]["internal-accepted-tokens"]
+        assert accepted(read_by(["python", "-m", module], {ACCEPTED_TOKENS: example}, monkeypatch)) == []
+
+
+def test_every_secret_key_a_pod_reads_is_in_the_example_secret(rendered: Rendered) -> None:
+    secret = yaml.safe_load(SECRET_EXAMPLE.read_text())
+    references = [entry["valueFrom"]["secretKeyRef"] for _, spec in pod_specs(rendered)
+                  for container in containers(spec) for entry in container.get("env", [])
+                  if "secretKeyRef" in entry.get("valueFrom", {})]
+    assert len(references) > 10
+    for reference in references:
+        assert reference["name"] == secret["metadata"]["name"], reference
+        assert reference["key"] in secret["stringData"], f"{reference['key']} is missing from {SECRET_EXAMPLE.name}"
 
 
 def test_addresses_name_the_services_that_run_there(rendered: Rendered) -> None:
