@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,46 +88,47 @@ def png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def build_dataset(
+    root: Path,
+    family: str = "sd15",
+    count: int = 4,
+    sizes: list[tuple[int, int]] | None = None,
+    captions: list[str] | None = None,
+    repeat: int | None = 1,
+    default_repeat: int = 1,
+    reg_count: int = 0,
+    reg_repeat: int | None = 1,
+    crop_to: tuple[int, int] | None = None,
+) -> Dataset:
+    images = []
+    for index in range(count + reg_count):
+        role = "training" if index < count else "regularization"
+        width, height = sizes[index % len(sizes)] if sizes else (64, 64)
+        key = f"datasets/test/images/img{index}/original"
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        picture = pattern_image(width, height, index)
+        (root / key).write_bytes(png(picture))
+        crop = None
+        if crop_to is not None:
+            crop_key = f"datasets/test/images/img{index}/crop.png"
+            (root / crop_key).write_bytes(png(picture.resize(crop_to)))
+            crop = Crop(0, 0, width, height, crop_to[0], crop_to[1], crop_key)
+        if captions is not None:
+            caption = captions[index % len(captions)]
+        else:
+            caption = f"mytrigger, square, colour{index}" if role == "training" else "square"
+        images.append(SnapshotImage(
+            id=f"img{index}", role=role, object_key=key, width=width, height=height, caption=caption,
+            tags=tuple(t.strip() for t in caption.split(",")), crop=crop,
+            repeat=repeat if role == "training" else reg_repeat, group=role,
+        ))
+    snapshot = DatasetSnapshot("datasets/test", family, default_repeat, tuple(images))  # type: ignore[arg-type]
+    return Dataset(snapshot, LocalDirectoryReader(root), root)
+
+
 @pytest.fixture
 def make_dataset(tmp_path: Path) -> Callable[..., Dataset]:
-    def build(
-        family: str = "sd15",
-        count: int = 4,
-        sizes: list[tuple[int, int]] | None = None,
-        captions: list[str] | None = None,
-        repeat: int | None = 1,
-        default_repeat: int = 1,
-        reg_count: int = 0,
-        reg_repeat: int | None = 1,
-        crop_to: tuple[int, int] | None = None,
-    ) -> Dataset:
-        root = tmp_path / "objects"
-        images = []
-        for index in range(count + reg_count):
-            role = "training" if index < count else "regularization"
-            width, height = sizes[index % len(sizes)] if sizes else (64, 64)
-            key = f"datasets/test/images/img{index}/original"
-            (root / key).parent.mkdir(parents=True, exist_ok=True)
-            picture = pattern_image(width, height, index)
-            (root / key).write_bytes(png(picture))
-            crop = None
-            if crop_to is not None:
-                crop_key = f"datasets/test/images/img{index}/crop.png"
-                (root / crop_key).write_bytes(png(picture.resize(crop_to)))
-                crop = Crop(0, 0, width, height, crop_to[0], crop_to[1], crop_key)
-            if captions is not None:
-                caption = captions[index % len(captions)]
-            else:
-                caption = f"mytrigger, square, colour{index}" if role == "training" else "square"
-            images.append(SnapshotImage(
-                id=f"img{index}", role=role, object_key=key, width=width, height=height, caption=caption,
-                tags=tuple(t.strip() for t in caption.split(",")), crop=crop,
-                repeat=repeat if role == "training" else reg_repeat, group=role,
-            ))
-        snapshot = DatasetSnapshot("datasets/test", family, default_repeat, tuple(images))  # type: ignore[arg-type]
-        return Dataset(snapshot, LocalDirectoryReader(root), root)
-
-    return build
+    return partial(build_dataset, tmp_path / "objects")
 
 
 @pytest.fixture

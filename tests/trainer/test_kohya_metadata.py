@@ -4,7 +4,8 @@ in its value formats, and no others but three of Kiln's own.
 The reference below is what kohya's writer produces: every value is Python's ``str`` of the
 setting (``True``, ``None``, ``0.0``), JSON text for the JSON keys, and keys that describe a
 setting that is absent (network args, the base model's hashes when it is not a local file) are
-left out rather than written as ``None``.
+left out rather than written as ``None``. The tests at the end check Kiln's files, and this
+reference, against the headers of LoRA files kohya itself wrote (tests/trainer/fixtures).
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from services.trainer.engine.artifacts import LocalDirectoryWriter
 from services.trainer.engine.checkpoint_hashes import hash_checkpoint
-from services.trainer.engine.config import TrainingConfig
+from services.trainer.engine.config import TrainingConfig, parse_config
 from services.trainer.engine.metadata import tag_frequency
 from services.trainer.engine.model_store import ModelStore
 from services.trainer.engine.trainer import SAVE_NOW, TrainingRun
+from tests.trainer.conftest import FAST, build_dataset
 
 Expectation = str | Callable[[str], bool]
 
@@ -83,8 +88,8 @@ def kohya_reference(config: TrainingConfig, family: str, resolution: int, *, min
         "ss_cache_latents": str(config.cache_latents),
         "ss_seed": str(config.seed),
         "ss_lowram": "False",
-        "ss_noise_offset": "None",
-        "ss_multires_noise_iterations": "None",
+        "ss_noise_offset": str(config.noise_offset) if config.noise_offset else "None",
+        "ss_multires_noise_iterations": str(config.multires_noise_iterations or None),
         "ss_multires_noise_discount": str(config.multires_noise_discount),
         "ss_adaptive_noise_scale": "None",
         "ss_zero_terminal_snr": "False",
@@ -97,7 +102,7 @@ def kohya_reference(config: TrainingConfig, family: str, resolution: int, *, min
         "ss_caption_tag_dropout_rate": str(config.caption_tag_dropout_rate),
         "ss_face_crop_aug_range": "None",
         "ss_prior_loss_weight": str(config.prior_loss_weight),
-        "ss_min_snr_gamma": "None",
+        "ss_min_snr_gamma": str(config.min_snr_gamma),
         "ss_scale_weight_norms": "None",
         "ss_ip_noise_gamma": "None",
         "ss_debiased_estimation": "False",
@@ -253,3 +258,168 @@ def test_single_file_base_models_give_their_a1111_hashes(tmp_path: Path, model_s
     assert hashes.new_sd_model_hash == hashlib.sha256(data).hexdigest()
     assert model_store.resolve("tiny-sd15").hashes is not None
     assert model_store.resolve("tiny-sd15").hashes.sd_model_hash == "IsADirectory"
+
+
+# --- Against files kohya wrote ---------------------------------------------------------------------
+# The reference above is read from kohya's writer; these check Kiln's writer, and that reference,
+# against the headers of two LoRA files kohya's train_network.py really wrote (fixtures/*.json say
+# where each came from). Both runs used the LyCORIS network module through kohya's script, which
+# changes ss_network_module and ss_network_args' keys, not the writer or its value formats.
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL_HEADERS = {"sd15": "kohya_sd15_header.json", "sdxl": "kohya_sdxl_header.json"}
+
+# Float options the SD1.5 run gave kohya as integers (its headers write str() of what it was given:
+# "2" where its float-typed command line gives "2.0", as the SDXL file's "16.0" shows).
+FLOATS_GIVEN_AS_INTEGERS = {"ss_network_alpha", "ss_network_dropout", "ss_min_snr_gamma"}
+
+# Options Kiln doesn't offer and so leaves unset ("None", as kohya writes an unset option) where
+# the real run set them.
+UNSET_IN_KILN = {
+    "ss_network_dropout": "no dropout option",
+    "ss_scale_weight_norms": "no max-norm regularisation option",
+    "ss_max_token_length": "captions are always one 75-token chunk",
+    "ss_training_comment": "no free-text comment option",
+}
+
+
+def real_header(family: str) -> dict[str, str]:
+    return json.loads((FIXTURES / REAL_HEADERS[family]).read_text())["__metadata__"]
+
+
+def value_kind(text: str) -> str:
+    """How kohya's writer formats a value: str() of a bool, None, int, float or tuple, or JSON."""
+    if text in ("True", "False"):
+        return "bool"
+    if text == "None":
+        return "none"
+    if re.fullmatch(r"-?\d+", text):
+        return "int"
+    if re.fullmatch(r"-?\d+\.\d+(e-?\d+)?|-?\d+e-?\d+", text):
+        return "float"
+    if re.fullmatch(r"\(\d+, \d+\)", text):
+        return "tuple"
+    if text.startswith(("{", "[")):
+        return "json " + type(json.loads(text)).__name__
+    return "text"
+
+
+def tag_frequency_shape(text: str) -> bool:
+    groups = json.loads(text)
+    return isinstance(groups, dict) and all(
+        isinstance(tags, dict) and all(isinstance(tag, str) and type(count) is int for tag, count in tags.items())
+        for tags in groups.values())
+
+
+def dataset_dirs_shape(text: str) -> bool:
+    dirs = json.loads(text)
+    return isinstance(dirs, dict) and all(
+        list(entry) == ["n_repeats", "img_count"] and all(type(n) is int for n in entry.values())
+        for entry in dirs.values())
+
+
+def network_args_shape(text: str) -> bool:
+    """A JSON object of the network's arguments by name."""
+    args = json.loads(text)
+    return isinstance(args, dict) and bool(args)
+
+
+def split_from_command_line(text: str) -> bool:
+    """Every argument a string, as kohya splits ``--network_args key=value`` (a config file can
+    give it other JSON types, as the SD1.5 file's ``"dropout": 0`` shows)."""
+    return all(isinstance(value, str) for value in json.loads(text).values())
+
+
+JSON_SHAPES: dict[str, Callable[[str], bool]] = {
+    "ss_tag_frequency": tag_frequency_shape,
+    "ss_dataset_dirs": dataset_dirs_shape,
+    "ss_reg_dataset_dirs": dataset_dirs_shape,
+    "ss_bucket_info": bucket_info,
+    "ss_network_args": network_args_shape,
+}
+
+# Values whose form is fixed beyond their kind.
+FORMS = {
+    "ss_optimizer": r"[a-z_][\w.]*\.\w+(\(\w+=.+\))?",  # module.Class(name=value,name=value)
+    "sshs_model_hash": r"[0-9a-f]{64}",
+    "sshs_legacy_hash": r"[0-9a-f]{8}",
+    "ss_base_model_version": r"sd_v1|sdxl_base_v\d-\d",
+    "modelspec.sai_model_spec": r"\d+\.\d+\.\d+",
+    "modelspec.resolution": r"\d+x\d+",
+    "modelspec.date": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d",  # whole seconds, no offset
+}
+
+
+def kinds_agree(key: str, ours: str, theirs: str) -> bool:
+    mine, real = value_kind(ours), value_kind(theirs)
+    if mine == real:
+        return True
+    if key in FLOATS_GIVEN_AS_INTEGERS and (mine, real) == ("float", "int"):
+        return True
+    return key in UNSET_IN_KILN and mine == "none"
+
+
+# Kiln's settings nearest each real run (on the tiny models): the options either run set that
+# Kiln offers are set here too, so a value is compared with one of its own kind.
+COMPARABLE: dict[str, dict[str, Any]] = {
+    "sd15": dict(clip_skip=2, shuffle_caption=True, keep_tokens=1, caption_dropout_rate=0.05,
+                 gradient_checkpointing=True, cache_latents=True, multires_noise_iterations=6,
+                 min_snr_gamma=5.0, network_alpha=2, conv_dim=2, conv_alpha=1,
+                 optimizer_args={"weight_decay": 0.1}, resolution=(64, 128), max_bucket_reso=128),
+    "sdxl": dict(base_model="tiny-sdxl", batch_size=1, gradient_checkpointing=True, cache_latents=True,
+                 bucket_no_upscale=True, noise_offset=0.0357, max_grad_norm=0.0, conv_dim=2, conv_alpha=1,
+                 unet_lr=1.0, text_encoder_lr=1.0, resolution=64),
+}
+
+
+@pytest.fixture(scope="module")
+def kiln_headers(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> dict[str, dict[str, str]]:
+    """The metadata of a LoRA Kiln trains for each family with the settings of COMPARABLE."""
+    headers = {}
+    for family, settings in COMPARABLE.items():
+        root = tmp_path_factory.mktemp(f"kohya-{family}")
+        dataset = build_dataset(root / "objects", family=family, count=2, captions=CAPTIONS[:2])
+        config = parse_config({**FAST, **settings})
+        writer = LocalDirectoryWriter(root / "out")
+        TrainingRun(config, dataset.snapshot, dataset.reader, writer, model_store).run(False)
+        headers[family] = metadata_of(writer.read("epochs/1/lora.safetensors"))
+    return headers
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_every_key_kohya_wrote_is_one_kiln_writes(kiln_headers: dict[str, dict[str, str]], family: str) -> None:
+    real = real_header(family)
+    # Options Kiln doesn't offer are written too, with kohya's values for them being off.
+    missing = set(real) - set(kiln_headers[family])
+    assert not missing, f"kohya wrote {sorted(missing)}, Kiln does not"
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_kiln_formats_each_value_as_kohya_did(kiln_headers: dict[str, dict[str, str]], family: str) -> None:
+    real, ours = real_header(family), kiln_headers[family]
+    for key in real.keys() & ours.keys():
+        assert kinds_agree(key, ours[key], real[key]), (key, ours[key], real[key])
+        if key in JSON_SHAPES:
+            assert JSON_SHAPES[key](real[key]), (key, real[key])
+            assert JSON_SHAPES[key](ours[key]), (key, ours[key])
+        if key in FORMS:
+            assert re.fullmatch(FORMS[key], real[key]), (key, real[key])
+            assert re.fullmatch(FORMS[key], ours[key]), (key, ours[key])
+    assert split_from_command_line(ours["ss_network_args"])
+    assert split_from_command_line(real_header("sdxl")["ss_network_args"])
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_reference_agrees_with_the_files_kohya_wrote(family: str) -> None:
+    real = real_header(family)
+    config = parse_config({**FAST, **COMPARABLE[family]})
+    reference = kohya_reference(config, family, 64, min_bucket=64, max_bucket=128,
+                                captions={"training": CAPTIONS[:2]}, repeats={"training": 1}, reg_groups=set(),
+                                base_hashes=(real["ss_sd_model_hash"], real["ss_new_sd_model_hash"]))
+    missing = set(real) - set(reference)
+    assert not missing, f"kohya wrote {sorted(missing)}, the reference lacks them"
+    for key in real.keys() & reference.keys():
+        expected = reference[key]
+        if callable(expected):
+            assert expected(real[key]), (key, real[key])
+        else:
+            assert kinds_agree(key, expected, real[key]), (key, expected, real[key])

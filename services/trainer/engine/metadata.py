@@ -215,7 +215,8 @@ def build_metadata(
         "modelspec.title": config.output_name,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
-        "modelspec.date": datetime.fromtimestamp(started_at, UTC).isoformat(timespec="seconds"),
+        # Whole seconds without an offset, as kohya writes it (in UTC here: Kiln's clock).
+        "modelspec.date": datetime.fromtimestamp(int(started_at), UTC).replace(tzinfo=None).isoformat(),
     }
     # Written only when there is something to say, as kohya does (a reader parses them).
     if config.conv_dim is not None:
