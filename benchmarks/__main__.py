@@ -11,7 +11,7 @@ from benchmarks.runner import failure_summary, run_suites
 
 SUITES = ("dataset_upload", "crop_speed", "oversized_requests", "tagger_throughput", "trainer_step",
           "trainer_startup", "training_queue", "event_latency", "service_training", "gateway_overhead",
-          "gateway_connect", "webhook_delivery")
+          "gateway_connect", "webhook_delivery", "trainer_capacity")
 
 
 def main(argv: list[str] | None = None, package: str = "benchmarks") -> int:

@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from kiln.v1 import dataset_pb2 as dpb
 from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import trainer_worker_pb2 as wpb
-from services.common.database import create_engine, migrate
+from services.common.database import create_engine
 from services.trainer import records, schema
 from services.trainer.event_log import EventLog
-from services.trainer.server import MIGRATIONS, VERSION_TABLE
+from services.trainer.server import SCHEMA
 from services.trainer.training_queue import QueueRules, TrainingQueue
 
 JOBS, TENANTS, ROUNDS = 1000, 50, 15
@@ -48,7 +48,7 @@ def main() -> dict[str, float]:
                                      worker_seen=dt.timedelta(minutes=2)), EventLog(keep=20_000))
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(f"sqlite:///{Path(tmp) / 'trainer.db'}")
-        migrate(engine, MIGRATIONS, VERSION_TABLE)
+        SCHEMA.upgrade(engine)
         at = records.now()
         with engine.begin() as conn:
             conn.execute(schema.training_jobs.insert(), [_row(i, at) for i in range(JOBS)])

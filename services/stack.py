@@ -185,13 +185,14 @@ def _origin(endpoint: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _create_key(gateway_dir: pathlib.Path, tenant: str) -> str:
-    """A first API key, written to the gateway's database as its `keys create` does."""
+def _create_key(gateway_dir: pathlib.Path, tenant: str, database_url: str = "") -> str:
+    """A first API key, written to the gateway's database as its `keys create` does (its SQLite file
+    under the data folder, unless `database_url` names the one the gateway was given)."""
     from services.gateway.api_keys import create_key
     from services.gateway.server import open_database
     from services.gateway.settings import GatewaySettings
 
-    settings = GatewaySettings(data_dir=gateway_dir, gateway_database_url="", json_logs=False)
+    settings = GatewaySettings(data_dir=gateway_dir, gateway_database_url=database_url, json_logs=False)
     transactions = open_database(settings)
     try:
         with transactions.engine.begin() as conn:
@@ -272,7 +273,8 @@ def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, mo
     http_address = f"127.0.0.1:{http_port}"
     _until(lambda: _port_open(http_address), gateway, deadline)
     stack.http_address = http_address
-    stack.api_key = _create_key((stack.data_dir / "gateway").resolve(), stack.tenant)
+    stack.api_key = _create_key((stack.data_dir / "gateway").resolve(), stack.tenant,
+                                service_env.get("gateway", {}).get("KILN_GATEWAY_DATABASE_URL", ""))
 
 
 def _stop(stack: Stack, report: Report) -> None:

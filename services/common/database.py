@@ -13,8 +13,6 @@ import pathlib
 import sqlite3
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -88,17 +86,6 @@ def _quarter_seconds(seconds: float) -> float:
 def _milliseconds(seconds: float) -> int:
     # 0 means "no limit" to both databases: a spent deadline still gets the shortest real one.
     return max(1, round(seconds * 1000))
-
-
-def migrate(engine: Engine, script_location: pathlib.Path, version_table: str) -> None:
-    """Bring the schema to the newest revision. Each service keeps its own
-    version table so that several services may share one database."""
-    config = Config()
-    config.set_main_option("script_location", str(script_location))
-    config.attributes["version_table"] = version_table
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
 
 
 def run_migrations_online(target_metadata: sa.MetaData | None = None) -> None:

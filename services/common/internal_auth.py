@@ -35,12 +35,18 @@ class InternalCredential:
     """What a caller must present. Built from settings; refuses settings that would let anyone in."""
 
     def __init__(self, settings: InternalAuthSettings) -> None:
-        self._token = settings.token.get_secret_value().encode()
+        token = settings.token.get_secret_value().encode()
         self._mtls = settings.mode == "mtls"
-        if not self._mtls and not self._token:
+        if not self._mtls and not token:
             raise InternalAuthError(
                 "no internal credential: set KILN_INTERNAL_AUTH__TOKEN to a long random secret shared by every "
                 "Kiln service (or KILN_INTERNAL_AUTH__MODE=mtls with server TLS and a client CA)")
+        extra = [t.get_secret_value().encode() for t in settings.accepted_tokens]
+        if any(not t for t in extra) or (extra and not token):
+            raise InternalAuthError("KILN_INTERNAL_AUTH__ACCEPTED_TOKENS: every accepted token must be non-empty, "
+                                    "and KILN_INTERNAL_AUTH__TOKEN set beside them")
+        # What an `authorization` header may be: the current token, or one accepted during a rotation.
+        self._expected = [b"Bearer " + t for t in (token, *extra)] if token else []
 
     @property
     def requires_client_certificate(self) -> bool:
@@ -49,12 +55,19 @@ class InternalCredential:
     def check(self, context: grpc.aio.ServicerContext) -> None:
         if self._mtls and not _peer_certified(context):
             raise unauthenticated("internal calls must present a client certificate signed by the internal CA")
-        if self._token:
+        if self._expected:
             presented = _metadata(context, AUTHORIZATION_HEADER)
-            expected = b"Bearer " + self._token
-            if presented is None or not hmac.compare_digest(presented.encode(), expected):
+            if presented is None or not _matches_any(presented.encode(), self._expected):
                 raise unauthenticated("this is an internal Kiln service: call it through the gateway, or send "
                                       "the internal credential as `authorization: Bearer <token>`")
+
+
+def _matches_any(presented: bytes, expected: list[bytes]) -> bool:
+    # Every candidate is compared, in constant time each, whichever matches.
+    matched = False
+    for candidate in expected:
+        matched |= hmac.compare_digest(presented, candidate)
+    return matched
 
 
 def internal_auth_interceptor(credential: InternalCredential) -> AroundCalls:

@@ -12,12 +12,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ObjectStoreSettings(BaseModel):
     """An S3-compatible store. With no endpoint the service starts an embedded SeaweedFS."""
 
+    # host:port of MinIO or any S3. Empty: the service starts an embedded SeaweedFS (one machine only).
     endpoint: str = ""
+    # The store's credentials: change both in production.
     access_key: str = "kiln"
     secret_key: SecretStr = SecretStr("kiln-secret-key")
-    # S3 bucket naming rules, checked at start-up rather than on the first request.
+    # The bucket every service shares (S3 naming rules, checked at start-up rather than on the first
+    # request).
     bucket: str = Field(default="kiln", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    # HTTPS to the store.
     secure: bool = False
+    # The region presigned URLs are signed for.
     region: str = "us-east-1"
     # Where the embedded server keeps its data when no endpoint is given.
     embedded_dir: pathlib.Path = pathlib.Path("var/s3")
@@ -35,8 +40,10 @@ class TlsSettings(BaseModel):
     """TLS for a server or its clients (PEM files). With `client_ca_file` on a server, callers
     must present a certificate it signed: mutual TLS, the production form of internal trust."""
 
+    # PEM certificate (chain) and its key; set both to serve (or call) over TLS.
     cert_file: pathlib.Path | None = None
     key_file: pathlib.Path | None = None
+    # On a server: the CA whose certificates callers must present (mutual TLS).
     client_ca_file: pathlib.Path | None = None
 
     @property
@@ -45,6 +52,7 @@ class TlsSettings(BaseModel):
 
 
 class ServerSettings(BaseModel):
+    # Where the gRPC server listens (0.0.0.0 in a container); port 0 picks a free one.
     host: str = "127.0.0.1"
     port: int = 0
     # Seconds in-flight calls get to finish on SIGTERM; the process exits within it.
@@ -61,6 +69,7 @@ class ServerSettings(BaseModel):
 class MetricsSettings(BaseModel):
     """Prometheus metrics over HTTP (`/metrics`). Port 0 picks a free one (logged at start)."""
 
+    # Serve /metrics; where (0.0.0.0 in a container, so Prometheus can scrape it).
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
@@ -69,6 +78,8 @@ class MetricsSettings(BaseModel):
 class TracingSettings(BaseModel):
     """OpenTelemetry spans, exported over OTLP/gRPC when an endpoint is set; off otherwise."""
 
+    # host:port of an OTLP/gRPC collector (empty: no tracing); plaintext unless otlp_insecure is false;
+    # the share of traces kept.
     otlp_endpoint: str = ""
     otlp_insecure: bool = True
     sample_ratio: float = Field(default=1.0, ge=0, le=1)
@@ -81,8 +92,14 @@ class InternalAuthSettings(BaseModel):
     `mtls`: the transport proves it (server.tls with a client CA); the token, when set, is
     checked as well."""
 
+    # "token": internal calls carry the shared token; "mtls": the transport proves them.
     mode: Literal["token", "mtls"] = "token"
+    # The internal credential (required in token mode): a long random secret, the same on every service.
     token: SecretStr = SecretStr("")
+    # Further tokens a server accepts besides `token` (clients always send `token`), so the token
+    # can be rotated replica by replica without refusing a call: first every service accepts the
+    # new one, then every service sends it (the old one still accepted), then the old one goes.
+    accepted_tokens: list[SecretStr] = []
     # Client side of mTLS: the certificate this service presents to the ones it calls, and the
     # CA that signed theirs.
     client_tls: TlsSettings = TlsSettings()
@@ -92,8 +109,10 @@ class InternalAuthSettings(BaseModel):
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KILN_", env_nested_delimiter="__", extra="ignore")
 
+    # Logs on stderr: the level, and one JSON object a line (false: plain text).
     log_level: str = "INFO"
     json_logs: bool = True
+    # Where SQLite files (when no database URL is set) and other local state live.
     data_dir: pathlib.Path = pathlib.Path("var")
     s3: ObjectStoreSettings = ObjectStoreSettings()
     server: ServerSettings = ServerSettings()
@@ -104,7 +123,12 @@ class CommonSettings(BaseSettings):
     # a connection attempt to the database may take.
     database_timeout_seconds: float = Field(default=15.0, gt=0)
     database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # SQL threads and pooled connections of each service replica (PostgreSQL: each replica may open
+    # twice this many; size max_connections for every replica together).
     database_pool_size: int = Field(default=8, ge=1)
+    # Bring the service's tables to the newest schema at start-up. Off where a separate step runs
+    # `python -m services.<service> migrate` first: a service then refuses a schema behind its code.
+    migrate_on_start: bool = True
     # Signs page tokens. Every replica behind one address needs the same value;
     # empty: a key derived from s3.secret_key, which those replicas share anyway.
     page_token_secret: SecretStr = SecretStr("")

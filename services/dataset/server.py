@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 
 from kiln.v1 import dataset_pb2, dataset_pb2_grpc
 from services.common.body_detector import BodyDetector
-from services.common.database import create_engine, migrate
+from services.common.database import create_engine
 from services.common.hosting import Background, Continuous, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
 from services.common.internal_auth import InternalCredential
 from services.common.internal_client import ROUND_ROBIN, internal_aio_channel, replicas_target
 from services.common.logs import configure_logging
+from services.common.migrations import SchemaMigrations
 from services.common.objectstore import ObjectStore
 from services.common.observability import Observability
 from services.common.outages import OBJECT_STORE
@@ -38,6 +39,7 @@ from services.dataset.tagger_client import GrpcTaggingClient
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_dataset"
+SCHEMA = SchemaMigrations("dataset", MIGRATIONS, VERSION_TABLE)
 log = logging.getLogger(__name__)
 
 
@@ -117,7 +119,7 @@ async def build_dataset(settings: DatasetSettings, store: ObjectStore,
     engine = create_engine(settings.database_url(), timeout=settings.database_timeout_seconds,
                            connect_timeout=settings.database_connect_timeout_seconds,
                            pool_size=settings.database_pool_size)
-    await asyncio.to_thread(migrate, engine, MIGRATIONS, VERSION_TABLE)
+    await asyncio.to_thread(SCHEMA.prepare, engine, settings.migrate_on_start)
     transactions = Transactions(engine, IdempotencyKeys(schema.request_ids), store,
                                 pool_size=settings.database_pool_size, store_pool_size=settings.s3.max_parallel_calls,
                                 database_timeout=settings.database_timeout_seconds,

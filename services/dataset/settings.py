@@ -15,10 +15,13 @@ class DatasetSettings(CommonSettings):
     dataset_database_url: str = ""
     # At most 1000 training images per training unless configured otherwise.
     max_training_images: int = Field(default=1000, ge=1)
+    # Per dataset, of regularization images.
     max_regularization_images: int = Field(default=1000, ge=0)
+    # The largest image file an upload may be.
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     # Decompression bombs: a small file may declare a huge canvas.
     max_image_pixels: int = Field(default=64_000_000, ge=1)
+    # The shortest side an image may have, in pixels.
     min_image_side: int = Field(default=64, ge=1)
     # How long a browser upload form (CreateImageUpload) may be used. Its holder may send its one
     # object again and again until then, so minutes: enough to send 50 MiB over a slow line.
@@ -30,6 +33,7 @@ class DatasetSettings(CommonSettings):
     # host:port of the tagger service. Empty: images are not tagged or screened
     # (their tagging state says SKIPPED) and snapshots don't wait for screening.
     tagger_address: str = ""
+    # Images per call to the tagger, and calls an image gets before its tagging fails.
     tagging_batch_size: int = Field(default=8, ge=1, le=32)
     tagging_max_attempts: int = Field(default=5, ge=1)
     # The sweeps run at start-up, taking what a crash left, and then this often. An object no

@@ -1,5 +1,6 @@
 """`python -m services.gateway`: serve the public API; `… keys create|list|revoke`: manage API keys
-(an operator's tool: it talks to the gateway's database directly)."""
+(an operator's tool: it talks to the gateway's database directly); `… migrate`: bring that
+database to the newest schema (the migration step of a deployment)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from services.common.errors import ServiceError
+from services.common.service_cli import add_migrate_command, migrate_command
 from services.gateway.api_keys import ApiKey, create_key, list_keys, parse_key_id, revoke_key
+from services.gateway.server import SCHEMA, open_database
 from services.gateway.server import main as serve_main
-from services.gateway.server import open_database
 from services.gateway.settings import GatewaySettings
 
 
@@ -20,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="serve the public API (the default)")
+    add_migrate_command(commands, "gateway")
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="a new key for a tenant, shown once")
     create.add_argument("--tenant", required=True, help="the tenant the key acts for")
@@ -78,5 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "migrate":
+        return migrate_command(SCHEMA, GatewaySettings(), args.database_url)
     serve_main()
     return 0

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import grpc
 
 from kiln.v1 import dataset_pb2, trainer_pb2, webhooks_pb2
-from services.common.database import create_engine, migrate
+from services.common.database import create_engine
 from services.common.errors import ConfigurationError
 from services.common.hosting import Background, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
 from services.common.interceptors import deadline_interceptor
 from services.common.internal_client import ROUND_ROBIN, credential_metadata, internal_aio_channel, replicas_target
 from services.common.logs import configure_logging
+from services.common.migrations import SchemaMigrations
 from services.common.observability import Observability
 from services.common.process import drain_time, serve_process
 from services.common.readiness import Probe, database_probe
@@ -43,6 +44,7 @@ from services.gateway.web_files import content_security_policy, load_web_files, 
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_gateway"
+SCHEMA = SchemaMigrations("gateway", MIGRATIONS, VERSION_TABLE)
 # The public services and the setting naming the internal service behind each.
 PUBLIC_SERVICES = (
     (dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"], "dataset_address"),
@@ -114,11 +116,12 @@ def _registers(handler: grpc.GenericRpcHandler) -> Callable[[grpc.aio.Server], N
 
 
 def open_database(settings: GatewaySettings) -> Transactions:
-    """The gateway's database, migrated to the newest schema (blocking)."""
+    """The gateway's database, migrated to the newest schema (or checked to be at it, see
+    migrate_on_start; blocking)."""
     engine = create_engine(settings.database_url(), timeout=settings.database_timeout_seconds,
                            connect_timeout=settings.database_connect_timeout_seconds,
                            pool_size=settings.database_pool_size)
-    migrate(engine, MIGRATIONS, VERSION_TABLE)
+    SCHEMA.prepare(engine, settings.migrate_on_start)
     return Transactions(engine, IdempotencyKeys(schema.request_ids), None, pool_size=settings.database_pool_size,
                         database_timeout=settings.database_timeout_seconds, name="gateway")
 

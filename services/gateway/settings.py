@@ -16,6 +16,7 @@ class HttpSettings(BaseModel):
     """Where the Connect protocol (HTTP/1.1: browsers, curl, Connect clients) is served. Port 0
     picks a free port (logged at start)."""
 
+    # Where the Connect (HTTP/1.1) side listens; port 0 picks a free one.
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
 

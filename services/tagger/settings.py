@@ -24,6 +24,7 @@ class TaggerSettings(CommonSettings):
         None, description="tagger used when a request names none; unset: newest installed WD model, else builtin"
     )
     tagger_runtime: RuntimeOptions = RuntimeOptions()
+    # The moderation policy as JSON (rules on the tagger's safety tags; see services/tagger/moderation.py).
     tagger_policy: ModerationPolicy = ModerationPolicy()
     tagger_policy_file: pathlib.Path | None = Field(None, description="JSON ModerationPolicy; replaces tagger_policy")
     # Object keys the service may read: what the dataset service writes, nothing else in the bucket.

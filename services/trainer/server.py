@@ -23,12 +23,13 @@ from kiln.v1 import (
     webhooks_pb2,
     webhooks_pb2_grpc,
 )
-from services.common.database import create_engine, migrate
+from services.common.database import create_engine
 from services.common.hosting import Background, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
 from services.common.internal_auth import InternalCredential
 from services.common.internal_client import ROUND_ROBIN, internal_aio_channel, replicas_target
 from services.common.logs import configure_logging
+from services.common.migrations import SchemaMigrations
 from services.common.objectstore import ObjectStore
 from services.common.observability import Observability
 from services.common.outages import OBJECT_STORE
@@ -55,6 +56,7 @@ from services.trainer.webhooks.sender import WebhookSender
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_trainer"
+SCHEMA = SchemaMigrations("trainer", MIGRATIONS, VERSION_TABLE)
 log = logging.getLogger(__name__)
 
 
@@ -120,7 +122,7 @@ async def build_trainer(settings: TrainerServiceSettings, store: ObjectStore,
     engine = create_engine(settings.database_url(), timeout=settings.database_timeout_seconds,
                            connect_timeout=settings.database_connect_timeout_seconds,
                            pool_size=settings.database_pool_size)
-    await asyncio.to_thread(migrate, engine, MIGRATIONS, VERSION_TABLE)
+    await asyncio.to_thread(SCHEMA.prepare, engine, settings.migrate_on_start)
     transactions = Transactions(engine, IdempotencyKeys(schema.request_ids), store,
                                 pool_size=settings.database_pool_size, store_pool_size=settings.s3.max_parallel_calls,
                                 database_timeout=settings.database_timeout_seconds,

@@ -25,6 +25,7 @@ class TrainerServiceSettings(WebhookSettings):
     training_lease_seconds: float = Field(default=30.0, gt=0)
     # Runs a job may start (lost workers and retryable failures count) before it fails.
     training_max_attempts: int = Field(default=3, ge=1)
+    # Per tenant: jobs waiting, jobs running at once, test generations waiting or running.
     max_queued_jobs_per_tenant: int = Field(default=20, ge=1)
     max_running_jobs_per_tenant: int = Field(default=2, ge=1)
     max_queued_generations_per_tenant: int = Field(default=4, ge=1)
@@ -39,6 +40,7 @@ class TrainerServiceSettings(WebhookSettings):
     # Each job's event log keeps at least its latest this many events (a step is one); older
     # seqs answer OUT_OF_RANGE. The job, its per-epoch results and its metrics are kept whole.
     events_kept_per_job: int = Field(default=20_000, ge=10)
+    # How long a presigned artifact URL (GetArtifactUrl) stays valid.
     artifact_url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
 
     def database_url(self) -> str:

@@ -97,3 +97,39 @@ def test_the_process_says_how_to_set_the_credential(tmp_path):
     assert result.returncode != 0
     assert "KILN_INTERNAL_AUTH__TOKEN" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_internal_token_rotates_without_refusing_a_call(aio, tmp_path):
+    """A rolling rotation: every service first accepts the new token, then sends it (still accepting
+    the old one), then drops the old one. Callers of either phase are served throughout."""
+    old, new = SecretStr("rotation-old-token"), SecretStr("rotation-new-token")
+    phases = {"accept the new": InternalAuthSettings(token=old, accepted_tokens=[new]),
+              "send the new": InternalAuthSettings(token=new, accepted_tokens=[old]),
+              "drop the old": InternalAuthSettings(token=new)}
+    senders = {"old": InternalAuthSettings(token=old), "new": InternalAuthSettings(token=new),
+               "other": InternalAuthSettings(token=SecretStr("never-issued-token"))}
+    served: dict[str, dict[str, object]] = {}
+    for phase, auth in phases.items():
+        settings = TaggerSettings(tagger_dir=tmp_path, server=ServerSettings(port=0, shutdown_grace=1.0),
+                                  json_logs=False, internal_auth=auth)
+        with aio.context(running_tagger_service(settings, None)) as tagger:
+            for sender, sends in senders.items():
+                with internal_channel(tagger.address, sends) as channel:
+                    served.setdefault(phase, {})[sender] = _answer(tagger_pb2_grpc.TaggerServiceStub(channel))
+    ok, refused = grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED
+    assert served == {"accept the new": {"old": ok, "new": ok, "other": refused},
+                      "send the new": {"old": ok, "new": ok, "other": refused},
+                      "drop the old": {"old": refused, "new": ok, "other": refused}}
+
+
+def _answer(stub: tagger_pb2_grpc.TaggerServiceStub) -> grpc.StatusCode:
+    try:
+        stub.ListTaggers(tagger_pb2.ListTaggersRequest(), timeout=30)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+def test_an_empty_accepted_token_is_refused_at_start():
+    with pytest.raises(InternalAuthError, match="KILN_INTERNAL_AUTH__ACCEPTED_TOKENS"):
+        InternalCredential(InternalAuthSettings(token=SecretStr("t"), accepted_tokens=[SecretStr("")]))

@@ -34,6 +34,7 @@ class WebhookSettings(CommonSettings):
     webhook_concurrency: int = Field(default=16, ge=0)
     # How often deliveries due later (retries, other replicas' events) are looked for.
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    # Endpoints one tenant may register.
     max_webhook_endpoints_per_tenant: int = Field(default=20, ge=1)
     # Deliveries that succeeded or failed for good are listed for this long after their last
     # attempt, then deleted (pending ones are kept whatever their age).

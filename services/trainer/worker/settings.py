@@ -25,7 +25,9 @@ class WorkerSettings(CommonSettings):
     trainer_address: str = ""
     # Over mutual TLS with several replicas listed: the name their certificate is for.
     trainer_tls_name: str = ""
+    # The worker's base-model store (its own copy: a local disk or a volume).
     models_dir: pathlib.Path = Field(default_factory=user_cache_models)
+    # The name the trainer service knows this worker by (jobs show it).
     worker_id: str = Field(default_factory=default_worker_id)
     # Families this worker trains ("sd15", "sdxl"); empty: both.
     worker_families: tuple[str, ...] = ()

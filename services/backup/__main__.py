@@ -1,0 +1,3 @@
+from services.backup.cli import main
+
+raise SystemExit(main())
