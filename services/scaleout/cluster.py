@@ -14,6 +14,7 @@ import os
 import pathlib
 import secrets
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -106,7 +107,7 @@ class Cluster:
             "KILN_S3__SECRET_KEY": self.store.secret_key, "KILN_S3__BUCKET": S3_BUCKET,
             "KILN_MODELS_DIR": str(self.models_dir), "KILN_DATA_DIR": str(self.root / "data" / name),
             # Two cores for everything: one thread per process.
-            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "KILN_MIGRATE_ON_START": "false",
         })
         env.update({f"KILN_{key.upper()}": value for key, value in settings.items()})
         return env
@@ -179,6 +180,18 @@ def host_names(shape: Shape) -> list[str]:
             *(f"worker-{i + 1}" for i in range(shape.workers)), "gateway"]
 
 
+def _migrate(cluster: Cluster) -> None:
+    """The step a deployment runs before its services (which then never migrate on their own)."""
+    host = cluster.network.hosts["gateway"]
+    for service in ("dataset", "trainer", "gateway"):
+        env = cluster._environment(f"migrate-{service}", **{f"{service}_database_url": cluster.database_urls[service]})
+        done = subprocess.run(host.argv([sys.executable, "-m", f"services.{service}", "migrate"]), env=env, cwd=ROOT,
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"`python -m services.{service} migrate` failed:\n{done.stdout}{done.stderr}")
+        cluster.report(f"  {done.stdout.strip()}")
+
+
 def _start(cluster: Cluster, shape: Shape) -> None:
     report = cluster.report
     network = cluster.network
@@ -220,17 +233,11 @@ def _start(cluster: Cluster, shape: Shape) -> None:
                  trainer_address=cluster.addresses("trainer"), http__host=gateway_host.address,
                  http__port=str(gateway_host.port(HTTP_PORT)), web_dir="off",
                  key_requests_per_second="500", key_request_burst="1000")
-    # The databases are migrated by the first replica of each service before the rest start.
-    report("starting the tagger, the first dataset and trainer replicas and the gateway")
-    first = ["tagger", "dataset-1", "trainer-1", "gateway"]
-    for name in first:
+    _migrate(cluster)
+    report(f"starting {', '.join(cluster.services)}")
+    for name in cluster.services:
         cluster.start_service(name)
-    cluster.wait_serving(first)
-    rest = [name for name in cluster.services if name not in first]
-    report(f"starting {', '.join(rest)}")
-    for name in rest:
-        cluster.start_service(name)
-    cluster.wait_serving([name for name in rest if not name.startswith("worker")])
+    cluster.wait_serving([name for name in cluster.services if not name.startswith("worker")])
     for name, service in cluster.services.items():
         report(f"  {name:10s} {service.address if not name.startswith('worker') else '(worker)'}")
 

@@ -6,6 +6,7 @@ and the bucket must hold nothing no record names."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import pathlib
 import tempfile
@@ -52,6 +53,7 @@ class Outcome:
     failures: dict[str, list[str]] = field(default_factory=dict)
     webhook_repeats: int = 0
     watcher_reconnects: int = 0
+    watch_breaks: dict[str, int] = field(default_factory=dict)
     attempts: int = 0
     objects: int = 0
 
@@ -185,6 +187,7 @@ def _exercise(cluster: Cluster, workload: Workload, shape: Shape, outcome: Outco
         outcome.mean_training_seconds = sum(_seconds(r.job) for r in records[1:]) / max(len(records) - 1, 1)
         outcome.attempts = sum(r.job.attempt_count for r in records[1:])
         outcome.watcher_reconnects = sum(w.reconnects for w in watches)
+        outcome.watch_breaks = dict(sum((w.breaks for w in watches), collections.Counter()))
         report("checking")
         # Deliveries still due (a retry after a fault) are given until the last one is sent.
         expected = sum(len(checks.expected_webhooks(r)) for r in records)

@@ -4,6 +4,7 @@ should; the events it gets must then continue exactly after that seq, never skip
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ class Watch:
     tenant: str
     events: list[tpb.TrainingEvent] = field(default_factory=list)
     reconnects: int = 0
+    # Why each stream ended before the job's final event: a status code, or "ended" (closed cleanly).
+    breaks: collections.Counter[str] = field(default_factory=collections.Counter)
     # Events that did not follow the last one seen: (seq expected, seq received).
     out_of_order: list[tuple[int, int]] = field(default_factory=list)
     error: str = ""
@@ -59,6 +62,7 @@ class Watch:
 
 def follow(client: Client, watch: Watch, deadline: float) -> None:
     """Until the job's final event (or `deadline`), reconnecting whenever the stream breaks."""
+    failures, seen = 0, watch.last_seq
     try:
         while not watch.finished():
             if time.monotonic() > deadline:
@@ -77,10 +81,17 @@ def follow(client: Client, watch: Watch, deadline: float) -> None:
                 if error.code not in _RESUMABLE:
                     watch.error = f"{error.code.name}: {error}"
                     return
+                watch.breaks[f"{error.code.name}: {str(error)[:80]}"] += 1
+            else:
+                if not watch.finished():
+                    watch.breaks["ended"] += 1
             finally:
                 stream.cancel()
             if not watch.finished():
                 watch.reconnects += 1
-                time.sleep(0.2)  # a pause before reconnecting, as any client takes
+                failures = failures + 1 if watch.last_seq == seen else 1
+                seen = watch.last_seq
+                # A pause before reconnecting, growing while nothing comes through, as clients take.
+                time.sleep(min(2.0, 0.2 * 2 ** (failures - 1)))
     finally:
         watch.done.set()
