@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from services.scaleout.proof import Workload
 
 FAULTS = ["worker killed", "trainer replica killed", "volume server restarted", "database stopped"]
@@ -18,6 +20,7 @@ CHECKS = ["every job succeeded exactly once", "each LoRA equals the uninterrupte
           "nothing in the bucket that no record names"]
 
 
+@pytest.mark.timeout(Workload.timeout_seconds + 600)
 def test_twenty_jobs_of_four_tenants_survive_every_fault_exactly_once(tmp_path):
     figures = tmp_path / "outcome.json"
     env = {key: value for key, value in os.environ.items() if not key.startswith("KILN_")}
