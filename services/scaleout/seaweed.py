@@ -8,8 +8,8 @@ import contextlib
 import io
 import json
 import os
-import signal
 import pathlib
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
