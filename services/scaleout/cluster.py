@@ -8,8 +8,6 @@ in flight to it. Parts can be killed (SIGKILL) and started again while the clust
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import os
 import pathlib
 import secrets
@@ -20,11 +18,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from services import stack
 from services.scaleout.hosts import Network, cluster_hosts
 from services.scaleout.postgres import PostgresServer
 from services.scaleout.seaweed import HOSTS as STORE_HOSTS
@@ -144,7 +139,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         for name in names:
             service = self.services[name]
-            while not serving(service.address):
+            while not stack.serving(service.address):
                 process = service.process
                 if process is not None and process.returncode is not None:
                     raise RuntimeError(f"{name} exited with code {process.returncode} while starting; its log "
@@ -162,16 +157,6 @@ class Cluster:
                     service.process.stop(grace=10)
         self.postgres.stop()
         self.store.stop()
-
-
-def serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        health: Any = health_pb2_grpc.HealthStub(channel)  # its stubs are untyped
-        try:
-            answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-        except grpc.RpcError:
-            return False
-    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def host_names(shape: Shape) -> list[str]:
@@ -270,22 +255,4 @@ def running_cluster(root: pathlib.Path, shape: Shape = Shape(), report: Report =
 
 def create_api_key(cluster: Cluster, tenant: str) -> str:
     """An API key for `tenant`, written to the gateway's database as `kiln keys create` does."""
-    from services.gateway.api_keys import create_key
-    from services.gateway.server import open_database
-    from services.gateway.settings import GatewaySettings
-
-    settings = GatewaySettings(data_dir=cluster.root / "keys", gateway_database_url=cluster.database_urls["gateway"],
-                               json_logs=False)
-    transactions = open_database(settings)
-    try:
-        with transactions.engine.begin() as conn:
-            _, secret = create_key(conn, tenant, f"scale-out proof {dt.datetime.now(dt.UTC):%H:%M:%S}",
-                                   dt.datetime.now(dt.UTC))
-    finally:
-        transactions.close()
-        transactions.engine.dispose()
-    return secret
-
-
-def describe(cluster: Cluster) -> str:
-    return json.dumps({name: service.address for name, service in cluster.services.items()})
+    return stack.create_api_key(cluster.root / "keys", tenant, cluster.database_urls["gateway"], "scale-out proof")

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from kiln import Client
 from kiln.errors import KilnError
 from kiln.v1 import trainer_pb2 as tpb
-from services.scaleout.cluster import Cluster, serving
+from services.scaleout.cluster import Cluster
 from services.scaleout.watchers import Watch
+from services.stack import serving
 
 POLL = 0.1
 DATABASE_DOWN_SECONDS = 3.0
