@@ -13,7 +13,6 @@ from typing import Any
 from kiln.v1 import trainer_pb2 as tpb
 from services.scaleout.watchers import Watch
 from services.scaleout.webhook_sink import Delivery
-from services.trainer.queue_order import WaitingJob, queue_order
 
 State = tpb.TrainingJob.State
 # A claim requeues the jobs whose leases ran out in its own transaction, a moment after it read the
@@ -100,8 +99,9 @@ def webhooks_delivered_once_each(records: Sequence[JobRecord], deliveries: Itera
 
 
 def queue_order_held(records: Sequence[JobRecord], max_running_per_tenant: int) -> list[str]:
-    """Replays the log: each start must be of the job first in the queue's order (FIFO within a
-    tenant, round-robin across tenants) among those its tenant's running limit allowed then."""
+    """Replays the log against the queue's promise, stated here on its own: a free worker takes the
+    oldest waiting job of the tenant with the fewest jobs running (ties: the tenant whose oldest
+    waiting job is older), skipping tenants at their running limit."""
     timeline: list[tuple[dt.datetime, int, str, str]] = []
     created = {r.job.name: r.job.create_time.ToDatetime(dt.UTC) for r in records}
     tenant_of = {r.job.name: r.tenant for r in records}
@@ -117,12 +117,14 @@ def queue_order_held(records: Sequence[JobRecord], max_running_per_tenant: int) 
     over: set[str] = set()
     wrong = []
 
-    def first_in_queue(at: dt.datetime, running_then: set[str]) -> WaitingJob | None:
+    def next_job(at: dt.datetime, running_then: set[str]) -> str | None:
         busy = collections.Counter(tenant_of[j] for j in running_then)
-        waiting = [WaitingJob(j, tenant_of[j], created[j], 0.0) for j in created
-                   if j not in running_then and j not in over and created[j] <= at]
-        eligible = [w for w in queue_order(waiting, busy) if busy[w.tenant] < max_running_per_tenant]
-        return eligible[0] if eligible else None
+        oldest: dict[str, str] = {}
+        for job in sorted((j for j in created if j not in running_then and j not in over and created[j] <= at),
+                          key=lambda j: (created[j], j)):
+            oldest.setdefault(tenant_of[job], job)
+        candidates = [(busy[t], created[j], j) for t, j in oldest.items() if busy[t] < max_running_per_tenant]
+        return min(candidates)[2] if candidates else None
 
     for at, _, what, job in timeline:
         if what != "started":
@@ -133,11 +135,10 @@ def queue_order_held(records: Sequence[JobRecord], max_running_per_tenant: int) 
         # A requeue logged just after this start may have been made by this very claim (it
         # requeues the jobs whose leases ran out before it picks): either order is the truth.
         soon = {j for t, _, w, j in timeline if w == "requeued" and at < t <= at + _SAME_TRANSACTION}
-        firsts = {first_in_queue(at, running), first_in_queue(at, running - soon)} - {None}
-        if firsts and job not in {w.id for w in firsts if w is not None}:
-            first = next(w for w in firsts if w is not None)
-            wrong.append(f"at {at:%H:%M:%S.%f} {job} ({tenant_of[job]}) started while {first.id} "
-                         f"({first.tenant}) was first in the queue")
+        expected = {next_job(at, running), next_job(at, running - soon)}
+        if job not in expected:
+            named = ", ".join(sorted(f"{j} ({tenant_of[j]})" for j in expected if j)) or "none (nothing could start)"
+            wrong.append(f"at {at:%H:%M:%S.%f} {job} ({tenant_of[job]}) started; the queue's next was {named}")
         running.add(job)
     return wrong
 
@@ -158,15 +159,27 @@ def _first_start(record: JobRecord) -> dt.datetime:
 
 
 _DATASET_KEY = re.compile(r"^datasets/([^/]+)/(?:images/([^/]+)/|snapshots/([0-9a-f]{64})\.json$)")
-_JOB_KEY = re.compile(r"^trainingJobs/([^/]+)/")
+_JOB_KEY = re.compile(r"^trainingJobs/([^/]+)/(.+)$")
+
+
+def _job_keys(job: tpb.TrainingJob) -> set[str]:
+    """The objects a job's record accounts for: its settings, and for each epoch it lists the LoRA,
+    the checkpoint it resumes from, and the previews with their record and sheet."""
+    keys = {"config.json", "plan.json"}
+    for epoch in job.epochs:
+        folder = f"epochs/{epoch.epoch}/"
+        keys |= {f"{folder}{name}" for name in ("lora.safetensors", "checkpoint.pt", "previews.json",
+                                                  "contact_sheet.png")}
+        keys |= {f"{folder}previews/{index}.png" for index in range(len(epoch.previews))}
+    return keys
 
 
 def bucket_holds_only_named_objects(keys: Iterable[str], images: Mapping[str, set[str]],
                                     records: Sequence[JobRecord]) -> list[str]:
     """Every object belongs to a record the API shows: an image of a dataset, the snapshot a job
-    trained on, or the files of a job."""
+    trained on, or a file of a job's saved epochs."""
     snapshots = {r.job.snapshot for r in records}
-    jobs = {r.job.name.removeprefix("trainingJobs/") for r in records}
+    jobs = {r.job.name.removeprefix("trainingJobs/"): _job_keys(r.job) for r in records}
     wrong = []
     for key in keys:
         dataset = _DATASET_KEY.match(key)
@@ -180,6 +193,8 @@ def bucket_holds_only_named_objects(keys: Iterable[str], images: Mapping[str, se
         elif job is not None:
             if job.group(1) not in jobs:
                 wrong.append(f"{key}: no such training job")
+            elif job.group(2) not in jobs[job.group(1)]:
+                wrong.append(f"{key}: not a file of the job's saved epochs")
         else:
             wrong.append(f"{key}: named by no record")
     return wrong

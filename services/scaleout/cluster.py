@@ -77,10 +77,6 @@ class Cluster:
     def gateway_address(self) -> str:
         return self.services["gateway"].address
 
-    @property
-    def gateway_http_address(self) -> str:
-        return self.services["gateway"].env["KILN_HTTP__HOST"] + ":" + self.services["gateway"].env["KILN_HTTP__PORT"]
-
     def addresses(self, prefix: str) -> str:
         """Every replica of a service, as a list its callers take."""
         return ",".join(s.address for name, s in sorted(self.services.items()) if name.startswith(prefix))
@@ -250,7 +246,7 @@ def running_cluster(root: pathlib.Path, shape: Shape = Shape(), report: Report =
             yield cluster
         finally:
             cluster.stop()
-            postgres.remove()
+            postgres.remove(root / "logs" / "postgres.log")
 
 
 def create_api_key(cluster: Cluster, tenant: str) -> str:

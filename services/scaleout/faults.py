@@ -5,6 +5,7 @@ few seconds."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,10 +45,24 @@ def _running(watches: Sequence[Watch]) -> list[Watch]:
     return [w for w in watches if w.current_worker()]
 
 
+def _some_running(watches: Sequence[Watch], deadline: float, fault: str) -> list[Watch]:
+    """The jobs running once at least one is (the fault must land mid-run)."""
+    found: list[Watch] = []
+
+    def running_now() -> bool:
+        if all(w.finished() for w in watches):
+            raise FaultTooLate(f"every job was over before the {fault}")
+        found[:] = _running(watches)
+        return bool(found)
+
+    until(running_now, deadline, f"no job was running for the {fault}")
+    return found
+
+
 def _all_progressed(watches: Sequence[Watch], since: float) -> Callable[[], bool]:
     """Each job that was running has logged an event stamped after `since` (wall clock), or ended."""
     def check() -> bool:
-        return all(w.finished() or (w.events and w.events[-1].time.ToDatetime().timestamp() > since)
+        return all(w.finished() or (w.events and w.events[-1].time.ToDatetime(dt.UTC).timestamp() > since)
                    for w in watches)
     return check
 
@@ -76,8 +91,7 @@ def kill_worker_mid_run(cluster: Cluster, watches: Sequence[Watch], worker: str,
 
 def kill_trainer_replica(cluster: Cluster, watches: Sequence[Watch], replica: str, timeout: float) -> Fault:
     deadline = time.monotonic() + timeout
-    until(lambda: bool(_running(watches)) or _no_more(watches), deadline, "no job ran")
-    running = _running(watches)
+    running = _some_running(watches, deadline, "trainer replica kill")
     start, wall = time.monotonic(), time.time()
     cluster.kill(replica)
     cluster.start_service(replica)
@@ -91,8 +105,7 @@ def kill_trainer_replica(cluster: Cluster, watches: Sequence[Watch], replica: st
 
 def restart_volume_server(cluster: Cluster, watches: Sequence[Watch], volume: str, timeout: float) -> Fault:
     deadline = time.monotonic() + timeout
-    until(lambda: bool(_running(watches)) or _no_more(watches), deadline, "no job ran")
-    running = _running(watches)
+    running = _some_running(watches, deadline, "volume server restart")
     start, wall = time.monotonic(), time.time()
     process = cluster.store.processes[volume]
     cluster.kill_process(process)
@@ -108,8 +121,7 @@ def restart_volume_server(cluster: Cluster, watches: Sequence[Watch], volume: st
 def stop_database(cluster: Cluster, watches: Sequence[Watch], client: Client, probe: str, timeout: float) -> Fault:
     """`probe`: a job `client` may read, asked for until the API answers again."""
     deadline = time.monotonic() + timeout
-    until(lambda: bool(_running(watches)) or _no_more(watches), deadline, "no job ran")
-    running = _running(watches)
+    running = _some_running(watches, deadline, "database outage")
     cluster.postgres.stop()
     stopped = time.monotonic()
     time.sleep(DATABASE_DOWN_SECONDS)  # the outage itself: how long the database stays away
@@ -130,9 +142,3 @@ def stop_database(cluster: Cluster, watches: Sequence[Watch], client: Client, pr
                  f"{len(running)} jobs running (API answering {answering:.1f} s after it came back)",
                  time.monotonic() - start, "every job running at the outage had logged a new event (counted from "
                  "the database's return)")
-
-
-def _no_more(watches: Sequence[Watch]) -> bool:
-    if all(w.finished() for w in watches):
-        raise FaultTooLate("every job was over before the fault")
-    return False

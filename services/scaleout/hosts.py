@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class Network:
 
     def close(self) -> None:
         for namespace in self._namespaces:
-            subprocess.run(["ip", "netns", "delete", namespace], capture_output=True, check=False)
+            _delete_namespace(namespace)
         if self._bridge:
             subprocess.run(["ip", "link", "delete", self._bridge], capture_output=True, check=False)
 
@@ -68,6 +69,15 @@ def namespaces_possible() -> bool:
     if made:
         subprocess.run(["ip", "netns", "delete", probe], capture_output=True, check=False)
     return made
+
+
+def _delete_namespace(name: str) -> None:
+    """Whatever still runs on the host is killed first: a process outlives its namespace's name."""
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, check=False).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
 def _ip(*args: str) -> None:
@@ -86,8 +96,10 @@ def remove_leftovers() -> None:
     for name in names:
         owner = name.removeprefix(_PREFIX).split("h")[0].split("b")[0].split("v")[0]
         if owner.isdigit() and not _alive(int(owner)):
-            kind = "netns" if "h" in name.removeprefix(_PREFIX) else "link"
-            subprocess.run(["ip", kind, "delete", name], capture_output=True, check=False)
+            if "h" in name.removeprefix(_PREFIX):
+                _delete_namespace(name)
+            else:
+                subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
 
 
 def _alive(pid: int) -> bool:

@@ -3,6 +3,7 @@ can be stopped and started again like any other part."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import pwd
@@ -31,12 +32,12 @@ def _binaries() -> pathlib.Path:
 class PostgresServer:
     def __init__(self, host: Host, on_exit: Callable[[ManagedProcess], None]) -> None:
         self.host = host
+        self._bin = _binaries()
         # A folder of its own in the temp dir: as root, the postgres user must reach it, which a
         # folder inside another private one would not let it.
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="kiln-scaleout-pg-"))
         self.port = host.port(PORT)
         self._on_exit = on_exit
-        self._bin = _binaries()
         # initdb refuses root: as root, the server runs as the postgres user (setpriv execs, so the
         # server keeps the pid it was started with and gets signals first-hand).
         self._as_user: list[str] = (["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
@@ -89,8 +90,11 @@ class PostgresServer:
             self.process.process.wait(30)
         self.process.stop(grace=5)
 
-    def remove(self) -> None:
-        """Its files, once stopped."""
+    def remove(self, keep_log: pathlib.Path) -> None:
+        """Its files, once stopped; its log is kept at `keep_log`."""
+        with contextlib.suppress(OSError):
+            keep_log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.root / "postgres.log", keep_log)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def create_database(self, name: str) -> str:

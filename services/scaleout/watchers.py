@@ -8,6 +8,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -31,6 +32,15 @@ class Watch:
     out_of_order: list[tuple[int, int]] = field(default_factory=list)
     error: str = ""
     done: threading.Event = field(default_factory=threading.Event)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    _stream: Any = None
+
+    def stop(self) -> None:
+        """Ends the watch now (the proof is being interrupted)."""
+        self.stopped.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
 
     @property
     def last_seq(self) -> int:
@@ -64,12 +74,12 @@ def follow(client: Client, watch: Watch, deadline: float) -> None:
     """Until the job's final event (or `deadline`), reconnecting whenever the stream breaks."""
     failures, seen = 0, watch.last_seq
     try:
-        while not watch.finished():
+        while not watch.finished() and not watch.stopped.is_set():
             if time.monotonic() > deadline:
                 watch.error = f"not over by the deadline (last seq {watch.last_seq})"
                 return
-            stream = client.trainer.WatchTrainingJob(tpb.WatchTrainingJobRequest(name=watch.job,
-                                                                                 after_seq=watch.last_seq))
+            stream = watch._stream = client.trainer.WatchTrainingJob(
+                tpb.WatchTrainingJobRequest(name=watch.job, after_seq=watch.last_seq))
             try:
                 for event in stream:
                     if event.seq != watch.last_seq + 1:
@@ -87,11 +97,11 @@ def follow(client: Client, watch: Watch, deadline: float) -> None:
                     watch.breaks["ended"] += 1
             finally:
                 stream.cancel()
-            if not watch.finished():
+            if not watch.finished() and not watch.stopped.is_set():
                 watch.reconnects += 1
                 failures = failures + 1 if watch.last_seq == seen else 1
                 seen = watch.last_seq
                 # A pause before reconnecting, growing while nothing comes through, as clients take.
-                time.sleep(min(2.0, 0.2 * 2 ** (failures - 1)))
+                watch.stopped.wait(min(2.0, 0.2 * 2 ** (failures - 1)))
     finally:
         watch.done.set()

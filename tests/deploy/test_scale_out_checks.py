@@ -30,6 +30,8 @@ def record(name: str, tenant: str, created: float, log: list[tuple[float, str]])
             event.started.CopyFrom(tpb.StartedEvent(worker="w", attempt=1))
         elif kind == "epoch":
             event.epoch_saved.epoch = 1
+        elif kind == "requeued":
+            event.requeued.reason = "its worker stopped reporting"
         else:
             event.finished.state = State.STATE_SUCCEEDED
         events.append(event)
@@ -43,10 +45,26 @@ def test_a_tenant_served_twice_while_another_waits_breaks_round_robin():
     a2 = record("a2", "a", 1, [(4, "started"), (9, "finished")])
     b1 = record("b1", "b", 2, [(5, "started"), (9, "finished")])
     wrong = checks.queue_order_held([a1, a2, b1], max_running_per_tenant=2)
-    assert len(wrong) == 1 and "trainingJobs/a2 (a) started while trainingJobs/b1 (b) was first" in wrong[0]
+    assert len(wrong) == 1 and "trainingJobs/a2 (a) started; the queue's next was trainingJobs/b1 (b)" in wrong[0]
     fair = [a1, record("a2", "a", 1, [(5, "started"), (9, "finished")]),
             record("b1", "b", 2, [(4, "started"), (9, "finished")])]
     assert checks.queue_order_held(fair, max_running_per_tenant=2) == []
+
+
+def test_a_start_past_the_running_limit_or_before_the_job_exists_is_wrong():
+    a1 = record("a1", "a", 0, [(3, "started"), (9, "finished")])
+    a2 = record("a2", "a", 1, [(4, "started"), (9, "finished")])
+    over_the_limit = checks.queue_order_held([a1, a2], max_running_per_tenant=1)
+    assert len(over_the_limit) == 1 and "nothing could start" in over_the_limit[0]
+    early = record("b1", "b", 5, [(4, "started"), (9, "finished")])
+    assert checks.queue_order_held([early], max_running_per_tenant=2)
+
+
+def test_a_requeue_the_claim_itself_made_may_come_either_side_of_it():
+    # a1's worker died; the claim at 5 s requeued it (logged a moment later) and may take it.
+    a1 = record("a1", "a", 0, [(1, "started"), (5.01, "requeued"), (5, "started"), (9, "finished")])
+    b1 = record("b1", "b", 2, [(3, "started"), (9, "finished")])
+    assert checks.queue_order_held([a1, b1], max_running_per_tenant=1) == []
 
 
 def test_a_later_job_of_a_tenant_starting_first_breaks_fifo():
@@ -62,7 +80,8 @@ def test_objects_no_record_names_are_found():
             "trainingJobs/j1/epochs/1/lora.safetensors"]
     assert checks.bucket_holds_only_named_objects(keys, {"d1": {"i1"}}, [job]) == []
     strays = ["datasets/d1/images/gone/original", "uploads/d1/u1", "trainingJobs/j2/epochs/1/lora.safetensors",
-              "datasets/d1/snapshots/" + "b" * 64 + ".json"]
+              "datasets/d1/snapshots/" + "b" * 64 + ".json", "trainingJobs/j1/epochs/2/lora.safetensors",
+              "trainingJobs/j1/epochs/1/previews/0.png"]
     assert len(checks.bucket_holds_only_named_objects(keys + strays, {"d1": {"i1"}}, [job])) == len(strays)
 
 
