@@ -29,7 +29,7 @@ DEPLOY_VENV := .venv-deploy
 DEPLOY_TOOLS := $(DEPLOY_VENV)/.kiln-installed
 DEPLOY_COMPOSE := $(DEPLOY_VENV)/.kiln-compose
 
-.PHONY: setup demo up web test test-deploy lint protos proto-baseline bench clean
+.PHONY: setup demo up web test test-deploy scale-out lint protos proto-baseline bench clean
 
 setup: $(STAMP) $(CLIP_VOCAB) $(SAMPLES)
 
@@ -78,6 +78,11 @@ test: setup $(TS_BUILT) $(WEB_BUILT) $(BROWSER)
 # The deployment artefacts (deploy/), checked offline by the validators, and the scale-out proof.
 test-deploy: setup $(DEPLOY_TOOLS) $(DEPLOY_COMPOSE)
 	$(PY) -m pytest tests/deploy
+
+# A production-shaped cluster on this machine, faults injected, every invariant checked (as root:
+# each part on a network namespace of its own).
+scale-out: setup
+	$(PY) -m services.scaleout $(ARGS)
 
 $(DEPLOY_TOOLS): deploy/tools-requirements.txt
 	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)

@@ -130,7 +130,8 @@ def _base_environment(token: str, s3_endpoint: str) -> dict[str, str]:
     return env
 
 
-def _serving(address: str) -> bool:
+def serving(address: str) -> bool:
+    """Whether the gRPC server at `address` says it serves (its health service)."""
     with grpc.insecure_channel(address) as channel:
         health: Any = health_pb2_grpc.HealthStub(channel)  # its stubs are untyped
         try:
@@ -185,9 +186,10 @@ def _origin(endpoint: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _create_key(gateway_dir: pathlib.Path, tenant: str, database_url: str = "") -> str:
+def create_api_key(gateway_dir: pathlib.Path, tenant: str, database_url: str = "", label: str = "kiln up") -> str:
     """A first API key, written to the gateway's database as its `keys create` does (its SQLite file
-    under the data folder, unless `database_url` names the one the gateway was given)."""
+    under the data folder, unless `database_url` names the one the gateway was given), named `label`
+    and the time."""
     from services.gateway.api_keys import create_key
     from services.gateway.server import open_database
     from services.gateway.settings import GatewaySettings
@@ -196,7 +198,7 @@ def _create_key(gateway_dir: pathlib.Path, tenant: str, database_url: str = "") 
     transactions = open_database(settings)
     try:
         with transactions.engine.begin() as conn:
-            _, secret = create_key(conn, tenant, f"kiln up {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S}",
+            _, secret = create_key(conn, tenant, f"{label} {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S}",
                                    dt.datetime.now(dt.UTC))
     finally:
         transactions.close()
@@ -267,13 +269,13 @@ def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, mo
                       dataset_address=addresses["dataset"], trainer_address=addresses["trainer"],
                       web_store_origins=json.dumps([_origin(s3_endpoint)]))
     for process in [*started, gateway]:
-        _until(lambda address=addresses[process.name]: _serving(address), process, deadline)  # type: ignore[misc]
+        _until(lambda address=addresses[process.name]: serving(address), process, deadline)  # type: ignore[misc]
         report(f"  {process.name:8s} serving on {addresses[process.name]}")
     stack.grpc_address = addresses["gateway"]
     http_address = f"127.0.0.1:{http_port}"
     _until(lambda: _port_open(http_address), gateway, deadline)
     stack.http_address = http_address
-    stack.api_key = _create_key((stack.data_dir / "gateway").resolve(), stack.tenant,
+    stack.api_key = create_api_key((stack.data_dir / "gateway").resolve(), stack.tenant,
                                 service_env.get("gateway", {}).get("KILN_GATEWAY_DATABASE_URL", ""))
 
 

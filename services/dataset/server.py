@@ -20,7 +20,7 @@ from services.common.database import create_engine
 from services.common.hosting import Background, Continuous, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
 from services.common.internal_auth import InternalCredential
-from services.common.internal_client import internal_aio_channel
+from services.common.internal_client import ROUND_ROBIN, internal_aio_channel, replicas_target
 from services.common.logs import configure_logging
 from services.common.migrations import SchemaMigrations
 from services.common.objectstore import ObjectStore
@@ -129,8 +129,8 @@ async def build_dataset(settings: DatasetSettings, store: ObjectStore,
     tagging = client = None
     if settings.tagger_address:
         tagging_config = tagging_settings(settings)
-        channel = internal_aio_channel(settings.tagger_address, settings.internal_auth,
-                                       interceptors=observability.tracing.client_interceptors())
+        channel = internal_aio_channel(replicas_target(settings.tagger_address), settings.internal_auth,
+                                       interceptors=observability.tracing.client_interceptors(), options=ROUND_ROBIN)
         # The client gives up when the worker does, so a call never outlives the claim on its images.
         client = GrpcTaggingClient(channel, timeout=tagging_config.call_timeout.total_seconds())
         tagging = TaggingWorker(transactions, client, tagging_config,

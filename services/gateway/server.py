@@ -19,7 +19,7 @@ from services.common.errors import ConfigurationError
 from services.common.hosting import Background, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
 from services.common.interceptors import deadline_interceptor
-from services.common.internal_client import credential_metadata, internal_aio_channel
+from services.common.internal_client import ROUND_ROBIN, credential_metadata, internal_aio_channel, replicas_target
 from services.common.logs import configure_logging
 from services.common.migrations import SchemaMigrations
 from services.common.observability import Observability
@@ -51,8 +51,9 @@ PUBLIC_SERVICES = (
     (trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"], "trainer_address"),
     (webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"], "trainer_address"),
 )
+# Each internal service may run as several replicas (a list of addresses, or a name resolving to all).
 _CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES))
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), *ROUND_ROBIN)
 log = logging.getLogger(__name__)
 
 
@@ -133,7 +134,7 @@ async def build_gateway(settings: GatewaySettings, observability: Observability 
     observability = observability or Observability.for_service("gateway", settings)
     transactions = await asyncio.to_thread(open_database, settings)
     credential = credential_metadata(settings.internal_auth)
-    upstreams = {name: Upstream(internal_aio_channel(getattr(settings, name), settings.internal_auth,
+    upstreams = {name: Upstream(internal_aio_channel(replicas_target(getattr(settings, name)), settings.internal_auth,
                                                      interceptors=observability.tracing.client_interceptors(),
                                                      options=_CHANNEL_OPTIONS, credential_on_calls=False),
                                 credential)

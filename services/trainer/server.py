@@ -27,7 +27,7 @@ from services.common.database import create_engine
 from services.common.hosting import Background, Periodic, RunningServer, run_service
 from services.common.idempotency import IdempotencyKeys
 from services.common.internal_auth import InternalCredential
-from services.common.internal_client import internal_aio_channel
+from services.common.internal_client import ROUND_ROBIN, internal_aio_channel, replicas_target
 from services.common.logs import configure_logging
 from services.common.migrations import SchemaMigrations
 from services.common.objectstore import ObjectStore
@@ -130,8 +130,8 @@ async def build_trainer(settings: TrainerServiceSettings, store: ObjectStore,
                                 observer=observability.metrics)
     channel = None
     if settings.dataset_address:
-        channel = internal_aio_channel(settings.dataset_address, settings.internal_auth,
-                                       interceptors=observability.tracing.client_interceptors())
+        channel = internal_aio_channel(replicas_target(settings.dataset_address), settings.internal_auth,
+                                       interceptors=observability.tracing.client_interceptors(), options=ROUND_ROBIN)
     rules = QueueRules(lease=dt.timedelta(seconds=settings.training_lease_seconds),
                        max_attempts=settings.training_max_attempts,
                        max_running_per_tenant=settings.max_running_jobs_per_tenant,
