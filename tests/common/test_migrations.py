@@ -198,6 +198,7 @@ def test_the_migrate_step_says_when_the_sqlite_folder_cant_be_made(tmp_path, whe
     (("services.trainer", "migrate"), "KILN_DATABASE_CONNECT_TIMEOUT_SECONDS", "-"),
     (("services.gateway", "migrate"), "KILN_S3__BUCKET", "Not_A_Bucket"),
     (("services.gateway", "keys", "list"), "KILN_S3__BUCKET", "Not_A_Bucket"),
+    (("services.trainer",), "KILN_DATABASE_POOL_SIZE", "many"),  # serving: stopped before it starts
 ])
 def test_a_bad_setting_is_named_in_one_line_with_exit_2(tmp_path, command, variable, value):
     result = _run(*command, env={"KILN_DATA_DIR": str(tmp_path), variable: value})
