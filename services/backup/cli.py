@@ -25,6 +25,7 @@ from services.backup.layout import BackupError, DatabaseDump, Manifest
 from services.backup.objects import Bucket
 from services.backup.settings import SERVICES, BackupSettings
 from services.common.objectstore import ObjectStore
+from services.common.settings_errors import BadSettings, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,12 +75,15 @@ def _databases(settings: BackupSettings) -> dict[str, list[str]]:
 
 def create(args: argparse.Namespace, settings: BackupSettings) -> int:
     root = pathlib.Path(args.dest)
+    if root.exists() and not root.is_dir():
+        raise BackupError(f"{root} is a file, not a folder: back up into a new folder")
     if root.exists() and any(root.iterdir()):
         raise BackupError(f"{root} is not empty: back up into a new folder")
     databases = _databases(settings)
     if not databases:
         raise BackupError("no PostgreSQL database is configured: set KILN_DATASET_DATABASE_URL, "
                           "KILN_TRAINER_DATABASE_URL and KILN_GATEWAY_DATABASE_URL as the services have them")
+    sources = [(PostgresDatabase(url), services) for url, services in databases.items()]  # each URL checked first
     for service in SERVICES:
         if service not in settings.database_urls():
             _say(f"note: KILN_{service.upper()}_DATABASE_URL is not set; the {service} service's SQLite file is "
@@ -89,8 +93,7 @@ def create(args: argparse.Namespace, settings: BackupSettings) -> int:
     bucket.check()
     (root / "databases").mkdir(parents=True, exist_ok=True)
     manifest = Manifest.now(settings.s3.bucket)
-    for url, services in databases.items():
-        database = PostgresDatabase(url)
+    for database, services in sources:
         archive = f"databases/{'+'.join(services)}.dump"
         _say(f"dumping {database.shown} ({', '.join(services)})")
         database.dump(root / archive)
@@ -114,6 +117,8 @@ def create(args: argparse.Namespace, settings: BackupSettings) -> int:
 
 def restore(args: argparse.Namespace, settings: BackupSettings) -> int:
     root = pathlib.Path(args.src)
+    if not root.is_dir():
+        raise BackupError(f"{root} is not a folder: give the folder `create` wrote")
     manifest = Manifest.read(root)
     if manifest.databases:
         tool_path("pg_restore")
@@ -160,10 +165,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --parallel must be 1 or more", file=sys.stderr)
         return 2
     try:
-        settings = BackupSettings()
+        settings = load_settings(BackupSettings)
+        if not settings.s3.endpoint:
+            raise BackupError("KILN_S3__ENDPOINT is not set: set it (and KILN_S3__ACCESS_KEY, KILN_S3__SECRET_KEY, "
+                              "KILN_S3__BUCKET) to the object store the services use, as host:port")
         return create(args, settings) if args.command == "create" else restore(args, settings)
-    except BackupError as error:
+    except (BackupError, BadSettings) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the backup's folder or files: not writable, disk full, …
+        print(f"error: {error.strerror or error} ({error.filename}); the {args.command} is incomplete: fix that, "
+              "then run it again", file=sys.stderr)
         return 2
     except (S3Error, urllib3.exceptions.HTTPError) as error:
         print(f"error: the object store failed mid-way ({error}); the {args.command} is incomplete: run it "

@@ -14,17 +14,21 @@ import psycopg
 import sqlalchemy as sa
 
 from services.backup.layout import BackupError
+from services.common.database_urls import scheme_hint, shown_url
 
 
 class PostgresDatabase:
     def __init__(self, url: str) -> None:
         try:
             parsed = sa.engine.make_url(url)
-        except sa.exc.ArgumentError as error:
-            raise BackupError(f"not a database URL: {url!r}") from error
+        except (sa.exc.ArgumentError, ValueError) as error:
+            raise BackupError(f"not a database URL: {shown_url(url)} ({error}): write "
+                              "postgresql://USER:PASSWORD@HOST:PORT/DATABASE") from error
+        if scheme_hint(url):
+            raise BackupError(f"{shown_url(url)}{scheme_hint(url)}")
         if parsed.get_backend_name() != "postgresql":
-            raise BackupError(f"{parsed.render_as_string(hide_password=True)}: only PostgreSQL databases are backed "
-                              "up by this tool (copy a SQLite file with `sqlite3 FILE .backup COPY`)")
+            raise BackupError(f"{shown_url(url)}: only PostgreSQL databases are backed up by this tool (copy a "
+                              "SQLite file with `sqlite3 FILE .backup COPY`)")
         self._password = parsed.password
         self._conninfo = parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
         self.shown = parsed.set(drivername="postgresql").render_as_string(hide_password=True)

@@ -60,12 +60,24 @@ class Manifest:
         path = root / MANIFEST
         if not path.is_file():
             raise BackupError(f"{root} is not a complete backup: it has no {MANIFEST}")
-        raw = json.loads(path.read_text())
+        damaged = (f"{path} is damaged ({{}}): restore another backup, or `create` a new one; a manifest "
+                   "is written only once the backup is complete")
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
+            raise BackupError(damaged.format(error)) from error
+        if not isinstance(raw, dict):
+            raise BackupError(damaged.format("not a JSON object"))
         if raw.get("format") != FORMAT:
             raise BackupError(f"{path}: backup format {raw.get('format')!r}, this release reads format {FORMAT}")
-        return Manifest(created=raw["created"], bucket=raw["bucket"],
-                        databases=[DatabaseDump(**entry) for entry in raw["databases"]],
-                        objects=[StoredObject(**entry) for entry in raw["objects"]])
+        try:
+            return Manifest(created=str(raw["created"]), bucket=str(raw["bucket"]),
+                            databases=[DatabaseDump(**entry) for entry in raw["databases"]],
+                            objects=[StoredObject(**entry) for entry in raw["objects"]])
+        except KeyError as error:
+            raise BackupError(damaged.format(f"no {error.args[0]!r}")) from error
+        except TypeError as error:  # an entry that is not an object, or has missing or unknown keys
+            raise BackupError(damaged.format(f"an entry does not fit: {error}")) from error
 
 
 def object_path(root: pathlib.Path, key: str) -> pathlib.Path:

@@ -13,7 +13,9 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from services.common.database import create_engine
+from services.common.database_urls import scheme_hint, shown_url
 from services.common.migrations import SchemaMigrations
+from services.common.settings_errors import BadSettings, load_settings
 
 
 class DatabaseSettings(Protocol):
@@ -31,14 +33,20 @@ def add_migrate_command(commands: argparse._SubParsersAction, service: str) -> N
 
 
 def migrate_command(schema: SchemaMigrations, settings: DatabaseSettings, database_url: str | None = None) -> int:
-    """Run the migration; 0 with what it did on stdout, 2 with why not on stderr."""
+    """Run the migration; 0 with what it did on stdout, 2 with why not (and what to do) on stderr."""
     url = database_url or settings.database_url()
+    shown = shown_url(url)
     try:
-        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
         engine = create_engine(url, timeout=settings.database_timeout_seconds,
                                connect_timeout=settings.database_connect_timeout_seconds, pool_size=1)
-    except (sa.exc.ArgumentError, ModuleNotFoundError) as error:
-        print(f"error: {schema.service}: not a database URL Kiln can use ({url!r}): {error}", file=sys.stderr)
+    except (sa.exc.ArgumentError, ValueError, ModuleNotFoundError) as error:
+        hint = scheme_hint(url) or ": write postgresql://USER:PASSWORD@HOST:PORT/DATABASE or sqlite:////PATH/FILE.db"
+        print(f"error: {schema.service}: not a database URL Kiln can use: {shown} ({error}){hint}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        # SQLite: the database's folder could not be made.
+        print(f"error: {schema.service}: can't create the folder of {shown} ({error.strerror}: {error.filename}): "
+              "give a path in a folder that exists and is writable", file=sys.stderr)
         return 2
     try:
         upgrade = schema.upgrade(engine)
@@ -65,7 +73,12 @@ def service_main(service: str, schema: SchemaMigrations, serve: Callable[[], Non
     commands.add_parser("serve", help="serve (the default)")
     add_migrate_command(commands, service)
     args = parser.parse_args(argv)
+    try:
+        loaded = load_settings(settings)  # a bad value stops either command before it starts
+    except BadSettings as error:
+        print(f"error: {service}: {error}", file=sys.stderr)
+        return 2
     if args.command == "migrate":
-        return migrate_command(schema, settings(), args.database_url)
+        return migrate_command(schema, loaded, args.database_url)
     serve()
     return 0

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from services.common.errors import ServiceError
 from services.common.service_cli import add_migrate_command, migrate_command
+from services.common.settings_errors import BadSettings, load_settings
 from services.gateway.api_keys import ApiKey, create_key, list_keys, parse_key_id, revoke_key
 from services.gateway.server import SCHEMA, open_database
 from services.gateway.server import main as serve_main
@@ -79,6 +80,11 @@ def _keys(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        load_settings(GatewaySettings)  # a bad value stops every command before it starts
+    except BadSettings as error:
+        print(f"error: gateway: {error}", file=sys.stderr)
+        return 2
     if args.command == "keys":
         return _keys(args)
     if args.command == "migrate":

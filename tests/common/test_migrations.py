@@ -151,14 +151,61 @@ def test_migrate_step_says_what_it_did_and_exits_0(postgres):
 
 
 @pytest.mark.parametrize(("service", "url", "says"), [
-    ("dataset", "not a url", "dataset: not a database URL Kiln can use ('not a url')"),
+    ("dataset", "not a url", "dataset: not a database URL Kiln can use: not a url "),
     ("gateway", "postgresql://kiln:secret@127.0.0.1:1/kiln", "gateway: could not migrate postgresql://kiln:***@"),
+    ("trainer", "postgres://kiln:secret@db/kiln", "trainer: not a database URL Kiln can use: postgres://kiln:***@db/kiln"),
+    ("dataset", "postgresql://kiln:secret@db:port/kiln",
+     "dataset: not a database URL Kiln can use: postgresql://kiln:***@db:port/kiln"),
 ])
 def test_migrate_step_refuses_a_bad_url_with_exit_2(service, url, says):
     result = _run(f"services.{service}", "migrate", "--database-url", url)
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {says}")
+    assert len(result.stderr.splitlines()) == 1
     assert "Traceback" not in result.stderr and "secret" not in result.stderr
+
+
+def test_migrate_step_says_to_write_postgresql_for_postgres():
+    result = _run("services.gateway", "migrate", "--database-url", "postgres://kiln:s3cretpw@db/kiln")
+    assert result.returncode == 2
+    assert result.stderr.rstrip().endswith("write postgresql:// instead of postgres://")
+    assert "s3cretpw" not in result.stderr + result.stdout
+
+
+def test_the_migrate_step_shows_no_password_when_it_succeeds(postgres):
+    url = postgres.create_database(f"shown_{uuid.uuid4().hex[:8]}")
+    with_password = sa.engine.make_url(url).set(password="hunter2-pw")
+    result = _run("services.dataset", "migrate", "--database-url",
+                  with_password.render_as_string(hide_password=False))
+    # The test cluster trusts local connections, so any password is accepted: the run succeeds and prints the URL.
+    assert result.returncode == 0, result.stderr
+    assert ":***@" in result.stdout and "hunter2-pw" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("where", ["under a file", "under a missing mount"])
+def test_the_migrate_step_says_when_the_sqlite_folder_cant_be_made(tmp_path, where):
+    (tmp_path / "a-file").write_text("")
+    folder = tmp_path / "a-file" / "dir" if where == "under a file" else pathlib.Path("/proc/kiln-missing")
+    result = _run("services.trainer", "migrate", "--database-url", f"sqlite:///{folder / 'x.db'}")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: trainer: can't create the folder of sqlite:///")
+    assert "give a path in a folder that exists and is writable" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("command", "variable", "value"), [
+    (("services.dataset", "migrate"), "KILN_DATABASE_TIMEOUT_SECONDS", "soon"),
+    (("services.trainer", "migrate"), "KILN_DATABASE_CONNECT_TIMEOUT_SECONDS", "-"),
+    (("services.gateway", "migrate"), "KILN_S3__BUCKET", "Not_A_Bucket"),
+    (("services.gateway", "keys", "list"), "KILN_S3__BUCKET", "Not_A_Bucket"),
+    (("services.trainer",), "KILN_DATABASE_POOL_SIZE", "many"),  # serving: stopped before it starts
+])
+def test_a_bad_setting_is_named_in_one_line_with_exit_2(tmp_path, command, variable, value):
+    result = _run(*command, env={"KILN_DATA_DIR": str(tmp_path), variable: value})
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {command[0].split('.')[1]}: bad setting {variable}: ")
+    assert result.stderr.rstrip().endswith("correct the value, or unset the variable for its default")
 
 
 def test_a_service_process_without_start_up_migration_exits_2_on_an_empty_database(tmp_path):

@@ -460,24 +460,54 @@ def test_checkov_finds_no_secret_in_deploy() -> None:
     assert summary["failed"] == 0 and summary["resource_count"] >= 1, summary
 
 
+def assert_hardened_and_sized(workload: dict[str, Any]) -> None:
+    name = workload["metadata"]["name"]
+    spec = workload["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False, name
+    pod_security = spec["securityContext"]
+    assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] > 10000, name
+    assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+    for container in containers(spec):
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True, name
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert security["capabilities"] == {"drop": ["ALL"]}, name
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{name} {kind}"
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+        assert "/tmp" in mounts, f"{name}: a writable /tmp under a read-only root"
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+", container["image"]) and not container["image"].endswith(
+            ":latest"), container["image"]
+
+
 def test_every_workload_is_hardened_and_sized(rendered: Rendered) -> None:
-    for workload, spec in pod_specs(rendered):
-        name = workload["metadata"]["name"]
-        assert spec["automountServiceAccountToken"] is False, name
-        pod_security = spec["securityContext"]
-        assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] > 10000, name
-        assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}, name
-        for container in containers(spec):
-            security = container["securityContext"]
-            assert security["readOnlyRootFilesystem"] is True, name
-            assert security["allowPrivilegeEscalation"] is False, name
-            assert security["capabilities"] == {"drop": ["ALL"]}, name
-            for kind in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{name} {kind}"
-            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
-            assert "/tmp" in mounts, f"{name}: a writable /tmp under a read-only root"
-            assert re.fullmatch(r"[\w./-]+:[\w.-]+", container["image"]) and not container["image"].endswith(
-                ":latest"), container["image"]
+    for workload in rendered.workloads():
+        assert_hardened_and_sized(workload)
+
+
+def test_the_one_off_jobs_validate_and_are_hardened(tmp_path: pathlib.Path) -> None:
+    """deploy/kubernetes/jobs/: examples an operator applies by hand (a base-model import), outside
+    the kustomization, held to the same checks as the rest."""
+    files = sorted((KUBERNETES / "jobs").glob("*.yaml"))
+    assert files
+    done = run([tool("kubernetes-validate"), "--strict", "--quiet", *map(str, files)])
+    assert done.returncode == 0 and "ERROR" not in done.stdout + done.stderr, failure(done)
+    checked = run([tool("checkov"), "--quiet", "--compact", "--skip-download", "--framework", "kubernetes",
+                   "--output", "json", "-d", str(KUBERNETES / "jobs")])
+    assert checked.returncode == 0, failure(checked)
+    summary = json.loads(checked.stdout)["summary"]
+    assert summary["failed"] == 0 and summary["passed"] > 20, summary
+    for path in files:
+        objects = list(yaml.safe_load_all(path.read_text()))
+        assert all(o["metadata"]["namespace"] == "kiln" for o in objects), path
+        jobs = [o for o in objects if o["kind"] == "Job"]
+        assert len(jobs) == 1, path
+        assert_hardened_and_sized(jobs[0])
+        # Its pod is fenced off by a policy of its own (it needs no traffic at all).
+        labels = jobs[0]["spec"]["template"]["metadata"]["labels"]
+        fences = [o for o in objects if o["kind"] == "NetworkPolicy"
+                  and o["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+        assert fences and all(not f["spec"].get("ingress") and not f["spec"].get("egress") for f in fences), path
 
 
 def test_every_serving_deployment_has_grpc_probes_on_its_server_port(rendered: Rendered) -> None:

@@ -6,6 +6,7 @@ restored (`… restore`) into fresh ones: the public API then answers as before,
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import pathlib
 import subprocess
@@ -166,6 +167,59 @@ def test_the_tool_says_what_is_wrong_and_exits_2(postgres, s3_server, tmp_path, 
     assert result.stderr.splitlines()[-1].startswith("error: ") and says in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "backup").exists()
+
+
+MANIFESTS = {
+    "not JSON": '{"format": 1, "created": ',
+    "not an object": "[1]",
+    "missing keys": '{"format": 1, "created": "2026-01-01T00:00:00+00:00", "bucket": "kiln"}',
+    "an entry that does not fit": json.dumps({"format": 1, "created": "x", "bucket": "kiln", "databases": [],
+                                              "objects": [{"key": "a"}]}),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(MANIFESTS))
+def test_a_restore_of_a_damaged_manifest_says_so_and_exits_2(tmp_path, problem):
+    (tmp_path / "manifest.json").write_text(MANIFESTS[problem])
+    result = backup_tool("restore", str(tmp_path), env={"KILN_S3__ENDPOINT": "127.0.0.1:1"})
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {tmp_path / 'manifest.json'} is damaged (")
+    assert "restore another backup, or `create` a new one" in result.stderr
+
+
+def test_a_backup_into_a_file_is_refused_with_exit_2(tmp_path):
+    (tmp_path / "a-file").write_text("kept")
+    result = backup_tool("create", str(tmp_path / "a-file"), env={"KILN_S3__ENDPOINT": "127.0.0.1:1"})
+    assert result.returncode == 2
+    assert result.stderr == f"error: {tmp_path / 'a-file'} is a file, not a folder: back up into a new folder\n"
+    assert (tmp_path / "a-file").read_text() == "kept"
+
+
+@pytest.mark.parametrize("command", ["create", "restore"])
+def test_without_an_object_store_the_tool_says_which_setting_to_set(tmp_path, command):
+    result = backup_tool(command, str(tmp_path / "backup"), env={})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: KILN_S3__ENDPOINT is not set: set it ")
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("variable", "value", "shown"), [
+    ("KILN_S3__BUCKET", "Not_A_Bucket", "KILN_S3__BUCKET"),
+    ("KILN_S3__CALL_TIMEOUT_SECONDS", "0", "KILN_S3__CALL_TIMEOUT_SECONDS"),
+])
+def test_a_bad_setting_is_named_with_exit_2(tmp_path, variable, value, shown):
+    result = backup_tool("create", str(tmp_path / "backup"), env={"KILN_S3__ENDPOINT": "127.0.0.1:1", variable: value})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: bad setting {shown}: ") and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_postgres_scheme_is_refused_without_showing_the_password(tmp_path):
+    result = backup_tool("create", str(tmp_path / "backup"), env={
+        "KILN_S3__ENDPOINT": "127.0.0.1:1", "KILN_DATASET_DATABASE_URL": "postgres://kiln:s3cretpw@db/kiln"})
+    assert result.returncode == 2
+    assert result.stderr == "error: postgres://kiln:***@db/kiln: write postgresql:// instead of postgres://\n"
 
 
 def test_services_sharing_one_database_are_dumped_once_and_restored_together(postgres, s3_server, tmp_path):
