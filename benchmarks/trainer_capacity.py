@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.event_latency import percentile, wait_serving
+from benchmarks.event_latency import TOKEN, percentile, trainer_environment, wait_serving
 from benchmarks.harness import leased_job
 from kiln.v1 import trainer_pb2 as pb
 from kiln.v1 import trainer_worker_pb2 as wpb
@@ -28,7 +28,6 @@ from services.common.settings import InternalAuthSettings
 
 LOADS = (1, 16, 64)
 SECONDS = 5.0
-TOKEN = "bench-token"
 TENANT = "bench"
 
 
@@ -67,11 +66,7 @@ async def _main() -> dict[str, float]:
         url = url or f"sqlite:///{root / 'trainer.db'}"
         s3 = EmbeddedS3(root / "s3", "bench", "bench-secret").start()
         port, = free_ports(1)
-        env = {**os.environ, "KILN_DATA_DIR": str(root), "KILN_S3__ENDPOINT": s3.endpoint,
-               "KILN_S3__ACCESS_KEY": "bench", "KILN_S3__SECRET_KEY": "bench-secret", "KILN_S3__BUCKET": "bench",
-               "KILN_INTERNAL_AUTH__TOKEN": TOKEN, "KILN_TRAINER_DATABASE_URL": url,
-               "KILN_SERVER__PORT": str(port), "KILN_MODELS_DIR": str(root / "models"), "KILN_LOG_LEVEL": "WARNING",
-               "KILN_TRAINING_LEASE_SECONDS": "600", "KILN_METRICS__ENABLED": "false"}
+        env = trainer_environment(root, s3, port, url)
         service = subprocess.Popen([sys.executable, "-m", "services.trainer"], env=env)
         try:
             address = f"127.0.0.1:{port}"
