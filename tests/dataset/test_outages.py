@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ import pytest
 from kiln.v1 import dataset_pb2 as pb
 from kiln.v1 import dataset_pb2_grpc
 from services.common.embedded_s3 import EmbeddedS3
-from services.common.errors import retry_delay_of
 from services.common.internal_client import internal_channel
 from services.common.loop_thread import LoopThread
 from services.common.objectstore import ObjectStore
@@ -33,6 +31,7 @@ from services.common.ports import free_port
 from services.common.settings import ObjectStoreSettings, ServerSettings
 from services.dataset.server import running_dataset_service
 from tests.common.outage_helpers import NOT_SERVING, SERVING, outage, wait_for_health
+from tests.common.waiting import wait_until
 from tests.conftest import ACCESS_KEY, SECRET_KEY
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import image_bytes, new_dataset, upload_messages
@@ -97,16 +96,14 @@ def upload_call(stub: dataset_pb2_grpc.DatasetServiceStub, dataset: pb.Dataset, 
                             timeout=CLIENT_DEADLINE)
 
 
-def retry_while_unavailable(call: Callable[[], pb.Image], patience: float = 60.0) -> pb.Image:
-    """As a client does: UNAVAILABLE is retried after the delay the answer advises."""
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            return call()
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise
-            time.sleep(retry_delay_of(err) or 0.5)
+def answered(call: Callable[[], pb.Image]) -> pb.Image | None:
+    """The call's answer, or None while the service answers UNAVAILABLE (a client retries those)."""
+    try:
+        return call()
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        return None
 
 
 def test_a_hung_object_store_answers_unavailable_drains_and_heals(aio, tmp_path):
@@ -143,8 +140,8 @@ def test_a_killed_object_store_answers_unavailable_and_the_service_heals_when_it
         wait_for_health(r.channel, NOT_SERVING)
         r.s3.start()  # same ports, same data
         wait_for_health(r.channel, SERVING)
-        # The store may answer before it takes writes again: the client follows the retry advice.
-        retried = retry_while_unavailable(lambda: upload_call(r.stub, dataset, 8202, "killed-store-upload"))
+        # The store may answer before it takes writes again: the client retries the same request.
+        retried = wait_until(lambda: answered(lambda: upload_call(r.stub, dataset, 8202, "killed-store-upload")))
         listed = r.stub.ListImages(pb.ListImagesRequest(parent=dataset.name)).images
         assert sorted(i.name for i in listed) == sorted([kept.name, retried.name])
         assert b"".join(m.chunk for m in r.stub.ReadImage(pb.ReadImageRequest(name=kept.name))) == \

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -24,6 +23,7 @@ from services.common.objectstore import ObjectStore
 from services.common.settings import ObjectStoreSettings
 from services.dataset import names
 from services.dataset.server import DatasetService, running_dataset_service
+from tests.common.waiting import wait_until
 from tests.dataset.conftest import make_settings
 from tests.dataset.helpers import failure, image_bytes, new_dataset
 from tests.dataset.helpers import upload as stream_upload
@@ -162,15 +162,14 @@ def finalize_until_expired(stub: dataset_pb2_grpc.DatasetServiceStub, upload: pb
     changes nothing) until it says the upload has expired: the service's own verdict, polled with a
     deadline. The service hands the store the same expiry instant and both read this machine's
     clock, so from then on the store holds the form expired too."""
-    deadline = time.monotonic() + SHORT_TTL_SECONDS + 60
-    while True:
+
+    def expired() -> bool:
         code, reason, _ = failure(stub.FinalizeImageUpload, pb.FinalizeImageUploadRequest(name=upload.name))
-        if reason == "UPLOAD_EXPIRED":
-            assert code == grpc.StatusCode.FAILED_PRECONDITION
-            return
-        assert reason == "UPLOAD_MISSING", (code, reason)
-        assert time.monotonic() < deadline, "the upload never expired"
-        time.sleep(0.2)
+        assert reason in ("UPLOAD_MISSING", "UPLOAD_EXPIRED"), (code, reason)
+        assert reason == "UPLOAD_MISSING" or code == grpc.StatusCode.FAILED_PRECONDITION, (code, reason)
+        return reason == "UPLOAD_EXPIRED"
+
+    wait_until(expired, timeout=SHORT_TTL_SECONDS + 60, interval=0.2)
 
 
 def test_the_store_refuses_an_expired_form_whether_used_or_not(aio, short_lived, store):

@@ -131,16 +131,3 @@ class Receiver:
 def running_receiver() -> Iterator[Receiver]:
     with Receiver() as receiver:
         yield receiver
-
-
-def wait_until(check: Callable[[], object], timeout: float = 60, interval: float = 0.1) -> object:
-    """`check()`'s first truthy answer, asked until the deadline (a condition of another process's
-    state, read through its API)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not so after {timeout} s: {check}")
-        time.sleep(interval)

@@ -24,13 +24,14 @@ from kiln.webhooks import BadSignature, verify
 from services.trainer.server import running_trainer_service
 from services.trainer.webhooks.addresses import AddressPolicy, system_resolver
 from services.trainer.webhooks.sender import WebhookSender
+from tests.common.waiting import wait_until
 from tests.dataset.helpers import image_bytes, upload
 from tests.dataset.test_mutual_tls import openssl
 from tests.gateway.conftest import Client
 from tests.gateway.test_gateway import new_key
 from tests.training_service.test_training_jobs import tiny_job
 from tests.webhooks.conftest import QUICK_WEBHOOKS
-from tests.webhooks.receiver import Answer, Receiver, wait_until
+from tests.webhooks.receiver import Answer, Receiver
 
 Delivery = wpb.WebhookDelivery
 TRAINING = ["training.queued", "training.started", "training.epoch_saved", "training.succeeded",

@@ -17,10 +17,11 @@ from kiln.v1 import webhooks_pb2_grpc
 from kiln.webhooks import verify
 from services.common.internal_client import internal_channel, tenant_metadata
 from services.common.ports import free_ports
+from tests.common.waiting import wait_until
 from tests.servers import TEST_AUTH
 from tests.training_service.conftest import Tenant, WithMetadata, trainer_process
 from tests.training_service.test_training_jobs import tiny_job
-from tests.webhooks.receiver import Answer, wait_until
+from tests.webhooks.receiver import Answer
 
 WEBHOOK_ENVIRONMENT = {
     "KILN_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true", "KILN_WEBHOOK_LEASE_SECONDS": "3",

@@ -16,12 +16,12 @@ from kiln.v1 import webhooks_pb2_grpc
 from services.common.errors import status_details
 from services.common.internal_client import internal_channel, tenant_metadata
 from services.trainer.server import running_trainer_service
+from tests.common.waiting import wait_until
 from tests.gateway.conftest import Client
 from tests.gateway.test_gateway import new_key
 from tests.servers import TEST_AUTH
 from tests.training_service.conftest import WithMetadata
 from tests.webhooks.conftest import QUICK_WEBHOOKS
-from tests.webhooks.receiver import wait_until
 
 Delivery = wpb.WebhookDelivery
 # Settled deliveries are deleted this long after their last attempt.
