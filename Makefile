@@ -91,7 +91,7 @@ $(DEPLOY_TOOLS): deploy/tools-requirements.txt
 		> $(DEPLOY_VENV)/install.log 2>&1 || (tail -50 $(DEPLOY_VENV)/install.log; exit 1)
 	touch $@
 
-$(DEPLOY_COMPOSE): scripts/install_deploy_tools.sh | $(DEPLOY_TOOLS)
+$(DEPLOY_COMPOSE): scripts/install_deploy_tools.sh scripts/apt_install.sh | $(DEPLOY_TOOLS)
 	scripts/install_deploy_tools.sh
 	touch $@
 
@@ -112,7 +112,7 @@ $(WEB_INSTALLED): $(WEB)/package.json $(WEB)/package-lock.json
 $(WEB_BUILT): $(WEB_INSTALLED) $(TS_BUILT) $(WEB_SOURCES)
 	cd $(WEB) && npm run --silent build -- --logLevel warn
 
-$(BROWSER): scripts/install_chromium.sh | $(STAMP)
+$(BROWSER): scripts/install_chromium.sh scripts/apt_install.sh | $(STAMP)
 	scripts/install_chromium.sh
 	touch $@
 
