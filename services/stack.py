@@ -116,15 +116,16 @@ class Stack:
                 "processes": {p.name: p.pid for p in self.processes}}
 
 
-def _base_environment(token: str, s3_endpoint: str) -> dict[str, str]:
-    # Settings come from here only: KILN_ variables of the calling shell would point the stack's
-    # services elsewhere.
+def base_environment(token: str, s3_endpoint: str, s3_secret_key: str = S3_SECRET_KEY) -> dict[str, str]:
+    """What every service of a local stack (or cluster) is started with: the internal token, the
+    object store, plain logs, no metrics port. Settings come from here only: KILN_ variables of the
+    calling shell would point the stack's services elsewhere."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("KILN_")}
     env.update({
         "KILN_INTERNAL_AUTH__TOKEN": token, "KILN_JSON_LOGS": "false", "KILN_LOG_LEVEL": "INFO",
         "KILN_METRICS__ENABLED": "false", "KILN_SERVER__SHUTDOWN_GRACE": str(SHUTDOWN_GRACE),
         "KILN_S3__ENDPOINT": s3_endpoint, "KILN_S3__ACCESS_KEY": S3_ACCESS_KEY,
-        "KILN_S3__SECRET_KEY": S3_SECRET_KEY, "KILN_S3__BUCKET": S3_BUCKET,
+        "KILN_S3__SECRET_KEY": s3_secret_key, "KILN_S3__BUCKET": S3_BUCKET,
         "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -229,9 +230,9 @@ def _start(stack: Stack, grpc_port: int, http_port: int | None, workers: int, mo
     stack.guard = subprocess.Popen([sys.executable, "-m", "services.stack_guard"], stdin=subprocess.PIPE,
                                    text=True, start_new_session=True)
     report(f"starting the object store (embedded SeaweedFS) in {stack.data_dir / 's3'}")
-    env = _base_environment(token, "")
+    env = base_environment(token, "")
     s3_endpoint = _start_s3(stack, env, deadline)
-    env = _base_environment(token, s3_endpoint)
+    env = base_environment(token, s3_endpoint)
     if models_dir is not None:
         env["KILN_MODELS_DIR"] = str(models_dir.resolve())
 

@@ -28,7 +28,6 @@ from services.stack_processes import ManagedProcess
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GRPC_PORT, HTTP_PORT = 50051, 8080
-S3_ACCESS_KEY, S3_BUCKET = "kiln", "kiln"
 Report = Callable[[str], None]
 
 
@@ -90,12 +89,8 @@ class Cluster:
     # ------------------------------------------------------------------ parts
 
     def _environment(self, name: str, **settings: str) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("KILN_")}
+        env = stack.base_environment(self.token, self.store.endpoint, self.store.secret_key)
         env.update({
-            "KILN_INTERNAL_AUTH__TOKEN": self.token, "KILN_JSON_LOGS": "false", "KILN_LOG_LEVEL": "INFO",
-            "KILN_METRICS__ENABLED": "false", "KILN_SERVER__SHUTDOWN_GRACE": "3",
-            "KILN_S3__ENDPOINT": self.store.endpoint, "KILN_S3__ACCESS_KEY": S3_ACCESS_KEY,
-            "KILN_S3__SECRET_KEY": self.store.secret_key, "KILN_S3__BUCKET": S3_BUCKET,
             "KILN_MODELS_DIR": str(self.models_dir), "KILN_DATA_DIR": str(self.root / "data" / name),
             # Two cores for everything: one thread per process.
             "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "KILN_MIGRATE_ON_START": "false",
@@ -236,8 +231,8 @@ def running_cluster(root: pathlib.Path, shape: Shape = Shape(), report: Report =
             if holder:
                 holder[0].on_exit(process)
 
-        store = DistributedStore(network.hosts, root / "s3", S3_ACCESS_KEY, secrets.token_urlsafe(24), S3_BUCKET,
-                                 on_exit)
+        store = DistributedStore(network.hosts, root / "s3", stack.S3_ACCESS_KEY, secrets.token_urlsafe(24),
+                                 stack.S3_BUCKET, on_exit)
         postgres = PostgresServer(network.hosts["database"], on_exit)
         cluster = Cluster(root, shape, network, store, postgres, report, models_dir=root / "models")
         holder.append(cluster)
