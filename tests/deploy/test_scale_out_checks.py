@@ -103,3 +103,13 @@ def test_a_watcher_given_a_gap_or_a_repeat_is_wrong():
     assert checks.watchers_saw_every_event_once([whole], {job.job.name: job}) == []
     repeated = Watch(job.job.name, "a", events=[job.log[0], job.log[0], *job.log[1:]], out_of_order=[(2, 1)])
     assert len(checks.watchers_saw_every_event_once([repeated], {job.job.name: job})) == 2
+
+
+def test_equal_events_are_equal_whatever_order_their_maps_were_filled_in():
+    job = record("j1", "a", 0, [(1, "started"), (2, "epoch"), (3, "finished")])
+    first, second = tpb.TrainingEvent(seq=2), tpb.TrainingEvent(seq=2)
+    first.progress.learning_rates.update({"unet": 1e-4, "text_encoder": 5e-5})
+    second.progress.learning_rates.update({"text_encoder": 5e-5, "unet": 1e-4})
+    seen = Watch(job.job.name, "a", events=[job.log[0], first, job.log[2]])
+    logged = checks.JobRecord(job.job, "a", [job.log[0], second, job.log[2]])
+    assert checks.watchers_saw_every_event_once([seen], {job.job.name: logged}) == []
