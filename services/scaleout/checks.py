@@ -53,10 +53,17 @@ def watchers_saw_every_event_once(watches: Sequence[Watch], records: Mapping[str
         # Compared as messages: their bytes may differ for equal events (a map's entries are
         # serialized in no fixed order).
         if list(watch.events) != list(log):
-            wrong.append(f"the watcher of {watch.job} saw {len(watch.events)} events, the log has {len(log)}")
+            differ = next((i for i, (a, b) in enumerate(zip(watch.events, log, strict=False)) if a != b), None)
+            detail = "" if differ is None else (f"; first difference at seq {log[differ].seq}: saw "
+                                                f"{_brief(watch.events[differ])}, logged {_brief(log[differ])}")
+            wrong.append(f"the watcher of {watch.job} saw {len(watch.events)} events, the log has {len(log)}{detail}")
         if [e.seq for e in log] != list(range(1, len(log) + 1)):
             wrong.append(f"the log of {watch.job} has gaps")
     return wrong
+
+
+def _brief(event: tpb.TrainingEvent) -> str:
+    return " ".join(str(event).split())[:300]
 
 
 def expected_webhooks(record: JobRecord) -> list[tuple[str, ...]]:
